@@ -1,0 +1,229 @@
+"""The ``tagsearch`` command line: argument parsing and dispatch, nothing else.
+
+Each sub-command's work lives in its own module (``train`` → train.py, ``worker``/``launch`` →
+workers.py, ``dashboard`` → dashboard.py, ``retrain`` → retrain.py, ``predict`` → predict.py,
+``compare`` → compare.py, ``demo`` → demo.py). A ``UserError`` anywhere ends the program with one
+``error:`` line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+from .errors import UserError
+
+# sub-command → (module, function); imported lazily so ``tagsearch train`` does not load optuna.
+COMMANDS = {
+    "synth": ("tagsearch.cli", "cmd_synth"),
+    "train": ("tagsearch.cli", "cmd_train"),
+    "worker": ("tagsearch.workers", "cmd_worker"),
+    "launch": ("tagsearch.workers", "cmd_launch"),
+    "dashboard": ("tagsearch.dashboard", "cmd_dashboard"),
+    "retrain": ("tagsearch.retrain", "cmd_retrain"),
+    "predict": ("tagsearch.predict", "cmd_predict"),
+    "compare": ("tagsearch.compare", "cmd_compare"),
+    "demo": ("tagsearch.demo", "cmd_demo"),
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one ``error:`` line (exit 2) like every other mistake."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see '{self.prog} --help')")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is out of range; expected an integer >= 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value} is out of range; expected a number > 0")
+    return value
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data (override the spec's [data] section)")
+    group.add_argument("--data", metavar="PATH", help="posts file: .csv .tsv .parquet .jsonl .joblib")
+    group.add_argument("--text-column", action="append", dest="text_columns", metavar="COL",
+                       help="text column(s), joined in order (default: Title+Body, content, text)")
+    group.add_argument("--tags-column", metavar="COL", help="tags column (default: Tags, tags, Tag_Number)")
+    group.add_argument("--top-k", type=positive_int, metavar="K", help="keep the K most frequent tags")
+
+
+def add_study_options(parser: argparse.ArgumentParser) -> None:
+    add_data_options(parser)
+    parser.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: the spec's)")
+    parser.add_argument("--study-name", metavar="NAME", help="study name (default: the spec's)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="tagsearch", description="Hyperparameter studies for multi-label StackExchange taggers.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+
+    data = sub.add_parser("data", help="data utilities").add_subparsers(dest="data_command", metavar="ACTION",
+                                                                       parser_class=Parser)
+    data.required = True
+    synth = data.add_parser("synth", help="write the built-in synthetic corpus (Kaggle CSV layout)")
+    synth.add_argument("--out", required=True, metavar="PATH")
+    synth.add_argument("--posts", type=positive_int, default=47427, metavar="N")
+    synth.add_argument("--seed", type=int, default=0, metavar="S")
+    synth.set_defaults(command="synth")
+
+    train = sub.add_parser("train", help="train one configuration (no search)")
+    train.add_argument("spec", metavar="SPEC", help="study spec, e.g. studies/dense.toml")
+    add_data_options(train)
+    train.add_argument("--param", action="append", metavar="KEY=VALUE", help="override a hyperparameter")
+    train.add_argument("--epochs", type=positive_int, metavar="N", help="max epochs (default: the spec's)")
+    train.add_argument("--patience", type=positive_int, metavar="P", help="early-stopping patience")
+    train.add_argument("--no-early-stop", action="store_true", help="train all epochs")
+    train.add_argument("--device", metavar="DEV", help="auto, cpu, cuda, cuda:N (default: the spec's)")
+    train.add_argument("--threads", type=positive_int, metavar="T", help="torch CPU threads")
+    train.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+    worker = sub.add_parser("worker", help="join (or create) a study and run trials until its budget is met")
+    worker.add_argument("spec", metavar="SPEC")
+    add_study_options(worker)
+    worker.add_argument("--n-trials", type=positive_int, metavar="N", help="finished trials for the whole study")
+    worker.add_argument("--timeout", type=positive_float, metavar="S", help="stop starting trials after S seconds")
+    worker.add_argument("--device", metavar="DEV", help="auto, cpu, cuda, cuda:N")
+    worker.add_argument("--threads", type=positive_int, metavar="T", help="torch CPU threads")
+
+    launch = sub.add_parser("launch", help="start W workers on one study and show live progress")
+    launch.add_argument("spec", metavar="SPEC")
+    add_study_options(launch)
+    launch.add_argument("--workers", type=positive_int, default=1, metavar="W")
+    launch.add_argument("--devices", default="cpu", metavar="LIST", help="'cpu' or GPU ids like 0,1,2,3")
+    launch.add_argument("--n-trials", type=positive_int, metavar="N", help="finished trials for the whole study")
+    launch.add_argument("--timeout", type=positive_float, metavar="S")
+
+    dashboard = sub.add_parser("dashboard", help="browse studies with optuna-dashboard")
+    dashboard.add_argument("spec", nargs="?", metavar="SPEC")
+    dashboard.add_argument("--storage", metavar="URL")
+    dashboard.add_argument("--host", default="127.0.0.1")
+    dashboard.add_argument("--port", type=int, default=8080)
+
+    retrain = sub.add_parser("retrain", help="retrain a study's best trial and evaluate it on the test split")
+    retrain.add_argument("spec", metavar="SPEC")
+    add_study_options(retrain)
+    retrain.add_argument("--out", metavar="DIR", help="results directory (default: results/<study>)")
+    retrain.add_argument("--trial", type=int, metavar="N", help="trial number (default: the best)")
+    retrain.add_argument("--device", metavar="DEV")
+
+    predict = sub.add_parser("predict", help="tag posts with a retrained model")
+    predict.add_argument("results", metavar="DIR")
+    predict.add_argument("texts", nargs="*", metavar="TEXT")
+    predict.add_argument("--file", metavar="PATH", help="one post per line, or a CSV with a text column")
+    predict.add_argument("--json", action="store_true", help="one JSON object per line with tags and scores")
+
+    compare = sub.add_parser("compare", help="compare results directories and a linear baseline")
+    compare.add_argument("results", nargs="*", metavar="DIR")
+    compare.add_argument("--out", default="results/compare.md", metavar="PATH")
+
+    demo = sub.add_parser("demo", help="end to end on the built-in corpus: study, retrain, compare")
+    demo.add_argument("--data", metavar="PATH", help="posts file (default: the built-in synthetic corpus)")
+    demo.add_argument("--trials", type=positive_int, default=8, metavar="N", help="trials per study")
+    demo.add_argument("--timeout", type=positive_float, metavar="S", help="seconds per study")
+    demo.add_argument("--posts", type=positive_int, default=47427, metavar="N", help="size of the synthetic corpus")
+    demo.add_argument("--workers", type=positive_int, default=2, metavar="W")
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands that live here because they are thin
+
+
+def cmd_synth(args) -> int:
+    from .data import log
+    from .synth import write_corpus
+
+    try:
+        count = write_corpus(args.out, n_posts=args.posts, seed=args.seed)
+    except (ValueError, OSError) as exc:
+        raise UserError(str(exc)) from None
+    log(f"wrote {count} synthetic posts to {args.out}")
+    return 0
+
+
+def resolve_data(spec, args):
+    """The spec's data config with the command line's overrides; builds the built-in corpus if needed."""
+    import dataclasses
+
+    from .builtin import ensure_builtin
+
+    config = spec.data_config(getattr(args, "data", None))
+    changes = {k: v for k, v in {"text_columns": tuple(args.text_columns or ()) or None,
+                                 "tags_column": args.tags_column, "top_k": args.top_k}.items() if v}
+    config = dataclasses.replace(config, **changes)
+    ensure_builtin(config.path)
+    return config
+
+
+def cmd_train(args) -> int:
+    import torch
+
+    from .data import load_corpus, log
+    from .spec import load_spec, parse_overrides
+    from .train import summary_record, train_config
+
+    spec = load_spec(args.spec)
+    params = spec.params(parse_overrides(args.param))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    corpus = load_corpus(resolve_data(spec, args))
+    log(f"data: {corpus.source}: {corpus.summary()}")
+    patience = None if args.no_early_stop else (args.patience or spec.patience)
+
+    def show(epoch, record):
+        if not args.json:
+            print(f"epoch {epoch:3d}  loss {record['train_loss']:.4f}  val_hamming {record['val_hamming_loss']:.4f}  "
+                  f"val_micro_f1 {record['val_micro_f1']:.4f}  {record['seconds']:.2f}s", flush=True)
+
+    result, _ = train_config(corpus, params, max_epochs=args.epochs or spec.max_epochs, patience=patience,
+                             device=args.device or spec.device, on_epoch=show)
+    record = summary_record(result, corpus, params)
+    if args.json:
+        print(json.dumps(record))
+    else:
+        print(f"best epoch {record['best_epoch']}: val_hamming {record['best_val_hamming_loss']:.4f}  "
+              f"val_micro_f1 {record['val_micro_f1']:.4f}  val_macro_f1 {record['val_macro_f1']:.4f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        module, function = COMMANDS[args.command]
+        return getattr(importlib.import_module(module), function)(args) or 0
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

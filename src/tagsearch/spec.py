@@ -1,0 +1,275 @@
+"""Study specs (``studies/*.toml``) and hyperparameters, as plain data, validated at the boundary.
+
+A spec has these sections (see ``studies/README.md``)::
+
+    [study]     name, storage, direction, n_trials, timeout
+    [sampler]   kind = "tpe" | "random", seed, n_startup_trials
+    [pruner]    kind = "median" | "halving" | "hyperband" | "none", n_warmup_steps, patience, ...
+    [data]      path, text_columns, tags_column, top_k, test_size, val_size, split_seed
+    [training]  max_epochs, patience, device
+    [defaults]  one value per hyperparameter (the seed notebooks' configuration)
+    [search.X]  how to search hyperparameter X: {low, high, log, step} or {choices}
+
+Every error is a ``UserError`` naming the file, the key, the bad value and what was expected.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .data import DataConfig
+from .errors import UserError
+
+MODELS = ("dense", "tfidf")
+POS_WEIGHT_SCHEMES = ("seed", "neg_pos", "none")
+BUILTIN_DATA = "builtin"
+BUILTIN_PATH = "storage/builtin-synth-47427.csv"
+DEFAULT_STORAGE = "sqlite:///storage/tagsearch.db"
+
+
+@dataclass(frozen=True)
+class Param:
+    """One hyperparameter: its type, the check its value must pass, and what that check means."""
+
+    type: type
+    check: object  # callable value -> bool
+    expected: str
+    models: tuple[str, ...] = MODELS
+
+
+PARAMS: dict[str, Param] = {
+    "model": Param(str, lambda v: v in MODELS, "one of dense, tfidf"),
+    "embedding_dim": Param(int, lambda v: v >= 1, "an integer >= 1", ("dense",)),
+    "hidden1": Param(int, lambda v: v >= 1, "an integer >= 1"),
+    "hidden2": Param(int, lambda v: v >= 1, "an integer >= 1"),
+    "dropout": Param(float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "lr": Param(float, lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "weight_decay": Param(float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "batch_size": Param(int, lambda v: v >= 2, "an integer >= 2"),
+    "threshold": Param(float, lambda v: 0 < v < 1, "a number in (0, 1)"),
+    "min_freq": Param(int, lambda v: v >= 1, "an integer >= 1", ("dense",)),
+    "max_features": Param(int, lambda v: v >= 1, "an integer >= 1", ("tfidf",)),
+    "ngram_max": Param(int, lambda v: 1 <= v <= 3, "an integer in [1, 3]", ("tfidf",)),
+    "sublinear_tf": Param(bool, lambda v: True, "true or false", ("tfidf",)),
+    "pos_weight": Param(str, lambda v: v in POS_WEIGHT_SCHEMES, "one of seed, neg_pos, none"),
+    "clip_value": Param(float, lambda v: v > 0, "a number > 0"),
+    "seed": Param(int, lambda v: True, "an integer"),
+}
+
+# The seed notebooks' configuration.
+SEED_DEFAULTS = {
+    "model": "dense", "embedding_dim": 300, "hidden1": 200, "hidden2": 100, "dropout": 0.5, "lr": 1e-3,
+    "weight_decay": 0.01, "batch_size": 128, "threshold": 0.5, "min_freq": 1, "max_features": 5000,
+    "ngram_max": 1, "sublinear_tf": False, "pos_weight": "seed", "clip_value": 10.0, "seed": 42,
+}
+
+SECTIONS = {
+    "study": {"name": str, "storage": str, "direction": str, "n_trials": int, "timeout": float},
+    "sampler": {"kind": str, "seed": int, "n_startup_trials": int, "multivariate": bool},
+    "pruner": {"kind": str, "n_startup_trials": int, "n_warmup_steps": int, "patience": int,
+               "min_resource": int, "reduction_factor": int, "min_delta": float},
+    "data": {"path": str, "text_columns": list, "tags_column": str, "top_k": int, "test_size": float,
+             "val_size": float, "split_seed": int, "encoding": str},
+    "training": {"max_epochs": int, "patience": int, "device": str},
+    "defaults": {name: p.type for name, p in PARAMS.items()},
+    "search": dict,
+}
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("median", "halving", "hyperband", "none")
+SEARCH_KEYS = {"low", "high", "log", "step", "choices"}
+
+
+def coerce(name: str, value, where: str = "--param"):
+    """Check ``value`` for hyperparameter ``name`` (converting strings from the command line)."""
+    if name not in PARAMS:
+        raise UserError(f"{where}: unknown hyperparameter {name!r}; expected one of {', '.join(PARAMS)}")
+    param = PARAMS[name]
+    try:
+        value = _convert(value, param.type)
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: {name}={value!r} is not {param.expected}") from None
+    if not param.check(value):
+        raise UserError(f"{where}: {name}={value!r} is out of range; expected {param.expected}")
+    return value
+
+
+def _convert(value, kind: type):
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ValueError(value)
+    if kind is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(value)
+        return int(value)
+    if kind is float:
+        if isinstance(value, bool):
+            raise ValueError(value)
+        result = float(value)
+        if not math.isfinite(result):
+            raise ValueError(value)
+        return result
+    if not isinstance(value, str):
+        raise TypeError(value)
+    return value
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """``["lr=0.01", "model=tfidf"]`` → validated dict."""
+    overrides = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--param {item!r} is not KEY=VALUE (e.g. --param dropout=0.3)")
+        overrides[key.strip()] = coerce(key.strip(), value.strip())
+    return overrides
+
+
+@dataclass
+class Spec:
+    """A parsed, validated study spec."""
+
+    path: str
+    name: str
+    storage: str = DEFAULT_STORAGE
+    direction: str = "minimize"
+    n_trials: int = 20
+    timeout: float | None = None
+    sampler: dict = field(default_factory=dict)
+    pruner: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+    defaults: dict = field(default_factory=dict)
+    search: dict = field(default_factory=dict)
+
+    @property
+    def model(self) -> str:
+        return self.defaults["model"]
+
+    @property
+    def max_epochs(self) -> int:
+        return self.training.get("max_epochs", 10)
+
+    @property
+    def patience(self) -> int:
+        return self.training.get("patience", 2)
+
+    @property
+    def device(self) -> str:
+        return self.training.get("device", "auto")
+
+    def data_config(self, path: str | None = None) -> DataConfig:
+        settings = dict(self.data)
+        settings["path"] = path or settings.get("path", BUILTIN_DATA)
+        if settings["path"] == BUILTIN_DATA:
+            settings["path"] = BUILTIN_PATH
+        settings["text_columns"] = tuple(settings.get("text_columns", ()))
+        return DataConfig(**settings)
+
+    def params(self, overrides: dict | None = None) -> dict:
+        return {**self.defaults, **(overrides or {})}
+
+
+def load_spec(path: str | Path) -> Spec:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"study spec {str(path)!r} not found; expected a TOML file such as studies/dense.toml")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"study spec {str(path)!r} is not valid TOML: {exc}") from None
+    return parse_spec(raw, str(path))
+
+
+def parse_spec(raw: dict, where: str = "spec") -> Spec:
+    for section, value in raw.items():
+        if section not in SECTIONS:
+            raise UserError(f"{where}: unknown section [{section}]; expected one of {', '.join(SECTIONS)}")
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: [{section}] must be a table, got {type(value).__name__}")
+    for section in ("study", "sampler", "pruner", "data", "training"):
+        _check_keys(raw.get(section, {}), SECTIONS[section], f"{where} [{section}]")
+    study = raw.get("study", {})
+    if "name" not in study:
+        raise UserError(f"{where} [study]: missing key 'name'")
+    defaults = {**SEED_DEFAULTS, **{k: coerce(k, v, f"{where} [defaults]") for k, v in raw.get("defaults", {}).items()}}
+    spec = Spec(path=where, name=study["name"], storage=study.get("storage", DEFAULT_STORAGE),
+                direction=study.get("direction", "minimize"), n_trials=study.get("n_trials", 20),
+                timeout=study.get("timeout"), sampler=raw.get("sampler", {}), pruner=raw.get("pruner", {}),
+                data=raw.get("data", {}), training=raw.get("training", {}), defaults=defaults,
+                search={k: _check_search(k, v, defaults["model"], f"{where} [search.{k}]")
+                        for k, v in raw.get("search", {}).items()})
+    _check_choices(spec, where)
+    return spec
+
+
+def _check_keys(table: dict, schema: dict, where: str) -> None:
+    for key, value in table.items():
+        if key not in schema:
+            raise UserError(f"{where}: unknown key {key!r}; expected one of {', '.join(schema)}")
+        kind = schema[key]
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else \
+            isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if not ok:
+            raise UserError(f"{where}: {key}={value!r} has the wrong type; expected {kind.__name__}")
+
+
+def _check_choices(spec: Spec, where: str) -> None:
+    checks = [
+        ("study", "direction", spec.direction, ("minimize",)),
+        ("sampler", "kind", spec.sampler.get("kind", "tpe"), SAMPLERS),
+        ("pruner", "kind", spec.pruner.get("kind", "median"), PRUNERS),
+    ]
+    for section, key, value, allowed in checks:
+        if value not in allowed:
+            raise UserError(f"{where} [{section}]: {key}={value!r}; expected one of {', '.join(allowed)}")
+    positive = [("study", "n_trials", spec.n_trials), ("training", "max_epochs", spec.max_epochs),
+                ("training", "patience", spec.patience)]
+    for section, key, value in positive:
+        if value < 1:
+            raise UserError(f"{where} [{section}]: {key}={value!r} is out of range; expected an integer >= 1")
+    if spec.timeout is not None and spec.timeout <= 0:
+        raise UserError(f"{where} [study]: timeout={spec.timeout!r} is out of range; expected seconds > 0")
+    try:
+        spec.data_config()
+    except UserError as exc:
+        raise UserError(f"{where} [data]: {exc}") from None
+
+
+def _check_search(name: str, entry, model: str, where: str) -> dict:
+    if name not in PARAMS or name in ("model", "seed"):
+        raise UserError(f"{where}: {name!r} cannot be searched; expected one of "
+                        f"{', '.join(k for k in PARAMS if k not in ('model', 'seed'))}")
+    if not isinstance(entry, dict):
+        raise UserError(f"{where}: expected a table with low/high or choices, got {entry!r}")
+    unknown = set(entry) - SEARCH_KEYS
+    if unknown:
+        raise UserError(f"{where}: unknown key {sorted(unknown)[0]!r}; expected some of {', '.join(sorted(SEARCH_KEYS))}")
+    if model not in PARAMS[name].models:
+        raise UserError(f"{where}: {name!r} does not apply to model {model!r}")
+    if "choices" in entry:
+        choices = entry["choices"]
+        if not isinstance(choices, list) or not choices or set(entry) != {"choices"}:
+            raise UserError(f"{where}: choices must be a non-empty list and stand alone, got {choices!r}")
+        return {"choices": [coerce(name, c, where) for c in choices]}
+    if "low" not in entry or "high" not in entry:
+        raise UserError(f"{where}: expected both 'low' and 'high' (or 'choices')")
+    if PARAMS[name].type not in (int, float):
+        raise UserError(f"{where}: {name!r} takes 'choices', not a range")
+    low, high = coerce(name, entry["low"], where), coerce(name, entry["high"], where)
+    if low >= high:
+        raise UserError(f"{where}: inverted range low={low!r} >= high={high!r}; expected low < high")
+    log = entry.get("log", False)
+    if not isinstance(log, bool):
+        raise UserError(f"{where}: log={log!r} has the wrong type; expected true or false")
+    if log and low <= 0:
+        raise UserError(f"{where}: log scale needs low > 0, got low={low!r}")
+    result = {"low": low, "high": high, "log": log}
+    if "step" in entry:
+        result["step"] = coerce(name, entry["step"], where)
+    return result

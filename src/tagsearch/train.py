@@ -1,0 +1,220 @@
+"""The training loop: BCE with pos_weight, AdamW (+ SparseAdam for the embedding table), clipping
+by value, early stopping on validation Hamming loss, and a per-epoch hook for the search layer.
+
+``train_config(corpus, params, ...)`` is the one-call entry used by ``tagsearch train``, the Optuna
+objective and ``retrain``: build inputs → build model → ``fit``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import features, metrics
+from .data import Corpus
+from .models import build_model, count_parameters
+
+EVAL_BATCH = 4096
+POS_WEIGHT_CLIP = 50.0
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training diverged (NaN/inf loss); the search records the trial as FAIL with this reason."""
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def pos_weight(labels: np.ndarray, scheme: str) -> torch.Tensor | None:
+    """``seed``: N/(K·count_k) as in the notebooks; ``neg_pos``: negatives/positives, clipped; ``none``."""
+    n_posts, n_tags = labels.shape
+    counts = np.maximum(labels.sum(axis=0).astype(np.float64), 1.0)
+    if scheme == "none":
+        return None
+    if scheme == "seed":
+        weights = n_posts / (n_tags * counts)
+    elif scheme == "neg_pos":
+        weights = np.clip((n_posts - counts) / counts, 1.0 / POS_WEIGHT_CLIP, POS_WEIGHT_CLIP)
+    else:
+        raise ValueError(f"pos_weight must be 'seed', 'neg_pos' or 'none', got {scheme!r}")
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def init_output_bias(model: nn.Module, labels: np.ndarray, weights: torch.Tensor | None) -> None:
+    """Start each tag's logit at the (pos_weight-adjusted) training prior, so the first epochs learn
+    from the text instead of spending themselves on the base rates."""
+    prior = np.clip(labels.mean(axis=0), 1e-4, 1 - 1e-4)
+    w = np.ones_like(prior) if weights is None else weights.cpu().numpy()
+    odds = prior * w / (1 - prior)
+    with torch.no_grad():
+        model.head.out.bias.copy_(torch.from_numpy(np.log(odds).astype(np.float32)))
+
+
+def make_optimizers(model: nn.Module, lr: float, weight_decay: float) -> list[torch.optim.Optimizer]:
+    """SparseAdam for parameters with sparse gradients (the embedding table), AdamW for the rest."""
+    sparse = [p for m in model.modules() if isinstance(m, nn.EmbeddingBag) and m.sparse for p in m.parameters()]
+    sparse_ids = {id(p) for p in sparse}
+    dense = [p for p in model.parameters() if id(p) not in sparse_ids]
+    optimizers = [torch.optim.AdamW(dense, lr=lr, weight_decay=weight_decay)]
+    if sparse:
+        optimizers.append(torch.optim.SparseAdam(sparse, lr=lr))
+    return optimizers
+
+
+def clip_gradients(model: nn.Module, clip_value: float) -> None:
+    dense = [p for p in model.parameters() if p.grad is not None and not p.grad.is_sparse]
+    nn.utils.clip_grad_value_(dense, clip_value)
+    for p in model.parameters():
+        if p.grad is not None and p.grad.is_sparse:
+            p.grad = p.grad.coalesce()
+            p.grad.values().clamp_(-clip_value, clip_value)
+
+
+def train_epoch(model, data, criterion, optimizers, batch_size: int, clip_value: float,
+                generator: torch.Generator) -> float:
+    """One pass over ``data`` in a fresh random order; returns the mean training loss."""
+    model.train()
+    order = torch.randperm(len(data), generator=generator).to(data.labels.device)
+    total = torch.zeros((), device=data.labels.device)
+    seen = 0
+    for inputs, targets in data.batches(batch_size, order):
+        if len(targets) < 2:  # BatchNorm needs two samples; a lone last post waits for the next epoch
+            continue
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss = criterion(model(inputs), targets)
+        loss.backward()
+        clip_gradients(model, clip_value)
+        for opt in optimizers:
+            opt.step()
+        total += loss.detach() * len(targets)
+        seen += len(targets)
+    mean = total.item() / max(seen, 1)
+    if not np.isfinite(mean):
+        raise NonFiniteLossError(f"training loss became {mean} (diverged); try a lower lr")
+    return mean
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, data, batch_size: int = EVAL_BATCH) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(inputs) for inputs, _ in data.batches(batch_size)])
+
+
+def evaluate(model, data, criterion, threshold: float) -> dict:
+    logits = predict_logits(model, data)
+    loss = float(criterion(logits, data.labels))
+    probs = torch.sigmoid(logits).cpu().numpy()
+    y_true = data.labels.cpu().numpy().astype(np.uint8)
+    return {"loss": loss, **metrics.summary(y_true, (probs >= threshold).astype(np.uint8))}
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_hamming_loss: float = float("inf")
+    stopped_early: bool = False
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.history)
+
+    @property
+    def best(self) -> dict:
+        return self.history[self.best_epoch - 1]
+
+
+EpochHook = Callable[[int, dict], None]
+
+
+def fit(model, train_data, val_data, params: dict, *, max_epochs: int, patience: int | None,
+        on_epoch: EpochHook | None = None) -> TrainResult:
+    """Train up to ``max_epochs``; stop after ``patience`` epochs without a better validation Hamming
+    loss (``None`` = never). ``on_epoch(epoch, record)`` runs after each epoch and may raise (e.g.
+    ``optuna.TrialPruned``). The returned model carries the best epoch's weights."""
+    device = train_data.labels.device
+    weights = pos_weight(train_data.labels.cpu().numpy(), params["pos_weight"])
+    criterion = nn.BCEWithLogitsLoss(pos_weight=None if weights is None else weights.to(device))
+    init_output_bias(model, train_data.labels.cpu().numpy(), weights)
+    optimizers = make_optimizers(model, params["lr"], params["weight_decay"])
+    generator = torch.Generator().manual_seed(params["seed"])
+    result, best_state = TrainResult(model), None
+    for epoch in range(1, max_epochs + 1):
+        start = time.perf_counter()
+        train_loss = train_epoch(model, train_data, criterion, optimizers, params["batch_size"],
+                                 params["clip_value"], generator)
+        val = evaluate(model, val_data, criterion, params["threshold"])
+        record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"],
+                  "val_hamming_loss": val["hamming_loss"], "val_micro_f1": val["micro_f1"],
+                  "val_macro_f1": val["macro_f1"], "seconds": time.perf_counter() - start}
+        result.history.append(record)
+        if record["val_hamming_loss"] < result.best_val_hamming_loss:
+            result.best_epoch, result.best_val_hamming_loss = epoch, record["val_hamming_loss"]
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if on_epoch is not None:
+            on_epoch(epoch, record)
+        if patience is not None and epoch - result.best_epoch >= patience:
+            result.stopped_early = epoch < max_epochs
+            break
+    model.load_state_dict(best_state)
+    return result
+
+
+@dataclass
+class Prepared:
+    """Everything built from (corpus, params) before training: inputs on the device and the model."""
+
+    model: nn.Module
+    train: object
+    val: object
+    device: torch.device
+
+
+def prepare(corpus: Corpus, params: dict, device: torch.device) -> Prepared:
+    train_data = features.model_inputs(corpus, params, "train").to(device)
+    val_data = features.model_inputs(corpus, params, "val").to(device)
+    model = build_model(params, features.input_size(corpus, params), len(corpus.tag_names)).to(device)
+    return Prepared(model, train_data, val_data, device)
+
+
+def train_config(corpus: Corpus, params: dict, *, max_epochs: int, patience: int | None,
+                 device: str = "auto", on_epoch: EpochHook | None = None) -> tuple[TrainResult, Prepared]:
+    """Build inputs and model for ``params`` and train them."""
+    prepared = prepare(corpus, params, pick_device(device))
+    result = fit(prepared.model, prepared.train, prepared.val, params, max_epochs=max_epochs,
+                 patience=patience, on_epoch=on_epoch)
+    return result, prepared
+
+
+def summary_record(result: TrainResult, corpus: Corpus, params: dict) -> dict:
+    """The JSON-able record ``tagsearch train --json`` prints (and the search stores as attributes)."""
+    best = result.best
+    return {
+        "model": params["model"],
+        "params": params,
+        "epochs_run": result.epochs_run,
+        "best_epoch": result.best_epoch,
+        "stopped_early": result.stopped_early,
+        "epoch_seconds": [round(r["seconds"], 4) for r in result.history],
+        "train_loss": [r["train_loss"] for r in result.history],
+        "val_loss": [r["val_loss"] for r in result.history],
+        "val_hamming_loss": [r["val_hamming_loss"] for r in result.history],
+        "best_val_hamming_loss": result.best_val_hamming_loss,
+        "val_micro_f1": best["val_micro_f1"],
+        "val_macro_f1": best["val_macro_f1"],
+        "parameters": count_parameters(result.model),
+        "train_posts": len(corpus.train_idx),
+        "val_posts": len(corpus.val_idx),
+        "tags": corpus.tag_names,
+        "fingerprint": corpus.fingerprint,
+    }
