@@ -1,0 +1,89 @@
+"""Shared fixtures: tiny corpora and spec files, built in temp dirs (no shipped data needed)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data" / "stackexchange-robotics.csv"
+
+# Two cores: keep each test process on one thread so parallel workers in tests do not thrash.
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def robotics_csv() -> Path:
+    """The real robotics posts from ../shared, or skip with the reason."""
+    if not SHARED_DATA.is_file():
+        pytest.skip(f"{SHARED_DATA} is absent (the ../shared folder is not beside this checkout)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_csv(tmp_path_factory) -> Path:
+    """600 synthetic posts in the Kaggle layout (Id, Title, Body, Tags)."""
+    from tagsearch.synth import write_corpus
+
+    path = tmp_path_factory.mktemp("data") / "tiny.csv"
+    write_corpus(path, n_posts=600, seed=1)
+    return path
+
+
+def write_spec(path: Path, model: str = "dense", data: Path | str = "builtin", storage: str | None = None,
+               extra: str = "", name: str | None = None) -> Path:
+    """A small, fast study spec (tiny network, 2 epochs) for tests."""
+    storage_line = f'storage = "{storage}"\n' if storage else ""
+    model_lines = ('embedding_dim = 16\nmin_freq = 1\n' if model == "dense" else
+                   'max_features = 500\nngram_max = 1\n')
+    path.write_text(f"""
+[study]
+name = "{name or 'test-' + model}"
+{storage_line}n_trials = 4
+
+[sampler]
+seed = 0
+n_startup_trials = 2
+
+[pruner]
+kind = "median"
+n_startup_trials = 1
+n_warmup_steps = 0
+
+[data]
+path = "{data}"
+
+[training]
+max_epochs = 2
+patience = 2
+device = "cpu"
+
+[defaults]
+model = "{model}"
+hidden1 = 16
+hidden2 = 8
+batch_size = 64
+{model_lines}
+[search.dropout]
+low = 0.0
+high = 0.5
+
+[search.lr]
+low = 1e-4
+high = 1e-1
+log = true
+{extra}
+""")
+    return path
+
+
+@pytest.fixture
+def spec_factory(tmp_path, tiny_csv):
+    def make(model="dense", **kwargs):
+        kwargs.setdefault("data", tiny_csv)
+        return write_spec(tmp_path / f"{model}.toml", model=model, **kwargs)
+
+    return make
