@@ -288,6 +288,11 @@ def build_corpus(frame: pd.DataFrame, config: DataConfig) -> Corpus:
     """Columns → clean text → top-k labels → filtered posts → split → fingerprint."""
     texts = clean_texts(raw_texts(frame, config.text_columns))
     tag_lists = raw_tags(frame, config.tags_column)
+    if not any(tag_lists):
+        raise UserError("every post has an empty tag list; expected at least one tagged post")
+    if len(frame) < MIN_POSTS:
+        raise UserError(f"{config.path!r} has only {len(frame)} post(s); expected at least {MIN_POSTS} "
+                        f"to split into train/validation/test")
     tag_names = top_tags(tag_lists, config.top_k)
     labels = label_matrix(tag_lists, tag_names)
     has_tag = labels.any(axis=1)

@@ -1,0 +1,121 @@
+"""Both models' shapes, and the training loop's contracts: pos_weight, early stopping, the hook."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tagsearch import features, train
+from tagsearch.data import DataConfig, load_corpus
+from tagsearch.models import DenseTagger, TfidfTagger, build_model, count_parameters
+from tagsearch.spec import SEED_DEFAULTS
+
+
+@pytest.fixture(scope="module")
+def corpus(tiny_csv):
+    return load_corpus(DataConfig(path=str(tiny_csv)))
+
+
+def small_params(model: str, **extra) -> dict:
+    return {**SEED_DEFAULTS, "model": model, "embedding_dim": 16, "hidden1": 12, "hidden2": 8,
+            "max_features": 300, "batch_size": 64, **extra}
+
+
+@pytest.mark.parametrize("model", ["dense", "tfidf"])
+def test_forward_shapes_on_real_batches(corpus, model):
+    params = small_params(model)
+    data = features.model_inputs(corpus, params, "train")
+    net = build_model(params, features.input_size(corpus, params), len(corpus.tag_names))
+    inputs, labels = next(data.batches(32))
+    assert net(inputs).shape == (32, len(corpus.tag_names)) == labels.shape
+    assert isinstance(net, DenseTagger if model == "dense" else TfidfTagger)
+
+
+def test_dense_architecture_is_embeddingbag_then_two_blocks():
+    net = build_model(small_params("dense"), input_size=100, n_tags=10)
+    assert net.embedding.mode == "mean" and net.embedding.sparse
+    kinds = [type(m).__name__ for m in net.head.block1] + [type(m).__name__ for m in net.head.block2]
+    assert kinds == ["Linear", "WarmBatchNorm1d", "ReLU", "Dropout"] * 2
+    assert net.head.out.out_features == 10
+    assert count_parameters(net) == sum(p.numel() for p in net.parameters())
+
+
+def test_tfidf_input_stays_sparse(corpus):
+    params = small_params("tfidf")
+    inputs, _ = next(features.model_inputs(corpus, params, "train").batches(16))
+    assert inputs.layout == torch.sparse_csr
+
+
+def test_vocabulary_is_fitted_on_train_only_with_unknown_at_zero(corpus):
+    vocab = features.vocabulary(corpus, 1)
+    assert vocab[0] == features.UNKNOWN
+    train_words = {w for i in corpus.train_idx for w in corpus.texts[i].split()}
+    assert set(vocab[1:]) == train_words
+    assert len(features.vocabulary(corpus, 3)) < len(vocab)
+
+
+def test_pos_weight_schemes():
+    labels = np.array([[1, 0], [1, 0], [1, 1], [0, 0]], dtype=np.uint8)
+    np.testing.assert_allclose(train.pos_weight(labels, "seed"), [4 / (2 * 3), 4 / (2 * 1)], rtol=1e-6)
+    np.testing.assert_allclose(train.pos_weight(labels, "neg_pos"), [1 / 3, 3.0], rtol=1e-6)
+    assert train.pos_weight(labels, "none") is None
+    rare = np.zeros((1000, 1), dtype=np.uint8)
+    rare[0] = 1
+    assert float(train.pos_weight(rare, "neg_pos")[0]) == train.POS_WEIGHT_CLIP
+    with pytest.raises(ValueError, match="pos_weight"):
+        train.pos_weight(labels, "bogus")
+
+
+@pytest.mark.parametrize("model", ["dense", "tfidf"])
+def test_training_learns_on_tiny_data(corpus, model):
+    params = small_params(model, lr=0.01, pos_weight="neg_pos")
+    result, _ = train.train_config(corpus, params, max_epochs=3, patience=None, device="cpu")
+    losses = [r["train_loss"] for r in result.history]
+    assert losses[-1] < losses[0]
+    assert result.epochs_run == 3 and 1 <= result.best_epoch <= 3
+
+
+def test_early_stopping_restores_the_best_epoch(corpus, monkeypatch):
+    """Scripted validation scores: best at epoch 2, then two worse epochs → stop at 4, epoch-2 weights."""
+    scores = iter([0.30, 0.20, 0.25, 0.26, 0.10])
+    real_evaluate = train.evaluate
+
+    def scripted(*args, **kwargs):
+        return {**real_evaluate(*args, **kwargs), "hamming_loss": next(scores)}
+
+    monkeypatch.setattr(train, "evaluate", scripted)
+    snapshots = {}
+
+    def hook(epoch, record):
+        snapshots[epoch] = {k: v.detach().clone() for k, v in prepared_model().state_dict().items()}
+
+    params = small_params("dense", lr=0.05)
+    prepared = train.prepare(corpus, params, torch.device("cpu"))
+    prepared_model = lambda: prepared.model  # noqa: E731
+    result = train.fit(prepared.model, prepared.train, prepared.val, params, max_epochs=5, patience=2,
+                       on_epoch=hook)
+    assert (result.epochs_run, result.best_epoch, result.stopped_early) == (4, 2, True)
+    assert result.best_val_hamming_loss == pytest.approx(0.20)
+    final = prepared.model.state_dict()
+    for key, value in snapshots[2].items():
+        assert torch.equal(final[key], value), key
+    assert not torch.equal(final["head.out.weight"], snapshots[4]["head.out.weight"])
+
+
+def test_hook_exceptions_stop_training(corpus):
+    class Stop(Exception):
+        pass
+
+    def hook(epoch, record):
+        assert set(record) >= {"epoch", "train_loss", "val_loss", "val_hamming_loss", "val_micro_f1", "seconds"}
+        raise Stop
+
+    with pytest.raises(Stop):
+        train.train_config(corpus, small_params("tfidf"), max_epochs=3, patience=None, device="cpu", on_epoch=hook)
+
+
+def test_diverging_training_raises_a_clear_error(corpus, monkeypatch):
+    monkeypatch.setattr(torch.nn.BCEWithLogitsLoss, "forward", lambda self, x, y: (x * float("nan")).sum())
+    with pytest.raises(train.NonFiniteLossError, match="diverged"):
+        train.train_config(corpus, small_params("tfidf"), max_epochs=1, patience=None, device="cpu")
