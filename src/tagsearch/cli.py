@@ -125,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--out", metavar="DIR", help="results directory (default: results/<study>)")
     retrain.add_argument("--trial", type=int, metavar="N", help="trial number (default: the best)")
     retrain.add_argument("--device", metavar="DEV")
+    retrain.add_argument("--threads", type=positive_int, metavar="T", help="torch CPU threads (default 1)")
 
     predict = sub.add_parser("predict", help="tag posts with a retrained model")
     predict.add_argument("results", metavar="DIR")
@@ -212,9 +213,22 @@ def cmd_train(args) -> int:
     return 0
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Like ``parse_args``, but ``predict DIR TEXT --json MORE TEXT`` keeps every TEXT: argparse stops
+    filling a positional list at the first option, so the texts after it come back as extras."""
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if args.command == "predict":
+        texts = [e for e in extras if not e.startswith("-")]
+        args.texts, extras = args.texts + texts, [e for e in extras if e.startswith("-")]
+    if extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args = parse_args(argv)
         module, function = COMMANDS[args.command]
         return getattr(importlib.import_module(module), function)(args) or 0
     except UserError as exc:
