@@ -1,0 +1,310 @@
+"""One study, top-down: a spec becomes a sampler, a pruner and an objective; the objective suggests
+parameters, builds and trains a model, reports every epoch and returns the best validation Hamming
+loss. Also the study's bookkeeping: trial 0 is the spec's [defaults], the data fingerprint is
+recorded on the study, and a worker on other data is refused.
+
+``workers.py`` decides how many trials to run and where; this file only says what a trial is.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import socket
+import time
+import warnings
+from dataclasses import dataclass
+
+import optuna
+import torch
+
+from . import metrics, train
+from .data import Corpus
+from .errors import UserError
+from .spec import PARAMS, Spec
+from .storage import masked, open_storage
+
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+METRIC = "val_hamming_loss"
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+DESCRIBE_WAIT_SECONDS = 10
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampler, pruner, search space
+
+
+def build_sampler(spec: Spec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+    """TPE (constant liar, so parallel workers spread out) or random; ``seed_offset`` keeps workers
+    that share a spec seed from drawing identical random startup trials."""
+    cfg = spec.sampler
+    seed = None if cfg.get("seed") is None else cfg["seed"] + seed_offset
+    if cfg.get("kind", "tpe") == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.get("n_startup_trials", 10),
+                                      multivariate=cfg.get("multivariate", False), constant_liar=True)
+
+
+def build_pruner(spec: Spec) -> optuna.pruners.BasePruner:
+    """median | halving | hyperband | none, wrapped in PatientPruner when ``patience`` > 0."""
+    cfg, kind = spec.pruner, spec.pruner.get("kind", "median")
+    try:
+        if kind == "median":
+            # Steps are 1-based epochs: n_warmup_steps = 1 means epoch 1 always runs, epoch 2 may be pruned.
+            pruner = optuna.pruners.MedianPruner(n_startup_trials=cfg.get("n_startup_trials", 5),
+                                                 n_warmup_steps=cfg.get("n_warmup_steps", 0) + 1)
+        elif kind == "halving":
+            pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=cfg.get("min_resource", "auto"),
+                                                            reduction_factor=cfg.get("reduction_factor", 4))
+        elif kind == "hyperband":
+            pruner = optuna.pruners.HyperbandPruner(min_resource=cfg.get("min_resource", 1),
+                                                    max_resource=spec.max_epochs,
+                                                    reduction_factor=cfg.get("reduction_factor", 3))
+        else:
+            pruner = None
+        if cfg.get("patience", 0) > 0:
+            return optuna.pruners.PatientPruner(pruner, patience=cfg["patience"], min_delta=cfg.get("min_delta", 0.0))
+    except ValueError as exc:
+        raise UserError(f"{spec.path} [pruner]: {exc}") from None
+    return pruner or optuna.pruners.NopPruner()
+
+
+def check_space(spec: Spec) -> None:
+    """Errors Optuna would only raise mid-trial: log with step, a default outside its choices."""
+    for name, space in spec.search.items():
+        where = f"{spec.path} [search.{name}]"
+        if "choices" in space and spec.defaults[name] not in space["choices"]:
+            raise UserError(f"{where}: [defaults] {name}={spec.defaults[name]!r} is not one of the choices "
+                            f"{space['choices']}; trial 0 runs the defaults, so add it to the choices")
+        if space.get("log") and space.get("step") is not None:
+            raise UserError(f"{where}: log=true cannot be combined with step={space['step']!r}; expected one of them")
+
+
+def suggest(trial: optuna.Trial, spec: Spec) -> dict:
+    """The complete parameter dict: the spec's defaults overlaid with this trial's suggestions."""
+    params = dict(spec.defaults)
+    for name, space in spec.search.items():
+        if "choices" in space:
+            params[name] = trial.suggest_categorical(name, space["choices"])
+        elif PARAMS[name].type is int:
+            params[name] = trial.suggest_int(name, space["low"], space["high"], step=space.get("step", 1),
+                                             log=space["log"])
+        else:
+            params[name] = trial.suggest_float(name, space["low"], space["high"], step=space.get("step"),
+                                               log=space["log"])
+    return params
+
+
+# ---------------------------------------------------------------------------------------------
+# The objective
+
+
+class Objective:
+    """Suggest → build → train → report each epoch → return the best validation Hamming loss."""
+
+    def __init__(self, spec: Spec, corpus: Corpus, device: str | None = None, max_epochs: int | None = None):
+        self.spec, self.corpus = spec, corpus
+        self.device = device or spec.device
+        self.max_epochs = max_epochs or spec.max_epochs
+        self.device_name = describe_device(self.device)
+        self.interrupted: int | None = None  # number of a trial stopped by Ctrl-C/SIGTERM (to requeue)
+        self.active = False  # inside a trial: a signal interrupts it (see workers.py)
+        self.stop_requested = False  # a signal came: start no further trial
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        self.active = True
+        try:
+            if self.stop_requested:  # the signal came while Optuna was creating this trial
+                raise KeyboardInterrupt
+            params = suggest(trial, self.spec)
+            set_user_attrs(trial, params=params, model=params["model"], device=self.device_name,
+                           worker=f"{socket.gethostname()}:{os.getpid()}")
+            return self.train(trial, params)
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:  # diverged, CUDA OOM, ...: FAIL with the reason; the worker goes on
+            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:1000])
+            raise
+        except KeyboardInterrupt:
+            self.interrupted = trial.number
+            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C or SIGTERM); queued again with the same parameters")
+            raise
+        finally:
+            self.active = False
+            release_memory()
+
+    def train(self, trial: optuna.Trial, params: dict) -> float:
+        start = time.perf_counter()
+        result, prepared = train.train_config(self.corpus, params, max_epochs=self.max_epochs,
+                                              patience=self.spec.patience, device=self.device,
+                                              on_epoch=epoch_hook(trial))
+        val = validation_report(result.model, prepared, self.corpus, params["threshold"])
+        set_user_attrs(trial, epochs_run=result.epochs_run, best_epoch=result.best_epoch,
+                       stopped_early=result.stopped_early, train_seconds=round(time.perf_counter() - start, 3),
+                       parameters=train.count_parameters(result.model), val_micro_f1=val["micro_f1"],
+                       val_macro_f1=val["macro_f1"],
+                       val_per_class_f1={row["label"]: round(row["f1"], 4) for row in val["per_class"]})
+        return result.best_val_hamming_loss
+
+
+def epoch_hook(trial: optuna.Trial):
+    """The per-epoch hook shared with early stopping: report, then maybe prune (saying why)."""
+    best = {"value": float("inf"), "epoch": 0}
+
+    def hook(epoch: int, record: dict) -> None:
+        value = record[METRIC]
+        if value < best["value"]:
+            best.update(value=value, epoch=epoch)
+        trial.report(value, epoch)
+        if trial.should_prune():
+            reason = (f"pruned at epoch {epoch}: {METRIC} {value:.4f} (best so far {best['value']:.4f} at epoch "
+                      f"{best['epoch']}) is not promising next to the other trials at this epoch")
+            set_user_attrs(trial, pruned_reason=reason, epochs_run=epoch, best_epoch=best["epoch"])
+            raise optuna.TrialPruned(reason)
+
+    return hook
+
+
+def validation_report(model, prepared, corpus: Corpus, threshold: float) -> dict:
+    """Micro/macro and per-class F1 of the best model on the validation split."""
+    probs = torch.sigmoid(train.predict_logits(model, prepared.val)).cpu().numpy()
+    y_true = prepared.val.labels.cpu().numpy().astype("uint8")
+    return metrics.report(y_true, probs, threshold, corpus.tag_names)
+
+
+def set_user_attrs(trial: optuna.Trial, **attrs) -> None:
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+
+
+def describe_device(name: str) -> str:
+    """``"auto"`` → ``"cpu"`` or ``"cuda:0 (NVIDIA H100)"``; a UserError for a device we cannot use."""
+    try:
+        device = train.pick_device(name)
+    except RuntimeError as exc:
+        raise UserError(f"--device {name!r} is not a device ({exc}); expected auto, cpu, cuda or cuda:N") from None
+    if device.type != "cuda":
+        return device.type
+    if not torch.cuda.is_available():
+        raise UserError(f"--device {name!r}: no CUDA GPU is visible (CUDA_VISIBLE_DEVICES="
+                        f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); expected cpu or auto")
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index >= torch.cuda.device_count():
+        raise UserError(f"--device {name!r}: only {torch.cuda.device_count()} GPU(s) visible")
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+
+
+def release_memory() -> None:
+    """Drop the finished trial's tensors (a failed CUDA trial must not starve the next one)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------------------------------
+# Studies
+
+
+def open_study(spec: Spec, corpus: Corpus, storage_url: str | None = None, study_name: str | None = None,
+               seed_offset: int = 0, storage=None) -> optuna.Study:
+    """Create the study (recording the data, queueing the defaults as trial 0) or join it (refusing
+    other data). Safe when several workers start at once: exactly one of them creates it.
+    ``storage``: the already opened storage of ``storage_url``, if the caller has it."""
+    check_space(spec)
+    name = study_name or spec.name
+    storage = storage or open_storage(storage_url or spec.storage)
+    sampler, pruner = build_sampler(spec, seed_offset), build_pruner(spec)
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, direction=spec.direction,
+                                    sampler=sampler, pruner=pruner)
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+        join_study(study, spec, corpus)
+        return study
+    start_study(study, spec, corpus)
+    return study
+
+
+def start_study(study: optuna.Study, spec: Spec, corpus: Corpus) -> None:
+    """Queue the defaults as trial 0, then record data and model (the fingerprint goes last: joining
+    workers wait for it, so they never race trial 0)."""
+    if not study.trials:
+        study.enqueue_trial({name: spec.defaults[name] for name in spec.search}, user_attrs={"config": "defaults"})
+    study.set_metric_names([METRIC])
+    attrs = {"model": spec.model, "spec": spec.path, "data_source": corpus.source, "split": corpus.split,
+             "tags": corpus.tag_names, "posts": {"train": len(corpus.train_idx), "val": len(corpus.val_idx),
+                                                 "test": len(corpus.test_idx)}, "fingerprint": corpus.fingerprint}
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)
+
+
+def join_study(study: optuna.Study, spec: Spec, corpus: Corpus) -> None:
+    """Check an existing study is ours and on this data; adopt one left undescribed by a dead creator."""
+    deadline = time.monotonic() + DESCRIBE_WAIT_SECONDS
+    while "fingerprint" not in study.user_attrs and time.monotonic() < deadline:
+        time.sleep(0.2)  # its creator is still writing trial 0 and the attributes
+    if "fingerprint" not in study.user_attrs:
+        start_study(study, spec, corpus)
+        return
+    check_fingerprint(study, corpus)
+    model = study.user_attrs.get("model")
+    if model != spec.model:
+        raise UserError(f"study {study.study_name!r} searches the {model!r} model but {spec.path} is a "
+                        f"{spec.model!r} spec; expected the spec the study was created with, or a new --study-name")
+
+
+def check_fingerprint(study: optuna.Study, corpus: Corpus) -> None:
+    """UserError unless ``corpus`` is the data the study was created on (same posts, tags, split)."""
+    theirs = study.user_attrs.get("fingerprint")
+    if theirs is None or theirs == corpus.fingerprint:
+        return
+    raise UserError(f"study {study.study_name!r} was created on data with fingerprint {theirs} "
+                    f"({study.user_attrs.get('data_source')}, {study.user_attrs.get('split')}), but this data "
+                    f"has fingerprint {corpus.fingerprint} ({corpus.source}, {corpus.split}); expected the same "
+                    f"file, --top-k and split settings, or a new --study-name")
+
+
+def load_study(spec: Spec, storage_url: str | None = None, study_name: str | None = None) -> optuna.Study:
+    """An existing study (UserError listing the studies present when it is missing)."""
+    url, name = storage_url or spec.storage, study_name or spec.name
+    storage = open_storage(url, create=False)
+    names = optuna.get_all_study_names(storage)
+    if name not in names:
+        raise UserError(f"no study {name!r} in {masked(url)}; expected one of: {', '.join(sorted(names)) or '(none)'}")
+    return optuna.load_study(study_name=name, storage=storage, sampler=build_sampler(spec), pruner=build_pruner(spec))
+
+
+@dataclass
+class Progress:
+    """Trial counts of a study and its best value so far."""
+
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    running: int = 0
+    waiting: int = 0
+    best_value: float | None = None
+    best_number: int | None = None
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned
+
+
+def progress(study: optuna.Study) -> Progress:
+    state = optuna.trial.TrialState
+    counts = Progress()
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state == state.COMPLETE:
+            counts.complete += 1
+            if counts.best_value is None or trial.value < counts.best_value:
+                counts.best_value, counts.best_number = trial.value, trial.number
+        elif trial.state == state.PRUNED:
+            counts.pruned += 1
+        elif trial.state == state.FAIL:
+            counts.failed += 1
+        elif trial.state == state.RUNNING:
+            counts.running += 1
+        else:
+            counts.waiting += 1
+    return counts
