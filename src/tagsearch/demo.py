@@ -1,0 +1,154 @@
+"""``tagsearch demo``: the whole job on a fresh machine, in about ten minutes on two cores.
+
+1. Make sure the data exists (the built-in synthetic corpus by default, generated under storage/).
+2. Write demo specs under storage/ from studies/dense.toml and studies/tfidf.toml: fewer trials and
+   epochs, a median pruner that starts after two trials (so pruning shows), storage
+   ``sqlite:///storage/demo.db``.
+3. Run both studies with ``tagsearch launch`` (W worker processes each).
+4. Retrain both best trials into results/<study>/ and compare them with the linear baseline.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+from .builtin import BUILTIN_POSTS, BUILTIN_SEED
+from .data import log
+from .errors import UserError
+from .spec import BUILTIN_DATA, load_spec
+
+STORAGE = "sqlite:///storage/demo.db"
+SPEC_DIR = Path("storage")
+MODELS = ("dense", "tfidf")
+EPOCHS = 3
+TIMEOUT = 150.0  # seconds per study (no new trial starts after it)
+PRUNER = {"kind": "median", "n_startup_trials": 2, "n_warmup_steps": 0, "patience": 0}
+
+
+def cmd_demo(args) -> int:
+    start = time.monotonic()
+    data, suffix = demo_data(args.data, args.posts)
+    folders = []
+    for model in MODELS:
+        name = f"demo-{model}{suffix}"
+        spec_path = write_demo_spec(model, name, data, args.trials)
+        log(f"\n== {name}: {args.trials} trials, {args.workers} worker(s), at most {EPOCHS} epochs each ==")
+        run_study(spec_path, args.trials, args.workers, args.timeout or TIMEOUT)
+        log(f"\n== {name}: retraining the best trial and evaluating it on the test split ==")
+        folders.append(f"results/{name}")
+        run_command(["retrain", str(spec_path), "--out", folders[-1]])
+    log("\n== comparing with a TF-IDF + LogisticRegression baseline ==")
+    run_command(["compare", *folders])
+    minutes, seconds = divmod(int(time.monotonic() - start), 60)
+    print(f"\ndemo done in {minutes}m{seconds:02d}s")
+    print(f"  results:   {', '.join(f + '/' for f in folders)} (report.md in each), results/compare.md")
+    print(f"  try:       tagsearch predict {folders[-1]} \"How do I bind a click handler with jQuery?\"")
+    print(f"  dashboard: tagsearch dashboard --storage {STORAGE}   (then open http://127.0.0.1:8080/dashboard/)")
+    return 0
+
+
+def demo_data(path: str | None, posts: int) -> tuple[str, str]:
+    """The data path for the demo specs and a study-name suffix ('' for the built-in corpus)."""
+    if path:
+        if not Path(path).is_file():
+            raise UserError(f"--data {path!r} not found; expected a posts file (.csv .tsv .parquet .jsonl)")
+        return str(Path(path).resolve()), f"-{Path(path).stem}"
+    if posts == BUILTIN_POSTS:
+        return BUILTIN_DATA, ""
+    target = SPEC_DIR / f"builtin-synth-{posts}.csv"
+    if not target.is_file():
+        from .synth import write_corpus
+
+        log(f"generating a synthetic corpus of {posts} posts at {target} ...")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp.csv")
+        write_corpus(tmp, n_posts=posts, seed=BUILTIN_SEED)
+        tmp.replace(target)
+    return str(target), f"-{posts}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Specs
+
+
+def studies_dir() -> Path:
+    """studies/ in the working directory, else beside the package's source tree."""
+    for folder in (Path("studies"), Path(__file__).resolve().parents[2] / "studies"):
+        if (folder / "dense.toml").is_file():
+            return folder
+    raise UserError("cannot find studies/dense.toml; run 'tagsearch demo' from the tagsearch checkout")
+
+
+def demo_spec(model: str, name: str, data: str, trials: int) -> dict:
+    """studies/<model>.toml, shrunk to demo size."""
+    raw = tomllib.loads((studies_dir() / f"{model}.toml").read_text(encoding="utf-8"))
+    raw["study"].update(name=name, storage=STORAGE, n_trials=trials)
+    raw["sampler"]["n_startup_trials"] = max(2, min(raw["sampler"].get("n_startup_trials", 8), trials // 2))
+    raw["pruner"] = dict(PRUNER)
+    raw["data"]["path"] = data
+    raw["training"].update(max_epochs=EPOCHS, device="cpu")
+    return raw
+
+
+def write_demo_spec(model: str, name: str, data: str, trials: int) -> Path:
+    path = SPEC_DIR / f"{name}.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# Written by 'tagsearch demo' from studies/{model}.toml.\n\n"
+                    f"{to_toml(demo_spec(model, name, data, trials))}", encoding="utf-8")
+    load_spec(path)  # the written spec must be valid
+    return path
+
+
+def to_toml(raw: dict) -> str:
+    """A spec dict (tables of scalars and lists, ``search`` nested one level) as TOML."""
+    lines = []
+    for section, table in raw.items():
+        nested = table.items() if section == "search" else [(None, table)]
+        for sub, values in nested:
+            lines.append(f"[{section}.{sub}]" if sub else f"[{section}]")
+            lines += [f"{key} = {toml_value(value)}" for key, value in values.items()]
+            lines.append("")
+    return "\n".join(lines)
+
+
+def toml_value(value) -> str:
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+
+
+def run_study(spec_path: Path, trials: int, workers: int, timeout: float) -> None:
+    """``tagsearch launch`` in a subprocess (its progress line goes straight to the terminal)."""
+    command = [sys.executable, "-m", "tagsearch.cli", "launch", str(spec_path), "--workers", str(workers),
+               "--devices", "cpu", "--n-trials", str(trials), "--timeout", str(timeout)]
+    code = subprocess.call(command)
+    if code == 130:
+        raise KeyboardInterrupt
+    if code != 0:
+        raise UserError(f"the study of {spec_path} failed (tagsearch launch exited with {code}); see its "
+                        f"messages above and the worker logs in storage/demo-logs/")
+
+
+def run_command(argv: list[str]) -> None:
+    """Another tagsearch command in this process (its UserError propagates as ours)."""
+    import importlib
+
+    from .cli import COMMANDS, build_parser
+
+    args = build_parser().parse_args(argv)
+    module, function = COMMANDS[args.command]
+    getattr(importlib.import_module(module), function)(args)

@@ -1,0 +1,67 @@
+"""``tagsearch predict DIR [TEXT ...] [--file PATH] [--json]``: tag posts with a retrained model.
+
+Posts come from the TEXT arguments, or ``--file`` (a table such as a CSV with a text column, read
+like training data; any other file is one post per line), or stdin (one post per line). Each post is
+cleaned exactly as the training data was. Output: one line per post with its predicted tags
+(``-`` when none), or with ``--json`` one JSON object per line: ``{"tags": [...], "scores": {tag:
+probability}}``. Loading uses JSON and safetensors only (see results.py).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from . import results
+from .data import FORMATS, raw_texts, read_table
+from .errors import UserError
+
+NO_TAG = "-"
+
+
+def cmd_predict(args) -> int:
+    loaded = results.load(args.results)
+    texts = read_posts(args.texts, args.file, sys.stdin)
+    y_pred, probs = loaded.predict(texts)
+    for row, scores in zip(y_pred, probs):
+        tags = [tag for tag, hit in zip(loaded.tag_names, row) if hit]
+        if args.json:
+            rounded = {tag: round(float(score), 6) for tag, score in zip(loaded.tag_names, scores)}
+            print(json.dumps({"tags": tags, "scores": rounded}))
+        else:
+            print(" ".join(tags) or NO_TAG)
+    return 0
+
+
+def read_posts(texts: list[str], file: str | None, stdin) -> list[str]:
+    """The posts to tag, from arguments, a file, or stdin (in that order of preference)."""
+    if texts and file:
+        raise UserError("give posts either as TEXT arguments or with --file, not both")
+    if texts:
+        return list(texts)
+    if file:
+        posts = read_file(Path(file))
+        source = f"--file {file!r}"
+    elif stdin is None or stdin.isatty():
+        raise UserError("no posts to tag; expected TEXT arguments, --file PATH, or posts piped on stdin")
+    else:
+        posts = [line.rstrip("\r\n") for line in stdin if line.strip()]
+        source = "stdin"
+    if not posts:
+        raise UserError(f"{source} holds no posts; expected one post per line (or a table with a text column)")
+    return posts
+
+
+def read_file(path: Path) -> list[str]:
+    """A table (by extension, read and joined like training data) or plain text, one post per line."""
+    if path.suffix.lower() in FORMATS:
+        return raw_texts(read_table(path)).tolist()
+    if not path.is_file():
+        raise UserError(f"--file {str(path)!r} not found")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise UserError(f"--file {str(path)!r} is not valid UTF-8 (byte {exc.object[exc.start]:#04x} at offset "
+                        f"{exc.start}); re-save it as UTF-8") from None
+    return [line for line in lines if line.strip()]

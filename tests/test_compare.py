@@ -1,0 +1,78 @@
+"""tagsearch compare: results side by side with a TF-IDF + LogisticRegression baseline."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from tagsearch.cli import main
+from test_retrain import shared_results
+
+
+@pytest.fixture(scope="module")
+def two_results(tmp_path_factory, tiny_csv):
+    root = tmp_path_factory.mktemp("compare")
+    folders = []
+    for model in ("dense", "tfidf"):
+        out = shared_results(model, tmp_path_factory, tiny_csv)[1]
+        folders.append(shutil.copytree(out, root / "results" / f"run-{model}"))
+    return root, folders
+
+
+def rows_of(text: str) -> dict[str, list[str]]:
+    """Table rows keyed by their first cell."""
+    rows = [line.strip("|").split("|") for line in text.splitlines() if line.startswith("| ")]
+    return {cells[0].strip(): [c.strip() for c in cells] for cells in rows[2:]}  # after header, ---
+
+
+def test_table_rows_match_metrics(two_results, tmp_path, capsys):
+    _, folders = two_results
+    out = tmp_path / "cmp.md"
+    assert main(["compare", *map(str, folders), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert out.read_text() == printed
+    rows = rows_of(printed)
+    assert set(rows) == {"run-dense", "run-tfidf", "baseline: TF-IDF + LogisticRegression"}
+    for folder in folders:
+        metrics = json.loads((folder / "metrics.json").read_text())
+        config = json.loads((folder / "config.json").read_text())
+        row = rows[folder.name]
+        assert row[1] == config["model"]
+        assert row[4:7] == [f"{metrics[k]:.4f}" for k in ("test_hamming_loss", "test_micro_f1", "test_macro_f1")]
+        assert row[7] == f"{config['parameters']:,}"
+        assert f"lr={config['params']['lr']:.3g}" in row[9]
+    baseline = rows["baseline: TF-IDF + LogisticRegression"]
+    assert baseline[1] == "linear" and 0 < float(baseline[5]) <= 1
+    assert "Best test micro-F1" in printed
+
+
+def test_default_dirs_and_missing_data(two_results, tmp_path, monkeypatch, capsys):
+    """No arguments: every results/*/ with a config.json (temp dirs skipped); data gone → noted."""
+    root, folders = two_results
+    monkeypatch.chdir(tmp_path)
+    for folder in folders:
+        shutil.copytree(folder, tmp_path / "results" / folder.name)
+    (tmp_path / "results" / ".run-x.tmp-123").mkdir()
+    config_path = tmp_path / "results" / "run-dense" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["data"]["path"] = str(tmp_path / "gone.csv")
+    config["fingerprint"] = "0123456789abcdef"
+    config_path.write_text(json.dumps(config))
+    assert main(["compare"]) == 0
+    printed = capsys.readouterr().out
+    assert (tmp_path / "results" / "compare.md").read_text() == printed
+    rows = rows_of(printed)
+    assert {"run-dense", "run-tfidf"} <= set(rows) and len(rows) == 3  # one baseline: the other data is gone
+    assert "no baseline for gone.csv" in printed
+
+
+def test_errors(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["compare"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no results directories") and err.count("\n") == 1
+    (tmp_path / "half").mkdir()
+    assert main(["compare", "half"]) == 2
+    assert "config.json" in capsys.readouterr().err

@@ -1,0 +1,64 @@
+"""tagsearch demo: its specs, its data, and (slow) the whole run on a small corpus."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tagsearch import demo
+from tagsearch.spec import load_spec
+
+
+@pytest.mark.parametrize("model", ["dense", "tfidf"])
+def test_demo_spec_round_trips_and_is_valid(model, tmp_path, monkeypatch):
+    raw = demo.demo_spec(model, f"demo-{model}", "builtin", trials=6)
+    assert tomllib.loads(demo.to_toml(raw)) == raw
+    monkeypatch.chdir(tmp_path)
+    spec = load_spec(demo.write_demo_spec(model, f"demo-{model}", "builtin", 6))
+    assert spec.name == f"demo-{model}" and spec.storage == demo.STORAGE and spec.n_trials == 6
+    assert spec.max_epochs == demo.EPOCHS and spec.pruner["kind"] == "median"
+    assert spec.search == load_spec(demo.studies_dir().resolve() / f"{model}.toml").search
+
+
+def test_demo_data(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert demo.demo_data(None, 47427) == ("builtin", "")
+    path, suffix = demo.demo_data(None, 300)
+    assert path == "storage/builtin-synth-300.csv" and suffix == "-300" and Path(path).is_file()
+    assert demo.demo_data(path, 47427) == (str(Path(path).resolve()), "-builtin-synth-300")
+
+
+def test_demo_bad_data_is_one_error_line(tmp_path, monkeypatch, capsys):
+    from tagsearch.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--data", "nope.csv"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --data 'nope.csv' not found") and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path):
+    """The whole demo on 400 posts: two studies, two results dirs, a comparison, a prediction."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "tagsearch.cli", "demo", "--posts", "400", "--trials", "3",
+                          "--workers", "1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "tagsearch dashboard --storage sqlite:///storage/demo.db" in run.stdout
+    for model in ("dense", "tfidf"):
+        folder = tmp_path / "results" / f"demo-{model}-400"
+        for name in ("model.safetensors", "preprocessing.json", "config.json", "metrics.json", "report.md",
+                     "curves.png", "confusion.png", "f1.png", "optimization_history.png"):
+            assert (folder / name).is_file(), name
+        assert json.loads((folder / "config.json").read_text())["study"] == f"demo-{model}-400"
+    assert "demo-dense-400" in (tmp_path / "results" / "compare.md").read_text()
+    predicted = subprocess.run([sys.executable, "-m", "tagsearch.cli", "predict", "results/demo-tfidf-400",
+                                "How do I select a div with jquery?"], cwd=tmp_path, env=env, capture_output=True,
+                               text=True, timeout=120)
+    assert predicted.returncode == 0 and len(predicted.stdout.splitlines()) == 1
