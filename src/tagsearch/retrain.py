@@ -48,13 +48,15 @@ def cmd_retrain(args) -> int:
     corpus = load_corpus(data_config)
     search.check_fingerprint(study, corpus)
     params = trial_params(spec, trial)
+    out = Path(args.out or Path("results") / study.study_name)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"results path {str(out)!r} is a file; expected a directory (or nothing) there")
     epochs = int(trial.user_attrs.get("best_epoch") or spec.max_epochs)
     torch.set_num_threads(getattr(args, "threads", None) or RETRAIN_THREADS)
     log(f"retraining trial {trial.number} of study {study.study_name!r} ({params['model']}) on "
         f"{corpus.source}: up to {epochs} epoch(s), patience {spec.patience}")
     run = retrain(corpus, params, epochs, spec.patience, args.device or spec.device)
     evaluation = evaluate(run, corpus, params)
-    out = Path(args.out or Path("results") / study.study_name)
     info = {"study": study.study_name, "storage": masked(url), "trial": trial.number, "trial_value": trial.value,
             "data": data_record(data_config), "max_epochs": epochs, "patience": spec.patience}
     with results.atomic_dir(out) as folder:

@@ -3,14 +3,16 @@ a whole has its budget of finished trials) and ``tagsearch launch`` (W worker su
 device list, one live progress line, signals forwarded, non-zero exit if a worker crashed).
 
 Budget: before each trial a worker counts the study's finished (COMPLETE + PRUNED) and RUNNING
-trials and starts one only while their sum is below N, so workers together stop at N finished
-trials (two workers passing the check in the same instant can overshoot by the trials running).
+trials and starts one only while their sum is below N. Counting and creating the trial happen under
+the study's ``BudgetLock``, so two workers never both take the last slot: exactly N finish.
 While the remaining budget is held by other workers' running trials, a worker waits and keeps
 checking heartbeats: if such a worker died, its trial is failed, requeued and run here.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import signal
 import subprocess
@@ -25,7 +27,7 @@ from .cli import resolve_data
 from .data import load_corpus, log
 from .errors import UserError
 from .spec import load_spec
-from .storage import RDB_SCHEMES, local_path, masked, open_storage, scheme
+from .storage import RDB_SCHEMES, local_path, masked, open_storage, scheme, with_driver
 
 POLL_SECONDS = 1.0
 MAX_CONSECUTIVE_FAILURES = 8
@@ -44,7 +46,7 @@ def cmd_worker(args) -> int:
     url, target = args.storage or spec.storage, args.n_trials or spec.n_trials
     search.check_space(spec)  # cheap checks first, then the data
     device = search.describe_device(args.device or spec.device)
-    store = open_storage(url)
+    store = open_early(url)
     if args.threads:
         import torch
 
@@ -56,9 +58,18 @@ def cmd_worker(args) -> int:
     log(f"data: {corpus.source}: {corpus.summary()}")
     log(f"worker {os.getpid()} on study {study.study_name!r} ({masked(url)}), device {device}, data fingerprint "
         f"{corpus.fingerprint}: {search.progress(study).finished}/{target} trials finished")
-    code = run_trials(study, objective, target, args.timeout or spec.timeout, wait_for_running=has_heartbeat(url))
+    code = run_trials(study, objective, target, args.timeout or spec.timeout, wait_for_running=has_heartbeat(url),
+                      url=url)
     log(f"worker {os.getpid()} done: {summary(search.progress(study), target)}")
     return code
+
+
+def open_early(url: str):
+    """A server storage, opened before the data is loaded (an unreachable one fails fast); None for
+    a local file that does not exist yet, so a refused input never leaves an empty storage behind
+    (``open_study`` creates it once the data is good)."""
+    path = local_path(url)
+    return open_storage(url) if path is None or path.exists() else None
 
 
 def handle_interrupts(objective: search.Objective) -> None:
@@ -83,33 +94,86 @@ def worker_index() -> int:
 
 
 def run_trials(study: optuna.Study, objective: search.Objective, target: int, timeout: float | None = None,
-               wait_for_running: bool = True) -> int:
+               wait_for_running: bool = True, url: str | None = None) -> int:
     """Run trials until the study has ``target`` finished ones or ``timeout`` seconds passed.
     When the rest of the budget is running elsewhere, wait (``wait_for_running``: only with
-    heartbeats, which tell a slow worker from a dead one) or leave. Returns 0, or 1 when this
+    heartbeats, which tell a slow worker from a dead one) or leave. ``url``: the study's storage,
+    whose ``BudgetLock`` other workers share (None: no other worker). Returns 0, or 1 when this
     worker's trials keep failing."""
     deadline = None if timeout is None else time.monotonic() + timeout
     guard = FailureGuard(MAX_CONSECUTIVE_FAILURES)
-    budget = optuna.study.MaxTrialsCallback(target, states=search.FINISHED + (optuna.trial.TrialState.RUNNING,))
-    callbacks = [budget, guard, lambda study, _: study.stop() if objective.stop_requested else None]
+    lock = BudgetLock(url, study.study_name)
+
+    def started(trial: optuna.Trial) -> float:
+        lock.release()  # the trial exists and counts as RUNNING: the next worker may count now
+        return objective(trial)
+
     try:
         while not guard.tripped:
             if objective.stop_requested:
                 raise KeyboardInterrupt
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
+            if deadline is not None and time.monotonic() >= deadline:
                 return 0
-            if not has_budget(study, target):
-                if search.progress(study).finished >= target or not wait_for_running:
-                    return 0
-                time.sleep(POLL_SECONDS)  # the rest is running elsewhere; take over if that worker dies
-                continue
-            study.optimize(objective, timeout=remaining, catch=(Exception,), callbacks=callbacks)
+            lock.acquire()
+            try:
+                if not has_budget(study, target):
+                    if search.progress(study).finished >= target or not wait_for_running:
+                        return 0
+                    lock.release()
+                    time.sleep(POLL_SECONDS)  # the rest is running elsewhere; take over if that worker dies
+                    continue
+                study.optimize(started, n_trials=1, catch=(Exception,), callbacks=[guard])
+            finally:
+                lock.release()
     except KeyboardInterrupt:
         requeue(study, objective.interrupted)
         raise
+    finally:
+        lock.close()
     log(f"stopping: {guard.limit} trials in a row failed; last reason: {guard.last_reason}")
     return 1
+
+
+class BudgetLock:
+    """Makes "count the study's trials, then create one" one step among all its workers: an flock on
+    a file beside a local storage (SQLite, journal), a named lock on PostgreSQL/MySQL, a lock key on
+    Redis. The OS or the server drops it when a worker dies."""
+
+    def __init__(self, url: str | None, study_name: str):
+        self.held, self._take, self._give, self.close = False, lambda: None, lambda: None, lambda: None
+        kind, path = (None, None) if url is None else (scheme(url), local_path(url))
+        key = int(hashlib.sha256(study_name.encode()).hexdigest()[:15], 16)
+        if path is not None:
+            handle = open(path.with_name(f"{path.name}.budget-lock"), "a")
+            self._take = lambda: fcntl.flock(handle, fcntl.LOCK_EX)
+            self._give = lambda: fcntl.flock(handle, fcntl.LOCK_UN)
+            self.close = handle.close
+        elif kind in ("postgresql", "mysql"):
+            import sqlalchemy
+
+            engine = sqlalchemy.create_engine(with_driver(url), poolclass=sqlalchemy.pool.NullPool)
+            connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            take, give = ((f"SELECT pg_advisory_lock({key})", f"SELECT pg_advisory_unlock({key})")
+                          if kind == "postgresql" else
+                          (f"SELECT GET_LOCK('tagsearch-{key}', 3600)", f"SELECT RELEASE_LOCK('tagsearch-{key}')"))
+            self._take = lambda: connection.exec_driver_sql(take)
+            self._give = lambda: connection.exec_driver_sql(give)
+            self.close = connection.close
+        elif kind in ("redis", "rediss"):
+            import redis
+
+            lock = redis.Redis.from_url(url).lock(f"tagsearch:budget-lock:{key}", timeout=300)
+            self._take, self._give = lock.acquire, lock.release
+
+    def acquire(self) -> None:
+        if not self.held:
+            self._take()
+            self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self._give()
 
 
 def has_budget(study: optuna.Study, target: int) -> bool:
@@ -171,7 +235,7 @@ def cmd_launch(args) -> int:
     search.check_space(spec)
     devices = parse_devices(args.devices)
     url, target = args.storage or spec.storage, args.n_trials or spec.n_trials
-    store = open_storage(url)
+    store = open_early(url)
     config = resolve_data(spec, args)
     corpus = load_corpus(config)
     study = search.open_study(spec, corpus, url, args.study_name, storage=store)  # trial 0 before any child

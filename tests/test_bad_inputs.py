@@ -1,0 +1,276 @@
+"""Bad input matrix: every malformed input ends the CLI with exit code 2, exactly one ``error:``
+line naming the problem, no traceback, nothing on stdout, and the study storage untouched.
+
+Most cases go through ``tagsearch worker`` pointed (``--storage``) at a copy of a pre-existing
+SQLite study whose bytes are hashed before and after; the rest through ``train``, ``predict`` and
+``dashboard``. A few run as real subprocesses (``python -m tagsearch.cli``), the others in-process
+through ``tagsearch.cli.main`` for speed. The working directory is checked for stray files too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from conftest import write_spec
+from tagsearch.cli import main
+
+STUDY = "existing"
+
+
+@pytest.fixture(autouse=True)
+def restore_signal_handlers():
+    """``tagsearch worker`` run in-process installs SIGINT/SIGTERM handlers; put pytest's back."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+@pytest.fixture(scope="module")
+def existing_study(tmp_path_factory, tiny_csv) -> Path:
+    """A SQLite file holding study 'existing' (tfidf, one finished trial), written by tagsearch."""
+    from tagsearch import search
+    from tagsearch.data import load_corpus
+    from tagsearch.spec import load_spec
+    from tagsearch.workers import run_trials
+
+    folder = tmp_path_factory.mktemp("existing")
+    path = folder / "existing.db"
+    spec = load_spec(write_spec(folder / "tfidf.toml", model="tfidf", data=tiny_csv, name=STUDY))
+    corpus = load_corpus(spec.data_config())
+    study = search.open_study(spec, corpus, f"sqlite:///{path}")
+    run_trials(study, search.Objective(spec, corpus), 1, wait_for_running=False)
+    study._storage.engine.dispose() if hasattr(study._storage, "engine") else None
+    del study
+    with sqlite3.connect(path) as connection:
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def results_dir(tmp_path_factory, tiny_csv) -> Path:
+    """A retrained tfidf results directory (shared with test_retrain/test_predict in one session)."""
+    from test_retrain import shared_results
+
+    return shared_results("tfidf", tmp_path_factory, tiny_csv)[1]
+
+
+@dataclass
+class Ctx:
+    """What a case may use: its own folder (the working directory), specs, data, storage, results."""
+
+    tmp: Path
+    data: Path
+    db: Path
+    results: Path | None
+
+    @property
+    def storage(self) -> str:
+        return f"sqlite:///{self.db}"
+
+    def file(self, name: str, content: bytes | str) -> Path:
+        path = self.tmp / name
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+        return path
+
+    def spec(self, model: str = "tfidf", edit: Callable[[str], str] = lambda s: s, name: str = "spec") -> Path:
+        path = write_spec(self.tmp / f"{name}.toml", model=model, data=self.data, name=STUDY)
+        path.write_text(edit(path.read_text()))
+        return path
+
+    def worker(self, *extra, spec: Path | None = None, data: Path | None = None, storage: str | None = None) -> list:
+        return ["worker", str(spec or self.spec()), "--data", str(data or self.data), "--storage",
+                storage or self.storage, "--study-name", STUDY, "--n-trials", "2", *map(str, extra)]
+
+
+HEADER = "Id,Title,Body,Tags\n"
+
+
+def rows(n: int, tags: str = "python") -> str:
+    return "".join(f"{i},title {i},body text {i},{tags}\n" for i in range(n))
+
+
+def damaged_results(ctx: Ctx, change: Callable[[Path], None]) -> Path:
+    copy = Path(shutil.copytree(ctx.results, ctx.tmp / "results"))
+    change(copy)
+    return copy
+
+
+def flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+# (id, argv builder, what the one error line must say, run as a subprocess?)
+CASES: list[tuple[str, Callable[[Ctx], list], str, bool]] = [
+    # Data files, through `tagsearch worker` on the existing study.
+    ("empty-file", lambda c: c.worker(data=c.file("empty.csv", b"")), r"is empty", True),
+    ("header-only", lambda c: c.worker(data=c.file("header.csv", HEADER)), r"has a header but no posts", False),
+    ("binary-garbage", lambda c: c.worker(data=c.file("garbage.csv", bytes(range(256)) * 8 + b"\x00\xff\x89PNG")),
+     r"not valid utf-8|cannot read", True),
+    ("latin-1-bytes", lambda c: c.worker(data=c.file("latin1.csv", (HEADER + "1,café crème,naïve body,python\n"
+                                                                   + rows(20)).encode("latin-1"))),
+     r"is not valid utf-8 \(byte 0xe9", False),
+    ("missing-text-column", lambda c: c.worker(data=c.file("notext.csv", "Id,Tags\n" + "".join(
+        f"{i},python\n" for i in range(20)))), r"no text column found", False),
+    ("missing-tags-column", lambda c: c.worker(data=c.file("notags.csv", "Id,Title,Body\n" + "".join(
+        f"{i},t,b\n" for i in range(20)))), r"no tags column found", False),
+    ("all-tags-empty", lambda c: c.worker(data=c.file("untagged.csv", HEADER + rows(20, tags=""))),
+     r"every post has an empty tag list", False),
+    ("single-post", lambda c: c.worker(data=c.file("one.csv", HEADER + rows(1))), r"has only 1 post\(s\)", False),
+    ("unknown-extension", lambda c: c.worker(data=c.file("posts.xlsx", b"PK\x03\x04")), r"cannot tell the format",
+     False),
+    ("data-not-found", lambda c: c.worker(data=c.tmp / "absent.csv"), r"data file .*absent.csv' not found", False),
+    # A worker refused for its data must not leave a new, empty storage behind.
+    ("new-sqlite-bad-data", lambda c: c.worker(data=c.file("empty.csv", b""), storage=f"sqlite:///{c.tmp}/new/fresh.db"),
+     r"is empty", False),
+    ("new-journal-bad-data", lambda c: c.worker(data=c.file("notags.csv", "Id,Title,Body\n" + "".join(
+        f"{i},t,b\n" for i in range(20))), storage=f"journal:///{c.tmp}/new/fresh.log"), r"no tags column found", False),
+    ("launch-new-sqlite-bad-data", lambda c: ["launch", str(c.spec()), "--data", str(c.file("header.csv", HEADER)),
+                                              "--storage", f"sqlite:///{c.tmp}/new/launch.db", "--workers", "2"],
+     r"has a header but no posts", False),
+    ("top-k-too-large", lambda c: c.worker("--top-k", "50"), r"top_k=50 is larger than the number of distinct tags",
+     False),
+    ("other-data", lambda c: c.worker("--top-k", "5"), r"was created on data with fingerprint", False),
+    ("other-model", lambda c: c.worker(spec=c.spec("dense")), r"searches the 'tfidf' model", False),
+    # Study specs.
+    ("spec-unknown-key", lambda c: c.worker(spec=c.spec(edit=lambda s: s.replace("[training]", "[training]\ncolour = 1"))),
+     r"unknown key 'colour'", False),
+    ("spec-wrong-type", lambda c: c.worker(spec=c.spec(edit=lambda s: s.replace("max_epochs = 2", 'max_epochs = "two"'))),
+     r"max_epochs='two' has the wrong type", False),
+    ("spec-inverted-range", lambda c: c.worker(spec=c.spec(edit=lambda s: s.replace("low = 0.0\nhigh = 0.5",
+                                                                                    "low = 0.4\nhigh = 0.1"))),
+     r"inverted range low=0.4 >= high=0.1", False),
+    ("spec-default-not-a-choice", lambda c: c.worker(spec=c.spec(edit=lambda s: s + "[search.hidden1]\nchoices = [32]\n")),
+     r"hidden1=16 is not one of the choices", False),
+    ("spec-not-toml", lambda c: c.worker(spec=c.file("broken.toml", "[study\nname = ")), r"is not valid TOML", False),
+    ("spec-missing", lambda c: c.worker(spec=c.tmp / "absent.toml"), r"study spec .* not found", False),
+    # Storage URLs and settings.
+    ("storage-malformed", lambda c: c.worker(storage="storage/tagsearch.db"), r"is not a URL", False),
+    ("storage-unsupported", lambda c: c.worker(storage="http://127.0.0.1:9/db"), r"unsupported scheme 'http'", False),
+    ("storage-no-path", lambda c: c.worker(storage="sqlite://relative.db"), r"has no file path", False),
+    ("storage-unreachable", lambda c: c.worker(storage="postgresql://tagsearch:s3cret@127.0.0.1:1/test"),
+     r"cannot open storage 'postgresql://tagsearch:\*\*\*@127.0.0.1:1/test'", True),
+    ("bad-grace-env", lambda c: ["--env", "TAGSEARCH_GRACE=soon"] + c.worker(),
+     r"TAGSEARCH_GRACE='soon' is not a whole number", False),
+    # Command-line values.
+    ("n-trials-zero", lambda c: c.worker("--n-trials", "0"), r"argument --n-trials: 0 is out of range", False),
+    ("device-unknown", lambda c: c.worker("--device", "tpu"), r"--device 'tpu' is not a device", False),
+    ("train-param-dropout", lambda c: ["train", str(c.spec()), "--param", "dropout=1.5"],
+     r"dropout=1.5 is out of range; expected a number in \[0, 1\)", True),
+    ("train-param-nan", lambda c: ["train", str(c.spec()), "--param", "lr=nan"], r"lr='nan' is not a number", False),
+    ("train-param-wrong-model", lambda c: ["train", str(c.spec()), "--param", "embedding_dim=8x"],
+     r"embedding_dim='8x' is not an integer", False),
+    # Results directories for `tagsearch predict`.
+    ("predict-missing-weights", lambda c: ["predict", str(damaged_results(c, lambda d: (d / "model.safetensors").unlink())),
+                                           "how do I parse json in python"], r"model.safetensors' is missing", False),
+    ("predict-tampered-weights", lambda c: ["predict", str(damaged_results(c, lambda d: flip_last_byte(d / "model.safetensors"))),
+                                            "hello"], r"does not match the sha256", False),
+    ("predict-tampered-config", lambda c: ["predict", str(damaged_results(c, lambda d: (d / "config.json").write_text("{"))),
+                                           "hello"], r"config.json' is not valid JSON", False),
+    ("predict-not-a-results-dir", lambda c: ["predict", str(c.tmp), "hello"], r"config file .* is missing", False),
+    # The dashboard on a storage that does not exist (must not create it).
+    ("dashboard-missing-storage", lambda c: ["dashboard", "--storage", f"sqlite:///{c.tmp}/absent.db", "--port", "9"],
+     r"storage file .*absent.db.* does not exist", False),
+]
+
+
+def digest(db: Path) -> str:
+    """sha256 of the SQLite file and of any committed-but-not-checkpointed WAL frames."""
+    sha = hashlib.sha256(db.read_bytes())
+    wal = db.with_name(db.name + "-wal")
+    if wal.is_file():
+        sha.update(wal.read_bytes())
+    return sha.hexdigest()
+
+
+def listing(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("case, build, message, as_subprocess", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(case, build, message, as_subprocess, existing_study, results_dir, tiny_csv, tmp_path,
+                   monkeypatch, capsys):
+    db = tmp_path / "study.db"
+    shutil.copyfile(existing_study, db)
+    ctx = Ctx(tmp=tmp_path, data=tiny_csv, db=db, results=results_dir if case.startswith("predict") else None)
+    argv = [str(a) for a in build(ctx)]
+    env = {}
+    if argv[0] == "--env":
+        key, _, value = argv[1].partition("=")
+        env, argv = {key: value}, argv[2:]
+    before, files_before = digest(db), listing(tmp_path)
+
+    if as_subprocess:
+        import os
+
+        proc = subprocess.run([sys.executable, "-m", "tagsearch.cli", *argv], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=100, env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+        code, out, err = proc.returncode, proc.stdout, proc.stderr
+    else:
+        monkeypatch.chdir(tmp_path)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        code = main(argv)
+        out, err = capsys.readouterr()
+
+    assert code == 2, (code, out, err)
+    assert "Traceback" not in err + out, err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, err
+    assert re.search(message, errors[0]), errors[0]
+    assert err.strip().splitlines()[-1] == errors[0], f"the error is not the last word on stderr:\n{err}"
+    assert not re.search(r"Warning|Exception|^\s+File ", err, re.M), f"noise on stderr:\n{err}"
+    assert out == ""
+    assert "s3cret" not in err
+    assert digest(db) == before, "the study storage changed"
+    assert listing(tmp_path) - files_before <= {"study.db-wal", "study.db-shm"}, "stray files were created"
+
+
+def test_the_matrix_is_big_enough():
+    assert len(CASES) >= 12 and sum(c[3] for c in CASES) >= 4  # at least a few as real subprocesses
+
+
+# ---------------------------------------------------------------------------------------------
+# Posts whose text is empty after cleaning are dropped and counted, not a crash
+
+
+def with_empty_posts(tiny_csv: Path, folder: Path) -> Path:
+    """The tiny corpus plus 3 tagged posts with no text once HTML is stripped, and 1 with no tag."""
+    path = folder / "with-empty.csv"
+    extra = ('9001,"","<p></p>",python\n9002,"<b></b>","<br/><hr/>",java\n9003,,"<div> </div>",python\n'
+             '9004,"plain words here","and more words",\n')
+    path.write_text(tiny_csv.read_text() + extra)
+    return path
+
+
+@pytest.mark.timeout(120)
+def test_train_drops_posts_with_empty_text_and_reports_the_count(tiny_csv, tmp_path, capsys):
+    data = with_empty_posts(tiny_csv, tmp_path)
+    spec = write_spec(tmp_path / "s.toml", model="tfidf", data=data)
+    assert main(["train", str(spec), "--epochs", "1", "--json"]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"dropped 1 with no kept tag, 3 with empty text", err), err
+
+
+@pytest.mark.timeout(120)
+def test_worker_reports_how_many_posts_it_dropped(tiny_csv, tmp_path, capsys):
+    """A worker silently training on fewer posts than the file holds is a surprise: it must say so."""
+    data = with_empty_posts(tiny_csv, tmp_path)
+    spec = write_spec(tmp_path / "s.toml", model="tfidf", data=data, storage=f"sqlite:///{tmp_path}/w.db")
+    assert main(["worker", str(spec), "--n-trials", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "3 with empty text" in err and "1 with no kept tag" in err, err

@@ -1,0 +1,315 @@
+"""Crashes: SIGKILLed workers, a hard double Ctrl-C on ``launch``, trials that raise inside training
+(NaN loss, CUDA out of memory), and ``retrain`` interrupted while writing its results directory.
+
+test_workers.py covers a killed worker under ``launch`` and a single Ctrl-C; these cover the harder
+variants: two crashes in a row (the retry of a killed trial is itself killed, and is not retried a
+second time), and a double Ctrl-C that SIGKILLs every worker mid-trial so that only the heartbeat
+machinery can recover the trials on the next ``launch``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+from tagsearch import retrain as retrain_module
+from tagsearch import results, search, train
+from tagsearch.cli import main
+from tagsearch.data import load_corpus
+from tagsearch.errors import UserError
+from tagsearch.spec import load_spec
+from tagsearch.storage import artifact_dir
+from test_stress import (FINISHED, State, check_study, integrity, sqlite_file, start_worker, stop_all,
+                         stress_spec, wait_all)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+pytestmark = [pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
+              pytest.mark.filterwarnings("ignore:Heartbeat of storage")]
+FAST_HEARTBEAT = {"TAGSEARCH_HEARTBEAT": "1", "TAGSEARCH_GRACE": "3"}
+MEDIAN_PRUNER = '[pruner]\nkind = "median"'
+
+
+@pytest.fixture(autouse=True)
+def restore_signal_handlers():
+    """``tagsearch worker`` run in-process installs SIGINT/SIGTERM handlers; put pytest's back."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+def long_trials_spec(tmp_path: Path, tiny_csv: Path, url: str, name: str, epochs: int) -> Path:
+    """Trials of ``epochs`` epochs that are never pruned or stopped early (so they can be hit mid-run)."""
+    spec = stress_spec(tmp_path / f"{name}.toml", tiny_csv, url, name, epochs=epochs, extra="")
+    spec.write_text(spec.read_text().replace(MEDIAN_PRUNER, '[pruner]\nkind = "none"'))
+    return spec
+
+
+def load_trials(url: str, name: str) -> list:
+    try:
+        return optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+    except KeyError:  # not created yet
+        return []
+
+
+def wait_for(condition, seconds: float, what: str):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            result = condition()
+        except Exception:  # the file is being created; a reader may see it half-made
+            result = None
+        if result:
+            return result
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {seconds}s waiting for {what}")
+
+
+def running(url: str, name: str, pids, where=lambda t: True):
+    """A RUNNING trial of one of ``pids`` that has reported at least one epoch and passes ``where``."""
+    for trial in load_trials(url, name):
+        worker = trial.user_attrs.get("worker", ":")
+        if trial.state == State.RUNNING and trial.intermediate_values and where(trial) \
+                and int(worker.rsplit(":", 1)[1] or 0) in pids:
+            return trial
+    return None
+
+
+def pid_of(trial) -> int:
+    return int(trial.user_attrs["worker"].rsplit(":", 1)[1])
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# SIGKILL
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_two_sigkills_in_a_row_each_trial_is_retried_once_and_the_budget_is_met(tmp_path, tiny_csv):
+    """Kill the worker of a running trial X: X becomes FAIL after the grace period and is queued again
+    with the same parameters. Kill the worker running that retry too: the retry becomes FAIL and is
+    NOT queued a third time (max_retry=1). The surviving workers still finish the budget exactly."""
+    url, name, target = f"sqlite:///{tmp_path}/kill.db", "kill", 4
+    spec = long_trials_spec(tmp_path, tiny_csv, url, name, epochs=25)
+    args = ("--n-trials", str(target), "--threads", "1")
+    processes = []
+    try:
+        processes += [start_worker(spec, tmp_path / f"w{i}.log", *args, index=i, env=FAST_HEARTBEAT) for i in (0, 1)]
+        pids = {p.pid: p for p in processes}
+        first = wait_for(lambda: running(url, name, pids), 150, "a trial to report an epoch")
+        os.kill(pid_of(first), signal.SIGKILL)
+        processes.append(start_worker(spec, tmp_path / "w2.log", *args, index=2, env=FAST_HEARTBEAT))
+        pids = {p.pid: p for p in processes if p.poll() is None}
+        retry = wait_for(lambda: running(url, name, pids, lambda t: t.system_attrs.get("failed_trial") == first.number),
+                         150, f"the retry of trial {first.number} to report an epoch")
+        os.kill(pid_of(retry), signal.SIGKILL)
+        survivors = [p for p in processes if p.poll() is None and p.pid != pid_of(retry)]
+        assert survivors, "no worker left to finish the study"
+        assert wait_all(survivors, 150) == [0] * len(survivors)
+    finally:
+        stop_all(processes)
+    killed = sorted(p.returncode for p in processes if p.returncode != 0)
+    assert killed == [-signal.SIGKILL] * 2, [p.returncode for p in processes]
+
+    study = optuna.load_study(study_name=name, storage=url)
+    trials = check_study(study, target, allowed_fail=2, defaults_finished=0 if first.number == 0 else 1)
+    by_number = {t.number: t for t in trials}
+    assert by_number[first.number].state == State.FAIL
+    assert by_number[retry.number].state == State.FAIL
+    copies = [t for t in trials if t.system_attrs.get("failed_trial") == first.number]
+    assert [t.number for t in copies] == [retry.number], "trial retried more than once"
+    assert retry.params == first.params and retry.system_attrs["retry_history"] == [first.number]
+    assert integrity(sqlite_file(url)) == "ok"
+
+
+# ---------------------------------------------------------------------------------------------
+# Ctrl-C on launch
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_second_signal_kills_the_workers_and_the_next_launch_recovers_their_trials(tmp_path, tiny_csv):
+    """A second signal before the first was forwarded (Ctrl-C then SIGTERM: two SIGINTs sent at once
+    would merge into one pending signal): launch SIGKILLs its workers, leaving their trials RUNNING
+    with a dead heartbeat. No worker survives. The next launch fails those trials, reruns each once with the
+    same parameters, and reaches the budget exactly."""
+    url, name, target = f"sqlite:///{tmp_path}/hard.db", "hard", 3
+    spec = long_trials_spec(tmp_path, tiny_csv, url, name, epochs=200)
+    args = ("--workers", "2", "--devices", "cpu", "--n-trials", str(target))
+    first = start_worker(spec, tmp_path / "launch1.log", *args, command="launch", env=FAST_HEARTBEAT)
+    try:
+        wait_for(lambda: sum(t.state == State.RUNNING and bool(t.intermediate_values)
+                             for t in load_trials(url, name)) == 2, 150, "both workers to be mid-trial")
+        first.send_signal(signal.SIGINT)
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=60) == 130
+    finally:
+        stop_all([first])
+    output = (tmp_path / "launch1.log").read_text()
+    assert "interrupted" in output and "Traceback" not in output, output
+    stranded = [t for t in load_trials(url, name) if t.state == State.RUNNING]
+    assert len(stranded) == 2, [t.state for t in load_trials(url, name)]
+    assert not [pid_of(t) for t in stranded if alive(pid_of(t))], "a worker outlived launch"
+
+    # Resume with short trials: the stranded trials are failed by heartbeat and rerun once each.
+    spec = long_trials_spec(tmp_path, tiny_csv, url, name, epochs=2)
+    second = start_worker(spec, tmp_path / "launch2.log", *args, command="launch", env=FAST_HEARTBEAT)
+    try:
+        assert second.wait(timeout=180) == 0, (tmp_path / "launch2.log").read_text()
+    finally:
+        stop_all([second])
+    output = (tmp_path / "launch2.log").read_text()
+    assert f"{target}/{target} finished" in output and "Traceback" not in output, output
+    study = optuna.load_study(study_name=name, storage=url)
+    trials = check_study(study, target, allowed_fail=len(stranded))
+    for lost in stranded:
+        assert study.trials[lost.number].state == State.FAIL
+        reruns = [t for t in trials if t.system_attrs.get("failed_trial") == lost.number]
+        assert len(reruns) == 1 and reruns[0].params == lost.params and reruns[0].state in FINISHED
+    assert integrity(sqlite_file(url)) == "ok"
+
+
+# ---------------------------------------------------------------------------------------------
+# Exceptions inside training (in-process: the real worker command, with training sabotaged)
+
+
+class Sabotage:
+    """Counts trials (one ``train.fit`` call each) and breaks the ones listed, for real:
+    ``nan`` makes the loss NaN inside the training loop, ``oom`` raises CUDA's out-of-memory error."""
+
+    def __init__(self, monkeypatch, plan: dict[int, str]):
+        self.plan, self.calls = plan, 0
+        real_fit, real_loss = train.fit, torch.nn.BCEWithLogitsLoss
+        sabotage = self
+
+        class NanLoss(real_loss):
+            def forward(self, input, target):
+                return super().forward(input, target) * float("nan")
+
+        def fit(*args, **kwargs):
+            sabotage.calls += 1
+            kind = sabotage.plan.get(sabotage.calls)
+            if kind == "oom":
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total)")
+            if kind == "nan":
+                with monkeypatch.context() as patch:
+                    patch.setattr(train.nn, "BCEWithLogitsLoss", NanLoss)
+                    return real_fit(*args, **kwargs)
+            return real_fit(*args, **kwargs)
+
+        monkeypatch.setattr(train, "fit", fit)
+
+
+@pytest.mark.timeout(120)
+def test_nan_loss_and_cuda_oom_fail_their_trials_with_a_reason_and_the_worker_finishes(
+        tmp_path, spec_factory, monkeypatch, capsys):
+    url, target = f"sqlite:///{tmp_path}/errors.db", 5
+    spec = spec_factory("dense", storage=url)
+    sabotage = Sabotage(monkeypatch, {2: "nan", 3: "oom", 5: "nan"})
+    assert main(["worker", str(spec), "--n-trials", str(target)]) == 0
+    err = capsys.readouterr().err
+    assert f"{target}/{target} finished (complete" in err and "failed 3" in err, err
+    study = optuna.load_study(study_name="test-dense", storage=url)
+    trials = study.get_trials()
+    assert sabotage.calls == len(trials) == target + 3
+    failed = {t.number: t.user_attrs.get("fail_reason", "") for t in trials if t.state == State.FAIL}
+    assert sorted(failed) == [1, 2, 4], failed
+    assert failed[1].startswith("NonFiniteLossError: training loss became nan")
+    assert failed[2].startswith("OutOfMemoryError: CUDA out of memory")
+    assert failed[4].startswith("NonFiniteLossError")
+    assert sum(t.state in FINISHED for t in trials) == target
+    assert not [t for t in trials if t.state in (State.RUNNING, State.WAITING)]
+    # A failed trial is not a dead worker: it is not queued again.
+    assert not [t for t in trials if "failed_trial" in t.system_attrs]
+
+
+@pytest.mark.timeout(120)
+def test_a_diverged_trial_keeps_its_learning_curve_and_the_search_moves_on(tmp_path, spec_factory, monkeypatch):
+    """NaN on the second epoch: the first epoch's value stays reported, the trial is FAIL (not pruned)."""
+    spec = load_spec(spec_factory("dense"))
+    corpus = load_corpus(spec.data_config())
+    real_epoch, epochs = train.train_epoch, []
+
+    def second_epoch_diverges(*args, **kwargs):
+        epochs.append(1)
+        loss = real_epoch(*args, **kwargs)
+        if len(epochs) == 2:
+            raise train.NonFiniteLossError("training loss became nan (diverged); try a lower lr")
+        return loss
+
+    monkeypatch.setattr(train, "train_epoch", second_epoch_diverges)
+    study = search.open_study(spec, corpus, f"sqlite:///{tmp_path}/curve.db")
+    from tagsearch.workers import run_trials
+
+    assert run_trials(study, search.Objective(spec, corpus), target=2) == 0
+    first = study.trials[0]
+    assert first.state == State.FAIL and list(first.intermediate_values) == [1]
+    assert "NonFiniteLossError" in first.user_attrs["fail_reason"] and first.user_attrs["config"] == "defaults"
+    assert search.progress(study).finished == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# retrain interrupted half-way
+
+
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory, tiny_csv):
+    """A one-trial tfidf study (read-only for the tests below)."""
+    from conftest import write_spec
+    from tagsearch.workers import run_trials
+
+    folder = tmp_path_factory.mktemp("retrain-crash")
+    url = f"sqlite:///{folder}/studies.db"
+    spec_path = write_spec(folder / "tfidf.toml", model="tfidf", data=tiny_csv, storage=url)
+    spec = load_spec(spec_path)
+    corpus = load_corpus(spec.data_config())
+    run_trials(search.open_study(spec, corpus), search.Objective(spec, corpus), 1, wait_for_running=False)
+    return spec_path, url
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("step", ["results.save_model", "results.write_json", "retrain.write_plots",
+                                  "retrain.report_markdown"])
+def test_retrain_interrupted_while_writing_leaves_nothing_behind(step, finished_study, tmp_path, monkeypatch, capsys):
+    spec_path, url = finished_study
+    out = tmp_path / "deep" / "out"
+    module, name = step.split(".")
+    target = {"results": results, "retrain": retrain_module}[module]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(target, name, interrupted)
+    before = sorted(p.name for p in artifact_dir(url).glob("*")) if artifact_dir(url).is_dir() else []
+    assert main(["retrain", str(spec_path), "--out", str(out)]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert not out.exists()
+    assert [p.name for p in out.parent.iterdir()] == [], "a temp or half-written directory was left"
+    after = sorted(p.name for p in artifact_dir(url).glob("*")) if artifact_dir(url).is_dir() else []
+    assert after == before, "artifacts were uploaded for an interrupted retrain"
+
+
+@pytest.mark.timeout(120)
+def test_retrain_onto_a_file_is_refused_and_the_file_kept(finished_study, tmp_path, capsys):
+    spec_path, _ = finished_study
+    target = tmp_path / "results.txt"
+    target.write_text("not a directory")
+    assert main(["retrain", str(spec_path), "--out", str(target)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "is a file" in errors[0], errors
+    assert target.read_text() == "not a directory"
+    assert [p.name for p in tmp_path.iterdir()] == ["results.txt"]

@@ -1,0 +1,119 @@
+"""Scale-out on real servers: the same two-worker study against PostgreSQL, MariaDB/MySQL and a Redis
+journal, checked with the stress test's invariants (exact budget, no FAIL, no duplicated numbers,
+learning curves and user attributes on every finished trial).
+
+Each test skips, saying why, when its server does not answer on 127.0.0.1 (CI starts all three).
+Override the URLs with TAGSEARCH_TEST_POSTGRES / TAGSEARCH_TEST_MYSQL / TAGSEARCH_TEST_REDIS. Every
+test uses a study name of its own and deletes it afterwards; the Redis test works in an empty
+Redis database (journal keys are not per study) and removes the journal keys it wrote.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from urllib.parse import urlsplit
+
+import optuna
+import pytest
+
+from tagsearch.storage import open_storage
+from test_stress import assert_clean_logs, check_study, start_worker, stop_all, stress_spec, wait_all
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+pytestmark = [pytest.mark.services, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
+
+SERVERS = {
+    "postgresql": ("TAGSEARCH_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"),
+    "mysql": ("TAGSEARCH_TEST_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/test"),
+    "redis": ("TAGSEARCH_TEST_REDIS", "redis://127.0.0.1:6379"),
+}
+TARGET, WORKERS = 8, 2
+JOURNAL_KEYS = (":log_number", ":snapshot")  # JournalRedisBackend's keys with the default (empty) prefix
+
+
+def server_url(kind: str) -> str:
+    """The server's URL, or skip when nothing listens on its port."""
+    variable, default = SERVERS[kind]
+    url = os.environ.get(variable) or default
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or {"postgresql": 5432, "mysql": 3306, "redis": 6379}[kind]
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+    except OSError as exc:
+        pytest.skip(f"no {kind} server on {host}:{port} ({exc}); set {variable} or start one to run this test")
+    return url
+
+
+def empty_redis_db(url: str) -> str:
+    """``url`` pointed at an empty database of that Redis server (so cleanup cannot touch others' keys)."""
+    import redis
+
+    base = url.rstrip("/")
+    if urlsplit(base).path.strip("/"):
+        return base  # the caller chose a database
+    for index in range(15, 0, -1):
+        client = redis.Redis.from_url(f"{base}/{index}", socket_timeout=5)
+        try:
+            if client.dbsize() == 0:
+                return f"{base}/{index}"
+        finally:
+            client.close()
+    pytest.skip(f"no empty database on the Redis server {base}")
+
+
+def drop_redis_journal(url: str) -> None:
+    """Remove the journal keys, but only when no other study lives in that journal."""
+    import redis
+
+    if optuna.get_all_study_names(open_storage(url)):
+        return
+    client = redis.Redis.from_url(url, socket_timeout=5)
+    try:
+        keys = list(JOURNAL_KEYS) + [k.decode() for k in client.scan_iter(match=":log:*")]
+        client.delete(*keys)
+    finally:
+        client.close()
+
+
+def run_two_workers(url: str, tmp_path, tiny_csv) -> optuna.Study:
+    name = f"tagsearch-reliability-{uuid.uuid4().hex[:10]}"
+    spec = stress_spec(tmp_path / "spec.toml", tiny_csv, url, name, epochs=2)
+    logs = [tmp_path / f"worker{i}.log" for i in range(WORKERS)]
+    processes = []
+    try:
+        for index, log in enumerate(logs):
+            processes.append(start_worker(spec, log, "--n-trials", str(TARGET), "--threads", "1", index=index))
+        codes = wait_all(processes, 200)
+        assert codes == [0] * WORKERS, {str(log): log.read_text()[-2000:] for log in logs}
+        assert_clean_logs(logs)
+        study = optuna.load_study(study_name=name, storage=open_storage(url))
+        check_study(study, TARGET)
+        assert study.user_attrs["model"] == "dense" and "fingerprint" in study.user_attrs
+        return study
+    finally:
+        stop_all(processes)
+        storage = open_storage(url)
+        if name in optuna.get_all_study_names(storage):
+            optuna.delete_study(study_name=name, storage=storage)
+
+
+@pytest.mark.timeout(240)
+def test_postgresql(tmp_path, tiny_csv):
+    run_two_workers(server_url("postgresql"), tmp_path, tiny_csv)
+
+
+@pytest.mark.timeout(240)
+def test_mysql(tmp_path, tiny_csv):
+    run_two_workers(server_url("mysql"), tmp_path, tiny_csv)
+
+
+@pytest.mark.timeout(240)
+def test_redis_journal(tmp_path, tiny_csv):
+    url = empty_redis_db(server_url("redis"))
+    try:
+        study = run_two_workers(url, tmp_path, tiny_csv)
+        assert type(study._storage).__name__ == "JournalStorage"
+    finally:
+        drop_redis_journal(url)

@@ -1,0 +1,223 @@
+"""Stress: four ``tagsearch worker`` processes on one SQLite file, 60 short trials of varying length.
+
+Afterwards the study must hold exactly its budget of finished trials, each stored once and complete
+(learning curve + user attributes), no FAIL, nothing left RUNNING/WAITING, a file that passes
+``PRAGMA integrity_check``, and no worker may have seen "database is locked" or a traceback.
+
+The helpers here (``start_worker``, ``stop_all``, ``check_study``) are shared by test_crashes.py
+and test_services.py.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from conftest import write_spec
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+State = optuna.trial.TrialState
+FINISHED = (State.COMPLETE, State.PRUNED)
+
+# What every COMPLETE trial must carry (search.Objective.train and its caller set them).
+COMPLETE_ATTRS = ("params", "model", "device", "worker", "epochs_run", "best_epoch", "stopped_early",
+                  "train_seconds", "parameters", "val_micro_f1", "val_macro_f1", "val_per_class_f1")
+PRUNED_ATTRS = ("params", "model", "worker", "pruned_reason", "epochs_run", "best_epoch")
+
+# Trials of very different lengths without any test hook in product code: batch size 8 takes ~45
+# optimizer steps per epoch on the tiny corpus, 256 takes two; hidden1 varies the model size.
+VARYING_SPACE = """
+[search.batch_size]
+choices = [8, 16, 64, 256]
+
+[search.hidden1]
+low = 8
+high = 64
+"""
+
+
+def stress_spec(path: Path, data: Path, storage: str, name: str, epochs: int = 2, extra: str = VARYING_SPACE) -> Path:
+    """The tiny test spec with the varying search space, random sampling and ``epochs`` epochs."""
+    spec = write_spec(path, model="dense", data=data, storage=storage, name=name, extra=extra)
+    text = spec.read_text().replace("max_epochs = 2", f"max_epochs = {epochs}")
+    text = text.replace("patience = 2", f"patience = {epochs}").replace("n_startup_trials = 2", "n_startup_trials = 8")
+    spec.write_text(text)
+    return spec
+
+
+def start_worker(spec: Path, log: Path, *args: str, index: int = 0, env: dict | None = None,
+                 command: str = "worker", cwd: Path | None = None) -> subprocess.Popen:
+    """``tagsearch worker SPEC ARGS`` (or another command) in a subprocess, output to ``log``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TAGSEARCH_WORKER_INDEX": str(index),
+           **(env or {})}
+    with open(log, "w", encoding="utf-8") as handle:
+        return subprocess.Popen([sys.executable, "-m", "tagsearch.cli", command, str(spec), *args], env=env,
+                                stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd)
+
+
+def stop_all(processes) -> None:
+    """Kill whatever is still running (tests call this in ``finally``)."""
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+    for process in processes:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def wait_all(processes, seconds: float) -> list[int]:
+    """Exit codes of ``processes``, waiting at most ``seconds`` for all of them together."""
+    deadline = time.monotonic() + seconds
+    for process in processes:
+        process.wait(timeout=max(1.0, deadline - time.monotonic()))
+    return [process.returncode for process in processes]
+
+
+def check_study(study: optuna.Study, target: int, allowed_fail: int = 0, defaults_finished: int = 1) -> list:
+    """The invariants every finished multi-worker study must satisfy; returns its trials.
+    ``defaults_finished``: how many finished trials run the spec's defaults (0 when a test killed
+    trial 0 and its one retry)."""
+    trials = study.get_trials(deepcopy=False)
+    states = [t.state for t in trials]
+    finished = [t for t in trials if t.state in FINISHED]
+    failed = [t for t in trials if t.state == State.FAIL]
+    assert len(finished) == target, f"{len(finished)} finished trials, expected exactly {target}: {states}"
+    assert len(failed) == allowed_fail, [(t.number, t.user_attrs.get("fail_reason")) for t in failed]
+    assert not [t.number for t in trials if t.state in (State.RUNNING, State.WAITING)], states
+    numbers = [t.number for t in trials]
+    assert sorted(numbers) == list(range(len(trials))), f"duplicated or missing trial numbers: {sorted(numbers)}"
+    assert len({t._trial_id for t in trials}) == len(trials)
+    assert sum(t.user_attrs.get("config") == "defaults" and t.state in FINISHED for t in trials) == defaults_finished
+    for trial in finished:
+        attrs = trial.user_attrs
+        required = COMPLETE_ATTRS if trial.state == State.COMPLETE else PRUNED_ATTRS
+        missing = [key for key in required if key not in attrs]
+        assert not missing, f"trial {trial.number} ({trial.state.name}) lacks user attributes {missing}"
+        assert {k: attrs["params"][k] for k in trial.params} == trial.params, trial.number
+        curve = trial.intermediate_values
+        assert sorted(curve) == list(range(1, attrs["epochs_run"] + 1)), (trial.number, curve, attrs["epochs_run"])
+        if trial.state == State.COMPLETE:
+            assert trial.value == pytest.approx(min(curve.values())), trial.number
+            assert curve[attrs["best_epoch"]] == pytest.approx(trial.value), trial.number
+            assert 0.0 <= attrs["val_micro_f1"] <= 1.0
+    return trials
+
+
+def sqlite_file(url: str) -> Path:
+    assert url.startswith("sqlite:////")
+    return Path(url[len("sqlite:///"):])
+
+
+def integrity(path: Path) -> str:
+    with sqlite3.connect(path) as connection:
+        return connection.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+def assert_clean_logs(logs) -> None:
+    for log in logs:
+        text = Path(log).read_text(encoding="utf-8", errors="replace")
+        assert "database is locked" not in text, f"{log}:\n{text[-3000:]}"
+        assert "Traceback" not in text, f"{log}:\n{text[-3000:]}"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_four_workers_60_trials_of_varying_length_on_one_sqlite_file(tmp_path, tiny_csv):
+    target, workers = 60, 4
+    url = f"sqlite:///{tmp_path}/stress.db"
+    spec = stress_spec(tmp_path / "stress.toml", tiny_csv, url, "stress", epochs=2)
+    logs = [tmp_path / f"worker{i}.log" for i in range(workers)]
+    processes = []
+    try:
+        for index, log in enumerate(logs):
+            processes.append(start_worker(spec, log, "--n-trials", str(target), "--threads", "1", index=index))
+        codes = wait_all(processes, 240)
+    finally:
+        stop_all(processes)
+    outputs = {str(log): log.read_text(errors="replace")[-2000:] for log in logs}
+    assert codes == [0] * workers, outputs
+    assert_clean_logs(logs)
+    assert integrity(sqlite_file(url)) == "ok"
+
+    study = optuna.load_study(study_name="stress", storage=url)
+    trials = check_study(study, target)
+    assert len(trials) == target  # nothing failed, nothing extra
+    # The trials really did vary: several batch sizes, a wide spread of training times.
+    complete = [t for t in trials if t.state == State.COMPLETE]
+    assert len({t.params["batch_size"] for t in trials}) >= 3
+    seconds = sorted(t.user_attrs["train_seconds"] for t in complete)
+    assert seconds[-1] > 3 * seconds[0], seconds
+    # The work was shared: several worker processes ran trials.
+    assert len({t.user_attrs["worker"] for t in trials}) >= 2
+    # Every process reported the whole study finished.
+    for log in logs:
+        assert f"{target}/{target} finished" in log.read_text(), log.read_text()[-2000:]
+
+
+# The race behind an overshoot, made deterministic: each worker, about to create the trial that takes
+# the last slot of the budget, waits (up to RENDEZVOUS_SECONDS) until the other worker is about to
+# create a trial too. Counting and creating must be one step among workers, so with a correct budget
+# the second worker never gets that far: it is still waiting to count, and then finds no slot left.
+RENDEZVOUS_SECONDS = 6
+ASK_HOOK = """
+import os, sys, time
+from pathlib import Path
+
+import optuna
+
+target, rendezvous = int(sys.argv[1]), Path(sys.argv[2])
+counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
+real_ask = optuna.study.Study.ask
+
+
+def ask(self, *args, **kwargs):
+    mine = rendezvous / str(os.getpid())
+    taken = sum(t.state in counted for t in self.get_trials(deepcopy=False))
+    if taken == target - 1 and not mine.exists():
+        mine.touch()
+        deadline = time.monotonic() + %d
+        while len(list(rendezvous.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return real_ask(self, *args, **kwargs)
+
+
+optuna.study.Study.ask = ask
+from tagsearch.cli import main
+
+sys.exit(main(sys.argv[3:]))
+""" % RENDEZVOUS_SECONDS
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_two_workers_reaching_the_last_slot_together_do_not_overshoot(tmp_path, tiny_csv):
+    target, url = 2, f"sqlite:///{tmp_path}/race.db"
+    spec = stress_spec(tmp_path / "race.toml", tiny_csv, url, "race", epochs=1, extra="")
+    hook, rendezvous = tmp_path / "ask_hook.py", tmp_path / "rendezvous"
+    hook.write_text(ASK_HOOK)
+    rendezvous.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    logs, processes = [tmp_path / f"race{i}.log" for i in range(2)], []
+    try:
+        for index, log in enumerate(logs):
+            with open(log, "w") as handle:
+                processes.append(subprocess.Popen(
+                    [sys.executable, str(hook), str(target), str(rendezvous), "worker", str(spec), "--n-trials",
+                     str(target), "--threads", "1"], env={**env, "TAGSEARCH_WORKER_INDEX": str(index)},
+                    stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+        codes = wait_all(processes, 150)
+    finally:
+        stop_all(processes)
+    assert codes == [0, 0], [log.read_text()[-2000:] for log in logs]
+    trials = optuna.load_study(study_name="race", storage=url).get_trials()
+    finished = [t.number for t in trials if t.state in FINISHED]
+    assert len(finished) == target, f"{len(finished)} finished trials for a budget of {target}: {finished}"
