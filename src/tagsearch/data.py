@@ -46,6 +46,9 @@ FORMATS = {
 # (``c#``, ``c++``) and inner dots (``asp.net``, ``node.js``); a sentence's final dot is dropped.
 TOKEN_PATTERN = r"\$\(|\.?[a-z0-9_][a-z0-9_#+]*(?:\.[a-z0-9_#+]+)*"
 _TAG_RE = re.compile(r"<[^>]*>")
+_TOKEN_RE = re.compile(TOKEN_PATTERN)
+_POST_SEPARATOR = "\x00"
+_TAG_ACROSS_POSTS_RE = re.compile(r"<[^>\x00]*>")  # _TAG_RE within one of the NUL-joined posts
 MIN_POSTS = 10
 
 
@@ -195,10 +198,21 @@ def raw_texts(frame: pd.DataFrame, text_columns: tuple[str, ...] = ()) -> pd.Ser
 
 
 def clean_texts(texts) -> list[str]:
-    """Strip HTML tags and entities, lowercase, and tokenise once; returns space-joined tokens."""
-    series = pd.Series(list(texts), dtype=object).fillna("").astype(str)
-    series = series.str.replace(_TAG_RE, " ", regex=True).map(html.unescape).str.lower()
-    return series.str.findall(TOKEN_PATTERN).str.join(" ").tolist()
+    """Strip HTML tags and entities, lowercase, and tokenise once; returns space-joined tokens.
+
+    Tags, entities and case are done in one pass each over all posts joined by NUL (a tag cannot
+    match across it, no entity name contains it, lowercasing is per character) instead of once per
+    post; a post that itself contains NUL sends the whole batch down the per-post path."""
+    texts = pd.Series(list(texts), dtype=object).fillna("").astype(str).tolist()
+    joined = _POST_SEPARATOR.join(texts)
+    if not texts or joined.count(_POST_SEPARATOR) != len(texts) - 1:
+        return [_clean_one(text) for text in texts]
+    posts = html.unescape(_TAG_ACROSS_POSTS_RE.sub(" ", joined)).lower().split(_POST_SEPARATOR)
+    return [" ".join(_TOKEN_RE.findall(post)) for post in posts]
+
+
+def _clean_one(text: str) -> str:
+    return " ".join(_TOKEN_RE.findall(html.unescape(_TAG_RE.sub(" ", text)).lower()))
 
 
 def parse_tags(value) -> list[str]:

@@ -1,0 +1,240 @@
+"""The training fast path equals the plain computation it replaces (tiny tensors, fast).
+
+- deduplicated + weighted bags (``features.dedupe_bags``) give the mean bag;
+- the per-epoch permuted gather (``BagBatches.batches(order=...)``) equals gathering post by post;
+- ``models.BagProduct``'s hand-written gradients equal torch's (sparse rows for the embedding,
+  dense for the TF-IDF layer), and ``transpose_csr`` equals scipy's transpose;
+- ``train.LazyAdam`` equals ``torch.optim.SparseAdam`` on the touched rows;
+- the Arrow tokenizer (``features.split_tokens``) equals ``str.split`` + ``pandas.factorize``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+
+from tagsearch import features, models, train
+
+
+def random_bags(n_posts=7, vocab=11, max_len=9, seed=0):
+    """Token ids with repeats, some empty posts."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(0, max_len, n_posts)
+    lengths[0] = 0
+    tokens = rng.integers(0, vocab, lengths.sum())
+    return torch.from_numpy(tokens), torch.from_numpy(lengths)
+
+
+def post_lists(tokens, lengths):
+    bounds = np.concatenate([[0], np.cumsum(lengths.numpy())])
+    return [tokens[bounds[i]:bounds[i + 1]].tolist() for i in range(len(lengths))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches
+
+
+def test_dedupe_bags_keeps_distinct_ids_with_count_over_length_weights():
+    tokens, lengths = random_bags()
+    ids, new_lengths, weights = features.dedupe_bags(tokens.numpy(), lengths.numpy())
+    bounds = np.concatenate([[0], np.cumsum(new_lengths)])
+    for i, post in enumerate(post_lists(tokens, lengths)):
+        got_ids, got_w = ids[bounds[i]:bounds[i + 1]], weights[bounds[i]:bounds[i + 1]]
+        distinct, counts = np.unique(post, return_counts=True)
+        np.testing.assert_array_equal(got_ids, distinct)
+        np.testing.assert_allclose(got_w, counts / max(len(post), 1), rtol=1e-6)
+    assert weights.dtype == np.float32
+
+
+def test_weighted_sum_of_distinct_ids_equals_mean_bag():
+    tokens, lengths = random_bags(seed=1)
+    table = torch.randn(11, 5)
+    offsets = torch.cumsum(lengths, 0) - lengths
+    expected = F.embedding_bag(tokens, table, offsets, mode="mean")
+    data = features.BagBatches(tokens, lengths, torch.zeros(len(lengths), 2))
+    (ids, bag_offsets, weights), _ = next(data.batches(len(lengths)))
+    got = F.embedding_bag(ids, table, bag_offsets, mode="sum", per_sample_weights=weights)
+    torch.testing.assert_close(got, expected)
+
+
+def test_permuted_batches_equal_post_by_post_gathering():
+    tokens, lengths = random_bags(n_posts=9, seed=2)
+    labels = torch.arange(9, dtype=torch.float32)[:, None]
+    data = features.BagBatches(tokens, lengths, labels)
+    plain = [(ids.tolist(), w.tolist()) for ids, w in per_post(data)]
+    order = torch.tensor([3, 0, 8, 5, 1, 7, 2, 6, 4])
+    seen = []
+    for (ids, offsets, weights), batch_labels in data.batches(4, order):
+        ends = torch.cat([offsets[1:], offsets.new_tensor([len(ids)])])
+        for start, end, label in zip(offsets.tolist(), ends.tolist(), batch_labels[:, 0].tolist()):
+            seen.append((int(label), ids[start:end].tolist(), weights[start:end].tolist()))
+    assert [post for post, _, _ in seen] == order.tolist()
+    for post, ids, weights in seen:
+        assert (ids, weights) == plain[post]
+
+
+def per_post(data: features.BagBatches):
+    for start, length in zip(data.starts.tolist(), data.lengths.tolist()):
+        yield data.tokens[start:start + length], data.weights[start:start + length]
+
+
+def test_bag_counts_equal_a_counter_per_post():
+    tokens, lengths = random_bags(seed=4)
+    counts = features.bag_counts(tokens.numpy(), lengths.numpy(), 11)
+    for i, post in enumerate(post_lists(tokens, lengths)):
+        row = counts[i]
+        assert dict(zip(row.indices.tolist(), row.data.tolist())) == {t: post.count(t) for t in set(post)}
+
+
+@pytest.mark.parametrize("max_features, sublinear_tf", [(6, False), (6, True), (1000, False)])
+def test_unigram_tfidf_equals_scikit_learn(max_features, sublinear_tf):
+    """Same vocabulary, idf and matrix, bit for bit; max_features=6 cuts a vocabulary with ties."""
+    from tagsearch.data import Corpus
+
+    texts = ["b a b c", "d e a", "f g a b", "c c h", "i a", "j k l b", "a m", "n o c", "", "p a b"]
+    corpus = Corpus(texts=texts, labels=np.zeros((10, 1), dtype=np.uint8), tag_names=["t"],
+                    train_idx=np.arange(7), val_idx=np.array([7, 8]), test_idx=np.array([9]), fingerprint="x",
+                    source="test")
+    vectorizer, matrix = features.unigram_tfidf(corpus, max_features, sublinear_tf)
+    expected_vectorizer = features.make_vectorizer(max_features, 1, sublinear_tf)
+    expected_vectorizer.fit(texts[:7])
+    expected = expected_vectorizer.transform(texts).tocsr()
+    assert vectorizer.get_feature_names_out().tolist() == expected_vectorizer.get_feature_names_out().tolist()
+    np.testing.assert_array_equal(vectorizer.idf_, expected_vectorizer.idf_)
+    for name in ("indptr", "indices", "data"):
+        np.testing.assert_array_equal(getattr(matrix, name), getattr(expected, name))
+    assert matrix.dtype == expected.dtype == np.float32
+    assert (vectorizer.transform(texts) != expected).nnz == 0  # and it transforms new text the same
+
+
+def test_cleaning_all_posts_joined_equals_cleaning_each_post():
+    from tagsearch.data import _clean_one, clean_texts
+
+    posts = ["a &amp", "x b", "&notin", "in<b", "c>d</b> Ünï &#65;", None, float("nan"), "> v", "ΑΣ", "İ &lt;p&gt;",
+             "<p>$(document).ready c# c++ asp.net. .net</p>", ""]
+    expected = [_clean_one("" if p is None or isinstance(p, float) else p) for p in posts]
+    assert clean_texts(posts) == expected
+    assert clean_texts(posts + ["nul\x00inside <"]) == expected + ["nul inside"]  # the per-post path
+    assert clean_texts([]) == []
+
+
+def test_split_tokens_equals_split_and_factorize():
+    texts = ["b a b", "", "c a", "a", "d  e", " f"]
+    stream = features.split_tokens(texts)
+    words = " ".join(texts).split()
+    codes, uniques = pd.factorize(pd.Series(words, dtype=object), sort=False)
+    np.testing.assert_array_equal(stream.codes, codes)
+    assert stream.uniques.tolist() == list(uniques)
+    assert stream.lengths.tolist() == [len(t.split()) for t in texts]
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradients
+
+
+def test_transpose_csr_equals_scipy_transpose():
+    matrix = sp.random(6, 9, density=0.3, format="csr", dtype=np.float32, random_state=0)
+    crow, col, values = (torch.from_numpy(a.astype(t)) for a, t in
+                         ((matrix.indptr, np.int64), (matrix.indices, np.int64), (matrix.data, np.float32)))
+    expected = matrix.T.tocsr()
+    expected.sort_indices()
+    for fast in (True, False):
+        if fast:
+            t_crow, t_col, t_values = models.transpose_csr(crow, col, values, 9)
+        else:  # the device-agnostic path
+            saved, models._csr_tocsc = models._csr_tocsc, None
+            try:
+                t_crow, t_col, t_values = models.transpose_csr(crow, col, values, 9)
+            finally:
+                models._csr_tocsc = saved
+        got = sp.csr_matrix((t_values.numpy(), t_col.numpy(), t_crow.numpy()), shape=(9, 6))
+        np.testing.assert_array_equal(got.indptr, expected.indptr)
+        np.testing.assert_array_equal(got.indices, expected.indices)
+        np.testing.assert_allclose(got.data, expected.data)
+
+
+def test_embedding_gradient_equals_torch_sparse_gradient_coalesced():
+    tokens, lengths = random_bags(seed=3)
+    offsets = torch.cumsum(lengths, 0) - lengths
+    grad_out = torch.randn(len(lengths), 5)
+    reference = torch.nn.EmbeddingBag(11, 5, mode="mean", sparse=True)
+    reference(tokens, offsets).backward(grad_out)
+    expected = reference.weight.grad.coalesce()
+
+    ours = torch.nn.EmbeddingBag(11, 5, mode="mean", sparse=True)
+    ours.weight.data.copy_(reference.weight.data)
+    data = features.BagBatches(tokens, lengths, torch.zeros(len(lengths), 1))
+    (ids, bag_offsets, weights), _ = next(data.batches(len(lengths)))
+    models.bag_embeddings(ours, ids, bag_offsets, weights).backward(grad_out)
+    got = train.coalesced(ours.weight.grad)
+    assert got.is_sparse and got.is_coalesced()
+    np.testing.assert_array_equal(got.indices(), expected.indices())
+    torch.testing.assert_close(got.values(), expected.values())
+    assert len(got.indices()[0]) == len(torch.unique(tokens))  # only the touched rows
+
+
+def test_sparse_linear_equals_dense_linear_forward_and_gradients():
+    matrix = sp.random(5, 8, density=0.4, format="csr", dtype=np.float32, random_state=1)
+    rows = torch.sparse_csr_tensor(torch.from_numpy(matrix.indptr.astype(np.int64)),
+                                   torch.from_numpy(matrix.indices.astype(np.int64)), torch.from_numpy(matrix.data),
+                                   size=matrix.shape, check_invariants=True)
+    torch.manual_seed(0)
+    layer = models.SparseLinear(8, 3)
+    torch.manual_seed(0)
+    dense = torch.nn.Linear(8, 3)
+    torch.testing.assert_close(layer.weight.detach(), dense.weight.detach().t())  # same initialisation
+    grad_out = torch.randn(5, 3)
+    layer(rows).backward(grad_out)
+    dense(torch.from_numpy(matrix.toarray())).backward(grad_out)
+    torch.testing.assert_close(layer(rows), dense(torch.from_numpy(matrix.toarray())))
+    torch.testing.assert_close(layer.weight.grad, dense.weight.grad.t())
+    torch.testing.assert_close(layer.bias.grad, dense.bias.grad)
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(rows), dense(torch.from_numpy(matrix.toarray())))
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer
+
+
+@pytest.mark.parametrize("steps, block_elements", [(1, 1 << 17), (4, 1 << 17), (4, 8)])
+def test_lazy_adam_equals_sparse_adam(steps, block_elements, monkeypatch):
+    monkeypatch.setattr(train.LazyAdam, "BLOCK_ELEMENTS", block_elements)  # 8: two rows per block
+    torch.manual_seed(0)
+    start = torch.randn(10, 4)
+    ours, reference = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    lazy, sparse_adam = train.LazyAdam([ours], lr=0.01), torch.optim.SparseAdam([reference], lr=0.01)
+    rng = np.random.default_rng(0)
+    for _ in range(steps):
+        rows = torch.from_numpy(np.sort(rng.choice(10, 4, replace=False)))
+        values = torch.randn(4, 4)
+        # ours gets it flagged-coalesced as BagProduct builds it; SparseAdam an uncoalesced duplicate split
+        ours.grad = torch.sparse_coo_tensor(rows[None], values, (10, 4), is_coalesced=True, check_invariants=True)
+        reference.grad = torch.sparse_coo_tensor(torch.cat([rows, rows])[None], torch.cat([values / 2, values / 2]),
+                                                 (10, 4), check_invariants=True)
+        lazy.step()
+        sparse_adam.step()
+    torch.testing.assert_close(ours.detach(), reference.detach(), rtol=1e-5, atol=1e-6)
+    untouched = torch.ones(10, dtype=torch.bool)
+    untouched[torch.unique(torch.nonzero(ours.detach() != start)[:, 0])] = False
+    torch.testing.assert_close(ours.detach()[untouched], start[untouched])  # lazy: untouched rows never move
+
+
+def test_coalesced_flags_sorted_rows_without_sorting_and_coalesces_otherwise():
+    sorted_grad = torch.sparse_coo_tensor(torch.tensor([[1, 4, 6]]), torch.ones(3, 2), (8, 2))
+    assert not sorted_grad.is_coalesced() and train.coalesced(sorted_grad).is_coalesced()
+    messy = torch.sparse_coo_tensor(torch.tensor([[4, 1, 4]]), torch.ones(3, 2), (8, 2))
+    fixed = train.coalesced(messy)
+    assert fixed.is_coalesced() and fixed.indices().tolist() == [[1, 4]]
+    torch.testing.assert_close(fixed.values(), torch.tensor([[1.0, 1.0], [2.0, 2.0]]))
+
+
+def test_sparse_linear_loads_weights_saved_in_nn_linear_layout():
+    old = torch.nn.Linear(8, 3)
+    layer = models.SparseLinear(8, 3)
+    layer.load_state_dict(old.state_dict())
+    torch.testing.assert_close(layer.weight.detach(), old.weight.detach().t())
