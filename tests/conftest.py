@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,15 @@ SHARED_DATA = REPO.parent / "shared" / "data" / "stackexchange-robotics.csv"
 # Two cores: keep each test process on one thread so parallel workers in tests do not thrash.
 torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(autouse=True)
+def restore_signal_handlers():
+    """``tagsearch worker`` run in-process installs SIGINT/SIGTERM handlers; put pytest's back."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
 
 
 def robotics_csv() -> Path:

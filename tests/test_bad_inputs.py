@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -26,15 +25,6 @@ from conftest import write_spec
 from tagsearch.cli import main
 
 STUDY = "existing"
-
-
-@pytest.fixture(autouse=True)
-def restore_signal_handlers():
-    """``tagsearch worker`` run in-process installs SIGINT/SIGTERM handlers; put pytest's back."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for signum, handler in saved.items():
-        signal.signal(signum, handler)
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,6 @@ from tagsearch import retrain as retrain_module
 from tagsearch import results, search, train
 from tagsearch.cli import main
 from tagsearch.data import load_corpus
-from tagsearch.errors import UserError
 from tagsearch.spec import load_spec
 from tagsearch.storage import artifact_dir
 from test_stress import (FINISHED, State, check_study, integrity, sqlite_file, start_worker, stop_all,
@@ -33,15 +32,6 @@ pytestmark = [pytest.mark.filterwarnings("ignore::optuna.exceptions.Experimental
               pytest.mark.filterwarnings("ignore:Heartbeat of storage")]
 FAST_HEARTBEAT = {"TAGSEARCH_HEARTBEAT": "1", "TAGSEARCH_GRACE": "3"}
 MEDIAN_PRUNER = '[pruner]\nkind = "median"'
-
-
-@pytest.fixture(autouse=True)
-def restore_signal_handlers():
-    """``tagsearch worker`` run in-process installs SIGINT/SIGTERM handlers; put pytest's back."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for signum, handler in saved.items():
-        signal.signal(signum, handler)
 
 
 def long_trials_spec(tmp_path: Path, tiny_csv: Path, url: str, name: str, epochs: int) -> Path:

@@ -19,7 +19,7 @@ import optuna
 import pytest
 
 from tagsearch.storage import open_storage
-from test_stress import assert_clean_logs, check_study, start_worker, stop_all, stress_spec, wait_all
+from test_stress import check_study, run_workers, stress_spec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = [pytest.mark.services, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
@@ -80,20 +80,13 @@ def drop_redis_journal(url: str) -> None:
 def run_two_workers(url: str, tmp_path, tiny_csv) -> optuna.Study:
     name = f"tagsearch-reliability-{uuid.uuid4().hex[:10]}"
     spec = stress_spec(tmp_path / "spec.toml", tiny_csv, url, name, epochs=2)
-    logs = [tmp_path / f"worker{i}.log" for i in range(WORKERS)]
-    processes = []
     try:
-        for index, log in enumerate(logs):
-            processes.append(start_worker(spec, log, "--n-trials", str(TARGET), "--threads", "1", index=index))
-        codes = wait_all(processes, 200)
-        assert codes == [0] * WORKERS, {str(log): log.read_text()[-2000:] for log in logs}
-        assert_clean_logs(logs)
+        run_workers(spec, tmp_path, WORKERS, TARGET, seconds=200)
         study = optuna.load_study(study_name=name, storage=open_storage(url))
         check_study(study, TARGET)
         assert study.user_attrs["model"] == "dense" and "fingerprint" in study.user_attrs
         return study
     finally:
-        stop_all(processes)
         storage = open_storage(url)
         if name in optuna.get_all_study_names(storage):
             optuna.delete_study(study_name=name, storage=storage)

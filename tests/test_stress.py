@@ -112,6 +112,22 @@ def check_study(study: optuna.Study, target: int, allowed_fail: int = 0, default
     return trials
 
 
+def run_workers(spec: Path, tmp_path: Path, workers: int, target: int, seconds: float) -> list[Path]:
+    """Run ``workers`` `tagsearch worker` processes on ``spec`` to ``target`` trials; all must exit 0
+    with clean logs (killed at ``seconds`` otherwise)."""
+    logs = [tmp_path / f"worker{i}.log" for i in range(workers)]
+    processes = []
+    try:
+        for index, log in enumerate(logs):
+            processes.append(start_worker(spec, log, "--n-trials", str(target), "--threads", "1", index=index))
+        codes = wait_all(processes, seconds)
+    finally:
+        stop_all(processes)
+    assert codes == [0] * workers, {str(log): log.read_text(errors="replace")[-2000:] for log in logs}
+    assert_clean_logs(logs)
+    return logs
+
+
 def sqlite_file(url: str) -> Path:
     assert url.startswith("sqlite:////")
     return Path(url[len("sqlite:///"):])
@@ -135,17 +151,7 @@ def test_four_workers_60_trials_of_varying_length_on_one_sqlite_file(tmp_path, t
     target, workers = 60, 4
     url = f"sqlite:///{tmp_path}/stress.db"
     spec = stress_spec(tmp_path / "stress.toml", tiny_csv, url, "stress", epochs=2)
-    logs = [tmp_path / f"worker{i}.log" for i in range(workers)]
-    processes = []
-    try:
-        for index, log in enumerate(logs):
-            processes.append(start_worker(spec, log, "--n-trials", str(target), "--threads", "1", index=index))
-        codes = wait_all(processes, 240)
-    finally:
-        stop_all(processes)
-    outputs = {str(log): log.read_text(errors="replace")[-2000:] for log in logs}
-    assert codes == [0] * workers, outputs
-    assert_clean_logs(logs)
+    logs = run_workers(spec, tmp_path, workers, target, seconds=240)
     assert integrity(sqlite_file(url)) == "ok"
 
     study = optuna.load_study(study_name="stress", storage=url)
