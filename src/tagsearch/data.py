@@ -10,7 +10,6 @@ search) works from the returned ``Corpus``; nothing re-reads or re-cleans text.
 from __future__ import annotations
 
 import ast
-import dataclasses
 import functools
 import hashlib
 import html
@@ -337,10 +336,6 @@ def load_corpus(config: DataConfig) -> Corpus:
 @functools.lru_cache(maxsize=4)
 def _load_cached(config: DataConfig, _mtime_ns: int, _size: int) -> Corpus:
     return build_corpus(read_table(config.path, config.encoding), config)
-
-
-def with_path(config: DataConfig, path: str) -> DataConfig:
-    return dataclasses.replace(config, path=str(path))
 
 
 def log(message: str) -> None:

@@ -35,7 +35,7 @@ from . import features
 from .data import Corpus, clean_texts
 from .errors import UserError
 from .models import build_model
-from .train import predict_logits
+from .train import predict_proba
 
 FORMAT = 1
 WEIGHTS = "model.safetensors"
@@ -195,7 +195,7 @@ class Results:
         if not texts:
             return np.zeros((0, len(self.tag_names)), dtype=np.float32)
         inputs = model_inputs(self.state, list(texts) if cleaned else clean_texts(texts))
-        return torch.sigmoid(predict_logits(self.model, inputs)).numpy()
+        return predict_proba(self.model, inputs)
 
     def predict(self, texts: list[str], cleaned: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """0/1 predictions at the saved thresholds, and the probabilities."""

@@ -27,7 +27,7 @@ from .cli import resolve_data
 from .data import Corpus, load_corpus, log
 from .errors import UserError
 from .spec import coerce, load_spec
-from .train import count_parameters, predict_logits, train_config
+from .train import count_parameters, predict_proba, train_config
 
 CRITERION = "validation micro-F1 (a tie keeps the global threshold)"
 # One CPU thread, like each search worker: these small per-batch products gain little from more, and
@@ -124,16 +124,12 @@ def retrain(corpus: Corpus, params: dict, epochs: int, patience: int, device: st
 # Evaluation
 
 
-def probabilities(model, data) -> np.ndarray:
-    return torch.sigmoid(predict_logits(model, data)).cpu().numpy()
-
-
 def evaluate(run: Run, corpus: Corpus, params: dict) -> dict:
     """Validation and test figures for the global and the per-tag thresholds, and the choice."""
     model = run.result.model
     test_data = features.model_inputs(corpus, params, "test").to(run.prepared.device)
-    y_val, p_val = corpus.labels[corpus.val_idx], probabilities(model, run.prepared.val)
-    y_test, p_test = corpus.labels[corpus.test_idx], probabilities(model, test_data)
+    y_val, p_val = corpus.labels[corpus.val_idx], predict_proba(model, run.prepared.val)
+    y_test, p_test = corpus.labels[corpus.test_idx], predict_proba(model, test_data)
     variants, chosen = threshold_variants(y_val, p_val, y_test, p_test, corpus.tag_names, params["threshold"])
     y_pred = (p_test >= np.asarray(variants[chosen]["thresholds"])).astype(np.uint8)
     return {"variants": variants, "chosen": chosen, "y_test": y_test, "y_pred": y_pred}

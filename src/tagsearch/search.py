@@ -167,7 +167,7 @@ def epoch_hook(trial: optuna.Trial):
 
 def validation_report(model, prepared, corpus: Corpus, threshold: float) -> dict:
     """Micro/macro and per-class F1 of the best model on the validation split."""
-    probs = torch.sigmoid(train.predict_logits(model, prepared.val)).cpu().numpy()
+    probs = train.predict_proba(model, prepared.val)
     y_true = prepared.val.labels.cpu().numpy().astype("uint8")
     return metrics.report(y_true, probs, threshold, corpus.tag_names)
 

@@ -162,6 +162,11 @@ def predict_logits(model: nn.Module, data, batch_size: int = EVAL_BATCH) -> torc
     return torch.cat([model(inputs) for inputs, _ in data.batches(batch_size)])
 
 
+def predict_proba(model: nn.Module, data) -> np.ndarray:
+    """(posts, tags) probabilities, ``sigmoid(logits)``, as a numpy array on the CPU."""
+    return torch.sigmoid(predict_logits(model, data)).cpu().numpy()
+
+
 def evaluate(model, data, criterion, threshold: float) -> dict:
     logits = predict_logits(model, data)
     loss = float(criterion(logits, data.labels))
