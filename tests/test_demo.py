@@ -30,8 +30,8 @@ def test_demo_data(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert demo.demo_data(None, 47427) == ("builtin", "")
     path, suffix = demo.demo_data(None, 300)
-    assert path == "storage/builtin-synth-300.csv" and suffix == "-300" and Path(path).is_file()
-    assert demo.demo_data(path, 47427) == (str(Path(path).resolve()), "-builtin-synth-300")
+    assert path == "storage/builtin-synth-v2-300.csv" and suffix == "-300" and Path(path).is_file()
+    assert demo.demo_data(path, 47427) == (str(Path(path).resolve()), "-builtin-synth-v2-300")
 
 
 def test_demo_bad_data_is_one_error_line(tmp_path, monkeypatch, capsys):

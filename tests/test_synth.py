@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tagsearch.data import clean_texts
 from tagsearch.synth import SEED_TAGS, generate_posts, write_corpus
 
 TARGET_FRACTIONS = {
@@ -136,3 +137,14 @@ def test_learnable_but_not_separable():
     nothing = hamming_loss(y[2400:], np.zeros_like(y[2400:]))
     assert loss < 0.6 * nothing, (loss, nothing)
     assert loss > 0.005, loss
+
+
+def test_vocabulary_keeps_growing_like_real_text(posts):
+    """Heaps' law: real posts keep bringing new tokens (robotics.stackexchange: 2,771 posts, 23k distinct
+    tokens, growth exponent 0.62); a closed vocabulary would make the embedding table unrealistically small."""
+    texts = clean_texts(posts["Title"] + " " + posts["Body"])
+    quarter = Counter(t for text in texts[:1250] for t in text.split())
+    whole = Counter(t for text in texts for t in text.split())
+    assert 10_000 < len(quarter) and 25_000 < len(whole) < 45_000
+    assert len(whole) / len(quarter) > 4 ** 0.5  # 4× the posts: growth exponent above 0.5
+    assert sum(count == 1 for count in whole.values()) / len(whole) > 0.5  # mostly hapax legomena, as in real text

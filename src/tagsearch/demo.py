@@ -19,7 +19,7 @@ from pathlib import Path
 from .builtin import BUILTIN_POSTS, BUILTIN_SEED
 from .data import log
 from .errors import UserError
-from .spec import BUILTIN_DATA, load_spec
+from .spec import BUILTIN_DATA, SYNTH_VERSION, load_spec
 
 STORAGE = "sqlite:///storage/demo.db"
 SPEC_DIR = Path("storage")
@@ -59,7 +59,7 @@ def demo_data(path: str | None, posts: int) -> tuple[str, str]:
         return str(Path(path).resolve()), f"-{Path(path).stem}"
     if posts == BUILTIN_POSTS:
         return BUILTIN_DATA, ""
-    target = SPEC_DIR / f"builtin-synth-{posts}.csv"
+    target = SPEC_DIR / f"builtin-synth-v{SYNTH_VERSION}-{posts}.csv"
     if not target.is_file():
         from .synth import write_corpus
 

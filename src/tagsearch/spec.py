@@ -26,7 +26,8 @@ from .errors import UserError
 MODELS = ("dense", "tfidf")
 POS_WEIGHT_SCHEMES = ("seed", "neg_pos", "none")
 BUILTIN_DATA = "builtin"
-BUILTIN_PATH = "storage/builtin-synth-47427.csv"
+SYNTH_VERSION = 2  # bump whenever synth.py's output changes: generated corpora are cached by this name
+BUILTIN_PATH = f"storage/builtin-synth-v{SYNTH_VERSION}-47427.csv"
 DEFAULT_STORAGE = "sqlite:///storage/tagsearch.db"
 
 
