@@ -196,8 +196,11 @@ def bench_epochs(path: str, kind: str, epochs: int, threads: int, reference_thre
 
 
 def alternate(corpus: data.Corpus, kind: str, epochs: int, threads: int, reference_threads: int, seed: int) -> dict:
+    """Our ``fit``, running from its per-epoch hook one reference epoch at ``reference_threads`` and
+    (when that differs from ``threads``) a second reference's epoch at ``threads``."""
     params = {**seed_params(kind), "seed": seed}
-    reference, same_threads = reference_trainer(corpus, kind, seed), reference_trainer(corpus, kind, seed)
+    reference = reference_trainer(corpus, kind, seed)
+    same_threads = reference_trainer(corpus, kind, seed) if threads != reference_threads else None
     prepared = train.prepare(corpus, params, torch.device("cpu"))
     records = {"reference": [], "same_threads": []}
 
@@ -205,7 +208,7 @@ def alternate(corpus: data.Corpus, kind: str, epochs: int, threads: int, referen
         set_threads(reference_threads)
         records["reference"].append(reference.epoch())
         set_threads(threads)
-        records["same_threads"].append(same_threads.epoch())
+        records["same_threads"].append(same_threads.epoch() if same_threads else records["reference"][-1])
         ref, same = records["reference"][-1], records["same_threads"][-1]
         say(f"    seed {seed} epoch {epoch}: reference {ref['seconds']:6.2f}s ({reference_threads} threads), "
             f"{same['seconds']:5.2f}s ({threads});  tagsearch {record['seconds']:5.2f}s ({threads});  val Hamming "
@@ -255,14 +258,17 @@ def whole_commands(path: str, kind: str, epochs: int, threads: int) -> dict[str,
     }
 
 
-def bench_whole(path: str, kind: str, epochs: int, threads: int, repeats: int) -> dict:
+def bench_whole(path: str, kind: str, epochs: int, threads: int, repeats: int, reference_threads: int) -> dict:
     commands = whole_commands(path, kind, epochs, threads)
+    if threads == reference_threads:  # the reference's default-threads run is already the same-threads one
+        del commands["reference_same_threads"]
     runs = {side: [] for side in commands}
     for _ in range(repeats):
         for side, command in commands.items():
             runs[side].append(run_child(command))
             say(f"    {side:22s} {runs[side][-1]['seconds']:7.1f}s  peak RSS {runs[side][-1]['peak_rss_mb']:6.0f} MB")
     best = {side: min(r["seconds"] for r in side_runs) for side, side_runs in runs.items()}
+    best.setdefault("reference_same_threads", best["reference"])
     last = {side: json.loads(side_runs[-1]["stdout"]) for side, side_runs in runs.items()}
     return {"epochs": epochs, "command": "tagsearch " + " ".join(commands["ours"][3:]),
             "reference_command": "python " + " ".join(commands["reference"][1:]),
@@ -407,7 +413,8 @@ def main(argv=None) -> int:
         if index == 0 and not args.skip_whole:
             for kind in kinds:
                 say(f"  {kind}: whole process, {args.whole_epochs} epochs")
-                entry["whole"][kind] = bench_whole(path, kind, args.whole_epochs, args.threads, args.repeats)
+                entry["whole"][kind] = bench_whole(path, kind, args.whole_epochs, args.threads, args.repeats,
+                                                 args.reference_threads)
         report["corpora"].append(entry)
     if (args.search or args.search_only) and not args.quick:
         say("\n== search")
