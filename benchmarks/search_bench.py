@@ -3,7 +3,7 @@
 1. Throughput: ``tagsearch launch --workers 2 --devices cpu`` (one thread per worker) against one
    ``tagsearch worker --threads 2``, each for the same wall-clock window on a fresh study of
    studies/dense.toml; finished (complete + pruned) trials per minute.
-2. Pruning: the same 30-trial TF-IDF study (studies/tfidf.toml, 2 workers) with its median pruner
+2. Pruning: the same 30-trial TF-IDF study (studies/tfidf.toml, 2 workers) with the spec's pruner
    and with ``[pruner] kind = "none"``; total epochs trained, wall time and best value.
 
 Every study lives in a temporary SQLite file, so nothing here touches storage/.
@@ -67,15 +67,17 @@ def throughput(data_path: str, window: float, say) -> dict:
 
 
 def pruning(data_path: str, n_trials: int, say) -> dict:
+    """The spec's pruner against none (``benchmarks/pruners.py`` compares other settings and seeds)."""
+    import pruners
+
     figures = {}
     spec_text = SPECS["tfidf"].read_text()
+    kind = re.search(r'(?m)^kind = "(\w+)"', spec_text[spec_text.index("[pruner]"):]).group(1)
     with tempfile.TemporaryDirectory() as tmp:
-        for label, kind in (("median pruner", None), ("no pruning", "none")):
-            spec = SPECS["tfidf"]
-            if kind:
-                spec = Path(tmp) / f"tfidf-{kind}.toml"
-                spec.write_text(re.sub(r'(?m)^kind = "(median|halving|hyperband)"', f'kind = "{kind}"', spec_text))
-            url, name = f"sqlite:///{tmp}/{kind or 'median'}.db", "pruning"
+        for label, pruner in ((f"{kind} pruner (the spec's)", None), ("no pruning", 'kind = "none"')):
+            spec = Path(tmp) / f"{'spec' if pruner is None else 'none'}.toml"
+            spec.write_text(pruners.spec_variant(spec_text, pruner, sampler_seed(spec_text)))
+            url, name = f"sqlite:///{spec.with_suffix('.db')}", "pruning"
             command = tagsearch("launch", str(spec), "--workers", "2", "--devices", "cpu", "--data", data_path,
                                 "--storage", url, "--study-name", name, "--n-trials", str(n_trials))
             figures[label] = run_study(command, url, name)
@@ -83,6 +85,10 @@ def pruning(data_path: str, n_trials: int, say) -> dict:
             say(f"    {label}: {f['finished']} trials ({f['pruned']} pruned), {f['epochs']} epochs, "
                 f"{f['seconds']:.0f}s, best {f['best']}")
     return figures
+
+
+def sampler_seed(spec_text: str) -> int:
+    return int(re.search(r"(?m)^seed\s*=\s*(\d+)", spec_text[spec_text.index("[sampler]"):]).group(1))
 
 
 def run(args, say) -> dict:
