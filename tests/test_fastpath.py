@@ -201,9 +201,13 @@ def test_sparse_linear_equals_dense_linear_forward_and_gradients():
 # Optimizer
 
 
+@pytest.mark.parametrize("in_place", [True, False], ids=["cpu-kernel", "gathered"])
 @pytest.mark.parametrize("steps, n_touched", [(1, 4), (4, 4), (6, None)])
-def test_lazy_adam_equals_sparse_adam(steps, n_touched):
-    """None: 2 to 8 rows a step, so the kept scratch buffers are reused and grown."""
+def test_lazy_adam_equals_sparse_adam(steps, n_touched, in_place, monkeypatch):
+    """cpu-kernel: the compiled in-place loop; gathered: the path CUDA takes (scratch buffers and
+    torch's fused Adam), forced here on the CPU. None: 2 to 8 rows a step, so the scratch buffers
+    are reused and grown."""
+    monkeypatch.setattr(train, "in_place_kernel", lambda param: in_place)
     torch.manual_seed(0)
     start = torch.randn(10, 4)
     ours, reference = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())

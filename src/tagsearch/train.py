@@ -8,6 +8,7 @@ objective and ``retrain``: build inputs → build model → ``fit``.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -56,11 +57,10 @@ class LazyAdam(torch.optim.Optimizer):
     ``torch.optim.SparseAdam`` (which rebuilds uncoalesced sparse tensors and sorts them twice per
     step: ~5× slower here).
 
-    A step gathers the touched rows of the parameter and both moments into scratch buffers kept
-    between steps, updates them in one pass with torch's fused Adam kernel, and scatters them back.
-    On a 100k-token table the six random row moves are most of the cost (latency-bound: ~10 of
-    ~13 ms per step at 1 thread, BENCHMARKS.md); fresh multi-megabyte temporaries instead of the
-    kept buffers add ~2 ms, blocks sized for the cache add Python overhead and saved nothing."""
+    On the CPU the touched rows are updated in place by a compiled loop (``kernels.lazy_adam_rows``):
+    one read and one write of each row of the parameter and both moments. Elsewhere (CUDA) they are
+    gathered into scratch buffers kept between steps, updated by torch's fused Adam kernel, and
+    scattered back (Adam's ε placement, which differs from SparseAdam's by ε·√(1-β₂ᵗ))."""
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
@@ -79,6 +79,24 @@ class LazyAdam(torch.optim.Optimizer):
             state.update(step=torch.zeros((), dtype=torch.float32, device=param.device),
                          exp_avg=torch.zeros_like(param), exp_avg_sq=torch.zeros_like(param))
         rows, values = grad.indices()[0], grad.values()
+        if in_place_kernel(param):
+            self._update_in_place(param, state, rows, values, group)
+        else:
+            self._update_gathered(param, state, rows, values, group)
+
+    @staticmethod
+    def _update_in_place(param, state, rows, values, group) -> None:
+        from .kernels import lazy_adam_rows
+
+        state["step"] += 1
+        step, (beta1, beta2) = float(state["step"]), group["betas"]
+        step_size = group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+        f32 = np.float32
+        lazy_adam_rows(param.detach().numpy(), state["exp_avg"].numpy(), state["exp_avg_sq"].numpy(),
+                       rows.numpy(), values.contiguous().numpy(), f32(step_size), f32(beta1), f32(beta2),
+                       f32(group["eps"]))
+
+    def _update_gathered(self, param, state, rows, values, group) -> None:
         tables = (param, state["exp_avg"], state["exp_avg_sq"])
         gathered = [torch.index_select(table, 0, rows, out=buffer)
                     for table, buffer in zip(tables, self._buffers(param, len(rows)))]
@@ -96,6 +114,11 @@ class LazyAdam(torch.optim.Optimizer):
             scratch = param.new_empty((3, n_rows + n_rows // 4, *param.shape[1:]))
             self._scratch[id(param)] = scratch
         return tuple(scratch[i, :n_rows] for i in range(3))
+
+
+def in_place_kernel(param: torch.Tensor) -> bool:
+    """Whether ``kernels.lazy_adam_rows`` handles ``param``: a contiguous float32 CPU table."""
+    return param.device.type == "cpu" and param.dtype == torch.float32 and param.is_contiguous()
 
 
 def make_optimizers(model: nn.Module, lr: float, weight_decay: float) -> list[torch.optim.Optimizer]:

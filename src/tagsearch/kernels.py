@@ -1,0 +1,27 @@
+"""CPU kernels compiled with numba, for the one update torch cannot do in place: lazy Adam on rows.
+
+torch can only update scattered rows of a table by gathering them into a new tensor and
+scattering the result back (``index_select`` + ``index_copy_``), which on a ~100k-row embedding
+table moves every touched row of the parameter and both moments twice through memory; the loop
+below reads and writes each of them once, in place. ``benchmarks/profile_step.py``: ~12 → ~6 ms
+of a dense training step on the built-in corpus (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def lazy_adam_rows(param, exp_avg, exp_avg_sq, rows, grad, step_size, beta1, beta2, eps):
+    """For each ``i``: row ``rows[i]`` of ``param`` and its moments take one Adam step with gradient
+    row ``grad[i]``, as ``torch.optim.SparseAdam`` does (``step_size`` = lr·√(1-β₂ᵗ)/(1-β₁ᵗ),
+    ε added to √v). All arrays float32 and C-contiguous, ``rows`` unique int64."""
+    one = np.float32(1.0)
+    for i in range(rows.shape[0]):
+        p, m, v, g = param[rows[i]], exp_avg[rows[i]], exp_avg_sq[rows[i]], grad[i]
+        for j in range(g.shape[0]):
+            m[j] = beta1 * m[j] + (one - beta1) * g[j]
+            v[j] = beta2 * v[j] + (one - beta2) * g[j] * g[j]
+            p[j] -= step_size * m[j] / (np.sqrt(v[j]) + eps)
