@@ -243,3 +243,15 @@ def test_sparse_linear_loads_weights_saved_in_nn_linear_layout():
     layer = models.SparseLinear(8, 3)
     layer.load_state_dict(old.state_dict())
     torch.testing.assert_close(layer.weight.detach(), old.weight.detach().t())
+
+
+@pytest.mark.parametrize("in_place", [True, False], ids=["cpu-kernel", "gathered"])
+def test_lazy_adam_turns_a_nan_gradient_into_nan_rows_without_raising(in_place, monkeypatch):
+    """A diverged step must reach the training loop's NaN-loss check, not raise inside the kernel
+    (numba's default Python error model raised ZeroDivisionError here)."""
+    monkeypatch.setattr(train, "in_place_kernel", lambda param: in_place)
+    table = torch.nn.Parameter(torch.zeros(6, 3))
+    table.grad = torch.sparse_coo_tensor(torch.tensor([[1, 4]]), torch.tensor([[float("nan")] * 3, [1.0] * 3]),
+                                         (6, 3), is_coalesced=True)
+    train.LazyAdam([table], lr=0.1).step()
+    assert torch.isnan(table.detach()[1]).all() and torch.isfinite(table.detach()[[0, 2, 3, 4, 5]]).all()

@@ -13,7 +13,10 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True, nogil=True, fastmath=True)
+# error_model="numpy": IEEE arithmetic (a NaN gradient gives NaN rows, which the training loop reports
+# as divergence) instead of numba's Python-style ZeroDivisionError checks; no fastmath, which would
+# let the compiler assume there are no NaNs.
+@njit(cache=True, nogil=True, error_model="numpy")
 def lazy_adam_rows(param, exp_avg, exp_avg_sq, rows, grad, step_size, beta1, beta2, eps):
     """For each ``i``: row ``rows[i]`` of ``param`` and its moments take one Adam step with gradient
     row ``grad[i]``, as ``torch.optim.SparseAdam`` does (``step_size`` = lr·√(1-β₂ᵗ)/(1-β₁ᵗ),
