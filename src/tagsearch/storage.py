@@ -150,8 +150,9 @@ def _rdb_storage(url: str, kind: str, attempts: int = 3):
         try:
             storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat_settings())
             break
-        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError):
-            if kind != "sqlite" or attempt == attempts - 1:
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError,
+                sqlalchemy.exc.ProgrammingError) as exc:
+            if attempt == attempts - 1 or not _creation_race(exc, kind):
                 raise
             time.sleep(0.5 * (attempt + 1))
     if kind == "sqlite":
@@ -159,6 +160,17 @@ def _rdb_storage(url: str, kind: str, attempts: int = 3):
             _use_wal(storage.engine)
         sqlalchemy.event.listen(storage.engine, "begin", _begin_immediate)
     return storage
+
+
+def _creation_race(exc: Exception, kind: str) -> bool:
+    """Whether ``exc`` is another worker creating the same tables at the same moment (worth a retry):
+    SQLite's lock errors, or a duplicate type/table on a fresh PostgreSQL or MySQL database. An
+    unreachable server is not retried."""
+    import sqlalchemy.exc
+
+    if kind == "sqlite":
+        return True
+    return isinstance(exc, sqlalchemy.exc.IntegrityError) or "already exists" in str(exc)
 
 
 def _begin_immediate(connection) -> None:
