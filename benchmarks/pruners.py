@@ -24,9 +24,10 @@ import search_bench
 
 
 
-def spec_variant(text: str, pruner: str | None, sampler_seed: int) -> str:
-    """The spec text with its sampler seed set and (unless ``pruner`` is None) its [pruner] replaced."""
-    text = re.sub(r"(?m)^(\[sampler\][^\[]*?^seed\s*=\s*)\d+", rf"\g<1>{sampler_seed}", text)
+def spec_variant(text: str, pruner: str | None, sampler_seed: int | None = None) -> str:
+    """The spec text with (unless None) its sampler seed set and its [pruner] table replaced."""
+    if sampler_seed is not None:
+        text = re.sub(r"(?m)^(\[sampler\][^\[]*?^seed\s*=\s*)\d+", rf"\g<1>{sampler_seed}", text)
     if pruner is not None:
         table = "[pruner]\n" + "\n".join(line.strip() for line in pruner.split(";")) + "\n\n"
         text = re.sub(r"(?ms)^\[pruner\].*?(?=^\[)", lambda _: table, text)

@@ -76,7 +76,7 @@ def pruning(data_path: str, n_trials: int, say) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for label, pruner in ((f"{kind} pruner (the spec's)", None), ("no pruning", 'kind = "none"')):
             spec = Path(tmp) / f"{'spec' if pruner is None else 'none'}.toml"
-            spec.write_text(pruners.spec_variant(spec_text, pruner, sampler_seed(spec_text)))
+            spec.write_text(pruners.spec_variant(spec_text, pruner))
             url, name = f"sqlite:///{spec.with_suffix('.db')}", "pruning"
             command = tagsearch("launch", str(spec), "--workers", "2", "--devices", "cpu", "--data", data_path,
                                 "--storage", url, "--study-name", name, "--n-trials", str(n_trials))
@@ -85,10 +85,6 @@ def pruning(data_path: str, n_trials: int, say) -> dict:
             say(f"    {label}: {f['finished']} trials ({f['pruned']} pruned), {f['epochs']} epochs, "
                 f"{f['seconds']:.0f}s, best {f['best']}")
     return figures
-
-
-def sampler_seed(spec_text: str) -> int:
-    return int(re.search(r"(?m)^seed\s*=\s*(\d+)", spec_text[spec_text.index("[sampler]"):]).group(1))
 
 
 def run(args, say) -> dict:
