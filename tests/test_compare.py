@@ -23,8 +23,8 @@ def two_results(tmp_path_factory, tiny_csv):
 
 def rows_of(text: str) -> dict[str, list[str]]:
     """Table rows keyed by their first cell."""
-    rows = [line.strip("|").split("|") for line in text.splitlines() if line.startswith("| ")]
-    return {cells[0].strip(): [c.strip() for c in cells] for cells in rows[2:]}  # after header, ---
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("| ")]
+    return {cells[0]: cells for cells in rows if cells[0] not in ("results", "---")}  # not headers, ---
 
 
 def test_table_rows_match_metrics(two_results, tmp_path, capsys):
@@ -40,12 +40,28 @@ def test_table_rows_match_metrics(two_results, tmp_path, capsys):
         config = json.loads((folder / "config.json").read_text())
         row = rows[folder.name]
         assert row[1] == config["model"]
-        assert row[4:7] == [f"{metrics[k]:.4f}" for k in ("test_hamming_loss", "test_micro_f1", "test_macro_f1")]
-        assert row[7] == f"{config['parameters']:,}"
-        assert f"lr={config['params']['lr']:.3g}" in row[9]
+        assert row[3:5] == [metrics["metric"], f"{metrics['validation_value']:.4f}"]
+        assert row[6:9] == [f"{metrics[k]:.4f}" for k in ("test_hamming_loss", "test_micro_f1", "test_macro_f1")]
+        assert row[9] == f"{config['parameters']:,}"
+        assert f"lr={config['params']['lr']:.3g}" in row[11]
     baseline = rows["baseline: TF-IDF + LogisticRegression"]
-    assert baseline[1] == "linear" and 0 < float(baseline[5]) <= 1
-    assert "Best test micro-F1" in printed
+    assert baseline[1] == "linear" and 0 < float(baseline[7]) <= 1 and baseline[11].startswith("C=")
+    best = min(rows.values(), key=lambda r: float(r[4]))  # hamming_loss: lowest validation value wins
+    assert f"Winner on validation hamming_loss: **{best[0]}**" in printed
+
+
+def test_winner_is_chosen_on_validation_never_on_test(two_results, tmp_path, capsys):
+    """Make the worse-on-validation network the best on test: the verdict must not move."""
+    _, folders = two_results
+    copies = [shutil.copytree(f, tmp_path / f.name) for f in folders]
+    values = [json.loads((f / "metrics.json").read_text())["validation_value"] for f in copies]
+    loser = copies[values.index(max(values))]
+    metrics = json.loads((loser / "metrics.json").read_text())
+    metrics.update(test_hamming_loss=0.0, test_micro_f1=1.0, test_macro_f1=1.0)
+    (loser / "metrics.json").write_text(json.dumps(metrics))
+    assert main(["compare", *map(str, copies), "--out", str(tmp_path / "c.md")]) == 0
+    printed = capsys.readouterr().out
+    assert f"**{loser.name}**" not in printed
 
 
 def test_default_dirs_and_missing_data(two_results, tmp_path, monkeypatch, capsys):

@@ -90,25 +90,47 @@ def test_bag_counts_equal_a_counter_per_post():
         assert dict(zip(row.indices.tolist(), row.data.tolist())) == {t: post.count(t) for t in set(post)}
 
 
-@pytest.mark.parametrize("max_features, sublinear_tf", [(6, False), (6, True), (1000, False)])
-def test_unigram_tfidf_equals_scikit_learn(max_features, sublinear_tf):
-    """Same vocabulary, idf and matrix, bit for bit; max_features=6 cuts a vocabulary with ties."""
+@pytest.mark.parametrize("max_features, min_df, ngram_max, sublinear_tf",
+                         [(0, 1, 1, False), (0, 1, 2, True), (0, 2, 3, False), (3, 1, 1, True), (0, 2, 2, True)])
+def test_tfidf_equals_scikit_learn_vectorizer(max_features, min_df, ngram_max, sublinear_tf):
+    """n-grams counted from the token stream + TfidfTransformer give TfidfVectorizer's features, idf
+    and matrix (columns in another order); max_features=3 cuts where frequencies do not tie."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
     from tagsearch.data import Corpus
 
     texts = ["b a b c", "d e a", "f g a b", "c c h", "i a", "j k l b", "a m", "n o c", "", "p a b"]
     corpus = Corpus(texts=texts, labels=np.zeros((10, 1), dtype=np.uint8), tag_names=["t"],
                     train_idx=np.arange(7), val_idx=np.array([7, 8]), test_idx=np.array([9]), fingerprint="x",
                     source="test")
-    vectorizer, matrix = features.unigram_tfidf(corpus, max_features, sublinear_tf)
-    expected_vectorizer = features.make_vectorizer(max_features, 1, sublinear_tf)
-    expected_vectorizer.fit(texts[:7])
-    expected = expected_vectorizer.transform(texts).tocsr()
-    assert vectorizer.get_feature_names_out().tolist() == expected_vectorizer.get_feature_names_out().tolist()
-    np.testing.assert_array_equal(vectorizer.idf_, expected_vectorizer.idf_)
-    for name in ("indptr", "indices", "data"):
-        np.testing.assert_array_equal(getattr(matrix, name), getattr(expected, name))
-    assert matrix.dtype == expected.dtype == np.float32
-    assert (vectorizer.transform(texts) != expected).nnz == 0  # and it transforms new text the same
+    tfidf = features.fitted_tfidf(corpus, max_features, min_df, ngram_max, sublinear_tf)
+    expected_vectorizer = TfidfVectorizer(lowercase=False, token_pattern=r"\S+", ngram_range=(1, ngram_max),
+                                          min_df=min_df, max_features=max_features or None,
+                                          sublinear_tf=sublinear_tf, dtype=np.float32).fit(texts[:7])
+    names = expected_vectorizer.get_feature_names_out().tolist()
+    assert sorted(tfidf.vocabulary) == names
+    order = [tfidf.vocabulary.index(name) for name in names]
+    np.testing.assert_allclose(tfidf.transformer.idf_[order], expected_vectorizer.idf_, rtol=1e-7)
+    expected = expected_vectorizer.transform(texts).toarray()
+    np.testing.assert_allclose(tfidf.matrix.toarray()[:, order], expected, rtol=1e-6, atol=1e-7)
+    assert tfidf.matrix.dtype == np.float32
+    rebuilt = features.rebuilt_vectorizer(tfidf.state(features.tfidf_settings(
+        {"max_features": max_features, "min_df": min_df, "ngram_max": ngram_max, "sublinear_tf": sublinear_tf})))
+    assert abs(rebuilt.transform(texts) - tfidf.matrix).max() < 1e-7  # predict time equals train time
+
+
+def test_hashed_word_ngrams_skip_unknown_ids_and_stay_within_posts():
+    ids = np.array([1, 2, 3, 0, 4, 5, 6], dtype=np.int64)  # posts [1 2 3] [0 4] [5 6]
+    lengths = np.array([3, 2, 2])
+    posts, buckets = features.hashed_ngrams(ids, lengths, 3, 97)
+    assert posts.tolist() == [0, 0, 2, 0]  # bigrams 1-2, 2-3, 5-6, then trigram 1-2-3; none with id 0
+    assert ((0 <= buckets) & (buckets < 97)).all()
+    again = features.hashed_ngrams(np.array([9, 1, 2], dtype=np.int64), np.array([3]), 2, 97)[1]
+    assert again[1] == buckets[0]  # the same pair hashes to the same bucket wherever it is
+    ids_out, counts, weights = features.bag_arrays(ids, lengths, 7, 2, 97)
+    assert counts.tolist() == [5, 2, 3]  # 3 tokens + 2 bigrams; 2 tokens; 2 tokens + 1 bigram
+    np.testing.assert_allclose(weights[:5].sum(), 1.0, rtol=1e-6)
+    assert (ids_out[:3] < 7).all() and (ids_out[3:5] >= 7).all()
 
 
 def test_cleaning_all_posts_joined_equals_cleaning_each_post():
@@ -169,7 +191,7 @@ def test_embedding_gradient_equals_torch_sparse_gradient_coalesced():
     ours.weight.data.copy_(reference.weight.data)
     data = features.BagBatches(tokens, lengths, torch.zeros(len(lengths), 1))
     (ids, bag_offsets, weights), _ = next(data.batches(len(lengths)))
-    models.bag_embeddings(ours, ids, bag_offsets, weights).backward(grad_out)
+    models.bag_product(ours.weight, ids, bag_offsets, weights, sparse_grad=True).backward(grad_out)
     got = train.coalesced(ours.weight.grad)
     assert got.is_sparse and got.is_coalesced()
     np.testing.assert_array_equal(got.indices(), expected.indices())
@@ -191,7 +213,10 @@ def test_sparse_linear_equals_dense_linear_forward_and_gradients():
     layer(rows).backward(grad_out)
     dense(torch.from_numpy(matrix.toarray())).backward(grad_out)
     torch.testing.assert_close(layer(rows), dense(torch.from_numpy(matrix.toarray())))
-    torch.testing.assert_close(layer.weight.grad, dense.weight.grad.t())
+    grad = train.coalesced(layer.weight.grad)  # autograd drops the flag; rows already ascend
+    assert grad.is_sparse and grad.is_coalesced()  # only the rows of the features present, for lazy Adam
+    assert sorted(grad.indices()[0].tolist()) == sorted(set(matrix.indices.tolist()))
+    torch.testing.assert_close(grad.to_dense(), dense.weight.grad.t())
     torch.testing.assert_close(layer.bias.grad, dense.bias.grad)
     with torch.inference_mode():
         torch.testing.assert_close(layer(rows), dense(torch.from_numpy(matrix.toarray())))

@@ -34,7 +34,7 @@ def test_forward_shapes_on_real_batches(corpus, model):
 
 def test_dense_architecture_is_embeddingbag_then_two_blocks():
     net = build_model(small_params("dense"), input_size=100, n_tags=10)
-    assert net.embedding.mode == "mean" and net.embedding.sparse
+    assert net.embedding.mode == "sum" and net.embedding.sparse  # a weighted sum: the mean bag
     kinds = [type(m).__name__ for m in net.head.block1] + [type(m).__name__ for m in net.head.block2]
     assert kinds == ["Linear", "WarmBatchNorm1d", "ReLU", "Dropout"] * 2
     assert net.head.out.out_features == 10
@@ -70,7 +70,7 @@ def test_pos_weight_schemes():
 @pytest.mark.parametrize("model", ["dense", "tfidf"])
 def test_training_learns_on_tiny_data(corpus, model):
     params = small_params(model, lr=0.01, pos_weight="neg_pos")
-    result, _ = train.train_config(corpus, params, max_epochs=3, patience=None, device="cpu")
+    result = train.train_config(corpus, params, max_epochs=3, patience=None, device="cpu")
     losses = [r["train_loss"] for r in result.history]
     assert losses[-1] < losses[0]
     assert result.epochs_run == 3 and 1 <= result.best_epoch <= 3
@@ -82,7 +82,8 @@ def test_early_stopping_restores_the_best_epoch(corpus, monkeypatch):
     real_evaluate = train.evaluate
 
     def scripted(*args, **kwargs):
-        return {**real_evaluate(*args, **kwargs), "hamming_loss": next(scores)}
+        figures, choice = real_evaluate(*args, **kwargs)
+        return {**figures, "hamming_loss": next(scores)}, choice
 
     monkeypatch.setattr(train, "evaluate", scripted)
     snapshots = {}
@@ -91,13 +92,12 @@ def test_early_stopping_restores_the_best_epoch(corpus, monkeypatch):
         snapshots[epoch] = {k: v.detach().clone() for k, v in prepared_model().state_dict().items()}
 
     params = small_params("dense", lr=0.05)
-    prepared = train.prepare(corpus, params, torch.device("cpu"))
-    prepared_model = lambda: prepared.model  # noqa: E731
-    result = train.fit(prepared.model, prepared.train, prepared.val, params, max_epochs=5, patience=2,
-                       on_epoch=hook)
+    model, train_data, val_data = train.build(corpus, params, "cpu")
+    prepared_model = lambda: model  # noqa: E731
+    result = train.fit(model, train_data, val_data, params, max_epochs=5, patience=2, on_epoch=hook)
     assert (result.epochs_run, result.best_epoch, result.stopped_early) == (4, 2, True)
-    assert result.best_val_hamming_loss == pytest.approx(0.20)
-    final = prepared.model.state_dict()
+    assert result.best_value == pytest.approx(0.20)
+    final = model.state_dict()
     for key, value in snapshots[2].items():
         assert torch.equal(final[key], value), key
     assert not torch.equal(final["head.out.weight"], snapshots[4]["head.out.weight"])
@@ -119,3 +119,30 @@ def test_diverging_training_raises_a_clear_error(corpus, monkeypatch):
     monkeypatch.setattr(torch.nn.BCEWithLogitsLoss, "forward", lambda self, x, y: (x * float("nan")).sum())
     with pytest.raises(train.NonFiniteLossError, match="diverged"):
         train.train_config(corpus, small_params("tfidf"), max_epochs=1, patience=None, device="cpu")
+
+
+@pytest.mark.parametrize("model", ["dense", "tfidf"])
+@pytest.mark.parametrize("layers", [0, 1, 2])
+def test_hidden_layers(corpus, model, layers):
+    """0 hidden layers is one linear layer from the bag / TF-IDF features to the tags."""
+    params = small_params(model, hidden_layers=layers)
+    net = build_model(params, features.input_size(corpus, params), len(corpus.tag_names))
+    blocks = [name for name, _ in net.head.named_children() if name.startswith("block")]
+    assert blocks == [f"block{i}" for i in range(1, layers + 1)]
+    widths = [params["hidden1"], params["hidden2"]][:layers]
+    assert [getattr(net.head, b)[0].out_features for b in blocks] == widths
+    assert net.head.out.out_features == len(corpus.tag_names)
+    if model == "tfidf" and layers == 0:
+        assert type(net.head.out).__name__ == "SparseLinear"
+    inputs, _ = next(features.model_inputs(corpus, params, "train").batches(8))
+    assert net(inputs).shape == (8, len(corpus.tag_names))
+
+
+def test_metric_drives_early_stopping_and_the_value(corpus):
+    """With metric micro_f1 the best epoch is the highest validation micro-F1 (cross-fitted)."""
+    params = small_params("tfidf", lr=0.01, pos_weight="neg_pos")
+    result = train.train_config(corpus, params, max_epochs=3, patience=None, device="cpu", metric="micro_f1")
+    values = [r["val_micro_f1"] for r in result.history]
+    assert result.best_value == max(values) and values[result.best_epoch - 1] == max(values)
+    assert result.thresholds["chosen"] in ("fixed", "global", "per_tag")
+    assert result.history[-1]["best_epoch"] == result.best_epoch

@@ -45,7 +45,9 @@ def tiny_corpus(tiny_csv):
 
 @pytest.mark.parametrize("params", [
     {"model": "dense", "embedding_dim": 8, "min_freq": 2},
+    {"model": "dense", "embedding_dim": 8, "word_ngrams": 3, "buckets": 1000, "hidden_layers": 0},
     {"model": "tfidf", "max_features": 300, "ngram_max": 2, "sublinear_tf": True},
+    {"model": "tfidf", "max_features": 0, "min_df": 2, "ngram_max": 3, "hidden_layers": 1},
 ])
 def test_round_trip_equals_in_memory_model(params, tiny_csv, tmp_path):
     """Probabilities from a saved-and-loaded model equal the trained model's on the test split."""
@@ -53,9 +55,9 @@ def test_round_trip_equals_in_memory_model(params, tiny_csv, tmp_path):
 
     corpus = tiny_corpus(tiny_csv)
     params = {**SEED_DEFAULTS, "hidden1": 8, "hidden2": 8, "batch_size": 64, **params}
-    result, _ = train_config(corpus, params, max_epochs=1, patience=None, device="cpu")
+    result = train_config(corpus, params, max_epochs=1, patience=None, device="cpu")
     expected = torch.sigmoid(predict_logits(result.model, features.model_inputs(corpus, params, "test"))).numpy()
-    digests = results.save_model(tmp_path, result.model, results.preprocessing_state(corpus, params))
+    digests = results.save_model(tmp_path, result.model, features.preprocessing_state(corpus, params))
     results.write_json(tmp_path / "config.json", {
         "format": results.FORMAT, "params": params, "tags": corpus.tag_names, "thresholds": [0.5] * 10,
         "input_size": features.input_size(corpus, params), "sha256": digests})
@@ -64,16 +66,19 @@ def test_round_trip_equals_in_memory_model(params, tiny_csv, tmp_path):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("settings", [(300, 1, False), (400, 2, True)])
+@pytest.mark.parametrize("settings", [(300, 1, 1, False), (400, 1, 2, True), (0, 2, 3, True)])
 def test_tfidf_rebuilt_from_saved_state_equals_training_transform(settings, tiny_csv):
+    """Predict-time features (a TfidfVectorizer rebuilt from the saved vocabulary and idf) equal
+    train-time features for the same text to 1e-7."""
     corpus = tiny_corpus(tiny_csv)
-    max_features, ngram_max, sublinear = settings
-    params = {"model": "tfidf", "max_features": max_features, "ngram_max": ngram_max, "sublinear_tf": sublinear}
-    state = json.loads(json.dumps(results.preprocessing_state(corpus, params)))  # through JSON, as saved
-    expected = features.fitted_tfidf(corpus, max_features, ngram_max, sublinear)[1]
-    got = results.tfidf_matrix(state, corpus.texts)
+    max_features, min_df, ngram_max, sublinear = settings
+    params = {"model": "tfidf", "max_features": max_features, "min_df": min_df, "ngram_max": ngram_max,
+              "sublinear_tf": sublinear}
+    state = json.loads(json.dumps(features.preprocessing_state(corpus, params)))  # through JSON, as saved
+    expected = features.fitted_tfidf(corpus, max_features, min_df, ngram_max, sublinear).matrix
+    got = features.rebuilt_vectorizer(state).transform(corpus.texts)
     assert got.shape == expected.shape
-    assert abs(got - expected).max() < 1e-6
+    assert abs(got - expected).max() < 1e-7
     assert (got != 0).nnz == (expected != 0).nnz
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import optuna
 import pytest
 
@@ -78,14 +77,16 @@ def test_metrics_json(retrained):
     row = metrics["per_class"][0]
     assert set(row) == {"label", "precision", "recall", "f1", "support", "threshold"}
     assert len(metrics["per_class"]) == 10
+    assert metrics["metric"] == "hamming_loss"
     choice = metrics["thresholds"]
-    assert choice["chosen"] in ("global", "per_tag") and "micro-F1" in choice["criterion"]
+    assert choice["chosen"] in ("fixed", "global", "per_tag") and "cross-fitted" in choice["how_fitted"]
     variants = metrics["threshold_variants"]
-    assert set(variants) == {"global", "per_tag"}
+    assert set(variants) == {"fixed", "global", "per_tag"}
     chosen = variants[choice["chosen"]]
     assert chosen["test"]["micro_f1"] == metrics["test_micro_f1"]
-    other = variants["global" if choice["chosen"] == "per_tag" else "per_tag"]
-    assert chosen["validation"]["micro_f1"] >= other["validation"]["micro_f1"]
+    assert metrics["validation_value"] == chosen["cross_fitted_validation"] == metrics["validation"]["hamming_loss"]
+    assert all(chosen["cross_fitted_validation"] <= v["cross_fitted_validation"] for v in variants.values())
+    assert metrics["refit"]["done"] is False
 
 
 def test_config_json(retrained, tiny_csv):
@@ -100,16 +101,33 @@ def test_config_json(retrained, tiny_csv):
     corpus = load_corpus(DataConfig(**{**config["data"], "text_columns": tuple(config["data"]["text_columns"])}))
     assert corpus.fingerprint == config["fingerprint"]
     report = (out / "report.md").read_text()
-    assert "| test |" in report and "![" in report
+    assert "validation (cross-fitted)" in report and "![" in report
 
 
 def test_retrain_reproduces_the_trial(retrained):
-    """Same parameters, seed and epochs: the retrained validation loss is the trial's value."""
+    """Same parameters, seed and epochs: the retrained validation value is the trial's value."""
     _, folder, out = retrained
     config = json.loads((out / "config.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())
     best = min(r["val_hamming_loss"] for r in metrics["training"]["history"])
     assert best == pytest.approx(config["trial_value"], abs=1e-9)
+    assert metrics["validation_value"] == pytest.approx(config["trial_value"], abs=1e-9)
+
+
+def test_refit_trains_on_training_and_validation(tmp_path, tiny_csv):
+    """--refit: the same epochs on train + val (features refitted), thresholds chosen before it."""
+    spec_path, _ = make_study(tmp_path, "tfidf", tiny_csv, trials=1)
+    plain, refit = tmp_path / "plain", tmp_path / "refit"
+    assert main(["retrain", str(spec_path), "--out", str(plain), "--no-refit"]) == 0
+    assert main(["retrain", str(spec_path), "--out", str(refit), "--refit"]) == 0
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (plain, refit))
+    assert b["refit"]["done"] and b["refit"]["posts"] == a["posts"]["train"] + a["posts"]["val"]
+    assert b["refit"]["epochs"] == a["training"]["best_epoch"]
+    assert b["validation_value"] == a["validation_value"]  # chosen before the refit, on the same model
+    assert b["thresholds"]["chosen"] == a["thresholds"]["chosen"]
+    assert json.loads((refit / "config.json").read_text())["refit"] is True
+    idf = [json.loads((d / "preprocessing.json").read_text())["idf"] for d in (plain, refit)]
+    assert idf[0] != idf[1]  # the refit's TF-IDF was fitted on the validation posts too
 
 
 def test_artifacts_and_note(retrained):
@@ -180,11 +198,4 @@ def test_trial_params_fallback(spec_factory):
     assert params == {**spec.defaults, "lr": 0.01}
 
 
-def test_threshold_choice_prefers_global_on_ties():
-    y = np.array([[1, 0], [0, 1], [1, 1], [0, 0]], dtype=np.uint8)
-    perfect = y.astype(np.float32) * 0.8 + 0.1  # 0.9 / 0.1: every threshold in (0.1, 0.9] is perfect
-    variants, chosen = retrain.threshold_variants(y, perfect, y, perfect, ["a", "b"], 0.5)
-    assert chosen == "global" and variants["global"]["test"]["micro_f1"] == 1.0
-    low = y.astype(np.float32) * 0.2 + 0.05  # positives at 0.25: only a lower threshold finds them
-    variants, chosen = retrain.threshold_variants(y, low, y, low, ["a", "b"], 0.5)
-    assert chosen == "per_tag" and variants["per_tag"]["validation"]["micro_f1"] == 1.0
+

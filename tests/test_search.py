@@ -106,15 +106,36 @@ def test_suggest_overlays_the_defaults(spec_factory):
     assert 1e-4 <= params["lr"] <= 1e-1 and params["embedding_dim"] == 16
 
 
-def test_epoch_hook_reports_and_records_why_it_pruned():
-    study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.5))
-    trial = study.ask()
-    hook = search.epoch_hook(trial)
-    hook(1, {"val_hamming_loss": 0.4})
-    with pytest.raises(optuna.TrialPruned):
-        hook(2, {"val_hamming_loss": 0.6})
-    assert trial.storage.get_trial(trial._trial_id).intermediate_values == {1: 0.4, 2: 0.6}
-    assert "pruned at epoch 2" in study.trials[0].user_attrs["pruned_reason"]
+def test_suggest_skips_parameters_that_cannot_matter(spec_factory):
+    """hidden1/hidden2/dropout only with the hidden layers that use them; buckets only with n-grams."""
+    extra = ("[search.hidden_layers]\nchoices = [0, 1, 2]\n[search.hidden1]\nlow = 8\nhigh = 64\n"
+             "[search.hidden2]\nlow = 8\nhigh = 64\n[search.word_ngrams]\nlow = 1\nhigh = 2\n"
+             "[search.buckets]\nchoices = [1000, 4000]\n")
+    spec = load_spec(spec_factory("dense", extra=extra))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(30):
+        trial = study.ask()
+        params = search.suggest(trial, spec)
+        layers, suggested = params["hidden_layers"], set(trial.params)
+        assert ("hidden1" in suggested) == (layers >= 1) and ("hidden2" in suggested) == (layers == 2)
+        assert ("buckets" in suggested) == (params["word_ngrams"] == 2)
+        seen.add(layers)
+        study.tell(trial, 0.5)
+    assert seen == {0, 1, 2}
+
+
+def test_objective_reports_each_epoch_and_records_why_it_pruned(study_setup):
+    spec, corpus, _ = study_setup
+    study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.0))  # any loss > 0 prunes
+    study.optimize(search.Objective(spec, corpus), n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert list(trial.intermediate_values) == [1]
+    assert trial.user_attrs["pruned_reason"].startswith("pruned at epoch 1: val_hamming_loss")
+    assert trial.user_attrs["epochs_run"] == 1 and trial.user_attrs["best_epoch"] == 1
+    curve = trial.user_attrs["learning_curve"]
+    assert len(curve) == 1 and curve[0]["val_hamming_loss"] == pytest.approx(trial.intermediate_values[1], abs=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,8 +152,9 @@ def test_study_runs_its_budget_with_defaults_first(study_setup):
     first = trials[0]
     assert first.params == {"dropout": spec.defaults["dropout"], "lr": spec.defaults["lr"]}
     assert first.user_attrs["params"] == spec.defaults
-    for key in ("model", "epochs_run", "best_epoch", "train_seconds", "parameters", "val_micro_f1",
-                "val_macro_f1", "val_per_class_f1", "device", "worker"):
+    for key in ("model", "metric", "epochs_run", "best_epoch", "train_seconds", "parameters", "val_micro_f1",
+                "val_macro_f1", "val_per_class_f1", "device", "worker", "learning_curve", "threshold_choice",
+                "thresholds", "threshold_scores"):
         assert key in first.user_attrs, key
     assert set(first.user_attrs["val_per_class_f1"]) == set(corpus.tag_names)
     assert sorted(first.intermediate_values) == list(range(1, first.user_attrs["epochs_run"] + 1))
@@ -147,7 +169,7 @@ def test_study_runs_its_budget_with_defaults_first(study_setup):
 
 def test_training_error_fails_the_trial_and_the_worker_goes_on(study_setup, monkeypatch):
     spec, corpus, url = study_setup
-    real, calls = train.train_config, []
+    real, calls = train.fit, []
 
     def flaky(*args, **kwargs):
         calls.append(1)
@@ -155,7 +177,7 @@ def test_training_error_fails_the_trial_and_the_worker_goes_on(study_setup, monk
             raise train.NonFiniteLossError("training loss became nan (diverged); try a lower lr")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train, "train_config", flaky)
+    monkeypatch.setattr(train, "fit", flaky)
     study = search.open_study(spec, corpus, url)
     assert run_trials(study, search.Objective(spec, corpus), target=2) == 0
     failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
@@ -169,7 +191,7 @@ def test_a_worker_whose_trials_keep_failing_stops_with_an_error(study_setup, mon
     def broken(*args, **kwargs):
         raise RuntimeError("CUDA out of memory")
 
-    monkeypatch.setattr(train, "train_config", broken)
+    monkeypatch.setattr(train, "fit", broken)
     monkeypatch.setattr("tagsearch.workers.MAX_CONSECUTIVE_FAILURES", 2)
     study = search.open_study(spec, corpus, url)
     assert run_trials(study, search.Objective(spec, corpus), target=5) == 1

@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--trial", type=int, metavar="N", help="trial number (default: the best)")
     retrain.add_argument("--device", metavar="DEV")
     retrain.add_argument("--threads", type=positive_int, metavar="T", help="torch CPU threads (default 1)")
+    retrain.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
+                         help="train again on training + validation before the test (default: [training] refit)")
 
     predict = sub.add_parser("predict", help="tag posts with a retrained model")
     predict.add_argument("results", metavar="DIR")
@@ -202,7 +204,7 @@ def cmd_train(args) -> int:
             print(f"epoch {epoch:3d}  loss {record['train_loss']:.4f}  val_hamming {record['val_hamming_loss']:.4f}  "
                   f"val_micro_f1 {record['val_micro_f1']:.4f}  {record['seconds']:.2f}s", flush=True)
 
-    result, _ = train_config(corpus, params, max_epochs=args.epochs or spec.max_epochs, patience=patience,
+    result = train_config(corpus, params, max_epochs=args.epochs or spec.max_epochs, patience=patience,
                              device=args.device or spec.device, on_epoch=show)
     record = summary_record(result, corpus, params)
     if args.json:

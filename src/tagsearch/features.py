@@ -27,8 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 import torch
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.preprocessing import normalize
+from sklearn.feature_extraction.text import TfidfTransformer, TfidfVectorizer
 
 from .data import Corpus
 
@@ -189,27 +188,63 @@ def vocabulary(corpus: Corpus, min_freq: int) -> list[str]:
     return [UNKNOWN] + stream.uniques[kept].tolist()
 
 
-@functools.lru_cache(maxsize=2)
-def _counts(corpus: Corpus) -> sp.csr_matrix:
-    """Posts × token-stream codes matrix of token counts; both models' inputs start from it."""
-    stream = token_stream(corpus)
-    return bag_counts(stream.codes, stream.lengths, len(stream.uniques))
+def ids_of(uniques: np.ndarray, vocab: list[str]) -> np.ndarray:
+    """Vocabulary id of each distinct token string (0 = unknown)."""
+    return pd.Index(vocab[1:]).get_indexer(uniques) + 1
+
+
+def hashed_ngrams(ids: np.ndarray, lengths: np.ndarray, word_ngrams: int, buckets: int):
+    """fastText's word n-grams: every run of 2..``word_ngrams`` consecutive known ids within a
+    post, hashed into ``buckets``. Returns (post of each n-gram, its bucket)."""
+    post = np.repeat(np.arange(len(lengths)), lengths)
+    posts, found = [], []
+    key = ids.astype(np.uint64)
+    for n in range(2, word_ngrams + 1):
+        width = len(ids) - n + 1
+        if width <= 0:
+            break
+        valid = (post[n - 1:] == post[:width]) & np.all([ids[k:k + width] > 0 for k in range(n)], axis=0)
+        key = key[:width] * np.uint64(1_000_003) + ids[n - 1:].astype(np.uint64)  # wraps: a polynomial hash
+        mixed = key ^ (key >> np.uint64(29))
+        mixed *= np.uint64(0x9E3779B97F4A7C15)
+        posts.append(post[:width][valid])
+        found.append((mixed[valid] >> np.uint64(17)) % np.uint64(buckets))
+    if not posts:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(posts), np.concatenate(found).astype(np.int64)
+
+
+def bag_arrays(ids: np.ndarray, lengths: np.ndarray, n_vocab: int, word_ngrams: int, buckets: int):
+    """Every post's distinct table rows (vocabulary ids, then hashed n-grams at ``n_vocab + bucket``),
+    their number per post, and weights count/entries: a weighted sum is the post's mean bag."""
+    post = np.repeat(np.arange(len(lengths)), lengths)
+    gram_posts, gram_buckets = (hashed_ngrams(ids, lengths, word_ngrams, buckets) if word_ngrams > 1
+                                else (np.zeros(0, np.int64), np.zeros(0, np.int64)))
+    rows = np.concatenate([post, gram_posts])
+    cols = np.concatenate([ids, gram_buckets + n_vocab])
+    n_rows = n_vocab + (buckets if word_ngrams > 1 else 0)
+    counts = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(lengths), n_rows))
+    counts.sum_duplicates()
+    entries = lengths + np.bincount(gram_posts, minlength=len(lengths))
+    return bags_of(counts, np.maximum(entries, 1))
 
 
 @functools.lru_cache(maxsize=8)
-def _bags(corpus: Corpus, min_freq: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every post's distinct vocabulary ids, their number per post, and weights count/length:
-    the count matrix with codes mapped to ids (tokens out of the vocabulary merge into id 0)."""
-    stream, counts = token_stream(corpus), _counts(corpus)
-    ids_of_code = pd.Index(vocabulary(corpus, min_freq)[1:]).get_indexer(stream.uniques) + 1  # -1 → 0 = unknown
-    by_id = sp.csr_matrix((counts.data, ids_of_code[counts.indices], counts.indptr),
-                          shape=(counts.shape[0], len(vocabulary(corpus, min_freq))), copy=True)
-    by_id.sum_duplicates()
-    return bags_of(by_id, stream.lengths)
+def _bags(corpus: Corpus, min_freq: int, word_ngrams: int, buckets: int):
+    stream = token_stream(corpus)
+    vocab = vocabulary(corpus, min_freq)
+    return bag_arrays(ids_of(stream.uniques, vocab)[stream.codes], stream.lengths, len(vocab), word_ngrams,
+                      buckets)
 
 
-def bag_split(corpus: Corpus, min_freq: int, split: str) -> BagBatches:
-    ids, lengths, weights = _bags(corpus, min_freq)
+def table_rows(corpus: Corpus, params: dict) -> int:
+    """Rows of the dense model's embedding table: the vocabulary, plus the n-gram buckets."""
+    extra = params["buckets"] if params.get("word_ngrams", 1) > 1 else 0
+    return len(vocabulary(corpus, params["min_freq"])) + extra
+
+
+def bag_split(corpus: Corpus, params: dict, split: str) -> BagBatches:
+    ids, lengths, weights = _bags(corpus, params["min_freq"], params.get("word_ngrams", 1), params["buckets"])
     indices = corpus.split_indices(split)
     in_split = np.zeros(len(lengths), dtype=bool)
     in_split[indices] = True
@@ -219,77 +254,107 @@ def bag_split(corpus: Corpus, min_freq: int, split: str) -> BagBatches:
                       torch.from_numpy(weights[entries]))
 
 
-def encode_texts(texts: list[str], vocab: list[str]) -> BagBatches:
-    """Encode already-cleaned texts with a saved vocabulary (prediction time)."""
+def encode_texts(texts: list[str], state: dict) -> BagBatches:
+    """Encode already-cleaned texts with a saved vocabulary and n-gram settings (prediction time)."""
     stream = split_tokens(texts)
-    ids = pd.Index(vocab[1:]).get_indexer(stream.uniques) + 1
+    vocab = state["vocabulary"]
+    ids = ids_of(stream.uniques, vocab)[stream.codes]
+    bags = bag_arrays(ids, stream.lengths, len(vocab), state.get("word_ngrams", 1), state.get("buckets", 1))
     labels = torch.zeros((len(texts), 0))
-    return BagBatches(torch.from_numpy(ids[stream.codes].astype(np.int64)), torch.from_numpy(stream.lengths), labels)
+    return BagBatches(*(torch.from_numpy(a) for a in bags[:2]), labels, torch.from_numpy(bags[2]))
 
 
 # ---------------------------------------------------------------------------------------------
-# TF-IDF model
+# TF-IDF model: n-gram counts from the token stream, then scikit-learn's TfidfTransformer
 
 
-def make_vectorizer(max_features: int, ngram_max: int, sublinear_tf: bool) -> TfidfVectorizer:
-    # Texts are already cleaned and tokenised: tokens are separated by single spaces.
-    return TfidfVectorizer(lowercase=False, token_pattern=r"\S+", max_features=max_features,
-                           ngram_range=(1, ngram_max), sublinear_tf=sublinear_tf, dtype=np.float32)
+@functools.lru_cache(maxsize=2)
+def ngram_counts(corpus: Corpus, ngram_max: int) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Posts × n-grams (1..``ngram_max`` tokens) count matrix over every n-gram of the corpus, and
+    the n-grams' strings (tokens joined by a space, as scikit-learn's analyzer writes them). Built
+    from integer codes of the token stream, so the text is never tokenised again."""
+    stream = token_stream(corpus)
+    n_codes = np.int64(len(stream.uniques) + 1)
+    post = np.repeat(np.arange(len(stream.lengths)), stream.lengths)
+    posts, keys, key = [post], [stream.codes], stream.codes.copy()
+    for n in range(2, ngram_max + 1):
+        width = len(key) - 1
+        key = key[:width] * n_codes + stream.codes[n - 1:]
+        valid = post[n - 1:] == post[:len(key)]
+        posts.append(post[:len(key)][valid])
+        keys.append(key[valid] + np.int64(n_codes ** n))  # offset: no collision across orders
+    key_all = np.concatenate(keys)
+    uniques, columns = np.unique(key_all, return_inverse=True)
+    counts = sp.csr_matrix((np.ones(len(key_all), dtype=np.float32), (np.concatenate(posts), columns)),
+                           shape=(len(stream.lengths), len(uniques)))
+    counts.sum_duplicates()
+    return counts, uniques
+
+
+def ngram_strings(corpus: Corpus, ngram_max: int, columns: np.ndarray) -> list[str]:
+    """The strings of the n-gram ``columns`` of ``ngram_counts``."""
+    stream, (_, uniques) = token_stream(corpus), ngram_counts(corpus, ngram_max)
+    n_codes = np.int64(len(stream.uniques) + 1)
+    strings = []
+    for key in uniques[columns].tolist():
+        order = 1
+        while order < ngram_max and key >= n_codes ** (order + 1):
+            order += 1
+        key -= n_codes ** order if order > 1 else 0
+        codes = []
+        for _ in range(order):
+            key, code = divmod(key, int(n_codes))
+            codes.append(code)
+        strings.append(" ".join(stream.uniques[c] for c in reversed(codes)))
+    return strings
+
+
+@dataclass
+class Tfidf:
+    """A fitted TF-IDF representation: the n-gram strings (column order), the fitted
+    ``TfidfTransformer`` and the transformed matrix of every post."""
+
+    vocabulary: list[str]
+    transformer: TfidfTransformer
+    matrix: sp.csr_matrix
+
+    def state(self, settings: dict) -> dict:
+        return {"kind": "tfidf", **settings, "norm": "l2", "vocabulary": self.vocabulary,
+                "idf": [float(v) for v in self.transformer.idf_]}
+
+
+def tfidf_settings(params: dict) -> dict:
+    return {k: params[k] for k in ("max_features", "min_df", "ngram_max", "sublinear_tf")}
 
 
 @functools.lru_cache(maxsize=4)
-def fitted_tfidf(corpus: Corpus, max_features: int, ngram_max: int, sublinear_tf: bool):
-    """The vectorizer fitted on the training split and the CSR matrix of every post."""
-    if ngram_max == 1:
-        return unigram_tfidf(corpus, max_features, sublinear_tf)
-    vectorizer = make_vectorizer(max_features, ngram_max, sublinear_tf)
-    vectorizer.fit([corpus.texts[i] for i in corpus.train_idx])
-    return vectorizer, vectorizer.transform(corpus.texts).tocsr()
-
-
-def unigram_tfidf(corpus: Corpus, max_features: int, sublinear_tf: bool):
-    """``fitted_tfidf`` for single tokens from the cached count matrix, without re-tokenising the
-    corpus (~1 s instead of ~10 s on 47k posts). Same vocabulary, idf and matrix as scikit-learn's
-    ``TfidfVectorizer.fit`` + ``transform`` (``tests/test_fastpath.py``): the same steps on the same
-    arrays (alphabetical features; the ``max_features`` most frequent by scikit-learn's own argsort;
-    smoothed idf in float32; ``normalize``). The returned vectorizer holds that vocabulary and idf,
-    so it transforms new text exactly as a fitted one does."""
-    terms, counts = token_stream(corpus).uniques, _counts(corpus)
+def fitted_tfidf(corpus: Corpus, max_features: int, min_df: int, ngram_max: int, sublinear_tf: bool) -> Tfidf:
+    """TF-IDF fitted on the training split as ``TfidfVectorizer(ngram_range=(1, ngram_max),
+    min_df, max_features (0 = all), sublinear_tf)`` would fit it: n-grams seen in at least
+    ``min_df`` training posts, the ``max_features`` most frequent of them; smoothed idf, unit rows."""
+    counts, _ = ngram_counts(corpus, ngram_max)
     train = counts[corpus.train_idx]
-    seen = np.flatnonzero(np.bincount(train.indices, minlength=len(terms)))
-    features = seen[sorted(range(len(seen)), key=terms[seen].__getitem__)]  # alphabetical, as scikit-learn
-    train = train[:, features]
-    if len(features) > max_features:  # scikit-learn's _limit_features, on the same float32 column sums
-        frequencies = np.asarray(train.sum(axis=0)).ravel()
-        kept = np.zeros(len(features), dtype=bool)
-        kept[(-frequencies).argsort()[:max_features]] = True
-        features, train = features[kept], train[:, np.flatnonzero(kept)]
-    vectorizer = make_vectorizer(max_features, 1, sublinear_tf)
-    vectorizer.set_params(vocabulary={term: i for i, term in enumerate(terms[features])})
-    vectorizer.idf_ = smoothed_idf(train)
-    return vectorizer, tfidf_rows(counts[:, features], vectorizer.idf_, sublinear_tf)
+    df = np.bincount(train.indices, minlength=counts.shape[1])
+    kept = np.flatnonzero(df >= min_df)
+    if max_features and len(kept) > max_features:
+        frequency = np.asarray(train[:, kept].sum(axis=0)).ravel()
+        kept = np.sort(kept[np.argsort(-frequency, kind="stable")[:max_features]])
+    counts = counts[:, kept]
+    transformer = TfidfTransformer(sublinear_tf=sublinear_tf).fit(counts[corpus.train_idx])
+    return Tfidf(ngram_strings(corpus, ngram_max, kept), transformer, transformer.transform(counts).tocsr())
 
 
-def smoothed_idf(train_counts: sp.csr_matrix) -> np.ndarray:
-    """``TfidfTransformer(smooth_idf=True).fit`` on float32 counts: log((n + 1) / (df + 1)) + 1."""
-    df = np.bincount(train_counts.indices, minlength=train_counts.shape[1]).astype(np.float32) + 1.0
-    idf = np.full_like(df, fill_value=train_counts.shape[0] + 1, dtype=np.float32) / df
-    return np.log(idf, out=idf) + np.float32(1.0)
+def rebuilt_vectorizer(state: dict) -> TfidfVectorizer:
+    """The training-time TF-IDF rebuilt from saved state (``Tfidf.state``), without refitting."""
+    vectorizer = TfidfVectorizer(lowercase=False, token_pattern=r"\S+", ngram_range=(1, state["ngram_max"]),
+                                 sublinear_tf=state["sublinear_tf"], vocabulary=state["vocabulary"],
+                                 dtype=np.float32)
+    vectorizer.idf_ = np.asarray(state["idf"], dtype=np.float32)
+    return vectorizer
 
 
-def tfidf_rows(counts: sp.csr_matrix, idf: np.ndarray, sublinear_tf: bool) -> sp.csr_matrix:
-    """``TfidfTransformer.transform`` of a count matrix: optional 1 + log(tf), × idf, unit L2 rows."""
-    matrix = sp.csr_matrix(counts, dtype=np.float32, copy=True)
-    matrix.sort_indices()
-    if sublinear_tf:
-        np.log(matrix.data, out=matrix.data)
-        matrix.data += 1.0
-    matrix.data *= idf[matrix.indices]
-    return normalize(matrix, norm="l2", copy=False)
-
-
-def csr_split(corpus: Corpus, max_features: int, ngram_max: int, sublinear_tf: bool, split: str) -> CsrBatches:
-    _, matrix = fitted_tfidf(corpus, max_features, ngram_max, sublinear_tf)
+def csr_split(corpus: Corpus, params: dict, split: str) -> CsrBatches:
+    matrix = fitted_tfidf(corpus, **tfidf_settings(params)).matrix
     indices = corpus.split_indices(split)
     return CsrBatches(matrix[indices], torch.from_numpy(corpus.labels[indices].astype(np.float32)))
 
@@ -297,13 +362,27 @@ def csr_split(corpus: Corpus, max_features: int, ngram_max: int, sublinear_tf: b
 def model_inputs(corpus: Corpus, params: dict, split: str):
     """The batches for ``split`` in the representation ``params['model']`` needs."""
     if params["model"] == "dense":
-        return bag_split(corpus, params["min_freq"], split)
-    return csr_split(corpus, params["max_features"], params["ngram_max"], params["sublinear_tf"], split)
+        return bag_split(corpus, params, split)
+    return csr_split(corpus, params, split)
 
 
 def input_size(corpus: Corpus, params: dict) -> int:
-    """Vocabulary size (dense) or number of TF-IDF features (tfidf)."""
+    """Rows of the embedding table (dense) or number of TF-IDF features (tfidf)."""
     if params["model"] == "dense":
-        return len(vocabulary(corpus, params["min_freq"]))
-    vectorizer, _ = fitted_tfidf(corpus, params["max_features"], params["ngram_max"], params["sublinear_tf"])
-    return len(vectorizer.vocabulary_)
+        return table_rows(corpus, params)
+    return len(fitted_tfidf(corpus, **tfidf_settings(params)).vocabulary)
+
+
+def preprocessing_state(corpus: Corpus, params: dict) -> dict:
+    """What turns cleaned text into model inputs, as JSON-able data (fitted on the training split)."""
+    if params["model"] == "dense":
+        return {"kind": "dense", "min_freq": params["min_freq"], "word_ngrams": params.get("word_ngrams", 1),
+                "buckets": params["buckets"], "vocabulary": vocabulary(corpus, params["min_freq"])}
+    return fitted_tfidf(corpus, **tfidf_settings(params)).state(tfidf_settings(params))
+
+
+def text_inputs(state: dict, texts: list[str]):
+    """Batches for already-cleaned ``texts`` in the representation a saved model takes."""
+    if state["kind"] == "dense":
+        return encode_texts(texts, state)
+    return CsrBatches(rebuilt_vectorizer(state).transform(texts).tocsr(), torch.zeros((len(texts), 0)))

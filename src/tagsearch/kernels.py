@@ -17,14 +17,15 @@ from numba import njit
 # as divergence) instead of numba's Python-style ZeroDivisionError checks; no fastmath, which would
 # let the compiler assume there are no NaNs.
 @njit(cache=True, nogil=True, error_model="numpy")
-def lazy_adam_rows(param, exp_avg, exp_avg_sq, rows, grad, step_size, beta1, beta2, eps):
-    """For each ``i``: row ``rows[i]`` of ``param`` and its moments take one Adam step with gradient
-    row ``grad[i]``, as ``torch.optim.SparseAdam`` does (``step_size`` = lr·√(1-β₂ᵗ)/(1-β₁ᵗ),
-    ε added to √v). All arrays float32 and C-contiguous, ``rows`` unique int64."""
+def lazy_adam_rows(param, exp_avg, exp_avg_sq, rows, grad, step_size, beta1, beta2, eps, decay):
+    """For each ``i``: row ``rows[i]`` of ``param`` is scaled by ``decay`` (AdamW's decoupled weight
+    decay, 1 - lr·wd; 1 = none), then it and its moments take one Adam step with gradient row
+    ``grad[i]``, as ``torch.optim.SparseAdam`` does (``step_size`` = lr·√(1-β₂ᵗ)/(1-β₁ᵗ), ε added
+    to √v). All arrays float32 and C-contiguous, ``rows`` unique int64."""
     one = np.float32(1.0)
     for i in range(rows.shape[0]):
         p, m, v, g = param[rows[i]], exp_avg[rows[i]], exp_avg_sq[rows[i]], grad[i]
         for j in range(g.shape[0]):
             m[j] = beta1 * m[j] + (one - beta1) * g[j]
             v[j] = beta2 * v[j] + (one - beta2) * g[j] * g[j]
-            p[j] -= step_size * m[j] / (np.sqrt(v[j]) + eps)
+            p[j] = p[j] * decay - step_size * m[j] / (np.sqrt(v[j]) + eps)

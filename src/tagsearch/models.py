@@ -1,6 +1,7 @@
-"""The two taggers. Both end in the same MLP head and output one logit per tag.
+"""The two taggers. Both end in the same MLP head (0, 1 or 2 hidden blocks) and output one logit per tag.
 
-- ``DenseTagger``: ``EmbeddingBag(mode="mean", sparse=True)`` over the vocabulary → head.
+- ``DenseTagger``: a weighted bag sum over an ``EmbeddingBag`` table of the vocabulary and, with
+  ``word_ngrams`` > 1, hashed word n-gram buckets (fastText's trick) → head.
 - ``TfidfTagger``: the head applied straight to a sparse CSR batch of TF-IDF rows (its first layer,
   ``SparseLinear``, multiplies sparse × dense, so the corpus is never densified).
 
@@ -13,7 +14,8 @@ or a TF-IDF row's column indices weighted by its values (= ``rows @ W`` for ``W`
 for the table: the transpose of the batch (a counting sort, ``transpose_csr``) turns
 ``Aᵀ · grad`` into one more ``embedding_bag`` over ``grad``. For the embedding that gradient is a
 *coalesced* sparse tensor of only the rows the batch touches (torch's own is one row per token
-occurrence, coalesced by a sort before every optimizer step); for TF-IDF it is dense.
+occurrence, coalesced by a sort before every optimizer step); so is TF-IDF's first layer's, whose
+rows are the features the batch's posts contain (``train.LazyAdam`` updates only those rows).
 ``tests/test_fastpath.py`` checks both against torch's own gradients.
 """
 
@@ -90,14 +92,6 @@ class BagProduct(torch.autograd.Function):
         return grad, None, None, None, None
 
 
-def bag_embeddings(embedding: nn.EmbeddingBag, ids, offsets, weights=None) -> torch.Tensor:
-    """Mean bag of each post: ``weights`` (count/length per distinct token) make a weighted sum of
-    deduplicated ids equal the mean over all tokens; without weights, a plain mean bag."""
-    if weights is None:
-        return embedding(ids, offsets)
-    return bag_product(embedding.weight, ids, offsets, weights, sparse_grad=True)
-
-
 class SparseLinear(nn.Module):
     """A ``Linear`` layer for sparse CSR input. Its weight is stored ``(in_features, out_features)``
     so that the product reads, and the gradient writes, whole contiguous rows of it (each
@@ -113,8 +107,8 @@ class SparseLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.layout != torch.sparse_csr:
             return torch.addmm(self.bias, x, self.weight)
-        crow = x.crow_indices()
-        return bag_product(self.weight, x.col_indices(), crow[:-1], x.values(), sparse_grad=False) + self.bias
+        crow = x.crow_indices()  # gradient: the rows (input features) the batch touches, for lazy Adam
+        return bag_product(self.weight, x.col_indices(), crow[:-1], x.values(), sparse_grad=True) + self.bias
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"
@@ -138,12 +132,11 @@ class WarmBatchNorm1d(nn.BatchNorm1d):
 
     def __init__(self, n_features: int, momentum: float = 0.1):
         super().__init__(n_features, momentum=momentum)
-        self.final_momentum, self.steps = momentum, 0
+        self.final_momentum = momentum
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            self.steps += 1
-            self.momentum = max(self.final_momentum, 1.0 / self.steps)
+        if self.training:  # BatchNorm counts the batches itself (num_batches_tracked, + 1 in forward)
+            self.momentum = max(self.final_momentum, 1.0 / (int(self.num_batches_tracked) + 1))
         return super().forward(x)
 
 
@@ -155,50 +148,59 @@ class Block(nn.Sequential):
 
 
 class MLPHead(nn.Module):
-    def __init__(self, n_in: int, hidden1: int, hidden2: int, n_tags: int, dropout: float,
-                 sparse_input: bool = False):
+    """``hidden_layers`` (0, 1 or 2) blocks, then a linear layer to one logit per tag; with 0 blocks
+    it is a linear model of its input. The first layer is ``SparseLinear`` for sparse input."""
+
+    def __init__(self, n_in: int, params: dict, n_tags: int, sparse_input: bool = False):
         super().__init__()
-        self.block1 = Block(n_in, hidden1, dropout, SparseLinear if sparse_input else nn.Linear)
-        self.block2 = Block(hidden1, hidden2, dropout)
-        self.out = nn.Linear(hidden2, n_tags)
+        linear = SparseLinear if sparse_input else nn.Linear
+        widths = [n_in] + [params["hidden1"], params["hidden2"]][:params["hidden_layers"]]
+        for i, (a, b) in enumerate(zip(widths, widths[1:]), start=1):
+            self.add_module(f"block{i}", Block(a, b, params["dropout"], linear if i == 1 else nn.Linear))
+        self.out = (linear if len(widths) == 1 else nn.Linear)(widths[-1], n_tags)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.block2(self.block1(x)))
+        for module in self.children():
+            x = module(x)
+        return x
 
 
 class DenseTagger(nn.Module):
+    """Weighted bag sum over the vocabulary (and hashed word n-grams) → head."""
+
     kind = "dense"
 
-    def __init__(self, vocab_size: int, embedding_dim: int, hidden1: int, hidden2: int, n_tags: int,
-                 dropout: float):
+    def __init__(self, n_rows: int, params: dict, n_tags: int):
         super().__init__()
-        self.embedding = nn.EmbeddingBag(vocab_size, embedding_dim, mode="mean", sparse=True)
-        self.head = MLPHead(embedding_dim, hidden1, hidden2, n_tags, dropout)
+        self.embedding = nn.EmbeddingBag(n_rows, params["embedding_dim"], mode="sum", sparse=True)
+        self.head = MLPHead(params["embedding_dim"], params, n_tags)
 
     def forward(self, batch) -> torch.Tensor:
-        """``batch`` = ``(ids, offsets, weights)`` as ``BagBatches`` yields it, or ``(ids, offsets)``."""
-        return self.head(bag_embeddings(self.embedding, *batch))
+        """``batch`` = ``(ids, offsets, weights)`` as ``BagBatches`` yields it."""
+        return self.head(bag_product(self.embedding.weight, *batch, sparse_grad=True))
 
 
 class TfidfTagger(nn.Module):
     kind = "tfidf"
 
-    def __init__(self, n_features: int, hidden1: int, hidden2: int, n_tags: int, dropout: float):
+    def __init__(self, n_features: int, params: dict, n_tags: int):
         super().__init__()
-        self.head = MLPHead(n_features, hidden1, hidden2, n_tags, dropout, sparse_input=True)
+        self.head = MLPHead(n_features, params, n_tags, sparse_input=True)
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
         return self.head(rows)
 
 
 def build_model(params: dict, input_size: int, n_tags: int) -> nn.Module:
-    """The model ``params['model']`` names, seeded by ``params['seed']``."""
+    """The model ``params['model']`` names, seeded by ``params['seed']``. ``input_size``: rows of
+    the embedding table (dense) or TF-IDF features (tfidf). Parameters saved before hidden_layers
+    existed had two blocks."""
     torch.manual_seed(params["seed"])
+    params = {"hidden_layers": 2, **params}
     if params["model"] == "dense":
-        return DenseTagger(input_size, params["embedding_dim"], params["hidden1"], params["hidden2"], n_tags,
-                           params["dropout"])
+        return DenseTagger(input_size, params, n_tags)
     if params["model"] == "tfidf":
-        return TfidfTagger(input_size, params["hidden1"], params["hidden2"], n_tags, params["dropout"])
+        return TfidfTagger(input_size, params, n_tags)
     raise ValueError(f"model must be 'dense' or 'tfidf', got {params['model']!r}")
 
 

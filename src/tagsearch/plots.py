@@ -26,16 +26,16 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
-def plot_curves(history: list[dict], path: Path) -> str:
-    """Training/validation loss and validation Hamming loss per epoch."""
+def plot_curves(history: list[dict], metric: str, path: Path) -> str:
+    """Training/validation loss and the study's validation metric per epoch."""
     epochs = [r["epoch"] for r in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     left.plot(epochs, [r["train_loss"] for r in history], "o-", label="training")
     left.plot(epochs, [r["val_loss"] for r in history], "s-", label="validation")
     left.set(title="BCE loss", xlabel="epoch", ylabel="loss")
     left.legend()
-    right.plot(epochs, [r["val_hamming_loss"] for r in history], "s-", color="tab:orange", label="validation")
-    right.set(title="Hamming loss", xlabel="epoch", ylabel="Hamming loss")
+    right.plot(epochs, [r[f"val_{metric}"] for r in history], "s-", color="tab:orange", label="validation")
+    right.set(title=metric, xlabel="epoch", ylabel=metric)
     right.legend()
     for ax in (left, right):
         ax.set_xticks(epochs)

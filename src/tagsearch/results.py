@@ -25,14 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
 import torch
-from sklearn.feature_extraction.text import CountVectorizer
-from sklearn.preprocessing import normalize
 from torch import nn
 
 from . import features
-from .data import Corpus, clean_texts
+from .data import clean_texts
 from .errors import UserError
 from .models import build_model
 from .train import predict_proba
@@ -42,42 +39,6 @@ WEIGHTS = "model.safetensors"
 PREPROCESSING = "preprocessing.json"
 CONFIG = "config.json"
 METRICS = "metrics.json"
-
-
-# ---------------------------------------------------------------------------------------------
-# Preprocessing state as plain data
-
-
-def preprocessing_state(corpus: Corpus, params: dict) -> dict:
-    """What turns cleaned text into model inputs, as JSON-able data (fitted on the training split)."""
-    if params["model"] == "dense":
-        return {"kind": "dense", "min_freq": params["min_freq"],
-                "vocabulary": features.vocabulary(corpus, params["min_freq"])}
-    vectorizer, _ = features.fitted_tfidf(corpus, params["max_features"], params["ngram_max"],
-                                          params["sublinear_tf"])
-    return {"kind": "tfidf", "ngram_max": params["ngram_max"], "sublinear_tf": params["sublinear_tf"],
-            "norm": "l2", "vocabulary": vectorizer.get_feature_names_out().tolist(),
-            "idf": [float(v) for v in vectorizer.idf_]}
-
-
-def tfidf_matrix(state: dict, texts: list[str]) -> sp.csr_matrix:
-    """The training-time TF-IDF transform rebuilt from saved state (no refitting): counts over the
-    saved vocabulary → optional 1 + log(tf) → × idf → rows scaled to unit L2 norm."""
-    counter = CountVectorizer(vocabulary=state["vocabulary"], lowercase=False, token_pattern=r"\S+",
-                              ngram_range=(1, state["ngram_max"]), dtype=np.float32)
-    matrix = counter.transform(texts).tocsr()
-    if state["sublinear_tf"]:
-        np.log(matrix.data, out=matrix.data)
-        matrix.data += 1
-    matrix.data *= np.asarray(state["idf"], dtype=np.float32)[matrix.indices]
-    return normalize(matrix, norm=state["norm"], copy=False)
-
-
-def model_inputs(state: dict, texts: list[str]):
-    """Batches for already-cleaned ``texts`` in the representation the saved model takes."""
-    if state["kind"] == "dense":
-        return features.encode_texts(texts, state["vocabulary"])
-    return features.CsrBatches(tfidf_matrix(state, texts), torch.zeros((len(texts), 0)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,7 +155,7 @@ class Results:
         """(posts, tags) probabilities for raw ``texts`` (cleaned like the training data)."""
         if not texts:
             return np.zeros((0, len(self.tag_names)), dtype=np.float32)
-        inputs = model_inputs(self.state, list(texts) if cleaned else clean_texts(texts))
+        inputs = features.text_inputs(self.state, list(texts) if cleaned else clean_texts(texts))
         return predict_proba(self.model, inputs)
 
     def predict(self, texts: list[str], cleaned: bool = False) -> tuple[np.ndarray, np.ndarray]:

@@ -3,12 +3,16 @@ held-back test split.
 
 1. Load the study and its best trial (or ``--trial N``, which must be COMPLETE); refuse other data.
 2. Retrain on the training split for at most the trial's ``best_epoch`` epochs, with early stopping
-   on validation Hamming loss (``[training] patience``); keep the best epoch's weights.
-3. Thresholds: the trial's global threshold, and one per tag fitted on validation
-   (``metrics.fit_thresholds``). Predictions use the variant with the higher validation micro-F1
-   (a tie keeps the global threshold); both are reported on test and the choice is recorded.
-4. Write the results directory atomically (see results.py), with plots and report.md.
-5. Upload plots, metrics.json and report.md as Optuna artifacts (of the study: Optuna refuses to
+   on the study's validation metric (``[training] patience``); keep the best epoch's weights. Its
+   cross-fitted validation value is the trial's value again (same seed, same data).
+3. Thresholds, chosen on validation for the study's metric (``metrics.choose_thresholds``): fixed,
+   global or per-tag, whichever has the best cross-fitted value; every variant is reported on test,
+   none is chosen by it.
+4. With ``--refit`` (or ``[training] refit = true``): train the same configuration again on training
+   + validation (vocabulary / TF-IDF fitted on both) for the epochs step 2 kept, and predict the test
+   split with it at the thresholds chosen in step 3.
+5. Write the results directory atomically (see results.py), with plots and report.md.
+6. Upload plots, metrics.json and report.md as Optuna artifacts (of the study: Optuna refuses to
    change a finished trial), and put the per-class table in the trial's optuna-dashboard note.
 """
 
@@ -27,13 +31,11 @@ from .cli import resolve_data
 from .data import Corpus, load_corpus, log
 from .errors import UserError
 from .spec import coerce, load_spec
-from .train import count_parameters, predict_proba, train_config
+from .train import build_model, count_parameters, fit, predict_proba, train_config
 
-CRITERION = "validation micro-F1 (a tie keeps the global threshold)"
 # One CPU thread, like each search worker: these small per-batch products gain little from more, and
 # lose badly when the cores are busy (tfidf epoch on 2 busy cores: 3.9 s with 1 thread, 34-47 s with 2).
 RETRAIN_THREADS = 1
-VARIANTS = ("global", "per_tag")
 
 
 def cmd_retrain(args) -> int:
@@ -53,12 +55,15 @@ def cmd_retrain(args) -> int:
         raise UserError(f"results path {str(out)!r} is a file; expected a directory (or nothing) there")
     epochs = int(trial.user_attrs.get("best_epoch") or spec.max_epochs)
     torch.set_num_threads(getattr(args, "threads", None) or RETRAIN_THREADS)
+    refit = spec.refit if getattr(args, "refit", None) is None else args.refit
     log(f"retraining trial {trial.number} of study {study.study_name!r} ({params['model']}) on "
-        f"{corpus.source}: up to {epochs} epoch(s), patience {spec.patience}")
-    run = retrain(corpus, params, epochs, spec.patience, args.device or spec.device)
-    evaluation = evaluate(run, corpus, params)
+        f"{corpus.source}: up to {epochs} epoch(s), patience {spec.patience}, metric {spec.metric}"
+        f"{', then a refit on training + validation' if refit else ''}")
+    run = retrain(corpus, params, epochs, spec.patience, args.device or spec.device, spec.metric, refit)
+    evaluation = evaluate(run, corpus, params, spec.metric)
     info = {"study": study.study_name, "storage": masked(url), "trial": trial.number, "trial_value": trial.value,
-            "data": data_record(data_config), "max_epochs": epochs, "patience": spec.patience}
+            "data": data_record(data_config), "max_epochs": epochs, "patience": spec.patience,
+            "metric": spec.metric, "refit": refit}
     with results.atomic_dir(out) as folder:
         write_results(folder, run, evaluation, corpus, params, info)
         write_plots(folder, run, evaluation, corpus, study)
@@ -102,67 +107,88 @@ def trial_params(spec, trial) -> dict:
 
 @dataclasses.dataclass
 class Run:
-    """A retrained model and what it took."""
+    """A retrained model and what it took. ``final`` is the model that predicts: the refit one
+    (trained on training + validation, ``final_corpus``) or ``result.model`` itself."""
 
-    result: object  # train.TrainResult
-    prepared: object  # train.Prepared
+    result: object  # train.TrainResult on the training split: its validation choice of thresholds
+    final: torch.nn.Module
+    final_corpus: Corpus
+    device: torch.device
     seconds: float
+    refit_seconds: float | None = None
 
 
-def retrain(corpus: Corpus, params: dict, epochs: int, patience: int, device: str) -> Run:
+def retrain(corpus: Corpus, params: dict, epochs: int, patience: int, device: str, metric: str = "hamming_loss",
+            refit: bool = False) -> Run:
     def show(epoch, record):
-        log(f"  epoch {epoch:3d}  loss {record['train_loss']:.4f}  val_hamming {record['val_hamming_loss']:.4f}  "
-            f"val_micro_f1 {record['val_micro_f1']:.4f}  {record['seconds']:.1f}s")
+        log(f"  epoch {epoch:3d}  loss {record['train_loss']:.4f}  val_{metric} {record[f'val_{metric}']:.4f}  "
+            f"({record['thresholds']} thresholds)  {record['seconds']:.1f}s")
 
     start = time.perf_counter()
-    result, prepared = train_config(corpus, params, max_epochs=epochs, patience=patience, device=device,
-                                    on_epoch=show)
-    return Run(result, prepared, time.perf_counter() - start)
+    result = train_config(corpus, params, max_epochs=epochs, patience=patience, device=device, metric=metric,
+                          on_epoch=show)
+    run = Run(result, result.model, corpus, next(result.model.parameters()).device, time.perf_counter() - start)
+    if refit:
+        run.final, run.final_corpus = refit_model(corpus, params, result.best_epoch, run.device)
+        run.refit_seconds = time.perf_counter() - start - run.seconds
+    return run
+
+
+def train_and_val(corpus: Corpus) -> Corpus:
+    """``corpus`` with validation folded into training (features fitted on both)."""
+    return dataclasses.replace(corpus, train_idx=np.sort(np.concatenate([corpus.train_idx, corpus.val_idx])))
+
+
+def refit_model(corpus: Corpus, params: dict, epochs: int, device) -> tuple[torch.nn.Module, Corpus]:
+    """The configuration trained on training + validation for exactly ``epochs`` epochs."""
+    whole = train_and_val(corpus)
+    log(f"  refit on training + validation ({len(whole.train_idx)} posts) for {epochs} epoch(s)")
+    model = build_model(params, features.input_size(whole, params), len(corpus.tag_names)).to(device)
+    fit(model, features.model_inputs(whole, params, "train").to(device), None, params, max_epochs=epochs,
+        patience=None)
+    return model, whole
 
 
 # ---------------------------------------------------------------------------------------------
 # Evaluation
 
 
-def evaluate(run: Run, corpus: Corpus, params: dict) -> dict:
-    """Validation and test figures for the global and the per-tag thresholds, and the choice."""
-    model = run.result.model
-    test_data = features.model_inputs(corpus, params, "test").to(run.prepared.device)
-    y_val, p_val = corpus.labels[corpus.val_idx], predict_proba(model, run.prepared.val)
-    y_test, p_test = corpus.labels[corpus.test_idx], predict_proba(model, test_data)
-    variants, chosen = threshold_variants(y_val, p_val, y_test, p_test, corpus.tag_names, params["threshold"])
-    y_pred = (p_test >= np.asarray(variants[chosen]["thresholds"])).astype(np.uint8)
-    return {"variants": variants, "chosen": chosen, "y_test": y_test, "y_pred": y_pred}
-
-
-def threshold_variants(y_val, p_val, y_test, p_test, tags: list[str], global_threshold: float):
-    """Figures for the global threshold and for per-tag thresholds fitted on validation, and the
-    variant predictions use: per-tag only when its validation micro-F1 is higher."""
-    thresholds = {"global": np.full(len(tags), global_threshold),
-                  "per_tag": np.round(metrics.fit_thresholds(y_val, p_val).astype(np.float64), 6)}
-    variants = {name: {"thresholds": [float(t) for t in th],
-                       "validation": metrics.report(y_val, p_val, th, tags),
-                       "test": metrics.report(y_test, p_test, th, tags)}
-                for name, th in thresholds.items()}
-    better = variants["per_tag"]["validation"]["micro_f1"] > variants["global"]["validation"]["micro_f1"]
-    return variants, "per_tag" if better else "global"
+def evaluate(run: Run, corpus: Corpus, params: dict, metric: str) -> dict:
+    """Every threshold variant on validation (the training-split model) and on test (the final
+    model), and the choice made on validation."""
+    val_data = features.model_inputs(corpus, params, "val").to(run.device)
+    test_data = features.model_inputs(run.final_corpus, params, "test").to(run.device)
+    y_val, p_val = corpus.labels[corpus.val_idx], predict_proba(run.result.model, val_data)
+    y_test, p_test = corpus.labels[corpus.test_idx], predict_proba(run.final, test_data)
+    variants, choice = metrics.threshold_variants(y_val, p_val, y_test, p_test, corpus.tag_names, metric,
+                                                  params["threshold"])
+    y_pred = (p_test >= np.asarray(variants[choice["chosen"]]["thresholds"])).astype(np.uint8)
+    return {"variants": variants, "chosen": choice["chosen"], "validation_value": choice["value"],
+            "validation": choice["summary"], "y_test": y_test, "y_pred": y_pred}
 
 
 def metrics_record(evaluation: dict, run: Run, corpus: Corpus, info: dict) -> dict:
-    """metrics.json: the chosen variant's test and validation figures, both variants, the choice."""
+    """metrics.json: the metric, the chosen variant's test figures and its honest (cross-fitted)
+    validation figures, every variant, how thresholds were fitted, training and refit."""
     chosen = evaluation["variants"][evaluation["chosen"]]
-    test, val = chosen["test"], chosen["validation"]
+    test = chosen["test"]
     return {
+        "metric": info["metric"], "validation_value": evaluation["validation_value"],
         "test_hamming_loss": test["hamming_loss"], "test_micro_f1": test["micro_f1"],
         "test_macro_f1": test["macro_f1"], "per_class": test["per_class"],
-        "validation": {k: val[k] for k in ("hamming_loss", "micro_f1", "macro_f1", "per_class")},
-        "thresholds": {"chosen": evaluation["chosen"], "criterion": CRITERION,
-                       "global_threshold": evaluation["variants"]["global"]["thresholds"][0]},
+        "validation": {**evaluation["validation"], "per_class": chosen["validation"]["per_class"],
+                       "note": "hamming_loss, micro_f1, macro_f1: cross-fitted (honest); per_class: at the final "
+                               "thresholds, fitted on these posts"},
+        "thresholds": {"chosen": evaluation["chosen"], "how_fitted": metrics.HOW_FITTED, "metric": info["metric"],
+                       "cross_fitted_scores": {v: f["cross_fitted_validation"]
+                                               for v, f in evaluation["variants"].items()}},
         "threshold_variants": evaluation["variants"],
         "training": {"best_epoch": run.result.best_epoch, "epochs_run": run.result.epochs_run,
                      "max_epochs": info["max_epochs"], "patience": info["patience"],
                      "stopped_early": run.result.stopped_early, "train_seconds": round(run.seconds, 3),
                      "history": run.result.history},
+        "refit": {"done": info["refit"], "posts": len(run.final_corpus.train_idx), "epochs": run.result.best_epoch,
+                  "seconds": None if run.refit_seconds is None else round(run.refit_seconds, 3)},
         "posts": {"train": len(corpus.train_idx), "val": len(corpus.val_idx), "test": len(corpus.test_idx)},
         "study": info["study"], "trial": info["trial"],
     }
@@ -191,15 +217,16 @@ def versions() -> dict:
 
 
 def write_results(folder: Path, run: Run, evaluation: dict, corpus: Corpus, params: dict, info: dict) -> None:
-    model = run.result.model
-    digests = results.save_model(folder, model, results.preprocessing_state(corpus, params))
+    model = run.final
+    digests = results.save_model(folder, model, features.preprocessing_state(run.final_corpus, params))
     variants = evaluation["variants"]
     config = {
         "format": results.FORMAT, "model": params["model"], "params": params, "tags": corpus.tag_names,
+        "metric": info["metric"], "validation_value": evaluation["validation_value"], "refit": info["refit"],
         "thresholds": variants[evaluation["chosen"]]["thresholds"], "threshold_choice": evaluation["chosen"],
-        "threshold_criterion": CRITERION, "global_threshold": params["threshold"],
+        "threshold_criterion": metrics.HOW_FITTED, "global_threshold": variants["global"]["thresholds"][0],
         "per_tag_thresholds": variants["per_tag"]["thresholds"],
-        "input_size": features.input_size(corpus, params), "parameters": count_parameters(model),
+        "input_size": features.input_size(run.final_corpus, params), "parameters": count_parameters(model),
         "weights": results.WEIGHTS, "preprocessing": results.PREPROCESSING, "sha256": digests,
         "fingerprint": corpus.fingerprint, "data": info["data"], "study": info["study"],
         "storage": info["storage"], "trial": info["trial"], "trial_value": info["trial_value"],
@@ -215,12 +242,11 @@ def write_plots(folder: Path, run: Run, evaluation: dict, corpus: Corpus, study)
     """The PNGs; skipped study plots leave a reason in metrics.json (``plot_notes``)."""
     notes: list[str] = []
     variants = evaluation["variants"]
-    global_name = f"global {variants['global']['thresholds'][0]:.2f}"
     names = [
-        plots.plot_curves(run.result.history, folder / "curves.png"),
+        plots.plot_curves(run.result.history, run.result.metric, folder / "curves.png"),
         plots.plot_confusion(evaluation["y_test"], evaluation["y_pred"], corpus.tag_names, folder / "confusion.png"),
-        plots.plot_f1({global_name: variants["global"]["test"]["per_class"],
-                       "per-tag (validation-fitted)": variants["per_tag"]["test"]["per_class"]}, folder / "f1.png"),
+        plots.plot_f1({variant_label(evaluation, v): variants[v]["test"]["per_class"] for v in metrics.VARIANTS},
+                      folder / "f1.png"),
         plots.plot_history(study, folder / "optimization_history.png", notes),
         plots.plot_importances(study, folder / "param_importances.png", notes),
     ]
@@ -233,16 +259,18 @@ def write_plots(folder: Path, run: Run, evaluation: dict, corpus: Corpus, study)
 # Report, dashboard, terminal
 
 
+def variant_label(evaluation: dict, name: str) -> str:
+    label = "per-tag" if name == "per_tag" else f"{name} {evaluation['variants'][name]['thresholds'][0]:.2f}"
+    return label + (" (chosen)" if name == evaluation["chosen"] else "")
+
+
 def summary_table(evaluation: dict) -> str:
-    rows = []
-    for split in ("validation", "test"):
-        for name in VARIANTS:
-            figures = evaluation["variants"][name][split]
-            label = "per-tag" if name == "per_tag" else f"global {evaluation['variants'][name]['thresholds'][0]:.2f}"
-            mark = " (chosen)" if name == evaluation["chosen"] else ""
-            rows.append([split, label + mark, f"{figures['hamming_loss']:.4f}", f"{figures['micro_f1']:.4f}",
-                         f"{figures['macro_f1']:.4f}"])
-    return results.markdown_table(["split", "thresholds", "Hamming loss", "micro-F1", "macro-F1"], rows)
+    """Each variant: its cross-fitted validation value (what chose it), then its test figures."""
+    rows = [[variant_label(evaluation, name), f"{figures['cross_fitted_validation']:.4f}",
+             f"{figures['test']['hamming_loss']:.4f}", f"{figures['test']['micro_f1']:.4f}",
+             f"{figures['test']['macro_f1']:.4f}"] for name, figures in evaluation["variants"].items()]
+    return results.markdown_table(["thresholds", "validation (cross-fitted)", "test Hamming loss", "test micro-F1",
+                                   "test macro-F1"], rows)
 
 
 def per_class_table(evaluation: dict) -> str:
@@ -262,8 +290,9 @@ def report_markdown(folder: Path, evaluation: dict, info: dict, run: Run) -> str
             f"Data `{info['data']['path']}`: {record['posts']['train']} train / {record['posts']['val']} validation "
             f"/ {record['posts']['test']} test posts. Retrained for {run.result.epochs_run} epoch(s) "
             f"(at most {info['max_epochs']}, patience {info['patience']}); weights of epoch "
-            f"{run.result.best_epoch}, the lowest validation Hamming loss. Predictions use the "
-            f"**{evaluation['chosen'].replace('_', '-')}** thresholds, chosen by {CRITERION}.\n\n"
+            f"{run.result.best_epoch}, the best validation {info['metric']}"
+            f"{'; then refit on training + validation for as many epochs' if info['refit'] else ''}. Predictions "
+            f"use the **{evaluation['chosen'].replace('_', '-')}** thresholds ({metrics.HOW_FITTED}).\n\n"
             f"{summary_table(evaluation)}\n\n## Per class (test, chosen thresholds)\n\n"
             f"{per_class_table(evaluation)}\n\n## Plots\n\n{images}\n{notes}\n")
 
@@ -300,9 +329,9 @@ def print_summary(out: Path, evaluation: dict, info: dict, run: Run, uploaded: i
     test = variants[chosen]["test"]
     print(f"trial {info['trial']} of {info['study']!r}: {run.result.epochs_run} epoch(s) in {run.seconds:.1f}s, "
           f"weights of epoch {run.result.best_epoch}")
-    print(f"thresholds: {chosen.replace('_', '-')} (validation micro-F1 per-tag "
-          f"{variants['per_tag']['validation']['micro_f1']:.4f} vs global "
-          f"{variants['global']['validation']['micro_f1']:.4f})")
+    scores = ", ".join(f"{v.replace('_', '-')} {f['cross_fitted_validation']:.4f}" for v, f in variants.items())
+    print(f"thresholds: {chosen.replace('_', '-')} (cross-fitted validation {info['metric']}: {scores})"
+          f"{'; predictions by the model refit on training + validation' if info['refit'] else ''}")
     print(f"test: Hamming loss {test['hamming_loss']:.4f}  micro-F1 {test['micro_f1']:.4f}  "
           f"macro-F1 {test['macro_f1']:.4f}")
     print(f"wrote {out}/ ({uploaded} artifacts uploaded to study {info['study']!r}; browse them with "

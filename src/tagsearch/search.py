@@ -1,6 +1,7 @@
 """One study, top-down: a spec becomes a sampler, a pruner and an objective; the objective suggests
-parameters, builds and trains a model, reports every epoch and returns the best validation Hamming
-loss. Also the study's bookkeeping: trial 0 is the spec's [defaults], the data fingerprint is
+parameters, builds and trains a model, reports every epoch and returns the best validation value of
+the study's metric (``[study] metric``, Hamming loss by default, at thresholds chosen as
+``metrics.choose_thresholds`` does). Also the study's bookkeeping: trial 0 is the spec's [defaults], the data fingerprint is
 recorded on the study, and a worker on other data is refused.
 
 ``workers.py`` decides how many trials to run and where; this file only says what a trial is.
@@ -18,14 +19,13 @@ from dataclasses import dataclass
 import optuna
 import torch
 
-from . import metrics, train
+from . import train
 from .data import Corpus
 from .errors import UserError
-from .spec import PARAMS, Spec
+from .spec import ACTIVE_WHEN, PARAMS, Spec, is_active
 from .storage import masked, open_storage
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-METRIC = "val_hamming_loss"
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 DESCRIBE_WAIT_SECONDS = 10
 
@@ -81,9 +81,15 @@ def check_space(spec: Spec) -> None:
 
 
 def suggest(trial: optuna.Trial, spec: Spec) -> dict:
-    """The complete parameter dict: the spec's defaults overlaid with this trial's suggestions."""
+    """The complete parameter dict: the spec's defaults overlaid with this trial's suggestions. A
+    parameter that cannot matter (``hidden2`` of a 1-layer head, ``buckets`` without n-grams) is
+    not suggested; its default stays in the dict, unused."""
     params = dict(spec.defaults)
-    for name, space in spec.search.items():
+    parents = {parent for parent, _ in ACTIVE_WHEN.values()}
+    for name in sorted(spec.search, key=lambda n: n not in parents):  # what others depend on first
+        space = spec.search[name]
+        if not is_active(name, params):
+            continue
         if "choices" in space:
             params[name] = trial.suggest_categorical(name, space["choices"])
         elif PARAMS[name].type is int:
@@ -100,7 +106,8 @@ def suggest(trial: optuna.Trial, spec: Spec) -> dict:
 
 
 class Objective:
-    """Suggest → build → train → report each epoch → return the best validation Hamming loss."""
+    """Suggest → build → train, reporting each epoch to the pruner → record → return the best
+    validation value of the study's metric. ``workers.py`` sets the signal flags."""
 
     def __init__(self, spec: Spec, corpus: Corpus, device: str | None = None, max_epochs: int | None = None):
         self.spec, self.corpus = spec, corpus
@@ -116,10 +123,7 @@ class Objective:
         try:
             if self.stop_requested:  # the signal came while Optuna was creating this trial
                 raise KeyboardInterrupt
-            params = suggest(trial, self.spec)
-            set_user_attrs(trial, params=params, model=params["model"], device=self.device_name,
-                           worker=f"{socket.gethostname()}:{os.getpid()}")
-            return self.train(trial, params)
+            return self.run_trial(trial)
         except optuna.TrialPruned:
             raise
         except Exception as exc:  # diverged, CUDA OOM, ...: FAIL with the reason; the worker goes on
@@ -133,43 +137,38 @@ class Objective:
             self.active = False
             release_memory()
 
-    def train(self, trial: optuna.Trial, params: dict) -> float:
-        start = time.perf_counter()
-        result, prepared = train.train_config(self.corpus, params, max_epochs=self.max_epochs,
-                                              patience=self.spec.patience, device=self.device,
-                                              on_epoch=epoch_hook(trial))
-        val = validation_report(result.model, prepared, self.corpus, params["threshold"])
+    def run_trial(self, trial: optuna.Trial) -> float:
+        start, metric = time.perf_counter(), self.spec.metric
+        params = suggest(trial, self.spec)
+        set_user_attrs(trial, params=params, model=params["model"], device=self.device_name, metric=metric,
+                       worker=f"{socket.gethostname()}:{os.getpid()}")
+        model, train_data, val_data = train.build(self.corpus, params, self.device)
+        curve: list[dict] = []  # per epoch: losses, the metric, the best epoch so far
+
+        def report_and_prune(epoch: int, record: dict) -> None:
+            curve.append({k: round(record[k], 6) for k in ("train_loss", "val_loss", f"val_{metric}", "best_epoch")})
+            trial.report(record[f"val_{metric}"], epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch}: val_{metric} {record[f'val_{metric}']:.4f} "
+                                         f"(best {record['best_value']:.4f} at epoch {record['best_epoch']}) is "
+                                         f"not promising next to the other trials at this epoch")
+
+        try:
+            result = train.fit(model, train_data, val_data, params, max_epochs=self.max_epochs,
+                               patience=self.spec.patience, metric=metric, on_epoch=report_and_prune)
+        except optuna.TrialPruned as pruned:
+            set_user_attrs(trial, pruned_reason=str(pruned), epochs_run=len(curve),
+                           best_epoch=int(curve[-1]["best_epoch"]), learning_curve=curve)
+            raise
+        choice = result.thresholds
         set_user_attrs(trial, epochs_run=result.epochs_run, best_epoch=result.best_epoch,
-                       stopped_early=result.stopped_early, train_seconds=round(time.perf_counter() - start, 3),
-                       parameters=train.count_parameters(result.model), val_micro_f1=val["micro_f1"],
-                       val_macro_f1=val["macro_f1"],
-                       val_per_class_f1={row["label"]: round(row["f1"], 4) for row in val["per_class"]})
-        return result.best_val_hamming_loss
-
-
-def epoch_hook(trial: optuna.Trial):
-    """The per-epoch hook shared with early stopping: report, then maybe prune (saying why)."""
-    best = {"value": float("inf"), "epoch": 0}
-
-    def hook(epoch: int, record: dict) -> None:
-        value = record[METRIC]
-        if value < best["value"]:
-            best.update(value=value, epoch=epoch)
-        trial.report(value, epoch)
-        if trial.should_prune():
-            reason = (f"pruned at epoch {epoch}: {METRIC} {value:.4f} (best so far {best['value']:.4f} at epoch "
-                      f"{best['epoch']}) is not promising next to the other trials at this epoch")
-            set_user_attrs(trial, pruned_reason=reason, epochs_run=epoch, best_epoch=best["epoch"])
-            raise optuna.TrialPruned(reason)
-
-    return hook
-
-
-def validation_report(model, prepared, corpus: Corpus, threshold: float) -> dict:
-    """Micro/macro and per-class F1 of the best model on the validation split."""
-    probs = train.predict_proba(model, prepared.val)
-    y_true = prepared.val.labels.cpu().numpy().astype("uint8")
-    return metrics.report(y_true, probs, threshold, corpus.tag_names)
+                       stopped_early=result.stopped_early, learning_curve=curve,
+                       train_seconds=round(time.perf_counter() - start, 3),
+                       parameters=train.count_parameters(model), threshold_choice=choice["chosen"],
+                       thresholds=choice["thresholds"], threshold_scores=choice["scores"],
+                       val_per_class_f1=dict(zip(self.corpus.tag_names, choice["per_tag_f1"])),
+                       **{f"val_{k}": round(v, 6) for k, v in choice["summary"].items()})
+        return result.best_value
 
 
 def set_user_attrs(trial: optuna.Trial, **attrs) -> None:
@@ -230,7 +229,7 @@ def start_study(study: optuna.Study, spec: Spec, corpus: Corpus) -> None:
     workers wait for it, so they never race trial 0)."""
     if not study.trials:
         study.enqueue_trial({name: spec.defaults[name] for name in spec.search}, user_attrs={"config": "defaults"})
-    study.set_metric_names([METRIC])
+    study.set_metric_names([f"val_{spec.metric}"])
     attrs = {"model": spec.model, "spec": spec.path, "data_source": corpus.source, "split": corpus.split,
              "tags": corpus.tag_names, "posts": {"train": len(corpus.train_idx), "val": len(corpus.val_idx),
                                                  "test": len(corpus.test_idx)}, "fingerprint": corpus.fingerprint}
@@ -294,10 +293,11 @@ class Progress:
 def progress(study: optuna.Study) -> Progress:
     state = optuna.trial.TrialState
     counts = Progress()
+    sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
     for trial in study.get_trials(deepcopy=False):
         if trial.state == state.COMPLETE:
             counts.complete += 1
-            if counts.best_value is None or trial.value < counts.best_value:
+            if counts.best_value is None or sign * trial.value < sign * counts.best_value:
                 counts.best_value, counts.best_number = trial.value, trial.number
         elif trial.state == state.PRUNED:
             counts.pruned += 1

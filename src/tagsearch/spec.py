@@ -2,11 +2,11 @@
 
 A spec has these sections (see ``studies/README.md``)::
 
-    [study]     name, storage, direction, n_trials, timeout
+    [study]     name, storage, metric (direction inferred), n_trials, timeout
     [sampler]   kind = "tpe" | "random", seed, n_startup_trials
     [pruner]    kind = "median" | "halving" | "hyperband" | "none", n_warmup_steps, patience, ...
     [data]      path, text_columns, tags_column, top_k, test_size, val_size, split_seed
-    [training]  max_epochs, patience, device
+    [training]  max_epochs, patience, device, refit
     [defaults]  one value per hyperparameter (the seed notebooks' configuration)
     [search.X]  how to search hyperparameter X: {low, high, log, step} or {choices}
 
@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .data import DataConfig
 from .errors import UserError
+from .metrics import DIRECTIONS
 
 MODELS = ("dense", "tfidf")
 POS_WEIGHT_SCHEMES = ("seed", "neg_pos", "none")
@@ -44,6 +45,7 @@ class Param:
 PARAMS: dict[str, Param] = {
     "model": Param(str, lambda v: v in MODELS, "one of dense, tfidf"),
     "embedding_dim": Param(int, lambda v: v >= 1, "an integer >= 1", ("dense",)),
+    "hidden_layers": Param(int, lambda v: 0 <= v <= 2, "an integer in [0, 2]"),
     "hidden1": Param(int, lambda v: v >= 1, "an integer >= 1"),
     "hidden2": Param(int, lambda v: v >= 1, "an integer >= 1"),
     "dropout": Param(float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
@@ -52,7 +54,10 @@ PARAMS: dict[str, Param] = {
     "batch_size": Param(int, lambda v: v >= 2, "an integer >= 2"),
     "threshold": Param(float, lambda v: 0 < v < 1, "a number in (0, 1)"),
     "min_freq": Param(int, lambda v: v >= 1, "an integer >= 1", ("dense",)),
-    "max_features": Param(int, lambda v: v >= 1, "an integer >= 1", ("tfidf",)),
+    "word_ngrams": Param(int, lambda v: 1 <= v <= 3, "an integer in [1, 3]", ("dense",)),
+    "buckets": Param(int, lambda v: v >= 1, "an integer >= 1", ("dense",)),
+    "max_features": Param(int, lambda v: v >= 0, "an integer >= 0 (0 = no limit)", ("tfidf",)),
+    "min_df": Param(int, lambda v: v >= 1, "an integer >= 1", ("tfidf",)),
     "ngram_max": Param(int, lambda v: 1 <= v <= 3, "an integer in [1, 3]", ("tfidf",)),
     "sublinear_tf": Param(bool, lambda v: True, "true or false", ("tfidf",)),
     "pos_weight": Param(str, lambda v: v in POS_WEIGHT_SCHEMES, "one of seed, neg_pos, none"),
@@ -60,21 +65,34 @@ PARAMS: dict[str, Param] = {
     "seed": Param(int, lambda v: True, "an integer"),
 }
 
-# The seed notebooks' configuration.
+# The seed notebooks' configuration (word_ngrams, buckets, min_df: what the notebooks did implicitly).
 SEED_DEFAULTS = {
-    "model": "dense", "embedding_dim": 300, "hidden1": 200, "hidden2": 100, "dropout": 0.5, "lr": 1e-3,
-    "weight_decay": 0.01, "batch_size": 128, "threshold": 0.5, "min_freq": 1, "max_features": 5000,
-    "ngram_max": 1, "sublinear_tf": False, "pos_weight": "seed", "clip_value": 10.0, "seed": 42,
+    "model": "dense", "embedding_dim": 300, "hidden_layers": 2, "hidden1": 200, "hidden2": 100, "dropout": 0.5,
+    "lr": 1e-3, "weight_decay": 0.01, "batch_size": 128, "threshold": 0.5, "min_freq": 1, "word_ngrams": 1,
+    "buckets": 262144, "max_features": 5000, "min_df": 1, "ngram_max": 1, "sublinear_tf": False,
+    "pos_weight": "seed", "clip_value": 10.0, "seed": 42,
 }
 
+# A hyperparameter that only matters when another one has a value: (parameter, its minimum).
+ACTIVE_WHEN = {"hidden1": ("hidden_layers", 1), "dropout": ("hidden_layers", 1), "hidden2": ("hidden_layers", 2),
+               "buckets": ("word_ngrams", 2)}
+
+
+def is_active(name: str, params: dict) -> bool:
+    """Whether hyperparameter ``name`` changes the model given the other ``params``."""
+    if name not in ACTIVE_WHEN:
+        return True
+    parent, minimum = ACTIVE_WHEN[name]
+    return params[parent] >= minimum
+
 SECTIONS = {
-    "study": {"name": str, "storage": str, "direction": str, "n_trials": int, "timeout": float},
+    "study": {"name": str, "storage": str, "metric": str, "direction": str, "n_trials": int, "timeout": float},
     "sampler": {"kind": str, "seed": int, "n_startup_trials": int, "multivariate": bool},
     "pruner": {"kind": str, "n_startup_trials": int, "n_warmup_steps": int, "patience": int,
                "min_resource": int, "reduction_factor": int, "min_delta": float},
     "data": {"path": str, "text_columns": list, "tags_column": str, "top_k": int, "test_size": float,
              "val_size": float, "split_seed": int, "encoding": str},
-    "training": {"max_epochs": int, "patience": int, "device": str},
+    "training": {"max_epochs": int, "patience": int, "device": str, "refit": bool},
     "defaults": {name: p.type for name, p in PARAMS.items()},
     "search": dict,
 }
@@ -138,7 +156,7 @@ class Spec:
     path: str
     name: str
     storage: str = DEFAULT_STORAGE
-    direction: str = "minimize"
+    metric: str = "hamming_loss"
     n_trials: int = 20
     timeout: float | None = None
     sampler: dict = field(default_factory=dict)
@@ -147,6 +165,14 @@ class Spec:
     training: dict = field(default_factory=dict)
     defaults: dict = field(default_factory=dict)
     search: dict = field(default_factory=dict)
+
+    @property
+    def direction(self) -> str:
+        return DIRECTIONS[self.metric]
+
+    @property
+    def refit(self) -> bool:
+        return self.training.get("refit", False)
 
     @property
     def model(self) -> str:
@@ -199,8 +225,14 @@ def parse_spec(raw: dict, where: str = "spec") -> Spec:
     if "name" not in study:
         raise UserError(f"{where} [study]: missing key 'name'")
     defaults = {**SEED_DEFAULTS, **{k: coerce(k, v, f"{where} [defaults]") for k, v in raw.get("defaults", {}).items()}}
+    metric = study.get("metric", "hamming_loss")
+    if metric not in DIRECTIONS:
+        raise UserError(f"{where} [study]: metric={metric!r}; expected one of {', '.join(DIRECTIONS)}")
+    if study.get("direction", DIRECTIONS[metric]) != DIRECTIONS[metric]:
+        raise UserError(f"{where} [study]: direction={study['direction']!r} contradicts metric={metric!r}, which "
+                        f"is {DIRECTIONS[metric]}d; expected no direction (it is inferred from the metric)")
     spec = Spec(path=where, name=study["name"], storage=study.get("storage", DEFAULT_STORAGE),
-                direction=study.get("direction", "minimize"), n_trials=study.get("n_trials", 20),
+                metric=metric, n_trials=study.get("n_trials", 20),
                 timeout=study.get("timeout"), sampler=raw.get("sampler", {}), pruner=raw.get("pruner", {}),
                 data=raw.get("data", {}), training=raw.get("training", {}), defaults=defaults,
                 search={k: _check_search(k, v, defaults["model"], f"{where} [search.{k}]")
@@ -222,7 +254,6 @@ def _check_keys(table: dict, schema: dict, where: str) -> None:
 
 def _check_choices(spec: Spec, where: str) -> None:
     checks = [
-        ("study", "direction", spec.direction, ("minimize",)),
         ("sampler", "kind", spec.sampler.get("kind", "tpe"), SAMPLERS),
         ("pruner", "kind", spec.pruner.get("kind", "median"), PRUNERS),
     ]

@@ -1,9 +1,9 @@
 """The training loop: BCE with pos_weight, AdamW (+ lazy Adam, SparseAdam's update, for the embedding
-table's sparse gradients), clipping by value, early stopping on validation Hamming loss, and a
-per-epoch hook for the search layer.
+table's sparse gradients), clipping by value, early stopping on the study's validation metric
+(Hamming loss by default), and a per-epoch hook for the search layer.
 
-``train_config(corpus, params, ...)`` is the one-call entry used by ``tagsearch train``, the Optuna
-objective and ``retrain``: build inputs → build model → ``fit``.
+``build`` makes the model and its inputs, ``fit`` trains them; ``train_config`` is both in one call
+(``tagsearch train``, ``retrain``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from torch.optim.adam import adam as adam_update  # Adam's functional form (the 
 
 from . import features, metrics
 from .data import Corpus
-from .models import build_model, count_parameters
+from .models import SparseLinear, build_model, count_parameters
 
 EVAL_BATCH = 4096
 POS_WEIGHT_CLIP = 50.0
@@ -62,8 +62,9 @@ class LazyAdam(torch.optim.Optimizer):
     gathered into scratch buffers kept between steps, updated by torch's fused Adam kernel, and
     scattered back (Adam's ε placement, which differs from SparseAdam's by ε·√(1-β₂ᵗ))."""
 
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
-        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
         self._scratch: dict[int, torch.Tensor] = {}
 
     @torch.no_grad()
@@ -94,13 +95,14 @@ class LazyAdam(torch.optim.Optimizer):
         f32 = np.float32
         lazy_adam_rows(param.detach().numpy(), state["exp_avg"].numpy(), state["exp_avg_sq"].numpy(),
                        rows.numpy(), values.contiguous().numpy(), f32(step_size), f32(beta1), f32(beta2),
-                       f32(group["eps"]))
+                       f32(group["eps"]), f32(1 - group["lr"] * group["weight_decay"]))
 
     def _update_gathered(self, param, state, rows, values, group) -> None:
         tables = (param, state["exp_avg"], state["exp_avg_sq"])
         gathered = [torch.index_select(table, 0, rows, out=buffer)
                     for table, buffer in zip(tables, self._buffers(param, len(rows)))]
         beta1, beta2 = group["betas"]
+        gathered[0].mul_(1 - group["lr"] * group["weight_decay"])
         adam_update(gathered[:1], [values], gathered[1:2], gathered[2:], [], [state["step"]],
                     fused=fused_supported([param]), foreach=False, amsgrad=False, beta1=beta1, beta2=beta2,
                     lr=group["lr"], weight_decay=0.0, eps=group["eps"], maximize=False)
@@ -122,14 +124,19 @@ def in_place_kernel(param: torch.Tensor) -> bool:
 
 
 def make_optimizers(model: nn.Module, lr: float, weight_decay: float) -> list[torch.optim.Optimizer]:
-    """Lazy Adam (SparseAdam's update) for parameters with sparse gradients (the embedding table),
-    AdamW for the rest (fused: one pass per tensor)."""
-    sparse = [p for m in model.modules() if isinstance(m, nn.EmbeddingBag) and m.sparse for p in m.parameters()]
-    sparse_ids = {id(p) for p in sparse}
+    """Lazy Adam for the tables with row-sparse gradients: the embedding (no weight decay, as
+    SparseAdam) and a TF-IDF model's first layer (AdamW's decoupled decay, on the rows a batch
+    touches), so a step costs the rows it touches, not the whole table; AdamW (fused: one pass per
+    tensor) for the rest."""
+    embedding = [m.weight for m in model.modules() if isinstance(m, nn.EmbeddingBag) and m.sparse]
+    first_layer = [m.weight for m in model.modules() if isinstance(m, SparseLinear)]
+    sparse_ids = {id(p) for p in embedding + first_layer}
     dense = [p for p in model.parameters() if id(p) not in sparse_ids]
     optimizers = [torch.optim.AdamW(dense, lr=lr, weight_decay=weight_decay, fused=fused_supported(dense))]
-    if sparse:
-        optimizers.append(LazyAdam(sparse, lr=lr))
+    groups = [{"params": embedding, "weight_decay": 0.0}, {"params": first_layer, "weight_decay": weight_decay}]
+    groups = [g for g in groups if g["params"]]
+    if groups:
+        optimizers.append(LazyAdam(groups, lr=lr))
     return optimizers
 
 
@@ -197,20 +204,24 @@ def predict_proba(model: nn.Module, data) -> np.ndarray:
     return torch.sigmoid(predict_logits(model, data)).cpu().numpy()
 
 
-def evaluate(model, data, criterion, threshold: float) -> dict:
+def evaluate(model, data, criterion, metric: str, threshold: float) -> tuple[dict, dict]:
+    """Validation loss and the three metrics at the thresholds chosen for ``metric``
+    (``metrics.choose_thresholds``: honest, cross-fitted figures), and that choice."""
     logits = predict_logits(model, data)
     loss = float(criterion(logits, data.labels))
     probs = torch.sigmoid(logits).cpu().numpy()
-    y_true = data.labels.cpu().numpy().astype(np.uint8)
-    return {"loss": loss, **metrics.summary(y_true, (probs >= threshold).astype(np.uint8))}
+    choice = metrics.choose_thresholds(data.labels.cpu().numpy().astype(np.uint8), probs, metric, threshold)
+    return {"loss": loss, **choice["summary"]}, choice
 
 
 @dataclass
 class TrainResult:
     model: nn.Module
+    metric: str = "hamming_loss"
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
-    best_val_hamming_loss: float = float("inf")
+    best_value: float = float("nan")
+    thresholds: dict | None = None  # metrics.choose_thresholds at the best epoch
     stopped_early: bool = False
 
     @property
@@ -226,79 +237,80 @@ EpochHook = Callable[[int, dict], None]
 
 
 def fit(model, train_data, val_data, params: dict, *, max_epochs: int, patience: int | None,
-        on_epoch: EpochHook | None = None) -> TrainResult:
-    """Train up to ``max_epochs``; stop after ``patience`` epochs without a better validation Hamming
-    loss (``None`` = never). ``on_epoch(epoch, record)`` runs after each epoch and may raise (e.g.
-    ``optuna.TrialPruned``). The returned model carries the best epoch's weights."""
+        metric: str = "hamming_loss", on_epoch: EpochHook | None = None) -> TrainResult:
+    """Train up to ``max_epochs``, scoring validation ``metric`` after every epoch (thresholds fitted
+    as ``metrics.choose_thresholds`` does); stop after ``patience`` epochs without a better value
+    (``None`` = never). ``on_epoch(epoch, record)`` runs after each epoch and may raise (e.g.
+    ``optuna.TrialPruned``). The returned model carries the best epoch's weights. ``val_data=None``
+    (a refit on training + validation) trains exactly ``max_epochs`` and keeps the last weights."""
     device = train_data.labels.device
     weights = pos_weight(train_data.labels.cpu().numpy(), params["pos_weight"])
     criterion = nn.BCEWithLogitsLoss(pos_weight=None if weights is None else weights.to(device))
     optimizers = make_optimizers(model, params["lr"], params["weight_decay"])
     generator = torch.Generator().manual_seed(params["seed"])
-    result, best_state = TrainResult(model), None
+    result, best_state = TrainResult(model, metric, best_value=metrics.worst(metric)), None
     for epoch in range(1, max_epochs + 1):
         start = time.perf_counter()
-        train_loss = train_epoch(model, train_data, criterion, optimizers, params["batch_size"],
-                                 params["clip_value"], generator)
-        val = evaluate(model, val_data, criterion, params["threshold"])
-        record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"],
-                  "val_hamming_loss": val["hamming_loss"], "val_micro_f1": val["micro_f1"],
-                  "val_macro_f1": val["macro_f1"], "seconds": time.perf_counter() - start}
+        record = {"epoch": epoch, "train_loss": train_epoch(model, train_data, criterion, optimizers,
+                                                            params["batch_size"], params["clip_value"], generator)}
+        if val_data is not None:
+            val, choice = evaluate(model, val_data, criterion, metric, params["threshold"])
+            record.update({f"val_{k}": v for k, v in val.items()}, thresholds=choice["chosen"])
+            if metrics.better(metric, val[metric], result.best_value):
+                result.best_epoch, result.best_value, result.thresholds = epoch, val[metric], choice
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            record.update(best_epoch=result.best_epoch, best_value=result.best_value)
+        record["seconds"] = time.perf_counter() - start
         result.history.append(record)
-        if record["val_hamming_loss"] < result.best_val_hamming_loss:
-            result.best_epoch, result.best_val_hamming_loss = epoch, record["val_hamming_loss"]
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if on_epoch is not None:
             on_epoch(epoch, record)
-        if patience is not None and epoch - result.best_epoch >= patience:
+        if val_data is not None and patience is not None and epoch - result.best_epoch >= patience:
             result.stopped_early = epoch < max_epochs
             break
-    model.load_state_dict(best_state)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    else:
+        result.best_epoch = result.epochs_run
     return result
 
 
-@dataclass
-class Prepared:
-    """Everything built from (corpus, params) before training: inputs on the device and the model."""
-
-    model: nn.Module
-    train: object
-    val: object
-    device: torch.device
-
-
-def prepare(corpus: Corpus, params: dict, device: torch.device) -> Prepared:
+def build(corpus: Corpus, params: dict, device: str | torch.device = "cpu"):
+    """The model for ``params`` and its training and validation inputs, on ``device``."""
+    device = pick_device(device) if isinstance(device, str) else device
     train_data = features.model_inputs(corpus, params, "train").to(device)
     val_data = features.model_inputs(corpus, params, "val").to(device)
     model = build_model(params, features.input_size(corpus, params), len(corpus.tag_names)).to(device)
-    return Prepared(model, train_data, val_data, device)
+    return model, train_data, val_data
 
 
-def train_config(corpus: Corpus, params: dict, *, max_epochs: int, patience: int | None,
-                 device: str = "auto", on_epoch: EpochHook | None = None) -> tuple[TrainResult, Prepared]:
-    """Build inputs and model for ``params`` and train them."""
-    prepared = prepare(corpus, params, pick_device(device))
-    result = fit(prepared.model, prepared.train, prepared.val, params, max_epochs=max_epochs,
-                 patience=patience, on_epoch=on_epoch)
-    return result, prepared
+def train_config(corpus: Corpus, params: dict, *, max_epochs: int, patience: int | None, device: str = "auto",
+                 metric: str = "hamming_loss", on_epoch: EpochHook | None = None) -> TrainResult:
+    """Build inputs and model for ``params`` and train them (``tagsearch train``, ``retrain``)."""
+    model, train_data, val_data = build(corpus, params, device)
+    return fit(model, train_data, val_data, params, max_epochs=max_epochs, patience=patience, metric=metric,
+               on_epoch=on_epoch)
 
 
 def summary_record(result: TrainResult, corpus: Corpus, params: dict) -> dict:
-    """The JSON-able record ``tagsearch train --json`` prints (and the search stores as attributes)."""
-    best = result.best
+    """The JSON-able record ``tagsearch train --json`` prints."""
+    best, metric = result.best, result.metric
     return {
         "model": params["model"],
         "params": params,
+        "metric": metric,
         "epochs_run": result.epochs_run,
         "best_epoch": result.best_epoch,
         "stopped_early": result.stopped_early,
         "epoch_seconds": [round(r["seconds"], 4) for r in result.history],
         "train_loss": [r["train_loss"] for r in result.history],
         "val_loss": [r["val_loss"] for r in result.history],
+        f"val_{metric}": [r[f"val_{metric}"] for r in result.history],
         "val_hamming_loss": [r["val_hamming_loss"] for r in result.history],
-        "best_val_hamming_loss": result.best_val_hamming_loss,
+        f"best_val_{metric}": result.best_value,
+        "best_val_hamming_loss": best["val_hamming_loss"],
         "val_micro_f1": best["val_micro_f1"],
         "val_macro_f1": best["val_macro_f1"],
+        "thresholds": result.thresholds["chosen"],
         "parameters": count_parameters(result.model),
         "train_posts": len(corpus.train_idx),
         "val_posts": len(corpus.val_idx),

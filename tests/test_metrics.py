@@ -1,0 +1,68 @@
+"""Thresholds fitted for the study's metric, and the honest (cross-fitted) choice between variants."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tagsearch import metrics
+
+
+def noisy(n_posts: int = 400, n_tags: int = 4, seed: int = 0):
+    """Labels and probabilities whose best thresholds differ per tag (tag t's positives sit lower)."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n_posts, n_tags)) < 0.3).astype(np.uint8)
+    shift = np.linspace(0.0, 0.4, n_tags)
+    probs = np.clip(0.25 + 0.5 * y - shift * y + rng.normal(0, 0.12, y.shape), 0, 1)
+    return y, probs
+
+
+@pytest.mark.parametrize("metric", list(metrics.DIRECTIONS))
+def test_fitted_thresholds_are_optimal_on_the_grid(metric):
+    """The global threshold is the best single grid value; per-tag is at least as good (exactly best
+    per tag for the separable metrics)."""
+    y, probs = noisy()
+    score = lambda th: metrics.summary(y, (probs >= th).astype(np.uint8))[metric]  # noqa: E731
+    best = min if metrics.DIRECTIONS[metric] == "minimize" else max
+    global_t = metrics.fit_global(y, probs, metric)
+    assert score(global_t) == best(score(g) for g in metrics.GRID)
+    per_tag = metrics.fit_per_tag(y, probs, metric)
+    assert not metrics.better(metric, score(global_t), score(per_tag))
+    if metric != "micro_f1":
+        for t in range(y.shape[1]):
+            for g in metrics.GRID:
+                trial = per_tag.copy()
+                trial[t] = g
+                assert not metrics.better(metric, score(trial), score(per_tag))
+
+
+def test_cross_fitting_never_scores_thresholds_on_the_posts_they_were_fitted_on():
+    y, probs = noisy(seed=1)
+    a, b = metrics.halves(len(y))
+    assert len(np.intersect1d(a, b)) == 0 and len(a) + len(b) == len(y)
+    pred = metrics.cross_fitted(y, probs, "hamming_loss", "per_tag", 0.5)
+    expected = probs[b] >= metrics.fit_per_tag(y[a], probs[a], "hamming_loss")
+    np.testing.assert_array_equal(pred[b], expected)
+
+
+def test_choice_is_honest_and_prefers_the_simpler_variant_on_ties():
+    y = np.array([[1, 0], [0, 1], [1, 1], [0, 0]] * 5, dtype=np.uint8)
+    perfect = y * 0.8 + 0.1  # 0.9 / 0.1: every variant is perfect → the fixed 0.5 stays
+    assert metrics.choose_thresholds(y, perfect, "micro_f1")["chosen"] == "fixed"
+    low = y * 0.2 + 0.05  # positives at 0.25: a fitted threshold is needed, one is enough
+    choice = metrics.choose_thresholds(y, low, "hamming_loss")
+    assert choice["chosen"] == "global" and choice["value"] == 0.0
+    y, probs = noisy(seed=2)  # per-tag shifts: per-tag wins even when judged on unseen halves
+    choice = metrics.choose_thresholds(y, probs, "hamming_loss")
+    assert choice["chosen"] == "per_tag"
+    flattering = metrics.summary(y, (probs >= np.asarray(choice["thresholds"])).astype(np.uint8))["hamming_loss"]
+    assert choice["value"] >= flattering  # fitted and scored on the same posts looks better than it is
+
+
+def test_threshold_variants_report_test_but_choose_on_validation():
+    y, probs = noisy(seed=3)
+    y_test, p_test = noisy(seed=4)
+    variants, choice = metrics.threshold_variants(y, probs, y_test, 1 - p_test, ["a", "b", "c", "d"], "micro_f1")
+    assert set(variants) == set(metrics.VARIANTS)
+    assert choice == metrics.choose_thresholds(y, probs, "micro_f1")  # test data played no part
+    assert variants[choice["chosen"]]["cross_fitted_validation"] == choice["value"]
