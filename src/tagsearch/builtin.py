@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from .data import log
+from .log import log
 from .spec import BUILTIN_PATH
 
 BUILTIN_POSTS = 47427

@@ -157,7 +157,7 @@ def _version() -> str:
 
 
 def cmd_synth(args) -> int:
-    from .data import log
+    from .log import log
     from .synth import write_corpus
 
     try:
@@ -185,7 +185,8 @@ def resolve_data(spec, args):
 def cmd_train(args) -> int:
     import torch
 
-    from .data import load_corpus, log
+    from .data import load_corpus
+    from .log import log
     from .spec import load_spec, parse_overrides
     from .train import summary_record, train_config
 

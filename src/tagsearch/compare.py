@@ -16,8 +16,9 @@ from pathlib import Path
 
 
 from . import features, results
-from .data import DataConfig, load_corpus, log
+from .data import DataConfig, load_corpus
 from .errors import UserError
+from .log import log
 from .spec import PARAMS
 
 RESULTS_ROOT = Path("results")

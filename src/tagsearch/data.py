@@ -16,7 +16,6 @@ import html
 import json
 import os
 import re
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -336,8 +335,3 @@ def load_corpus(config: DataConfig) -> Corpus:
 @functools.lru_cache(maxsize=4)
 def _load_cached(config: DataConfig, _mtime_ns: int, _size: int) -> Corpus:
     return build_corpus(read_table(config.path, config.encoding), config)
-
-
-def log(message: str) -> None:
-    """Progress to stderr, so stdout stays clean for ``--json``."""
-    print(message, file=sys.stderr, flush=True)

@@ -17,7 +17,7 @@ import tomllib
 from pathlib import Path
 
 from .builtin import BUILTIN_POSTS, BUILTIN_SEED
-from .data import log
+from .log import log
 from .errors import UserError
 from .spec import BUILTIN_DATA, SYNTH_VERSION, load_spec
 

@@ -24,8 +24,9 @@ import torch
 
 from . import features, metrics, plots, results
 from .cli import resolve_data
-from .data import Corpus, load_corpus, log
+from .data import Corpus, load_corpus
 from .errors import UserError
+from .log import log
 from .spec import coerce, load_spec
 from .train import count_parameters, predict_proba, train_config
 

@@ -24,8 +24,9 @@ import optuna
 
 from . import search
 from .cli import resolve_data
-from .data import load_corpus, log
+from .data import load_corpus
 from .errors import UserError
+from .log import log
 from .spec import load_spec
 from .storage import RDB_SCHEMES, local_path, masked, open_storage, scheme, with_driver
 
