@@ -10,6 +10,7 @@ import pytest
 
 from tagsearch.data import (SEED_TAGS, DataConfig, build_corpus, clean_texts, load_corpus, parse_tags,
                             read_table, seed_split)
+from tagsearch.builtin import BUILTIN_POSTS
 from tagsearch.errors import UserError
 
 POSTS = [
@@ -119,7 +120,7 @@ def test_empty_text_posts_are_dropped_with_a_count():
 
 
 def test_seed_split_sizes_match_the_notebooks():
-    train, val, test = seed_split(47427, 0.2, 0.2, 42)
+    train, val, test = seed_split(BUILTIN_POSTS, 0.2, 0.2, 42)
     assert (len(train), len(val), len(test)) == (30352, 7589, 9486)
     assert len(np.intersect1d(train, test)) == 0 and len(np.intersect1d(train, val)) == 0
 

@@ -10,6 +10,7 @@ search) works from the returned ``Corpus``; nothing re-reads or re-cleans text.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import functools
 import hashlib
 import html
@@ -24,10 +25,9 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from .builtin import ensure_builtin
 from .errors import UserError
-
-# Label ids of the seed notebooks' ``Tag_Number`` column.
-SEED_TAGS = ["c#", "java", "php", "javascript", "android", "jquery", "c++", "python", "iphone", "asp.net"]
+from .synth import SEED_TAGS  # the label ids 0..9 of the seed notebooks' ``Tag_Number`` column
 
 TITLE_COLUMNS = ("Title", "title")
 BODY_COLUMNS = ("Body", "body", "content")
@@ -76,6 +76,17 @@ class DataConfig:
     def split_settings(self) -> dict:
         return {"test_size": self.test_size, "val_size": self.val_size, "split_seed": self.split_seed,
                 "top_k": self.top_k}
+
+
+def resolve_data(spec, args) -> DataConfig:
+    """The spec's data config with the command line's overrides (``args``: any object with ``data``,
+    ``text_columns``, ``tags_column`` and ``top_k``); generates the built-in corpus if needed."""
+    config = spec.data_config(getattr(args, "data", None))
+    changes = {k: v for k, v in {"text_columns": tuple(args.text_columns or ()) or None,
+                                 "tags_column": args.tags_column, "top_k": args.top_k}.items() if v}
+    config = dataclasses.replace(config, **changes)
+    ensure_builtin(config.path)
+    return config
 
 
 @dataclass(eq=False)  # hashed by identity: the feature caches key on the corpus object

@@ -14,12 +14,15 @@ import subprocess
 import sys
 import time
 import tomllib
+from argparse import Namespace
 from pathlib import Path
 
-from .builtin import BUILTIN_POSTS, BUILTIN_SEED
-from .log import log
+from .api import retrain_trial
+from .builtin import BUILTIN_DATA, BUILTIN_POSTS, ensure_corpus, synth_path
+from .compare import cmd_compare
 from .errors import UserError
-from .spec import BUILTIN_DATA, SYNTH_VERSION, load_spec
+from .log import log
+from .spec import load_spec
 
 STORAGE = "sqlite:///storage/demo.db"
 SPEC_DIR = Path("storage")
@@ -40,9 +43,9 @@ def cmd_demo(args) -> int:
         run_study(spec_path, args.trials, args.workers, args.timeout or TIMEOUT)
         log(f"\n== {name}: retraining the best trial and evaluating it on the test split ==")
         folders.append(f"results/{name}")
-        run_command(["retrain", str(spec_path), "--out", folders[-1]])
+        retrain_trial(spec_path, out=folders[-1])
     log("\n== comparing with a TF-IDF + LogisticRegression baseline ==")
-    run_command(["compare", *folders])
+    cmd_compare(Namespace(results=folders, out="results/compare.md"))
     minutes, seconds = divmod(int(time.monotonic() - start), 60)
     print(f"\ndemo done in {minutes}m{seconds:02d}s")
     print(f"  results:   {', '.join(f + '/' for f in folders)} (report.md in each), results/compare.md")
@@ -59,16 +62,8 @@ def demo_data(path: str | None, posts: int) -> tuple[str, str]:
         return str(Path(path).resolve()), f"-{Path(path).stem}"
     if posts == BUILTIN_POSTS:
         return BUILTIN_DATA, ""
-    target = SPEC_DIR / f"builtin-synth-v{SYNTH_VERSION}-{posts}.csv"
-    if not target.is_file():
-        from .synth import write_corpus
-
-        log(f"generating a synthetic corpus of {posts} posts at {target} ...")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp.csv")
-        write_corpus(tmp, n_posts=posts, seed=BUILTIN_SEED)
-        tmp.replace(target)
-    return str(target), f"-{posts}"
+    target = ensure_corpus(synth_path(posts), posts)
+    return target, f"-{posts}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,13 +137,3 @@ def run_study(spec_path: Path, trials: int, workers: int, timeout: float) -> Non
         raise UserError(f"the study of {spec_path} failed (tagsearch launch exited with {code}); see its "
                         f"messages above and the worker logs in storage/demo-logs/")
 
-
-def run_command(argv: list[str]) -> None:
-    """Another tagsearch command in this process (its UserError propagates as ours)."""
-    import importlib
-
-    from .cli import COMMANDS, build_parser
-
-    args = build_parser().parse_args(argv)
-    module, function = COMMANDS[args.command]
-    getattr(importlib.import_module(module), function)(args)

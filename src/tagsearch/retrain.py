@@ -23,8 +23,7 @@ import numpy as np
 import torch
 
 from . import features, metrics, plots, results
-from .cli import resolve_data
-from .data import Corpus, load_corpus
+from .data import Corpus, load_corpus, resolve_data
 from .errors import UserError
 from .log import log
 from .spec import coerce, load_spec

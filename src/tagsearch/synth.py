@@ -64,8 +64,6 @@ SEED_COUNTS = (6682, 5321, 3701, 17541, 4875, 16010, 479, 351, 192, 7963)
 SEED_N_POSTS = 30352
 """Number of training posts the counts in :data:`SEED_COUNTS` were taken over."""
 
-DEFAULT_N_POSTS = 47427
-
 # Tag-set patterns (indices into SEED_TAGS) with prior weights: which combinations are plausible
 # and roughly how common. The weights actually used are solved to match the marginals exactly.
 _C, _JAVA, _PHP, _JS, _AND, _JQ, _CPP, _PY, _IOS, _ASP = range(10)
@@ -541,7 +539,7 @@ def _tag_strings(plan: _PostPlan) -> list[str]:
     return [names[p] for p in plan.pattern.tolist()]
 
 
-def generate_posts(n_posts: int = DEFAULT_N_POSTS, seed: int = 0) -> pd.DataFrame:
+def generate_posts(n_posts: int, seed: int = 0) -> pd.DataFrame:
     """Generate ``n_posts`` synthetic posts as a DataFrame with columns ``Id, Title, Body, Tags``.
 
     ``Id`` runs from 1; ``Title`` is plain text; ``Body`` is HTML; ``Tags`` holds 1-4
@@ -562,7 +560,7 @@ def generate_posts(n_posts: int = DEFAULT_N_POSTS, seed: int = 0) -> pd.DataFram
     )
 
 
-def write_corpus(path: str | os.PathLike, n_posts: int = DEFAULT_N_POSTS, seed: int = 0) -> int:
+def write_corpus(path: str | os.PathLike, n_posts: int, seed: int = 0) -> int:
     """Write :func:`generate_posts` output as CSV to ``path`` (creating parent dirs); return the post count."""
     n = _check_n_posts(n_posts)
     path = Path(path)

@@ -23,8 +23,7 @@ from pathlib import Path
 import optuna
 
 from . import search
-from .cli import resolve_data
-from .data import load_corpus
+from .data import load_corpus, resolve_data
 from .errors import UserError
 from .log import log
 from .spec import load_spec
