@@ -23,6 +23,7 @@ from .compare import cmd_compare
 from .errors import UserError
 from .log import log
 from .spec import load_spec
+from .specfile import save_spec
 
 STORAGE = "sqlite:///storage/demo.db"
 SPEC_DIR = Path("storage")
@@ -90,36 +91,10 @@ def demo_spec(model: str, name: str, data: str, trials: int) -> dict:
 
 
 def write_demo_spec(model: str, name: str, data: str, trials: int) -> Path:
-    path = SPEC_DIR / f"{name}.toml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"# Written by 'tagsearch demo' from studies/{model}.toml.\n\n"
-                    f"{to_toml(demo_spec(model, name, data, trials))}", encoding="utf-8")
+    path = save_spec(demo_spec(model, name, data, trials), SPEC_DIR / f"{name}.toml",
+                     comment=f"Written by 'tagsearch demo' from studies/{model}.toml.")
     load_spec(path)  # the written spec must be valid
     return path
-
-
-def to_toml(raw: dict) -> str:
-    """A spec dict (tables of scalars and lists, ``search`` nested one level) as TOML."""
-    lines = []
-    for section, table in raw.items():
-        nested = table.items() if section == "search" else [(None, table)]
-        for sub, values in nested:
-            lines.append(f"[{section}.{sub}]" if sub else f"[{section}]")
-            lines += [f"{key} = {toml_value(value)}" for key, value in values.items()]
-            lines.append("")
-    return "\n".join(lines)
-
-
-def toml_value(value) -> str:
-    import json
-
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    return json.dumps(value)
 
 
 # ---------------------------------------------------------------------------------------------
