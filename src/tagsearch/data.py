@@ -17,6 +17,7 @@ import html
 import json
 import os
 import re
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import MultiLabelBinarizer
 
 from .builtin import ensure_builtin
 from .errors import UserError
@@ -275,16 +277,10 @@ def top_tags(tag_lists: list[list[str]], top_k: int) -> list[str]:
 
 
 def label_matrix(tag_lists: list[list[str]], tag_names: list[str]) -> np.ndarray:
-    index = {tag: i for i, tag in enumerate(tag_names)}
-    rows, cols = [], []
-    for row, tags in enumerate(tag_lists):
-        for tag in tags:
-            if tag in index:
-                rows.append(row)
-                cols.append(index[tag])
-    labels = np.zeros((len(tag_lists), len(tag_names)), dtype=np.uint8)
-    labels[rows, cols] = 1
-    return labels
+    """(posts, tags) 0/1 matrix, columns in ``tag_names`` order; tags outside it are left out."""
+    with warnings.catch_warnings():  # left out on purpose: the tags beyond the top k
+        warnings.filterwarnings("ignore", "unknown class", UserWarning)
+        return MultiLabelBinarizer(classes=tag_names).fit_transform(tag_lists).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------
