@@ -227,10 +227,6 @@ def test_bad_input(case, build, message, as_subprocess, existing_study, results_
     assert listing(tmp_path) - files_before <= {"study.db-wal", "study.db-shm"}, "stray files were created"
 
 
-def test_the_matrix_is_big_enough():
-    assert len(CASES) >= 12 and sum(c[3] for c in CASES) >= 4  # at least a few as real subprocesses
-
-
 # ---------------------------------------------------------------------------------------------
 # Posts whose text is empty after cleaning are dropped and counted, not a crash
 
