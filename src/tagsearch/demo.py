@@ -1,4 +1,4 @@
-"""``tagsearch demo``: the whole job on a fresh machine, in about ten minutes on two cores.
+"""``tagsearch demo``: the whole job on a fresh machine (README says how long it takes).
 
 1. Make sure the data exists (the built-in synthetic corpus by default, generated under storage/).
 2. Write demo specs under storage/ from studies/dense.toml and studies/tfidf.toml: fewer trials and

@@ -12,34 +12,17 @@ How a post is made:
   ``c# asp.net``, ``java android``, ...), drawn with weights solved by regularised
   non-negative least squares so that the per-tag marginals match the seed data;
 * its words are drawn, vectorised, from three sources: a shared Zipf-distributed background
-  vocabulary (common programming English plus pseudo-words, a fifth of them replaced by rare
-  identifiers from an open-ended long tail, so that the vocabulary grows with the corpus like real
-  text: ~93k distinct tokens in the 30k training posts), the topical words of its own tags
+  vocabulary (common programming English plus pseudo-words, about a quarter of them (``_TAIL_P``)
+  replaced by rare identifiers from an open-ended long tail, so that the vocabulary grows with the
+  corpus like real text), the topical words of its own tags
   (including code tokens such as ``$(document).ready``, ``<?php``, ``std::vector``), and the
   topical words of one "distractor" tag it does NOT have (misleading mentions such as "I tried
   java but ..."); the topical density is Beta-distributed per post, so some posts are hard;
 * the Body is HTML: ``<p>`` paragraphs, an optional ``<pre><code>`` block with escaped code
   (``&lt;``, ``&gt;``, ``&amp;``, ``&quot;``), inline ``<code>`` and occasional ``<a href>`` links.
 
-Difficulty (measured, default size 47,427 posts, seed 0): TF-IDF (max_features=5000) +
-one-vs-rest LogisticRegression on an 80/20 split (random_state=42) gives Hamming loss 0.0571
-(predict-nothing: 0.208; the original notebooks' dense model scored 0.058 on the real data)::
-
-    PYTHONPATH=src .venv/bin/python -c "
-    import numpy as np; from tagsearch.synth import generate_posts
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.preprocessing import MultiLabelBinarizer
-    from sklearn.multiclass import OneVsRestClassifier
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import train_test_split
-    from sklearn.metrics import hamming_loss
-    df = generate_posts(); Y = MultiLabelBinarizer().fit_transform(df.Tags.str.split())
-    tr, te, ytr, yte = train_test_split(df.Title + ' ' + df.Body, Y, test_size=0.2, random_state=42)
-    v = TfidfVectorizer(max_features=5000); clf = OneVsRestClassifier(LogisticRegression(max_iter=1000))
-    clf.fit(v.fit_transform(tr), ytr); print(hamming_loss(yte, clf.predict(v.transform(te))))"
-
-Seed 1 gives 0.0561. ``write_corpus`` at the default size takes about 6 s (2 CPU cores;
-generating ~4 s, the CSV writer the rest) and writes about 65 MB of CSV.
+How hard it is (a TF-IDF + logistic-regression baseline's Hamming loss), how many distinct
+tokens it has and how long writing it takes are measured in BENCHMARKS.md ("The built-in corpus").
 """
 
 from __future__ import annotations
