@@ -23,11 +23,6 @@ def synth_path(n_posts: int) -> str:
 BUILTIN_PATH = synth_path(BUILTIN_POSTS)
 
 
-def ensure_builtin(path: str) -> str:
-    """``path``, generated first when it is the built-in corpus's and missing."""
-    return ensure_corpus(path, BUILTIN_POSTS) if Path(path) == Path(BUILTIN_PATH) else path
-
-
 def ensure_corpus(path: str, n_posts: int) -> str:
     """Write ``n_posts`` synthetic posts (seed ``BUILTIN_SEED``) to ``path`` unless it exists."""
     if Path(path).is_file():

@@ -1,9 +1,10 @@
 """The ``tagsearch`` command line: argument parsing and dispatch, nothing else.
 
-Each sub-command's work lives in its own module (``train`` and ``data synth`` → commands.py,
-``worker``/``launch`` → workers.py, ``dashboard`` → dashboard.py, ``retrain`` → retrain.py, ``predict``
-→ predict.py, ``compare`` → compare.py, ``demo`` → demo.py). A ``UserError`` anywhere ends the
-program with one ``error:`` line on stderr and exit code 2.
+Each sub-command's work lives in its own module (``train`` → api.py, beside the Python API's
+``train_one``, ``data synth`` → synth.py, ``worker``/``launch`` → workers.py, ``dashboard`` →
+dashboard.py, ``retrain`` → retrain.py, ``predict`` → predict.py, ``compare`` → compare.py,
+``demo`` → demo.py). A ``UserError`` anywhere ends the program with one ``error:`` line on stderr
+and exit code 2.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import argparse
 import importlib
 import sys
 
+from . import __version__
 from .builtin import BUILTIN_POSTS
 from .errors import UserError
 
 # sub-command → (module, function); imported lazily so ``tagsearch train`` does not load optuna.
 COMMANDS = {
-    "synth": ("tagsearch.commands", "cmd_synth"),
-    "train": ("tagsearch.commands", "cmd_train"),
+    "synth": ("tagsearch.synth", "cmd_synth"),
+    "train": ("tagsearch.api", "cmd_train"),
     "worker": ("tagsearch.workers", "cmd_worker"),
     "launch": ("tagsearch.workers", "cmd_launch"),
     "dashboard": ("tagsearch.dashboard", "cmd_dashboard"),
@@ -36,24 +38,22 @@ class Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see '{self.prog} --help')")
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is out of range; expected an integer >= 1")
-    return value
+def positive(kind: type, noun: str, expected: str):
+    """An argparse type: ``kind(text)``, which must be > 0."""
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{value} is out of range; expected {expected}")
+        return value
+
+    return convert
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{value} is out of range; expected a number > 0")
-    return value
+positive_int = positive(int, "an integer", "an integer >= 1")
+positive_float = positive(float, "a number", "a number > 0")
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -73,7 +73,7 @@ def add_study_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="tagsearch", description="Hyperparameter studies for multi-label StackExchange taggers.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
 
@@ -144,12 +144,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--posts", type=positive_int, default=BUILTIN_POSTS, metavar="N", help="size of the synthetic corpus")
     demo.add_argument("--workers", type=positive_int, default=2, metavar="W")
     return parser
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

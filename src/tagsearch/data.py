@@ -27,7 +27,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import MultiLabelBinarizer
 
-from .builtin import ensure_builtin
+from .builtin import BUILTIN_PATH, BUILTIN_POSTS, ensure_corpus
 from .errors import UserError
 from .synth import SEED_TAGS  # the label ids 0..9 of the seed notebooks' ``Tag_Number`` column
 
@@ -87,7 +87,8 @@ def resolve_data(spec, args) -> DataConfig:
     changes = {k: v for k, v in {"text_columns": tuple(args.text_columns or ()) or None,
                                  "tags_column": args.tags_column, "top_k": args.top_k}.items() if v}
     config = dataclasses.replace(config, **changes)
-    ensure_builtin(config.path)
+    if Path(config.path) == Path(BUILTIN_PATH):
+        ensure_corpus(config.path, BUILTIN_POSTS)
     return config
 
 

@@ -29,8 +29,10 @@ def cmd_predict(args) -> int:
     return 0
 
 
-def tag_posts(loaded: results.Results, texts: list[str]) -> list[dict]:
-    """Per post: its predicted tags (at the saved thresholds) and every tag's probability."""
+def tag_posts(loaded: results.Results | str | Path, texts: list[str]) -> list[dict]:
+    """Per post: its predicted tags (at the saved thresholds) and every tag's probability,
+    ``{"tags": [...], "scores": {tag: p}}``. ``loaded``: a results directory or ``results.load``'s."""
+    loaded = results.load(loaded) if isinstance(loaded, (str, Path)) else loaded
     y_pred, probs = loaded.predict(texts)
     return [{"tags": [tag for tag, hit in zip(loaded.tag_names, row) if hit],
              "scores": {tag: float(p) for tag, p in zip(loaded.tag_names, scores)}}
