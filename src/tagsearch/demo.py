@@ -4,14 +4,12 @@
 2. Write demo specs under storage/ from studies/dense.toml and studies/tfidf.toml: fewer trials and
    epochs, a median pruner that starts after two trials (so pruning shows), storage
    ``sqlite:///storage/demo.db``.
-3. Run both studies with ``tagsearch launch`` (W worker processes each).
+3. Run both studies with ``tagsearch launch``'s command function (W worker processes each).
 4. Retrain both best trials into results/<study>/ and compare them with the linear baseline.
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 import tomllib
 from argparse import Namespace
@@ -24,6 +22,7 @@ from .errors import UserError
 from .log import log
 from .spec import load_spec
 from .specfile import save_spec
+from .workers import cmd_launch
 
 STORAGE = "sqlite:///storage/demo.db"
 SPEC_DIR = Path("storage")
@@ -102,13 +101,12 @@ def write_demo_spec(model: str, name: str, data: str, trials: int) -> Path:
 
 
 def run_study(spec_path: Path, trials: int, workers: int, timeout: float) -> None:
-    """``tagsearch launch`` in a subprocess (its progress line goes straight to the terminal)."""
-    command = [sys.executable, "-m", "tagsearch.cli", "launch", str(spec_path), "--workers", str(workers),
-               "--devices", "cpu", "--n-trials", str(trials), "--timeout", str(timeout)]
-    code = subprocess.call(command)
+    """``tagsearch launch``: W worker processes and one live progress line."""
+    code = cmd_launch(Namespace(spec=str(spec_path), workers=workers, devices="cpu", n_trials=trials, timeout=timeout,
+                                data=None, text_columns=None, tags_column=None, top_k=None, storage=None,
+                                study_name=None))
     if code == 130:
         raise KeyboardInterrupt
     if code != 0:
         raise UserError(f"the study of {spec_path} failed (tagsearch launch exited with {code}); see its "
                         f"messages above and the worker logs in storage/demo-logs/")
-
