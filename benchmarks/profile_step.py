@@ -3,63 +3,83 @@
     python benchmarks/profile_step.py                    # dense, 1 thread, one epoch
     python benchmarks/profile_step.py --model tfidf --threads 2 --ops 15
 
-Runs one warm-up epoch, then one timed epoch of ``train.train_epoch``'s phases (batch gather, zero
-grad, forward + loss, backward, clip, each optimizer), and prints milliseconds per step; then
-torch.profiler's busiest operators over one more epoch (``--ops``). The seed's hyperparameters
-(the specs' defaults, ``pos_weight = "seed"``) unless ``--param`` says otherwise.
+Runs ``train.train_epoch`` itself: one warm-up epoch, then one epoch with a clock hooked onto its
+phases (batch gather, zero grad, forward + loss, backward, clip, each optimizer), and prints
+milliseconds per step; then torch.profiler's busiest operators over one more epoch (``--ops``).
+The seed's hyperparameters (the specs' defaults, ``pos_weight = "seed"``) unless ``--param`` says
+otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from tagsearch import data, train
-from tagsearch.builtin import ensure_builtin
-from tagsearch.spec import BUILTIN_PATH, load_spec, parse_overrides
+from tagsearch.builtin import BUILTIN_PATH, BUILTIN_POSTS, ensure_corpus
+from tagsearch.spec import load_spec, parse_overrides
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def timed_epoch(prepared: train.Prepared, params: dict, criterion, optimizers, generator) -> dict:
-    """One epoch of ``train.train_epoch``'s loop with a timer around each phase; ms per step."""
-    model, batches = prepared.model, prepared.train
-    model.train()
-    phases = dict.fromkeys(["batch", "zero_grad", "forward+loss", "backward", "clip"], 0.0)
-    phases.update({f"step {type(opt).__name__}": 0.0 for opt in optimizers})
-    order = torch.randperm(len(batches), generator=generator)
-    steps, stream = 0, batches.batches(params["batch_size"], order)
-    while True:
-        tick = time.perf_counter()
-        try:
-            inputs, targets = next(stream)
-        except StopIteration:
-            break
-        tick = _add(phases, "batch", tick)
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
-        tick = _add(phases, "zero_grad", tick)
-        loss = criterion(model(inputs), targets)
-        tick = _add(phases, "forward+loss", tick)
-        loss.backward()
-        tick = _add(phases, "backward", tick)
-        train.clip_gradients(model, params["clip_value"])
-        tick = _add(phases, "clip", tick)
-        for opt in optimizers:
-            opt.step()
-            tick = _add(phases, f"step {type(opt).__name__}", tick)
-        steps += 1
-    return {name: 1000 * seconds / steps for name, seconds in phases.items()} | {"steps": steps}
+class PhaseClock:
+    """Seconds per phase of ``train.train_epoch``: each hook marks the end of the phase it names."""
+
+    def __init__(self):
+        self.seconds, self.steps, self.last, self.on = defaultdict(float), 0, 0.0, False
+
+    def mark(self, phase: str) -> None:
+        now = time.perf_counter()
+        if self.on:
+            self.seconds[phase] += now - self.last
+            self.steps += phase == "forward+loss"
+        self.last = now
+
+    def after(self, function, phase: str):
+        """``function``, marking the end of ``phase`` when it returns."""
+        def timed(*args, **kwargs):
+            result = function(*args, **kwargs)
+            self.mark(phase)
+            return result
+
+        return timed
 
 
-def _add(phases: dict, name: str, since: float) -> float:
-    now = time.perf_counter()
-    phases[name] += now - since
-    return now
+class ClockedBatches:
+    """The training inputs, marking the end of each batch gather."""
+
+    def __init__(self, inputs, clock: PhaseClock):
+        self.inputs, self.labels, self.clock = inputs, inputs.labels, clock
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def batches(self, *args, **kwargs):
+        for batch in self.inputs.batches(*args, **kwargs):
+            self.clock.mark("batch")
+            yield batch
+
+
+def hook_phases(criterion, optimizers, clock: PhaseClock) -> None:
+    """Hooks (no copy of the loop): zero_grad and the steps on each optimizer, forward + loss on the
+    criterion, backward and clip around ``train.clip_gradients``."""
+    for opt in optimizers:
+        opt.zero_grad = clock.after(opt.zero_grad, "zero_grad")
+        opt.register_step_post_hook(lambda opt, *_: clock.mark(f"step {type(opt).__name__}"))
+    criterion.register_forward_hook(lambda *_: clock.mark("forward+loss"))
+    clip = train.clip_gradients
+
+    def clocked_clip(*args, **kwargs):
+        clock.mark("backward")
+        clip(*args, **kwargs)
+        clock.mark("clip")
+
+    train.clip_gradients = clocked_clip
 
 
 def main() -> None:
@@ -74,7 +94,7 @@ def main() -> None:
     spec = load_spec(REPO / "studies" / f"{args.model}.toml")
     overrides = {"pos_weight": "seed", **parse_overrides(args.param)}
     params = spec.params(overrides)
-    path = args.data or ensure_builtin(str(REPO / BUILTIN_PATH))
+    path = args.data or ensure_corpus(str(REPO / BUILTIN_PATH), BUILTIN_POSTS)
     corpus = data.load_corpus(data.DataConfig(path=path))
     prepared = train.prepare(corpus, params, torch.device("cpu"))
     criterion = torch.nn.BCEWithLogitsLoss(pos_weight=train.pos_weight(corpus.labels[corpus.train_idx],
@@ -82,21 +102,29 @@ def main() -> None:
     optimizers = train.make_optimizers(prepared.model, params["lr"], params["weight_decay"])
     generator = torch.Generator().manual_seed(0)
     print(f"{args.model}, {args.threads} thread(s), {path}: {prepared.model}")
-    timed_epoch(prepared, params, criterion, optimizers, generator)  # warm-up: allocator, optimizer state
-    start = time.perf_counter()
-    phases = timed_epoch(prepared, params, criterion, optimizers, generator)
-    seconds = time.perf_counter() - start
-    print(f"\none training epoch: {seconds:.2f}s, {phases.pop('steps')} steps")
-    for name, ms in phases.items():
-        print(f"  {name:22s} {ms:6.2f} ms/step")
-    print(f"  {'total':22s} {sum(phases.values()):6.2f} ms/step")
+    clock = PhaseClock()
+    hook_phases(criterion, optimizers, clock)
+    batches = ClockedBatches(prepared.train, clock)
+
+    def epoch() -> None:
+        train.train_epoch(prepared.model, batches, criterion, optimizers, params["batch_size"], params["clip_value"],
+                          generator)
+
+    epoch()  # warm-up: allocator, optimizer state
+    clock.on, clock.last = True, time.perf_counter()
+    epoch()
+    clock.on = False
+    steps = clock.steps
+    print(f"\none training epoch: {sum(clock.seconds.values()):.2f}s, {steps} steps")
+    for name, seconds in clock.seconds.items():
+        print(f"  {name:22s} {1000 * seconds / steps:6.2f} ms/step")
+    print(f"  {'total':22s} {1000 * sum(clock.seconds.values()) / steps:6.2f} ms/step")
     sparse = prepared.model.embedding.weight.grad if args.model == "dense" else None
     if sparse is not None:
         print(f"  (last step: {sparse._nnz()} of {len(prepared.model.embedding.weight)} table rows touched)")
     if args.ops:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            train.train_epoch(prepared.model, prepared.train, criterion, optimizers, params["batch_size"],
-                              params["clip_value"], generator)
+            epoch()
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.ops))
 
 

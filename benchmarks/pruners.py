@@ -16,22 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import tempfile
+import tomllib
 from pathlib import Path
 
 import search_bench
-
-
-
-def spec_variant(text: str, pruner: str | None, sampler_seed: int | None = None) -> str:
-    """The spec text with (unless None) its sampler seed set and its [pruner] table replaced."""
-    if sampler_seed is not None:
-        text = re.sub(r"(?m)^(\[sampler\][^\[]*?^seed\s*=\s*)\d+", rf"\g<1>{sampler_seed}", text)
-    if pruner is not None:
-        table = "[pruner]\n" + "\n".join(line.strip() for line in pruner.split(";")) + "\n\n"
-        text = re.sub(r"(?ms)^\[pruner\].*?(?=^\[)", lambda _: table, text)
-    return text
+from tagsearch.builtin import BUILTIN_PATH, BUILTIN_POSTS, ensure_corpus
+from tagsearch.specfile import save_spec
 
 
 def main() -> None:
@@ -43,16 +34,14 @@ def main() -> None:
     parser.add_argument("--n-trials", type=int, default=30)
     parser.add_argument("--data", help="posts file (default: the built-in corpus)")
     args = parser.parse_args()
-    from tagsearch.builtin import ensure_builtin
-    from tagsearch.spec import BUILTIN_PATH
-
-    data_path = args.data or ensure_builtin(str(search_bench.REPO / BUILTIN_PATH))
+    data_path = args.data or ensure_corpus(str(search_bench.REPO / BUILTIN_PATH), BUILTIN_POSTS)
+    raw = tomllib.loads(Path(args.spec).read_text())
+    raw["sampler"]["seed"] = args.sampler_seed
     variants = [v.split("=", 1) for v in args.variants] or [["spec", None], ["none", 'kind = "none"']]
-    text = Path(args.spec).read_text()
     with tempfile.TemporaryDirectory() as tmp:
         for label, pruner in variants:
-            spec = Path(tmp) / f"{label}.toml"
-            spec.write_text(spec_variant(text, pruner, args.sampler_seed))
+            table = raw["pruner"] if pruner is None else tomllib.loads(pruner.replace(";", "\n"))
+            spec = save_spec({**raw, "pruner": table}, Path(tmp) / f"{label}.toml")
             url, name = f"sqlite:///{tmp}/{label}.db", "pruning"
             command = search_bench.tagsearch("launch", str(spec), "--workers", "2", "--devices", "cpu", "--data",
                                              data_path, "--storage", url, "--study-name", name,

@@ -1,7 +1,7 @@
 """tagsearch against the seed notebooks' training path (``benchmarks/seed_path.py``), on this machine.
 
-    python benchmarks/run.py                      # everything (~10 minutes on 2 CPU cores)
-    python benchmarks/run.py --quick              # a 6,000-post corpus, 2 epochs (~2 minutes)
+    python benchmarks/run.py                      # everything (how long: see BENCHMARKS.md)
+    python benchmarks/run.py --quick              # a 6,000-post corpus, 2 epochs: a smoke run
     python benchmarks/run.py --only dense --epochs 3 --json
 
 Sections (each figure is reference vs tagsearch, measured in this one run, alternating):
@@ -48,8 +48,8 @@ sys.path.insert(0, str(HERE))
 import seed_path  # noqa: E402
 
 from tagsearch import data, features, train  # noqa: E402
-from tagsearch.builtin import BUILTIN_POSTS, ensure_builtin  # noqa: E402
-from tagsearch.spec import BUILTIN_PATH, load_spec  # noqa: E402
+from tagsearch.builtin import BUILTIN_PATH, BUILTIN_POSTS, ensure_corpus  # noqa: E402
+from tagsearch.spec import load_spec  # noqa: E402
 from tagsearch.synth import write_corpus  # noqa: E402
 
 ROBOTICS = REPO.parent / "shared" / "data" / "stackexchange-robotics.csv"
@@ -81,7 +81,7 @@ def corpora(args) -> list[tuple[str, str]]:
             write_corpus(path, n_posts=QUICK_POSTS, seed=0)
         found = [(f"synthetic {QUICK_POSTS}", str(path))]
     else:
-        found = [(f"synthetic {BUILTIN_POSTS}", ensure_builtin(str(REPO / BUILTIN_PATH)))]
+        found = [(f"synthetic {BUILTIN_POSTS}", ensure_corpus(str(REPO / BUILTIN_PATH), BUILTIN_POSTS))]
     if ROBOTICS.is_file():
         found.append(("robotics", str(ROBOTICS)))
     else:

@@ -16,9 +16,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 import optuna
+
+from tagsearch import search
+from tagsearch.builtin import BUILTIN_PATH, BUILTIN_POSTS, ensure_corpus
+from tagsearch.specfile import save_spec
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -30,22 +35,23 @@ def tagsearch(*args: str) -> list[str]:
 
 
 def study_figures(url: str, name: str) -> dict:
-    trials = optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
-    state = optuna.trial.TrialState
-    finished = [t for t in trials if t.state in (state.COMPLETE, state.PRUNED)]
-    complete = [t for t in trials if t.state == state.COMPLETE]
-    return {"finished": len(finished), "complete": len(complete),
-            "pruned": sum(t.state == state.PRUNED for t in trials),
-            "failed": sum(t.state == state.FAIL for t in trials),
-            "epochs": sum(int(t.user_attrs.get("epochs_run", 0)) for t in finished),
-            "best": min((t.value for t in complete), default=None)}
+    study = optuna.load_study(study_name=name, storage=url)
+    counts = search.progress(study)
+    finished = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
+                                                        optuna.trial.TrialState.PRUNED))
+    return {"finished": counts.finished, "complete": counts.complete, "pruned": counts.pruned,
+            "failed": counts.failed, "epochs": sum(int(t.user_attrs.get("epochs_run", 0)) for t in finished),
+            "best": counts.best_value}
 
 
 def run_study(command: list[str], url: str, name: str, timeout: float | None = None) -> dict:
+    """Run ``command`` (a ``tagsearch launch`` or ``worker``); a non-zero exit is an error, with its stderr."""
     start = time.perf_counter()
-    subprocess.run(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   timeout=None if timeout is None else timeout * 3 + 600, check=False)
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                          timeout=None if timeout is None else timeout * 3 + 600)
     seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return {**study_figures(url, name), "seconds": seconds}
 
 
@@ -68,15 +74,12 @@ def throughput(data_path: str, window: float, say) -> dict:
 
 def pruning(data_path: str, n_trials: int, say) -> dict:
     """The spec's pruner against none (``benchmarks/pruners.py`` compares other settings and seeds)."""
-    import pruners
-
     figures = {}
-    spec_text = SPECS["tfidf"].read_text()
-    kind = re.search(r'(?m)^kind = "(\w+)"', spec_text[spec_text.index("[pruner]"):]).group(1)
+    raw = tomllib.loads(SPECS["tfidf"].read_text())
     with tempfile.TemporaryDirectory() as tmp:
-        for label, pruner in ((f"{kind} pruner (the spec's)", None), ("no pruning", 'kind = "none"')):
-            spec = Path(tmp) / f"{'spec' if pruner is None else 'none'}.toml"
-            spec.write_text(pruners.spec_variant(spec_text, pruner))
+        for label, pruner in ((f"{raw['pruner']['kind']} pruner (the spec's)", raw["pruner"]),
+                              ("no pruning", {"kind": "none"})):
+            spec = save_spec({**raw, "pruner": pruner}, Path(tmp) / f"{pruner['kind']}-{len(figures)}.toml")
             url, name = f"sqlite:///{spec.with_suffix('.db')}", "pruning"
             command = tagsearch("launch", str(spec), "--workers", "2", "--devices", "cpu", "--data", data_path,
                                 "--storage", url, "--study-name", name, "--n-trials", str(n_trials))
@@ -88,10 +91,7 @@ def pruning(data_path: str, n_trials: int, say) -> dict:
 
 
 def run(args, say) -> dict:
-    from tagsearch.builtin import ensure_builtin
-    from tagsearch.spec import BUILTIN_PATH
-
-    data_path = ensure_builtin(str(REPO / BUILTIN_PATH))
+    data_path = ensure_corpus(str(REPO / BUILTIN_PATH), BUILTIN_POSTS)
     say(f"  throughput on studies/dense.toml, {args.search_window:.0f}s window each")
     result = {"throughput": throughput(data_path, args.search_window, say)}
     say(f"  pruning on a {args.search_trials}-trial studies/tfidf.toml study")

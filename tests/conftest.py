@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
+import tomllib
 from pathlib import Path
 
 import pytest
 import torch
+
+from tagsearch.specfile import save_spec
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "stackexchange-robotics.csv"
@@ -43,51 +46,33 @@ def tiny_csv(tmp_path_factory) -> Path:
     return path
 
 
+def spec_dict(model: str = "dense", data: Path | str = "builtin", storage: str | None = None,
+              name: str | None = None) -> dict:
+    """A small, fast study spec (tiny network, 2 epochs) for tests, as ``tomllib`` would read it."""
+    study = {"name": name or f"test-{model}", **({"storage": storage} if storage else {}), "n_trials": 4}
+    model_params = ({"embedding_dim": 16, "min_freq": 1} if model == "dense" else
+                    {"max_features": 500, "ngram_max": 1})
+    return {
+        "study": study,
+        "sampler": {"seed": 0, "n_startup_trials": 2},
+        "pruner": {"kind": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
+        "data": {"path": str(data)},
+        "training": {"max_epochs": 2, "patience": 2, "device": "cpu"},
+        "defaults": {"model": model, "hidden1": 16, "hidden2": 8, "batch_size": 64, **model_params},
+        "search": {"dropout": {"low": 0.0, "high": 0.5}, "lr": {"low": 1e-4, "high": 1e-1, "log": True}},
+    }
+
+
 def write_spec(path: Path, model: str = "dense", data: Path | str = "builtin", storage: str | None = None,
-               extra: str = "", name: str | None = None) -> Path:
-    """A small, fast study spec (tiny network, 2 epochs) for tests."""
-    storage_line = f'storage = "{storage}"\n' if storage else ""
-    model_lines = ('embedding_dim = 16\nmin_freq = 1\n' if model == "dense" else
-                   'max_features = 500\nngram_max = 1\n')
-    path.write_text(f"""
-[study]
-name = "{name or 'test-' + model}"
-{storage_line}n_trials = 4
-
-[sampler]
-seed = 0
-n_startup_trials = 2
-
-[pruner]
-kind = "median"
-n_startup_trials = 1
-n_warmup_steps = 0
-
-[data]
-path = "{data}"
-
-[training]
-max_epochs = 2
-patience = 2
-device = "cpu"
-
-[defaults]
-model = "{model}"
-hidden1 = 16
-hidden2 = 8
-batch_size = 64
-{model_lines}
-[search.dropout]
-low = 0.0
-high = 0.5
-
-[search.lr]
-low = 1e-4
-high = 1e-1
-log = true
-{extra}
-""")
-    return path
+               extra: str = "", name: str | None = None, edit=None) -> Path:
+    """``spec_dict`` written to ``path``, plus the tables of the TOML text ``extra`` (e.g. one more
+    ``[search.X]``), then changed in place by ``edit(raw)``."""
+    raw = spec_dict(model, data, storage, name)
+    for section, table in tomllib.loads(extra).items():
+        raw.setdefault(section, {}).update(table)
+    if edit is not None:
+        edit(raw)
+    return save_spec(raw, path)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, robotics_csv
+from conftest import REPO, robotics_csv, write_spec
 from tagsearch.cli import main
 
 JSON_KEYS = {"model", "params", "epochs_run", "best_epoch", "epoch_seconds", "val_hamming_loss",
@@ -79,18 +79,19 @@ def test_bad_arguments_end_in_one_error_line(capsys, spec_factory, extra, messag
     assert out == ""
 
 
-def test_bad_spec_files(capsys, tmp_path, spec_factory):
-    good = spec_factory("dense").read_text()
+def test_bad_spec_files(capsys, tmp_path, tiny_csv):
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[study\nname=")
     cases = {
-        "unknown key": (good.replace("[training]", "[training]\ncolour = 1"), "unknown key 'colour'"),
-        "wrong type": (good.replace("max_epochs = 2", 'max_epochs = "two"'), "max_epochs='two' has the wrong type"),
-        "inverted range": (good.replace("low = 0.0\nhigh = 0.5", "low = 0.4\nhigh = 0.1"), "inverted range"),
-        "bad toml": ("[study\nname=", "not valid TOML"),
-        "unknown section": (good + "\n[extras]\na = 1\n", "unknown section [extras]"),
+        "unknown key": (lambda raw: raw["training"].update(colour=1), "unknown key 'colour'"),
+        "wrong type": (lambda raw: raw["training"].update(max_epochs="two"), "max_epochs='two' has the wrong type"),
+        "inverted range": (lambda raw: raw["search"]["dropout"].update(low=0.4, high=0.1), "inverted range"),
+        "unknown section": (lambda raw: raw.update(extras={"a": 1}), "unknown section [extras]"),
     }
-    for name, (text, message) in cases.items():
-        path = tmp_path / f"{name.replace(' ', '_')}.toml"
-        path.write_text(text)
+    specs = {name: (write_spec(tmp_path / f"{name.replace(' ', '_')}.toml", data=tiny_csv, edit=edit), message)
+             for name, (edit, message) in cases.items()}
+    specs["bad toml"] = (broken, "not valid TOML")
+    for name, (path, message) in specs.items():
         code, _, err = run_cli(capsys, "train", path)
         assert code == 2 and err.startswith("error: ") and message in err, (name, err)
     code, _, err = run_cli(capsys, "train", tmp_path / "missing.toml")

@@ -12,15 +12,16 @@ from pathlib import Path
 import pytest
 
 from tagsearch import demo
+from tagsearch.builtin import BUILTIN_POSTS
 from tagsearch.spec import load_spec
 
 
 @pytest.mark.parametrize("model", ["dense", "tfidf"])
 def test_demo_spec_round_trips_and_is_valid(model, tmp_path, monkeypatch):
-    raw = demo.demo_spec(model, f"demo-{model}", "builtin", trials=6)
-    assert tomllib.loads(demo.to_toml(raw)) == raw
     monkeypatch.chdir(tmp_path)
-    spec = load_spec(demo.write_demo_spec(model, f"demo-{model}", "builtin", 6))
+    path = demo.write_demo_spec(model, f"demo-{model}", "builtin", 6)
+    assert tomllib.loads(path.read_text()) == demo.demo_spec(model, f"demo-{model}", "builtin", trials=6)
+    spec = load_spec(path)
     assert spec.name == f"demo-{model}" and spec.storage == demo.STORAGE and spec.n_trials == 6
     assert spec.max_epochs == demo.EPOCHS and spec.pruner["kind"] == "median"
     assert spec.search == load_spec(demo.studies_dir().resolve() / f"{model}.toml").search
@@ -28,10 +29,10 @@ def test_demo_spec_round_trips_and_is_valid(model, tmp_path, monkeypatch):
 
 def test_demo_data(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert demo.demo_data(None, 47427) == ("builtin", "")
+    assert demo.demo_data(None, BUILTIN_POSTS) == ("builtin", "")
     path, suffix = demo.demo_data(None, 300)
     assert path == "storage/builtin-synth-v2-300.csv" and suffix == "-300" and Path(path).is_file()
-    assert demo.demo_data(path, 47427) == (str(Path(path).resolve()), "-builtin-synth-v2-300")
+    assert demo.demo_data(path, BUILTIN_POSTS) == (str(Path(path).resolve()), "-builtin-synth-v2-300")
 
 
 def test_demo_bad_data_is_one_error_line(tmp_path, monkeypatch, capsys):

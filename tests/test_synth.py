@@ -23,10 +23,6 @@ def posts() -> pd.DataFrame:
     return generate_posts(5000, seed=7)
 
 
-def test_seed_tags_order():
-    assert SEED_TAGS == ["c#", "java", "php", "javascript", "android", "jquery", "c++", "python", "iphone", "asp.net"]
-
-
 def test_columns_dtypes_and_ids(posts):
     assert list(posts.columns) == ["Id", "Title", "Body", "Tags"]
     assert pd.api.types.is_integer_dtype(posts["Id"])

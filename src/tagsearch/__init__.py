@@ -1,3 +1,18 @@
-"""tagsearch: hyperparameter studies for multi-label StackExchange taggers."""
+"""tagsearch: hyperparameter studies for multi-label StackExchange taggers. The Python API for
+notebooks (``load_spec``, ``load_corpus``, ``train_one``, ...) is in api.py; README, "Python API"."""
 
 __version__ = "0.1.0"
+__all__ = ["load_spec", "load_corpus", "train_one", "run_study", "retrain_trial", "load_results", "tag_posts"]
+
+
+def __getattr__(name: str):
+    """The API, imported on first use: ``tagsearch --version`` must not load torch or optuna."""
+    if name in __all__:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'tagsearch' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

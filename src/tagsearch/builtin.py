@@ -1,4 +1,5 @@
-"""The built-in corpus: the synthetic 47,427-post set, generated under ``storage/`` on first use."""
+"""The built-in corpus: synthetic posts (synth.py) as many as the seed data had, generated under
+``storage/`` on first use. A spec whose ``[data] path`` is ``"builtin"`` reads it."""
 
 from __future__ import annotations
 
@@ -6,16 +7,25 @@ import os
 import time
 from pathlib import Path
 
-from .data import log
-from .spec import BUILTIN_PATH
+from .log import log
 
-BUILTIN_POSTS = 47427
+BUILTIN_DATA = "builtin"
+BUILTIN_POSTS = 47427  # the seed data's size
 BUILTIN_SEED = 0
+SYNTH_VERSION = 2  # bump whenever synth.py's output changes: generated corpora are cached by this name
 
 
-def ensure_builtin(path: str, n_posts: int = BUILTIN_POSTS) -> str:
-    """Generate the built-in corpus at ``path`` if it is the built-in path and missing."""
-    if Path(path) != Path(BUILTIN_PATH) or Path(path).is_file():
+def synth_path(n_posts: int) -> str:
+    """Where a generated corpus of ``n_posts`` posts is cached."""
+    return f"storage/builtin-synth-v{SYNTH_VERSION}-{n_posts}.csv"
+
+
+BUILTIN_PATH = synth_path(BUILTIN_POSTS)
+
+
+def ensure_corpus(path: str, n_posts: int) -> str:
+    """Write ``n_posts`` synthetic posts (seed ``BUILTIN_SEED``) to ``path`` unless it exists."""
+    if Path(path).is_file():
         return path
     from .synth import write_corpus
 

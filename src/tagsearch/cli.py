@@ -1,24 +1,26 @@
 """The ``tagsearch`` command line: argument parsing and dispatch, nothing else.
 
-Each sub-command's work lives in its own module (``train`` → train.py, ``worker``/``launch`` →
-workers.py, ``dashboard`` → dashboard.py, ``retrain`` → retrain.py, ``predict`` → predict.py,
-``compare`` → compare.py, ``demo`` → demo.py). A ``UserError`` anywhere ends the program with one
-``error:`` line on stderr and exit code 2.
+Each sub-command's work lives in its own module (``train`` → api.py, beside the Python API's
+``train_one``, ``data synth`` → synth.py, ``worker``/``launch`` → workers.py, ``dashboard`` →
+dashboard.py, ``retrain`` → retrain.py, ``predict`` → predict.py, ``compare`` → compare.py,
+``demo`` → demo.py). A ``UserError`` anywhere ends the program with one ``error:`` line on stderr
+and exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 
+from . import __version__
+from .builtin import BUILTIN_POSTS
 from .errors import UserError
 
 # sub-command → (module, function); imported lazily so ``tagsearch train`` does not load optuna.
 COMMANDS = {
-    "synth": ("tagsearch.cli", "cmd_synth"),
-    "train": ("tagsearch.cli", "cmd_train"),
+    "synth": ("tagsearch.synth", "cmd_synth"),
+    "train": ("tagsearch.api", "cmd_train"),
     "worker": ("tagsearch.workers", "cmd_worker"),
     "launch": ("tagsearch.workers", "cmd_launch"),
     "dashboard": ("tagsearch.dashboard", "cmd_dashboard"),
@@ -36,24 +38,22 @@ class Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see '{self.prog} --help')")
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is out of range; expected an integer >= 1")
-    return value
+def positive(kind: type, noun: str, expected: str):
+    """An argparse type: ``kind(text)``, which must be > 0."""
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{value} is out of range; expected {expected}")
+        return value
+
+    return convert
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{value} is out of range; expected a number > 0")
-    return value
+positive_int = positive(int, "an integer", "an integer >= 1")
+positive_float = positive(float, "a number", "a number > 0")
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -73,7 +73,7 @@ def add_study_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="tagsearch", description="Hyperparameter studies for multi-label StackExchange taggers.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
 
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.required = True
     synth = data.add_parser("synth", help="write the built-in synthetic corpus (Kaggle CSV layout)")
     synth.add_argument("--out", required=True, metavar="PATH")
-    synth.add_argument("--posts", type=positive_int, default=47427, metavar="N")
+    synth.add_argument("--posts", type=positive_int, default=BUILTIN_POSTS, metavar="N")
     synth.add_argument("--seed", type=int, default=0, metavar="S")
     synth.set_defaults(command="synth")
 
@@ -143,76 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data", metavar="PATH", help="posts file (default: the built-in synthetic corpus)")
     demo.add_argument("--trials", type=positive_int, default=8, metavar="N", help="trials per study")
     demo.add_argument("--timeout", type=positive_float, metavar="S", help="seconds per study")
-    demo.add_argument("--posts", type=positive_int, default=47427, metavar="N", help="size of the synthetic corpus")
+    demo.add_argument("--posts", type=positive_int, default=BUILTIN_POSTS, metavar="N", help="size of the synthetic corpus")
     demo.add_argument("--workers", type=positive_int, default=2, metavar="W")
     return parser
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
-
-
-# ---------------------------------------------------------------------------------------------
-# Commands that live here because they are thin
-
-
-def cmd_synth(args) -> int:
-    from .data import log
-    from .synth import write_corpus
-
-    try:
-        count = write_corpus(args.out, n_posts=args.posts, seed=args.seed)
-    except (ValueError, OSError) as exc:
-        raise UserError(str(exc)) from None
-    log(f"wrote {count} synthetic posts to {args.out}")
-    return 0
-
-
-def resolve_data(spec, args):
-    """The spec's data config with the command line's overrides; builds the built-in corpus if needed."""
-    import dataclasses
-
-    from .builtin import ensure_builtin
-
-    config = spec.data_config(getattr(args, "data", None))
-    changes = {k: v for k, v in {"text_columns": tuple(args.text_columns or ()) or None,
-                                 "tags_column": args.tags_column, "top_k": args.top_k}.items() if v}
-    config = dataclasses.replace(config, **changes)
-    ensure_builtin(config.path)
-    return config
-
-
-def cmd_train(args) -> int:
-    import torch
-
-    from .data import load_corpus, log
-    from .spec import load_spec, parse_overrides
-    from .train import summary_record, train_config
-
-    spec = load_spec(args.spec)
-    params = spec.params(parse_overrides(args.param))
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    corpus = load_corpus(resolve_data(spec, args))
-    log(f"data: {corpus.source}: {corpus.summary()}")
-    patience = None if args.no_early_stop else (args.patience or spec.patience)
-
-    def show(epoch, record):
-        if not args.json:
-            print(f"epoch {epoch:3d}  loss {record['train_loss']:.4f}  val_hamming {record['val_hamming_loss']:.4f}  "
-                  f"val_micro_f1 {record['val_micro_f1']:.4f}  {record['seconds']:.2f}s", flush=True)
-
-    result = train_config(corpus, params, max_epochs=args.epochs or spec.max_epochs, patience=patience,
-                             device=args.device or spec.device, on_epoch=show)
-    record = summary_record(result, corpus, params)
-    if args.json:
-        print(json.dumps(record))
-    else:
-        print(f"best epoch {record['best_epoch']}: val_hamming {record['best_val_hamming_loss']:.4f}  "
-              f"val_micro_f1 {record['val_micro_f1']:.4f}  val_macro_f1 {record['val_macro_f1']:.4f}")
-    return 0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -17,11 +17,10 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
-
 from . import features, metrics, results
-from .data import DataConfig, load_corpus, log
+from .data import DataConfig, load_corpus
 from .errors import UserError
+from .log import log
 from .spec import PARAMS
 
 RESULTS_ROOT = Path("results")

@@ -10,13 +10,14 @@ search) works from the returned ``Corpus``; nothing re-reads or re-cleans text.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import functools
 import hashlib
 import html
 import json
 import os
 import re
-import sys
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import MultiLabelBinarizer
 
+from .builtin import BUILTIN_PATH, BUILTIN_POSTS, ensure_corpus
 from .errors import UserError
-
-# Label ids of the seed notebooks' ``Tag_Number`` column.
-SEED_TAGS = ["c#", "java", "php", "javascript", "android", "jquery", "c++", "python", "iphone", "asp.net"]
+from .synth import SEED_TAGS  # the label ids 0..9 of the seed notebooks' ``Tag_Number`` column
 
 TITLE_COLUMNS = ("Title", "title")
 BODY_COLUMNS = ("Body", "body", "content")
@@ -77,6 +78,18 @@ class DataConfig:
     def split_settings(self) -> dict:
         return {"test_size": self.test_size, "val_size": self.val_size, "split_seed": self.split_seed,
                 "top_k": self.top_k}
+
+
+def resolve_data(spec, args) -> DataConfig:
+    """The spec's data config with the command line's overrides (``args``: any object with ``data``,
+    ``text_columns``, ``tags_column`` and ``top_k``); generates the built-in corpus if needed."""
+    config = spec.data_config(getattr(args, "data", None))
+    changes = {k: v for k, v in {"text_columns": tuple(args.text_columns or ()) or None,
+                                 "tags_column": args.tags_column, "top_k": args.top_k}.items() if v}
+    config = dataclasses.replace(config, **changes)
+    if Path(config.path) == Path(BUILTIN_PATH):
+        ensure_corpus(config.path, BUILTIN_POSTS)
+    return config
 
 
 @dataclass(eq=False)  # hashed by identity: the feature caches key on the corpus object
@@ -265,16 +278,10 @@ def top_tags(tag_lists: list[list[str]], top_k: int) -> list[str]:
 
 
 def label_matrix(tag_lists: list[list[str]], tag_names: list[str]) -> np.ndarray:
-    index = {tag: i for i, tag in enumerate(tag_names)}
-    rows, cols = [], []
-    for row, tags in enumerate(tag_lists):
-        for tag in tags:
-            if tag in index:
-                rows.append(row)
-                cols.append(index[tag])
-    labels = np.zeros((len(tag_lists), len(tag_names)), dtype=np.uint8)
-    labels[rows, cols] = 1
-    return labels
+    """(posts, tags) 0/1 matrix, columns in ``tag_names`` order; tags outside it are left out."""
+    with warnings.catch_warnings():  # left out on purpose: the tags beyond the top k
+        warnings.filterwarnings("ignore", "unknown class", UserWarning)
+        return MultiLabelBinarizer(classes=tag_names).fit_transform(tag_lists).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,8 +343,3 @@ def load_corpus(config: DataConfig) -> Corpus:
 @functools.lru_cache(maxsize=4)
 def _load_cached(config: DataConfig, _mtime_ns: int, _size: int) -> Corpus:
     return build_corpus(read_table(config.path, config.encoding), config)
-
-
-def log(message: str) -> None:
-    """Progress to stderr, so stdout stays clean for ``--json``."""
-    print(message, file=sys.stderr, flush=True)

@@ -1,25 +1,28 @@
-"""``tagsearch demo``: the whole job on a fresh machine, in about ten minutes on two cores.
+"""``tagsearch demo``: the whole job on a fresh machine (README says how long it takes).
 
 1. Make sure the data exists (the built-in synthetic corpus by default, generated under storage/).
 2. Write demo specs under storage/ from studies/dense.toml and studies/tfidf.toml: fewer trials and
    epochs, a median pruner that starts after two trials (so pruning shows), storage
    ``sqlite:///storage/demo.db``.
-3. Run both studies with ``tagsearch launch`` (W worker processes each).
+3. Run both studies with ``tagsearch launch``'s command function (W worker processes each).
 4. Retrain both best trials into results/<study>/ and compare them with the linear baseline.
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 import tomllib
+from argparse import Namespace
 from pathlib import Path
 
-from .builtin import BUILTIN_POSTS, BUILTIN_SEED
-from .data import log
+from .api import retrain_trial
+from .builtin import BUILTIN_DATA, BUILTIN_POSTS, ensure_corpus, synth_path
+from .compare import cmd_compare
 from .errors import UserError
-from .spec import BUILTIN_DATA, SYNTH_VERSION, load_spec
+from .log import log
+from .spec import load_spec
+from .specfile import save_spec
+from .workers import cmd_launch
 
 STORAGE = "sqlite:///storage/demo.db"
 SPEC_DIR = Path("storage")
@@ -40,9 +43,9 @@ def cmd_demo(args) -> int:
         run_study(spec_path, args.trials, args.workers, args.timeout or TIMEOUT)
         log(f"\n== {name}: retraining the best trial and evaluating it on the test split ==")
         folders.append(f"results/{name}")
-        run_command(["retrain", str(spec_path), "--out", folders[-1]])
+        retrain_trial(spec_path, out=folders[-1])
     log("\n== comparing with a TF-IDF + LogisticRegression baseline ==")
-    run_command(["compare", *folders])
+    cmd_compare(Namespace(results=folders, out="results/compare.md"))
     minutes, seconds = divmod(int(time.monotonic() - start), 60)
     print(f"\ndemo done in {minutes}m{seconds:02d}s")
     print(f"  results:   {', '.join(f + '/' for f in folders)} (report.md in each), results/compare.md")
@@ -59,16 +62,8 @@ def demo_data(path: str | None, posts: int) -> tuple[str, str]:
         return str(Path(path).resolve()), f"-{Path(path).stem}"
     if posts == BUILTIN_POSTS:
         return BUILTIN_DATA, ""
-    target = SPEC_DIR / f"builtin-synth-v{SYNTH_VERSION}-{posts}.csv"
-    if not target.is_file():
-        from .synth import write_corpus
-
-        log(f"generating a synthetic corpus of {posts} posts at {target} ...")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp.csv")
-        write_corpus(tmp, n_posts=posts, seed=BUILTIN_SEED)
-        tmp.replace(target)
-    return str(target), f"-{posts}"
+    target = ensure_corpus(synth_path(posts), posts)
+    return target, f"-{posts}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,36 +90,10 @@ def demo_spec(model: str, name: str, data: str, trials: int) -> dict:
 
 
 def write_demo_spec(model: str, name: str, data: str, trials: int) -> Path:
-    path = SPEC_DIR / f"{name}.toml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"# Written by 'tagsearch demo' from studies/{model}.toml.\n\n"
-                    f"{to_toml(demo_spec(model, name, data, trials))}", encoding="utf-8")
+    path = save_spec(demo_spec(model, name, data, trials), SPEC_DIR / f"{name}.toml",
+                     comment=f"Written by 'tagsearch demo' from studies/{model}.toml.")
     load_spec(path)  # the written spec must be valid
     return path
-
-
-def to_toml(raw: dict) -> str:
-    """A spec dict (tables of scalars and lists, ``search`` nested one level) as TOML."""
-    lines = []
-    for section, table in raw.items():
-        nested = table.items() if section == "search" else [(None, table)]
-        for sub, values in nested:
-            lines.append(f"[{section}.{sub}]" if sub else f"[{section}]")
-            lines += [f"{key} = {toml_value(value)}" for key, value in values.items()]
-            lines.append("")
-    return "\n".join(lines)
-
-
-def toml_value(value) -> str:
-    import json
-
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    return json.dumps(value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,23 +101,12 @@ def toml_value(value) -> str:
 
 
 def run_study(spec_path: Path, trials: int, workers: int, timeout: float) -> None:
-    """``tagsearch launch`` in a subprocess (its progress line goes straight to the terminal)."""
-    command = [sys.executable, "-m", "tagsearch.cli", "launch", str(spec_path), "--workers", str(workers),
-               "--devices", "cpu", "--n-trials", str(trials), "--timeout", str(timeout)]
-    code = subprocess.call(command)
+    """``tagsearch launch``: W worker processes and one live progress line."""
+    code = cmd_launch(Namespace(spec=str(spec_path), workers=workers, devices="cpu", n_trials=trials, timeout=timeout,
+                                data=None, text_columns=None, tags_column=None, top_k=None, storage=None,
+                                study_name=None))
     if code == 130:
         raise KeyboardInterrupt
     if code != 0:
         raise UserError(f"the study of {spec_path} failed (tagsearch launch exited with {code}); see its "
                         f"messages above and the worker logs in storage/demo-logs/")
-
-
-def run_command(argv: list[str]) -> None:
-    """Another tagsearch command in this process (its UserError propagates as ours)."""
-    import importlib
-
-    from .cli import COMMANDS, build_parser
-
-    args = build_parser().parse_args(argv)
-    module, function = COMMANDS[args.command]
-    getattr(importlib.import_module(module), function)(args)

@@ -15,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
+from sklearn.metrics import confusion_matrix  # noqa: E402
 
 DPI = 110
 
@@ -52,8 +53,7 @@ def plot_confusion(y_true: np.ndarray, y_pred: np.ndarray, tag_names: list[str],
         if i >= len(tag_names):
             ax.axis("off")
             continue
-        t, p = y_true[:, i].astype(bool), y_pred[:, i].astype(bool)
-        matrix = np.array([[(~t & ~p).sum(), (~t & p).sum()], [(t & ~p).sum(), (t & p).sum()]])
+        matrix = confusion_matrix(y_true[:, i], y_pred[:, i], labels=[0, 1])  # [[tn, fp], [fn, tp]]
         ax.imshow(matrix, cmap="Blues")
         ax.grid(False)
         for (r, c), value in np.ndenumerate(matrix):
@@ -89,9 +89,16 @@ def plot_history(study, path: Path, notes: list[str]) -> str | None:
     if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
         notes.append("optimization history skipped: the study has no complete trial")
         return None
+    return _optuna_figure(optuna.visualization.matplotlib.plot_optimization_history, study, path)
+
+
+def _optuna_figure(plot, study, path: Path, **kwargs) -> str:
+    """One of optuna's matplotlib plots of ``study``, 7 × 4 in."""
+    import optuna
+
     with matplotlib.rc_context(), warnings.catch_warnings():  # optuna switches the global style to ggplot
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        ax = optuna.visualization.matplotlib.plot_optimization_history(study, target_name="val Hamming loss")
+        ax = plot(study, target_name="val Hamming loss", **kwargs)
         ax.figure.set_size_inches(7, 4)
         return _save(ax.figure, path)
 
@@ -118,14 +125,10 @@ def plot_importances(study, path: Path, notes: list[str]) -> str | None:
         notes.append(reason)
         return None
     evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-    with matplotlib.rc_context(), warnings.catch_warnings():  # optuna switches the global style to ggplot
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        try:
-            ax = optuna.visualization.matplotlib.plot_param_importances(study, evaluator=evaluator,
-                                                                        target_name="val Hamming loss")
-        except (ValueError, RuntimeError) as exc:  # e.g. every trial with the same value
-            plt.close("all")
-            notes.append(f"parameter importances skipped: {exc}")
-            return None
-        ax.figure.set_size_inches(7, 4)
-        return _save(ax.figure, path)
+    try:
+        return _optuna_figure(optuna.visualization.matplotlib.plot_param_importances, study, path,
+                              evaluator=evaluator)
+    except (ValueError, RuntimeError) as exc:  # e.g. every trial with the same value
+        plt.close("all")
+        notes.append(f"parameter importances skipped: {exc}")
+        return None

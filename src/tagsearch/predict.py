@@ -21,17 +21,22 @@ NO_TAG = "-"
 
 
 def cmd_predict(args) -> int:
-    loaded = results.load(args.results)
-    texts = read_posts(args.texts, args.file, sys.stdin)
-    y_pred, probs = loaded.predict(texts)
-    for row, scores in zip(y_pred, probs):
-        tags = [tag for tag, hit in zip(loaded.tag_names, row) if hit]
+    for post in tag_posts(results.load(args.results), read_posts(args.texts, args.file, sys.stdin)):
         if args.json:
-            rounded = {tag: round(float(score), 6) for tag, score in zip(loaded.tag_names, scores)}
-            print(json.dumps({"tags": tags, "scores": rounded}))
+            print(json.dumps({"tags": post["tags"], "scores": {t: round(p, 6) for t, p in post["scores"].items()}}))
         else:
-            print(" ".join(tags) or NO_TAG)
+            print(" ".join(post["tags"]) or NO_TAG)
     return 0
+
+
+def tag_posts(loaded: results.Results | str | Path, texts: list[str]) -> list[dict]:
+    """Per post: its predicted tags (at the saved thresholds) and every tag's probability,
+    ``{"tags": [...], "scores": {tag: p}}``. ``loaded``: a results directory or ``results.load``'s."""
+    loaded = results.load(loaded) if isinstance(loaded, (str, Path)) else loaded
+    y_pred, probs = loaded.predict(texts)
+    return [{"tags": [tag for tag, hit in zip(loaded.tag_names, row) if hit],
+             "scores": {tag: float(p) for tag, p in zip(loaded.tag_names, scores)}}
+            for row, scores in zip(y_pred, probs)]
 
 
 def read_posts(texts: list[str], file: str | None, stdin) -> list[str]:

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from . import features, metrics, plots, results
-from .cli import resolve_data
-from .data import Corpus, load_corpus, log
+from .data import Corpus, load_corpus, resolve_data
 from .errors import UserError
+from .log import log
 from .spec import coerce, load_spec
 from .train import build_model, count_parameters, fit, predict_proba, train_config
 

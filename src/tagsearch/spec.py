@@ -20,15 +20,13 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .builtin import BUILTIN_DATA, BUILTIN_PATH
 from .data import DataConfig
 from .errors import UserError
 from .metrics import DIRECTIONS
 
 MODELS = ("dense", "tfidf")
 POS_WEIGHT_SCHEMES = ("seed", "neg_pos", "none")
-BUILTIN_DATA = "builtin"
-SYNTH_VERSION = 2  # bump whenever synth.py's output changes: generated corpora are cached by this name
-BUILTIN_PATH = f"storage/builtin-synth-v{SYNTH_VERSION}-47427.csv"
 DEFAULT_STORAGE = "sqlite:///storage/tagsearch.db"
 
 

@@ -12,34 +12,17 @@ How a post is made:
   ``c# asp.net``, ``java android``, ...), drawn with weights solved by regularised
   non-negative least squares so that the per-tag marginals match the seed data;
 * its words are drawn, vectorised, from three sources: a shared Zipf-distributed background
-  vocabulary (common programming English plus pseudo-words, a fifth of them replaced by rare
-  identifiers from an open-ended long tail, so that the vocabulary grows with the corpus like real
-  text: ~93k distinct tokens in the 30k training posts), the topical words of its own tags
+  vocabulary (common programming English plus pseudo-words, about a quarter of them (``_TAIL_P``)
+  replaced by rare identifiers from an open-ended long tail, so that the vocabulary grows with the
+  corpus like real text), the topical words of its own tags
   (including code tokens such as ``$(document).ready``, ``<?php``, ``std::vector``), and the
   topical words of one "distractor" tag it does NOT have (misleading mentions such as "I tried
   java but ..."); the topical density is Beta-distributed per post, so some posts are hard;
 * the Body is HTML: ``<p>`` paragraphs, an optional ``<pre><code>`` block with escaped code
   (``&lt;``, ``&gt;``, ``&amp;``, ``&quot;``), inline ``<code>`` and occasional ``<a href>`` links.
 
-Difficulty (measured, default size 47,427 posts, seed 0): TF-IDF (max_features=5000) +
-one-vs-rest LogisticRegression on an 80/20 split (random_state=42) gives Hamming loss 0.0571
-(predict-nothing: 0.208; the original notebooks' dense model scored 0.058 on the real data)::
-
-    PYTHONPATH=src .venv/bin/python -c "
-    import numpy as np; from tagsearch.synth import generate_posts
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.preprocessing import MultiLabelBinarizer
-    from sklearn.multiclass import OneVsRestClassifier
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import train_test_split
-    from sklearn.metrics import hamming_loss
-    df = generate_posts(); Y = MultiLabelBinarizer().fit_transform(df.Tags.str.split())
-    tr, te, ytr, yte = train_test_split(df.Title + ' ' + df.Body, Y, test_size=0.2, random_state=42)
-    v = TfidfVectorizer(max_features=5000); clf = OneVsRestClassifier(LogisticRegression(max_iter=1000))
-    clf.fit(v.fit_transform(tr), ytr); print(hamming_loss(yte, clf.predict(v.transform(te))))"
-
-Seed 1 gives 0.0561. ``write_corpus`` at the default size takes about 6 s (2 CPU cores;
-generating ~4 s, the CSV writer the rest) and writes about 65 MB of CSV.
+How hard it is (a TF-IDF + logistic-regression baseline's Hamming loss), how many distinct
+tokens it has and how long writing it takes are measured in BENCHMARKS.md ("The built-in corpus").
 """
 
 from __future__ import annotations
@@ -52,6 +35,7 @@ import pandas as pd
 from scipy.optimize import nnls
 
 from tagsearch.errors import UserError
+from tagsearch.log import log
 
 __all__ = ["SEED_TAGS", "SEED_COUNTS", "SEED_N_POSTS", "generate_posts", "write_corpus"]
 
@@ -63,8 +47,6 @@ SEED_COUNTS = (6682, 5321, 3701, 17541, 4875, 16010, 479, 351, 192, 7963)
 
 SEED_N_POSTS = 30352
 """Number of training posts the counts in :data:`SEED_COUNTS` were taken over."""
-
-DEFAULT_N_POSTS = 47427
 
 # Tag-set patterns (indices into SEED_TAGS) with prior weights: which combinations are plausible
 # and roughly how common. The weights actually used are solved to match the marginals exactly.
@@ -541,7 +523,7 @@ def _tag_strings(plan: _PostPlan) -> list[str]:
     return [names[p] for p in plan.pattern.tolist()]
 
 
-def generate_posts(n_posts: int = DEFAULT_N_POSTS, seed: int = 0) -> pd.DataFrame:
+def generate_posts(n_posts: int, seed: int = 0) -> pd.DataFrame:
     """Generate ``n_posts`` synthetic posts as a DataFrame with columns ``Id, Title, Body, Tags``.
 
     ``Id`` runs from 1; ``Title`` is plain text; ``Body`` is HTML; ``Tags`` holds 1-4
@@ -562,10 +544,20 @@ def generate_posts(n_posts: int = DEFAULT_N_POSTS, seed: int = 0) -> pd.DataFram
     )
 
 
-def write_corpus(path: str | os.PathLike, n_posts: int = DEFAULT_N_POSTS, seed: int = 0) -> int:
+def write_corpus(path: str | os.PathLike, n_posts: int, seed: int = 0) -> int:
     """Write :func:`generate_posts` output as CSV to ``path`` (creating parent dirs); return the post count."""
     n = _check_n_posts(n_posts)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     generate_posts(n, seed).to_csv(path, index=False)
     return n
+
+
+def cmd_synth(args) -> int:
+    """``tagsearch data synth --out PATH [--posts N] [--seed S]``."""
+    try:
+        count = write_corpus(args.out, n_posts=args.posts, seed=args.seed)
+    except (ValueError, OSError) as exc:
+        raise UserError(str(exc)) from None
+    log(f"wrote {count} synthetic posts to {args.out}")
+    return 0

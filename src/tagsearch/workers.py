@@ -23,9 +23,9 @@ from pathlib import Path
 import optuna
 
 from . import search
-from .cli import resolve_data
-from .data import load_corpus, log
+from .data import load_corpus, resolve_data
 from .errors import UserError
+from .log import log
 from .spec import load_spec
 from .storage import RDB_SCHEMES, local_path, masked, open_storage, scheme, with_driver
 

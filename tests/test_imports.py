@@ -1,0 +1,63 @@
+"""Layering: no module imports the command line, and no import cycle in src/ or benchmarks/ (imports
+inside functions count too: a lazy import is still a dependency)."""
+
+from __future__ import annotations
+
+import ast
+
+from conftest import REPO
+
+PACKAGE = REPO / "src" / "tagsearch"
+BENCHMARKS = REPO / "benchmarks"
+
+
+def module_files() -> dict[str, object]:
+    files = {f"tagsearch.{p.stem}": p for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+    files["tagsearch"] = PACKAGE / "__init__.py"
+    files.update({p.stem: p for p in BENCHMARKS.glob("*.py")})
+    return files
+
+
+def imports(name: str, path) -> set[str]:
+    """Modules of this project that ``path`` imports. ``from . import __version__`` (the package
+    itself, which every submodule needs anyway) is not an edge."""
+    found = set()
+    package = "tagsearch" if name.startswith("tagsearch") else ""
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package if node.level else (node.module or "")
+            if node.level and node.module:
+                base = f"{package}.{node.module}"
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    files = module_files()
+    return {name: imports(name, path) & set(files) - {name, "tagsearch"} for name, path in files.items()}
+
+
+def test_nothing_imports_the_cli():
+    users = [name for name, deps in graph().items() if "tagsearch.cli" in deps]
+    assert users == []
+
+
+def test_no_import_cycles():
+    edges, cycles, state = graph(), [], {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = "open"
+        for dep in sorted(edges[node]):
+            if state.get(dep) == "open":
+                cycles.append(path[path.index(dep):] + [dep])
+            elif dep not in state:
+                visit(dep, path + [dep])
+        state[node] = "done"
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node, [node])
+    assert cycles == []
