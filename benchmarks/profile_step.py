@@ -96,18 +96,18 @@ def main() -> None:
     params = spec.params(overrides)
     path = args.data or ensure_corpus(str(REPO / BUILTIN_PATH), BUILTIN_POSTS)
     corpus = data.load_corpus(data.DataConfig(path=path))
-    prepared = train.prepare(corpus, params, torch.device("cpu"))
+    model, train_data, _ = train.build(corpus, params, "cpu")
     criterion = torch.nn.BCEWithLogitsLoss(pos_weight=train.pos_weight(corpus.labels[corpus.train_idx],
                                                                        params["pos_weight"]))
-    optimizers = train.make_optimizers(prepared.model, params["lr"], params["weight_decay"])
+    optimizers = train.make_optimizers(model, params["lr"], params["weight_decay"])
     generator = torch.Generator().manual_seed(0)
-    print(f"{args.model}, {args.threads} thread(s), {path}: {prepared.model}")
+    print(f"{args.model}, {args.threads} thread(s), {path}: {model}")
     clock = PhaseClock()
     hook_phases(criterion, optimizers, clock)
-    batches = ClockedBatches(prepared.train, clock)
+    batches = ClockedBatches(train_data, clock)
 
     def epoch() -> None:
-        train.train_epoch(prepared.model, batches, criterion, optimizers, params["batch_size"], params["clip_value"],
+        train.train_epoch(model, batches, criterion, optimizers, params["batch_size"], params["clip_value"],
                           generator)
 
     epoch()  # warm-up: allocator, optimizer state
@@ -119,9 +119,9 @@ def main() -> None:
     for name, seconds in clock.seconds.items():
         print(f"  {name:22s} {1000 * seconds / steps:6.2f} ms/step")
     print(f"  {'total':22s} {1000 * sum(clock.seconds.values()) / steps:6.2f} ms/step")
-    sparse = prepared.model.embedding.weight.grad if args.model == "dense" else None
+    sparse = model.embedding.weight.grad if args.model == "dense" else None
     if sparse is not None:
-        print(f"  (last step: {sparse._nnz()} of {len(prepared.model.embedding.weight)} table rows touched)")
+        print(f"  (last step: {sparse._nnz()} of {len(model.embedding.weight)} table rows touched)")
     if args.ops:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             epoch()

@@ -201,7 +201,7 @@ def alternate(corpus: data.Corpus, kind: str, epochs: int, threads: int, referen
     params = {**seed_params(kind), "seed": seed}
     reference = reference_trainer(corpus, kind, seed)
     same_threads = reference_trainer(corpus, kind, seed) if threads != reference_threads else None
-    prepared = train.prepare(corpus, params, torch.device("cpu"))
+    model, train_data, val_data = train.build(corpus, params, "cpu")
     records = {"reference": [], "same_threads": []}
 
     def run_reference_epochs(epoch: int, record: dict) -> None:
@@ -216,7 +216,7 @@ def alternate(corpus: data.Corpus, kind: str, epochs: int, threads: int, referen
             f"tagsearch {record['val_hamming_loss']:.4f}")
 
     set_threads(threads)
-    result = train.fit(prepared.model, prepared.train, prepared.val, params, max_epochs=epochs, patience=None,
+    result = train.fit(model, train_data, val_data, params, max_epochs=epochs, patience=None,
                        on_epoch=run_reference_epochs)
     return {**records, "ours": result.history}
 
