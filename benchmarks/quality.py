@@ -1,0 +1,137 @@
+"""Does a study pay? The shipped specs, searched under one wall-clock budget, against a tuned baseline.
+
+For each data set (the built-in corpus, and the robotics posts when ``../shared`` is present):
+
+1. ``tagsearch launch`` each shipped spec (``studies/dense.toml``, ``studies/tfidf.toml``) on a
+   fresh SQLite study with ``--workers W --timeout BUDGET/2`` (no new trial starts after it);
+2. ``tagsearch retrain`` each study's best trial, and its trial 0 (the seed's defaults), with the
+   spec's own refit setting (``--refit``/``--no-refit`` override it);
+3. the winner: the better of the two studies' best trials by *validation* value of the metric;
+4. the tuned baseline of ``tagsearch compare`` (``compare.fit_baseline``), refit the same way.
+
+Prints a Markdown table of test micro-F1 and test Hamming loss (and the validation value that chose)
+for every row; ``--json`` prints the rows as JSON too. Every command it runs must succeed.
+
+    python benchmarks/quality.py                      # both data sets, 600 s per data set
+    python benchmarks/quality.py --budget 120 --only robotics
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from tagsearch import compare, data, results  # noqa: E402
+from tagsearch.builtin import BUILTIN_DATA  # noqa: E402
+from tagsearch.spec import load_spec  # noqa: E402
+
+ROBOTICS = REPO.parent / "shared" / "data" / "stackexchange-robotics.csv"
+KINDS = ("dense", "tfidf")
+
+
+def tagsearch(*argv: str) -> None:
+    """Run a tagsearch command as a user would; a failure stops the benchmark with its output."""
+    command = [sys.executable, "-m", "tagsearch.cli", *argv]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"failed ({done.returncode}): {' '.join(argv)}\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
+
+
+def study_counts(url: str, name: str) -> dict:
+    import optuna
+
+    study = optuna.load_study(study_name=name, storage=url)
+    states = [t.state.name for t in study.trials]
+    return {s.lower(): states.count(s) for s in ("COMPLETE", "PRUNED", "FAIL")}
+
+
+def figures(folder: Path) -> dict:
+    record = results.read_json(folder / results.METRICS, "metrics file")
+    return {"validation": record["validation_value"], "test_micro_f1": record["test_micro_f1"],
+            "test_hamming_loss": record["test_hamming_loss"], "refit": record["refit"]["done"]}
+
+
+def run_data_set(label: str, path: str, args, work: Path) -> list[dict]:
+    url = f"sqlite:///{work}/{label}.db"
+    refit = [] if args.refit is None else ["--refit" if args.refit else "--no-refit"]
+    rows, bests = [], {}
+    for kind in KINDS:
+        name, spec = f"quality-{label}-{kind}", f"studies/{kind}.toml"
+        start = time.perf_counter()
+        tagsearch("launch", spec, "--data", path, "--storage", url, "--study-name", name, "--workers",
+                  str(args.workers), "--devices", "cpu", "--timeout", str(args.budget / len(KINDS)),
+                  "--n-trials", "10000")
+        seconds = time.perf_counter() - start
+        counts = study_counts(url, name)
+        print(f"  {label} {kind}: {seconds:.0f} s, {counts}", flush=True)
+        for which, trial in (("best", []), ("defaults", ["--trial", "0"])):
+            out = work / "results" / f"{name}-{which}"
+            tagsearch("retrain", spec, "--data", path, "--storage", url, "--study-name", name, "--out", str(out),
+                      *trial, *refit)
+            row = {"data": label, "row": f"{kind}: {'study best' if which == 'best' else 'seed defaults (trial 0)'}",
+                   "study_seconds": round(seconds, 1), **counts, **figures(out)}
+            rows.append(row)
+            if which == "best":
+                bests[kind] = row
+    metric = load_spec(REPO / "studies" / "tfidf.toml").metric
+    win = min(bests.values(), key=lambda r: r["validation"]) if metric == "hamming_loss" else \
+        max(bests.values(), key=lambda r: r["validation"])
+    rows.append({**win, "row": f"winner on validation ({win['row'].split(':')[0]})"})
+    corpus = data.load_corpus(data.resolve_data(load_spec(REPO / "studies" / "tfidf.toml"),
+                                                argparse.Namespace(data=path, text_columns=None, tags_column=None,
+                                                                   top_k=None)))
+    base = compare.fit_baseline(corpus, metric, refit=win["refit"])
+    rows.append({"data": label, "row": f"tuned baseline (C={base['C']:g})", "validation": base["validation_value"],
+                 "test_micro_f1": base["micro_f1"], "test_hamming_loss": base["hamming_loss"],
+                 "refit": win["refit"]})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| data | row | validation | test micro-F1 | test Hamming | trials (complete/pruned/fail) | study s |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        trials = f"{r['complete']}/{r['pruned']}/{r['fail']}" if "complete" in r else ""
+        lines.append(f"| {r['data']} | {r['row']} | {r['validation']:.4f} | {r['test_micro_f1']:.4f} | "
+                     f"{r['test_hamming_loss']:.4f} | {trials} | {r.get('study_seconds', '')} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=float, default=600.0, help="study seconds per data set, both kinds together")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--only", choices=["builtin", "robotics"], help="one data set")
+    parser.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
+                        help="override the specs' [training] refit")
+    parser.add_argument("--work", default="/tmp/tagsearch-quality", help="scratch folder (emptied first)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    sets = [("builtin", BUILTIN_DATA)]
+    if ROBOTICS.is_file():
+        sets.append(("robotics", str(ROBOTICS)))
+    else:
+        print(f"note: {ROBOTICS} is absent; the robotics posts are skipped")
+    rows = []
+    for label, path in sets:
+        if args.only in (None, label):
+            rows += run_data_set(label, path, args, work)
+    print(table(rows))
+    if args.json:
+        print(json.dumps(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
