@@ -4,13 +4,14 @@ For each data set (the built-in corpus, and the robotics posts when ``../shared`
 
 1. ``tagsearch launch`` each shipped spec (``studies/dense.toml``, ``studies/tfidf.toml``) on a
    fresh SQLite study with ``--workers W --timeout BUDGET/2`` (no new trial starts after it);
-2. ``tagsearch retrain`` each study's best trial, and its trial 0 (the seed's defaults), with the
-   spec's own refit setting (``--refit``/``--no-refit`` override it);
+2. ``tagsearch retrain`` each study's best trial, and its trial 0 (the seed's defaults), once with
+   ``--no-refit`` and once with ``--refit`` (training + validation), to measure the refit;
 3. the winner: the better of the two studies' best trials by *validation* value of the metric;
-4. the tuned baseline of ``tagsearch compare`` (``compare.fit_baseline``), refit the same way.
+4. the tuned baseline of ``tagsearch compare`` (``compare.fit_baseline``), without and with refit.
 
-Prints a Markdown table of test micro-F1 and test Hamming loss (and the validation value that chose)
-for every row; ``--json`` prints the rows as JSON too. Every command it runs must succeed.
+Prints a Markdown table of test micro-F1 and test Hamming loss, without and with refit, and the
+validation value that chose, for every row; ``--json`` prints the rows as JSON too. Every command
+it runs must succeed.
 
     python benchmarks/quality.py                      # both data sets, 600 s per data set
     python benchmarks/quality.py --budget 120 --only robotics
@@ -53,15 +54,14 @@ def study_counts(url: str, name: str) -> dict:
     return {s.lower(): states.count(s) for s in ("COMPLETE", "PRUNED", "FAIL")}
 
 
-def figures(folder: Path) -> dict:
+def figures(folder: Path, suffix: str = "") -> dict:
     record = results.read_json(folder / results.METRICS, "metrics file")
-    return {"validation": record["validation_value"], "test_micro_f1": record["test_micro_f1"],
-            "test_hamming_loss": record["test_hamming_loss"], "refit": record["refit"]["done"]}
+    return {"validation": record["validation_value"], f"test_micro_f1{suffix}": record["test_micro_f1"],
+            f"test_hamming_loss{suffix}": record["test_hamming_loss"]}
 
 
 def run_data_set(label: str, path: str, args, work: Path) -> list[dict]:
     url = f"sqlite:///{work}/{label}.db"
-    refit = [] if args.refit is None else ["--refit" if args.refit else "--no-refit"]
     rows, bests = [], {}
     for kind in KINDS:
         name, spec = f"quality-{label}-{kind}", f"studies/{kind}.toml"
@@ -73,11 +73,13 @@ def run_data_set(label: str, path: str, args, work: Path) -> list[dict]:
         counts = study_counts(url, name)
         print(f"  {label} {kind}: {seconds:.0f} s, {counts}", flush=True)
         for which, trial in (("best", []), ("defaults", ["--trial", "0"])):
-            out = work / "results" / f"{name}-{which}"
-            tagsearch("retrain", spec, "--data", path, "--storage", url, "--study-name", name, "--out", str(out),
-                      *trial, *refit)
             row = {"data": label, "row": f"{kind}: {'study best' if which == 'best' else 'seed defaults (trial 0)'}",
-                   "study_seconds": round(seconds, 1), **counts, **figures(out)}
+                   "study_seconds": round(seconds, 1), **counts}
+            for refit in ("--no-refit", "--refit"):
+                out = work / "results" / f"{name}-{which}{refit[1:]}"
+                tagsearch("retrain", spec, "--data", path, "--storage", url, "--study-name", name, "--out",
+                          str(out), *trial, refit)
+                row.update(figures(out, "_refit" if refit == "--refit" else ""))
             rows.append(row)
             if which == "best":
                 bests[kind] = row
@@ -88,20 +90,21 @@ def run_data_set(label: str, path: str, args, work: Path) -> list[dict]:
     corpus = data.load_corpus(data.resolve_data(load_spec(REPO / "studies" / "tfidf.toml"),
                                                 argparse.Namespace(data=path, text_columns=None, tags_column=None,
                                                                    top_k=None)))
-    base = compare.fit_baseline(corpus, metric, refit=win["refit"])
+    base, refit = (compare.fit_baseline(corpus, metric, refit=r) for r in (False, True))
     rows.append({"data": label, "row": f"tuned baseline (C={base['C']:g})", "validation": base["validation_value"],
                  "test_micro_f1": base["micro_f1"], "test_hamming_loss": base["hamming_loss"],
-                 "refit": win["refit"]})
+                 "test_micro_f1_refit": refit["micro_f1"], "test_hamming_loss_refit": refit["hamming_loss"]})
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| data | row | validation | test micro-F1 | test Hamming | trials (complete/pruned/fail) | study s |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| data | row | validation | test micro-F1 | test Hamming | refit: test micro-F1 | refit: test Hamming "
+             "| trials (complete/pruned/fail) | study s |", "| --- " * 9 + "|"]
     for r in rows:
         trials = f"{r['complete']}/{r['pruned']}/{r['fail']}" if "complete" in r else ""
         lines.append(f"| {r['data']} | {r['row']} | {r['validation']:.4f} | {r['test_micro_f1']:.4f} | "
-                     f"{r['test_hamming_loss']:.4f} | {trials} | {r.get('study_seconds', '')} |")
+                     f"{r['test_hamming_loss']:.4f} | {r['test_micro_f1_refit']:.4f} | "
+                     f"{r['test_hamming_loss_refit']:.4f} | {trials} | {r.get('study_seconds', '')} |")
     return "\n".join(lines)
 
 
@@ -110,8 +113,6 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=600.0, help="study seconds per data set, both kinds together")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--only", choices=["builtin", "robotics"], help="one data set")
-    parser.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
-                        help="override the specs' [training] refit")
     parser.add_argument("--work", default="/tmp/tagsearch-quality", help="scratch folder (emptied first)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

@@ -1,18 +1,24 @@
 """Turn a ``Corpus`` into model inputs, once, and serve shuffled batches without Python loops.
 
-Every post's tokens are dictionary-encoded once (``token_stream``, in Arrow) and counted into one
-posts × tokens CSR matrix (``_counts``); both models start from it.
+Every post's tokens are dictionary-encoded once (``token_stream``, in Arrow); both models start
+from those integer codes and never tokenise the text again.
 
-Dense model: each post is its *distinct* vocabulary ids with weights count/length, whose weighted
-sum is the post's mean embedding (a third fewer entries than the raw tokens); all posts' entries
-live flat in one tensor with per-post start/length, so a batch is a contiguous slice of a
-per-epoch permuted copy and ``EmbeddingBag`` gets ``(ids, offsets, weights)`` directly. TF-IDF
-model: one scipy CSR matrix per split, built from the count matrix exactly as scikit-learn's
-``TfidfVectorizer`` would (single tokens; n-grams go through scikit-learn); a batch is a row slice
-of a per-epoch permuted copy, handed to torch as a sparse CSR tensor (never densified).
+Dense model: each post is its *distinct* table rows — vocabulary ids and, with ``word_ngrams`` > 1,
+hashed word n-grams (fastText's buckets, rows after the vocabulary) — with weights count/entries,
+whose weighted sum is the post's mean embedding; all posts' entries live flat in one tensor with
+per-post start/length, so a batch is a contiguous slice of a per-epoch permuted copy and the bag
+product gets ``(ids, offsets, weights)`` directly.
 
-Expensive state is cached per process: the token stream and count matrix per corpus, the
-vocabulary and bags per ``min_freq``, the fitted TF-IDF per ``(max_features, ngram_max, sublinear_tf)``.
+TF-IDF model: n-grams of 1..``ngram_max`` codes counted into one posts × n-grams CSR matrix, the
+columns kept as ``TfidfVectorizer(min_df, max_features)`` keeps them (fitted on the training
+split), weighted by scikit-learn's ``TfidfTransformer``; a batch is a row slice of a per-epoch
+permuted copy, handed to torch as a sparse CSR tensor (never densified). At prediction time the
+same transform is a ``TfidfVectorizer`` rebuilt from the saved n-grams and idf
+(``rebuilt_vectorizer``).
+
+Expensive state is cached per process: the token stream per corpus, the vocabulary per
+``min_freq``, the bags per ``(min_freq, word_ngrams, buckets)``, the n-gram counts per
+``ngram_max`` and the fitted TF-IDF per its four settings.
 """
 
 from __future__ import annotations
