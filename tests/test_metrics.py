@@ -66,3 +66,33 @@ def test_threshold_variants_report_test_but_choose_on_validation():
     assert set(variants) == set(metrics.VARIANTS)
     assert choice == metrics.choose_thresholds(y, probs, "micro_f1")  # test data played no part
     assert variants[choice["chosen"]]["cross_fitted_validation"] == choice["value"]
+
+
+def test_small_validation_splits_cross_validate_over_training_and_validation(tiny_csv):
+    """"auto": 3 folds below 2,000 validation posts; the folds cover training + validation once,
+    never the test split, and each fold fits its features on its own training posts."""
+    from tagsearch.data import DataConfig, cv_folds, load_corpus, n_folds
+
+    corpus = load_corpus(DataConfig(path=str(tiny_csv)))
+    assert n_folds(corpus, "auto") == 3 and n_folds(corpus, 1) == 1
+    assert cv_folds(corpus, 1, 0) == [corpus]
+    folds = cv_folds(corpus, 3, 0)
+    pool = np.sort(np.concatenate([corpus.train_idx, corpus.val_idx]))
+    np.testing.assert_array_equal(np.sort(np.concatenate([f.val_idx for f in folds])), pool)
+    for fold in folds:
+        assert len(np.intersect1d(fold.train_idx, fold.val_idx)) == 0
+        np.testing.assert_array_equal(np.sort(np.concatenate([fold.train_idx, fold.val_idx])), pool)
+        np.testing.assert_array_equal(fold.test_idx, corpus.test_idx)
+
+
+def test_cross_validated_training_pools_every_folds_predictions(tiny_csv):
+    from tagsearch import train
+    from tagsearch.data import DataConfig, cv_folds, load_corpus
+    from tagsearch.spec import SEED_DEFAULTS
+
+    corpus = load_corpus(DataConfig(path=str(tiny_csv)))
+    params = {**SEED_DEFAULTS, "model": "tfidf", "hidden_layers": 0, "max_features": 300, "batch_size": 64}
+    result = train.train_config(cv_folds(corpus, 3, 0), params, max_epochs=2, patience=None, device="cpu")
+    assert len(result.models) == 3 and len(result.val_labels) == len(corpus.train_idx) + len(corpus.val_idx)
+    value = metrics.choose_thresholds(result.val_labels, result.val_probs, "hamming_loss")["value"]
+    assert value == result.best_value == result.history[result.best_epoch - 1]["val_hamming_loss"]

@@ -79,13 +79,12 @@ def test_training_learns_on_tiny_data(corpus, model):
 def test_early_stopping_restores_the_best_epoch(corpus, monkeypatch):
     """Scripted validation scores: best at epoch 2, then two worse epochs → stop at 4, epoch-2 weights."""
     scores = iter([0.30, 0.20, 0.25, 0.26, 0.10])
-    real_evaluate = train.evaluate
+    real_choose = train.metrics.choose_thresholds
 
     def scripted(*args, **kwargs):
-        figures, choice = real_evaluate(*args, **kwargs)
-        return {**figures, "hamming_loss": next(scores)}, choice
+        return {**real_choose(*args, **kwargs), "value": next(scores)}
 
-    monkeypatch.setattr(train, "evaluate", scripted)
+    monkeypatch.setattr(train.metrics, "choose_thresholds", scripted)
     snapshots = {}
 
     def hook(epoch, record):

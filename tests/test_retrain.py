@@ -20,11 +20,12 @@ FILES = ["model.safetensors", "preprocessing.json", "config.json", "metrics.json
          "confusion.png", "f1.png", "optimization_history.png"]
 
 
-def make_study(folder: Path, model: str, data: Path, trials: int = 3) -> tuple[Path, str]:
+def make_study(folder: Path, model: str, data: Path, trials: int = 3, folds: int | str = "auto") -> tuple[Path, str]:
     """A tiny finished study (the search layer's own worker loop, in this process)."""
     folder.mkdir(parents=True, exist_ok=True)
     url = f"sqlite:///{folder}/studies.db"
-    spec_path = write_spec(folder / f"{model}.toml", model=model, data=data, storage=url)
+    spec_path = write_spec(folder / f"{model}.toml", model=model, data=data, storage=url,
+                           edit=lambda raw: raw["training"].update(folds=folds))
     spec = load_spec(spec_path)
     corpus = load_corpus(spec.data_config())
     study = search.open_study(spec, corpus)
@@ -86,7 +87,9 @@ def test_metrics_json(retrained):
     assert chosen["test"]["micro_f1"] == metrics["test_micro_f1"]
     assert metrics["validation_value"] == chosen["cross_fitted_validation"] == metrics["validation"]["hamming_loss"]
     assert all(chosen["cross_fitted_validation"] <= v["cross_fitted_validation"] for v in variants.values())
-    assert metrics["refit"]["done"] is False
+    assert metrics["folds"] == 3  # 120 validation posts: "auto" cross-validates (3 folds) ...
+    assert metrics["refit"]["done"] is True  # ... and then trains the final model on training + validation
+    assert metrics["refit"]["posts"] == metrics["posts"]["train"] + metrics["posts"]["val"]
 
 
 def test_config_json(retrained, tiny_csv):
@@ -115,8 +118,9 @@ def test_retrain_reproduces_the_trial(retrained):
 
 
 def test_refit_trains_on_training_and_validation(tmp_path, tiny_csv):
-    """--refit: the same epochs on train + val (features refitted), thresholds chosen before it."""
-    spec_path, _ = make_study(tmp_path, "tfidf", tiny_csv, trials=1)
+    """--refit: the same epochs on train + val (features refitted), thresholds chosen before it.
+    With one fold (the validation split alone) the refit is optional."""
+    spec_path, _ = make_study(tmp_path, "tfidf", tiny_csv, trials=1, folds=1)
     plain, refit = tmp_path / "plain", tmp_path / "refit"
     assert main(["retrain", str(spec_path), "--out", str(plain), "--no-refit"]) == 0
     assert main(["retrain", str(spec_path), "--out", str(refit), "--refit"]) == 0

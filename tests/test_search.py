@@ -169,7 +169,7 @@ def test_study_runs_its_budget_with_defaults_first(study_setup):
 
 def test_training_error_fails_the_trial_and_the_worker_goes_on(study_setup, monkeypatch):
     spec, corpus, url = study_setup
-    real, calls = train.fit, []
+    real, calls = train.fit_folds, []
 
     def flaky(*args, **kwargs):
         calls.append(1)
@@ -177,7 +177,7 @@ def test_training_error_fails_the_trial_and_the_worker_goes_on(study_setup, monk
             raise train.NonFiniteLossError("training loss became nan (diverged); try a lower lr")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train, "fit", flaky)
+    monkeypatch.setattr(train, "fit_folds", flaky)
     study = search.open_study(spec, corpus, url)
     assert run_trials(study, search.Objective(spec, corpus), target=2) == 0
     failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
@@ -191,7 +191,7 @@ def test_a_worker_whose_trials_keep_failing_stops_with_an_error(study_setup, mon
     def broken(*args, **kwargs):
         raise RuntimeError("CUDA out of memory")
 
-    monkeypatch.setattr(train, "fit", broken)
+    monkeypatch.setattr(train, "fit_folds", broken)
     monkeypatch.setattr("tagsearch.workers.MAX_CONSECUTIVE_FAILURES", 2)
     study = search.open_study(spec, corpus, url)
     assert run_trials(study, search.Objective(spec, corpus), target=5) == 1

@@ -17,8 +17,10 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
+
 from . import features, metrics, results
-from .data import DataConfig, load_corpus
+from .data import DataConfig, cv_folds, load_corpus, n_folds, train_and_val
 from .errors import UserError
 from .log import log
 from .spec import PARAMS
@@ -40,7 +42,7 @@ def cmd_compare(args) -> int:
         group = [e for e in entries if (e["config"]["fingerprint"], e["metrics"]["metric"]) == key]
         rows = [result_row(e) for e in group]
         refit = any(e["config"].get("refit") for e in group)
-        line = baseline_row(group[0]["config"], key[1], refit, notes)
+        line = baseline_row(group[0]["config"], key[1], refit, group[0]["metrics"].get("folds", 1), notes)
         groups.append((key[1], rows + ([line] if line else [])))
     text = render(groups, notes)
     print(text, end="")
@@ -92,7 +94,7 @@ def result_row(entry: dict) -> list:
             format_params(config["params"]) + (", refit" if config.get("refit") else "")]
 
 
-def baseline_row(config: dict, metric: str, refit: bool, notes: list[str]) -> list | None:
+def baseline_row(config: dict, metric: str, refit: bool, folds: int, notes: list[str]) -> list | None:
     """The baseline on the data ``config`` was trained on, or None (with a note) if that data is gone."""
     data = config["data"]
     try:
@@ -105,7 +107,7 @@ def baseline_row(config: dict, metric: str, refit: bool, notes: list[str]) -> li
                      f"{corpus.fingerprint} (the file changed since the retrain)")
         return None
     log(f"fitting the baseline on {corpus.source} ({len(corpus.train_idx)} training posts) ...")
-    figures = fit_baseline(corpus, metric, refit)
+    figures = fit_baseline(corpus, metric, refit, folds)
     return [BASELINE_NAME, "linear", data_label(config), metric, f"{figures['validation_value']:.4f}",
             figures["chosen"].replace("_", "-"), f"{figures['hamming_loss']:.4f}", f"{figures['micro_f1']:.4f}",
             f"{figures['macro_f1']:.4f}", f"{figures['parameters']:,}", f"{figures['seconds']:.1f}",
@@ -124,27 +126,31 @@ def logistic_regression(matrix, labels, C: float):
         return classifier.fit(matrix, labels)
 
 
-def fit_baseline(corpus, metric: str, refit: bool = False) -> dict:
-    """TF-IDF (fitted on train) + one-vs-rest LogisticRegression, C and thresholds chosen on validation
-    for ``metric`` exactly as for the networks; optionally refit on training + validation."""
-    from .retrain import train_and_val
-
+def fit_baseline(corpus, metric: str, refit: bool = False, folds: int | str = "auto") -> dict:
+    """TF-IDF (fitted on each training split) + one-vs-rest LogisticRegression, C and thresholds
+    chosen on validation for ``metric`` exactly as for the networks — the same folds
+    (``data.n_folds``) — then, with ``refit`` or folds, refit on training + validation."""
     start = time.perf_counter()
-    matrix = features.fitted_tfidf(corpus, **BASELINE_TFIDF).matrix
-    y_train, y_val = corpus.labels[corpus.train_idx], corpus.labels[corpus.val_idx]
+    splits = cv_folds(corpus, n_folds(corpus, folds), corpus.split.get("split_seed", 0))
+    y_val = np.concatenate([corpus.labels[s.val_idx] for s in splits])
     best = None
     for C in BASELINE_C:
-        model = logistic_regression(matrix[corpus.train_idx], y_train, C)
-        p_val = model.predict_proba(matrix[corpus.val_idx])
-        value = metrics.choose_thresholds(y_val, p_val, metric)["value"]
+        models, p_val = [], []
+        for split in splits:
+            matrix = features.fitted_tfidf(split, **BASELINE_TFIDF).matrix
+            models.append(logistic_regression(matrix[split.train_idx], corpus.labels[split.train_idx], C))
+            p_val.append(models[-1].predict_proba(matrix[split.val_idx]))
+        value = metrics.choose_thresholds(y_val, np.concatenate(p_val), metric)["value"]
         if best is None or metrics.better(metric, value, best[0]):
-            best = (value, C, model, p_val)
+            best = (value, C, models[0], np.concatenate(p_val))
     _, C, model, p_val = best
-    if refit:
-        whole = train_and_val(corpus)
-        matrix = features.fitted_tfidf(whole, **BASELINE_TFIDF).matrix
-        model = logistic_regression(matrix[whole.train_idx], corpus.labels[whole.train_idx], C)
+    final = corpus
+    if refit or len(splits) > 1:
+        final = train_and_val(corpus)
+        model = logistic_regression(features.fitted_tfidf(final, **BASELINE_TFIDF).matrix[final.train_idx],
+                                    corpus.labels[final.train_idx], C)
     seconds = time.perf_counter() - start
+    matrix = features.fitted_tfidf(final, **BASELINE_TFIDF).matrix
     p_test = model.predict_proba(matrix[corpus.test_idx])
     variants, choice = metrics.threshold_variants(y_val, p_val, corpus.labels[corpus.test_idx], p_test,
                                                   corpus.tag_names, metric)

@@ -296,6 +296,37 @@ def seed_split(n_posts: int, test_size: float, val_size: float, seed: int):
     return np.sort(train), np.sort(val), np.sort(test)
 
 
+def train_and_val(corpus: Corpus) -> Corpus:
+    """``corpus`` with validation folded into training (whatever is fitted on "train" sees both)."""
+    return dataclasses.replace(corpus, train_idx=np.sort(np.concatenate([corpus.train_idx, corpus.val_idx])))
+
+
+# Below this many validation posts one split is too noisy to choose between trials: the search
+# cross-validates over training + validation instead (``[training] folds = "auto"``).
+AUTO_FOLDS_BELOW = 2000
+AUTO_FOLDS = 3
+
+
+def n_folds(corpus: Corpus, folds: int | str) -> int:
+    """``folds`` as a number: ``"auto"`` is 3 when validation has fewer than 2,000 posts, else 1."""
+    if folds == "auto":
+        return AUTO_FOLDS if len(corpus.val_idx) < AUTO_FOLDS_BELOW else 1
+    return int(folds)
+
+
+def cv_folds(corpus: Corpus, k: int, seed: int) -> list[Corpus]:
+    """The evaluation splits: ``[corpus]`` itself for ``k`` = 1; else ``k`` corpora whose validation
+    posts are one fold of training + validation and whose training posts are the others (the test
+    split never moves). Each fold corpus is a new object, so features are fitted per fold."""
+    if k == 1:
+        return [corpus]
+    from sklearn.model_selection import KFold
+
+    pool = np.sort(np.concatenate([corpus.train_idx, corpus.val_idx]))
+    return [dataclasses.replace(corpus, train_idx=pool[fit], val_idx=pool[held])
+            for fit, held in KFold(n_splits=k, shuffle=True, random_state=seed).split(pool)]
+
+
 def fingerprint(texts: list[str], labels: np.ndarray, tag_names: list[str], split: dict) -> str:
     digest = hashlib.sha256()
     digest.update(json.dumps({"tags": tag_names, "split": split}, sort_keys=True).encode())

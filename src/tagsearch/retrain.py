@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from . import features, metrics, plots, results
-from .data import Corpus, load_corpus, resolve_data
+from .data import Corpus, cv_folds, load_corpus, n_folds, resolve_data, train_and_val
 from .errors import UserError
 from .log import log
 from .spec import coerce, load_spec
@@ -55,15 +55,18 @@ def cmd_retrain(args) -> int:
         raise UserError(f"results path {str(out)!r} is a file; expected a directory (or nothing) there")
     epochs = int(trial.user_attrs.get("best_epoch") or spec.max_epochs)
     torch.set_num_threads(getattr(args, "threads", None) or RETRAIN_THREADS)
-    refit = spec.refit if getattr(args, "refit", None) is None else args.refit
+    folds = n_folds(corpus, spec.folds)
+    refit = folds > 1 or (spec.refit if getattr(args, "refit", None) is None else args.refit)
     log(f"retraining trial {trial.number} of study {study.study_name!r} ({params['model']}) on "
         f"{corpus.source}: up to {epochs} epoch(s), patience {spec.patience}, metric {spec.metric}"
+        f"{f', {folds}-fold cross-validation' if folds > 1 else ''}"
         f"{', then a refit on training + validation' if refit else ''}")
-    run = retrain(corpus, params, epochs, spec.patience, args.device or spec.device, spec.metric, refit)
+    splits = cv_folds(corpus, folds, corpus.split.get("split_seed", 0))
+    run = retrain(splits, params, epochs, spec.patience, args.device or spec.device, spec.metric, refit)
     evaluation = evaluate(run, corpus, params, spec.metric)
     info = {"study": study.study_name, "storage": masked(url), "trial": trial.number, "trial_value": trial.value,
             "data": data_record(data_config), "max_epochs": epochs, "patience": spec.patience,
-            "metric": spec.metric, "refit": refit}
+            "metric": spec.metric, "refit": refit, "folds": folds}
     with results.atomic_dir(out) as folder:
         write_results(folder, run, evaluation, corpus, params, info)
         write_plots(folder, run, evaluation, corpus, study)
@@ -110,7 +113,7 @@ class Run:
     """A retrained model and what it took. ``final`` is the model that predicts: the refit one
     (trained on training + validation, ``final_corpus``) or ``result.model`` itself."""
 
-    result: object  # train.TrainResult on the training split: its validation choice of thresholds
+    result: object  # train.TrainResult of the trial's evaluation: validation predictions and thresholds
     final: torch.nn.Module
     final_corpus: Corpus
     device: torch.device
@@ -118,25 +121,22 @@ class Run:
     refit_seconds: float | None = None
 
 
-def retrain(corpus: Corpus, params: dict, epochs: int, patience: int, device: str, metric: str = "hamming_loss",
-            refit: bool = False) -> Run:
+def retrain(splits: list[Corpus], params: dict, epochs: int, patience: int, device: str,
+            metric: str = "hamming_loss", refit: bool = False) -> Run:
+    """Train as the trial did on ``splits`` (``data.cv_folds``: the corpus, or its folds), then
+    optionally refit on training + validation."""
     def show(epoch, record):
         log(f"  epoch {epoch:3d}  loss {record['train_loss']:.4f}  val_{metric} {record[f'val_{metric}']:.4f}  "
             f"({record['thresholds']} thresholds)  {record['seconds']:.1f}s")
 
     start = time.perf_counter()
-    result = train_config(corpus, params, max_epochs=epochs, patience=patience, device=device, metric=metric,
+    result = train_config(splits, params, max_epochs=epochs, patience=patience, device=device, metric=metric,
                           on_epoch=show)
-    run = Run(result, result.model, corpus, next(result.model.parameters()).device, time.perf_counter() - start)
+    run = Run(result, result.model, splits[0], next(result.model.parameters()).device, time.perf_counter() - start)
     if refit:
-        run.final, run.final_corpus = refit_model(corpus, params, result.best_epoch, run.device)
+        run.final, run.final_corpus = refit_model(splits[0], params, result.best_epoch, run.device)
         run.refit_seconds = time.perf_counter() - start - run.seconds
     return run
-
-
-def train_and_val(corpus: Corpus) -> Corpus:
-    """``corpus`` with validation folded into training (features fitted on both)."""
-    return dataclasses.replace(corpus, train_idx=np.sort(np.concatenate([corpus.train_idx, corpus.val_idx])))
 
 
 def refit_model(corpus: Corpus, params: dict, epochs: int, device) -> tuple[torch.nn.Module, Corpus]:
@@ -154,11 +154,11 @@ def refit_model(corpus: Corpus, params: dict, epochs: int, device) -> tuple[torc
 
 
 def evaluate(run: Run, corpus: Corpus, params: dict, metric: str) -> dict:
-    """Every threshold variant on validation (the training-split model) and on test (the final
-    model), and the choice made on validation."""
-    val_data = features.model_inputs(corpus, params, "val").to(run.device)
+    """Every threshold variant on validation (the predictions the trial was judged by: the
+    training-split model's, or every fold's pooled) and on test (the final model), and the choice
+    made on validation."""
     test_data = features.model_inputs(run.final_corpus, params, "test").to(run.device)
-    y_val, p_val = corpus.labels[corpus.val_idx], predict_proba(run.result.model, val_data)
+    y_val, p_val = run.result.val_labels, run.result.val_probs
     y_test, p_test = corpus.labels[corpus.test_idx], predict_proba(run.final, test_data)
     variants, choice = metrics.threshold_variants(y_val, p_val, y_test, p_test, corpus.tag_names, metric,
                                                   params["threshold"])
@@ -187,6 +187,7 @@ def metrics_record(evaluation: dict, run: Run, corpus: Corpus, info: dict) -> di
                      "max_epochs": info["max_epochs"], "patience": info["patience"],
                      "stopped_early": run.result.stopped_early, "train_seconds": round(run.seconds, 3),
                      "history": run.result.history},
+        "folds": info["folds"],
         "refit": {"done": info["refit"], "posts": len(run.final_corpus.train_idx), "epochs": run.result.best_epoch,
                   "seconds": None if run.refit_seconds is None else round(run.refit_seconds, 3)},
         "posts": {"train": len(corpus.train_idx), "val": len(corpus.val_idx), "test": len(corpus.test_idx)},

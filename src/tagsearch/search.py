@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import optuna
 import torch
 
-from . import train
+from . import data, train
 from .data import Corpus
 from .errors import UserError
 from .spec import ACTIVE_WHEN, PARAMS, Spec, is_active
@@ -114,6 +114,7 @@ class Objective:
         self.device = device or spec.device
         self.max_epochs = max_epochs or spec.max_epochs
         self.device_name = describe_device(self.device)
+        self.folds = data.cv_folds(corpus, data.n_folds(corpus, spec.folds), corpus.split.get("split_seed", 0))
         self.interrupted: int | None = None  # number of a trial stopped by Ctrl-C/SIGTERM (to requeue)
         self.active = False  # inside a trial: a signal interrupts it (see workers.py)
         self.stop_requested = False  # a signal came: start no further trial
@@ -142,7 +143,7 @@ class Objective:
         params = suggest(trial, self.spec)
         set_user_attrs(trial, params=params, model=params["model"], device=self.device_name, metric=metric,
                        worker=f"{socket.gethostname()}:{os.getpid()}")
-        model, train_data, val_data = train.build(self.corpus, params, self.device)
+        folds = [train.build(fold, params, self.device) for fold in self.folds]  # (model, train, val) each
         curve: list[dict] = []  # per epoch: losses, the metric, the best epoch so far
 
         def report_and_prune(epoch: int, record: dict) -> None:
@@ -154,8 +155,8 @@ class Objective:
                                          f"not promising next to the other trials at this epoch")
 
         try:
-            result = train.fit(model, train_data, val_data, params, max_epochs=self.max_epochs,
-                               patience=self.spec.patience, metric=metric, on_epoch=report_and_prune)
+            result = train.fit_folds(folds, params, max_epochs=self.max_epochs, patience=self.spec.patience,
+                                     metric=metric, on_epoch=report_and_prune)
         except optuna.TrialPruned as pruned:
             set_user_attrs(trial, pruned_reason=str(pruned), epochs_run=len(curve),
                            best_epoch=int(curve[-1]["best_epoch"]), learning_curve=curve)
@@ -164,7 +165,8 @@ class Objective:
         set_user_attrs(trial, epochs_run=result.epochs_run, best_epoch=result.best_epoch,
                        stopped_early=result.stopped_early, learning_curve=curve,
                        train_seconds=round(time.perf_counter() - start, 3),
-                       parameters=train.count_parameters(model), threshold_choice=choice["chosen"],
+                       parameters=train.count_parameters(result.model), folds=len(self.folds),
+                       threshold_choice=choice["chosen"],
                        thresholds=choice["thresholds"], threshold_scores=choice["scores"],
                        val_per_class_f1=dict(zip(self.corpus.tag_names, choice["per_tag_f1"])),
                        **{f"val_{k}": round(v, 6) for k, v in choice["summary"].items()})

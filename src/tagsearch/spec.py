@@ -90,7 +90,7 @@ SECTIONS = {
                "min_resource": int, "reduction_factor": int, "min_delta": float},
     "data": {"path": str, "text_columns": list, "tags_column": str, "top_k": int, "test_size": float,
              "val_size": float, "split_seed": int, "encoding": str},
-    "training": {"max_epochs": int, "patience": int, "device": str, "refit": bool},
+    "training": {"max_epochs": int, "patience": int, "device": str, "refit": bool, "folds": object},
     "defaults": {name: p.type for name, p in PARAMS.items()},
     "search": dict,
 }
@@ -171,6 +171,10 @@ class Spec:
     @property
     def refit(self) -> bool:
         return self.training.get("refit", False)
+
+    @property
+    def folds(self) -> int | str:
+        return self.training.get("folds", "auto")
 
     @property
     def model(self) -> str:
@@ -263,6 +267,10 @@ def _check_choices(spec: Spec, where: str) -> None:
     for section, key, value in positive:
         if value < 1:
             raise UserError(f"{where} [{section}]: {key}={value!r} is out of range; expected an integer >= 1")
+    folds = spec.folds
+    if folds != "auto" and (not isinstance(folds, int) or isinstance(folds, bool) or folds < 1):
+        raise UserError(f"{where} [training]: folds={folds!r}; expected \"auto\" or an integer >= 1 (1 = the "
+                        f"validation split alone, k > 1 = k-fold cross-validation over training + validation)")
     if spec.timeout is not None and spec.timeout <= 0:
         raise UserError(f"{where} [study]: timeout={spec.timeout!r} is out of range; expected seconds > 0")
     try:

@@ -204,25 +204,18 @@ def predict_proba(model: nn.Module, data) -> np.ndarray:
     return torch.sigmoid(predict_logits(model, data)).cpu().numpy()
 
 
-def evaluate(model, data, criterion, metric: str, threshold: float) -> tuple[dict, dict]:
-    """Validation loss and the three metrics at the thresholds chosen for ``metric``
-    (``metrics.choose_thresholds``: honest, cross-fitted figures), and that choice."""
-    logits = predict_logits(model, data)
-    loss = float(criterion(logits, data.labels))
-    probs = torch.sigmoid(logits).cpu().numpy()
-    choice = metrics.choose_thresholds(data.labels.cpu().numpy().astype(np.uint8), probs, metric, threshold)
-    return {"loss": loss, **choice["summary"]}, choice
-
-
 @dataclass
 class TrainResult:
-    model: nn.Module
+    model: nn.Module  # the first (usually only) model, with its best epoch's weights
     metric: str = "hamming_loss"
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
     best_value: float = float("nan")
     thresholds: dict | None = None  # metrics.choose_thresholds at the best epoch
+    val_labels: np.ndarray | None = None  # the validation posts at the best epoch (all folds pooled)
+    val_probs: np.ndarray | None = None
     stopped_early: bool = False
+    models: list[nn.Module] = field(default_factory=list)
 
     @property
     def epochs_run(self) -> int:
@@ -236,6 +229,37 @@ class TrainResult:
 EpochHook = Callable[[int, dict], None]
 
 
+@dataclass
+class Run:
+    """One model being trained: its data, loss, optimizers and shuffling generator."""
+
+    model: nn.Module
+    train_data: object
+    val_data: object
+    criterion: nn.Module
+    optimizers: list
+    generator: torch.Generator
+
+    @classmethod
+    def start(cls, model, train_data, val_data, params: dict) -> "Run":
+        weights = pos_weight(train_data.labels.cpu().numpy(), params["pos_weight"])
+        device = train_data.labels.device
+        criterion = nn.BCEWithLogitsLoss(pos_weight=None if weights is None else weights.to(device))
+        return cls(model, train_data, val_data, criterion, make_optimizers(model, params["lr"], params["weight_decay"]),
+                   torch.Generator().manual_seed(params["seed"]))
+
+    def epoch(self, params: dict) -> float:
+        return train_epoch(self.model, self.train_data, self.criterion, self.optimizers, params["batch_size"],
+                           params["clip_value"], self.generator)
+
+    def validate(self) -> tuple[float, np.ndarray, np.ndarray]:
+        """Validation loss, labels and probabilities."""
+        logits = predict_logits(self.model, self.val_data)
+        labels = self.val_data.labels
+        return (float(self.criterion(logits, labels)), labels.cpu().numpy().astype(np.uint8),
+                torch.sigmoid(logits).cpu().numpy())
+
+
 def fit(model, train_data, val_data, params: dict, *, max_epochs: int, patience: int | None,
         metric: str = "hamming_loss", on_epoch: EpochHook | None = None) -> TrainResult:
     """Train up to ``max_epochs``, scoring validation ``metric`` after every epoch (thresholds fitted
@@ -243,32 +267,44 @@ def fit(model, train_data, val_data, params: dict, *, max_epochs: int, patience:
     (``None`` = never). ``on_epoch(epoch, record)`` runs after each epoch and may raise (e.g.
     ``optuna.TrialPruned``). The returned model carries the best epoch's weights. ``val_data=None``
     (a refit on training + validation) trains exactly ``max_epochs`` and keeps the last weights."""
-    device = train_data.labels.device
-    weights = pos_weight(train_data.labels.cpu().numpy(), params["pos_weight"])
-    criterion = nn.BCEWithLogitsLoss(pos_weight=None if weights is None else weights.to(device))
-    optimizers = make_optimizers(model, params["lr"], params["weight_decay"])
-    generator = torch.Generator().manual_seed(params["seed"])
-    result, best_state = TrainResult(model, metric, best_value=metrics.worst(metric)), None
+    return fit_folds([(model, train_data, val_data)], params, max_epochs=max_epochs, patience=patience,
+                     metric=metric, on_epoch=on_epoch)
+
+
+def fit_folds(folds: list[tuple], params: dict, *, max_epochs: int, patience: int | None,
+              metric: str = "hamming_loss", on_epoch: EpochHook | None = None) -> TrainResult:
+    """``fit`` for one or more ``(model, train_data, val_data)``: cross-validation folds train in
+    lockstep, and each epoch their validation predictions are pooled — every post predicted by the
+    model that did not train on it — and scored once, so the metric, early stopping and the pruner
+    see all folds' posts."""
+    runs = [Run.start(model, train_data, val_data, params) for model, train_data, val_data in folds]
+    validating = all(run.val_data is not None for run in runs)
+    result = TrainResult(runs[0].model, metric, best_value=metrics.worst(metric), models=[r.model for r in runs])
+    best_states = None
     for epoch in range(1, max_epochs + 1):
         start = time.perf_counter()
-        record = {"epoch": epoch, "train_loss": train_epoch(model, train_data, criterion, optimizers,
-                                                            params["batch_size"], params["clip_value"], generator)}
-        if val_data is not None:
-            val, choice = evaluate(model, val_data, criterion, metric, params["threshold"])
-            record.update({f"val_{k}": v for k, v in val.items()}, thresholds=choice["chosen"])
-            if metrics.better(metric, val[metric], result.best_value):
-                result.best_epoch, result.best_value, result.thresholds = epoch, val[metric], choice
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        record = {"epoch": epoch, "train_loss": float(np.mean([run.epoch(params) for run in runs]))}
+        if validating:
+            losses, labels, probs = zip(*(run.validate() for run in runs))
+            labels, probs = np.concatenate(labels), np.concatenate(probs)
+            choice = metrics.choose_thresholds(labels, probs, metric, params["threshold"])
+            record.update({f"val_{k}": v for k, v in choice["summary"].items()}, val_loss=float(np.mean(losses)),
+                          thresholds=choice["chosen"])
+            if metrics.better(metric, choice["value"], result.best_value):
+                result.best_epoch, result.best_value, result.thresholds = epoch, choice["value"], choice
+                result.val_labels, result.val_probs = labels, probs
+                best_states = [{k: v.detach().clone() for k, v in r.model.state_dict().items()} for r in runs]
             record.update(best_epoch=result.best_epoch, best_value=result.best_value)
         record["seconds"] = time.perf_counter() - start
         result.history.append(record)
         if on_epoch is not None:
             on_epoch(epoch, record)
-        if val_data is not None and patience is not None and epoch - result.best_epoch >= patience:
+        if validating and patience is not None and epoch - result.best_epoch >= patience:
             result.stopped_early = epoch < max_epochs
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    if best_states is not None:
+        for run, state in zip(runs, best_states):
+            run.model.load_state_dict(state)
     else:
         result.best_epoch = result.epochs_run
     return result
@@ -283,12 +319,13 @@ def build(corpus: Corpus, params: dict, device: str | torch.device = "cpu"):
     return model, train_data, val_data
 
 
-def train_config(corpus: Corpus, params: dict, *, max_epochs: int, patience: int | None, device: str = "auto",
-                 metric: str = "hamming_loss", on_epoch: EpochHook | None = None) -> TrainResult:
-    """Build inputs and model for ``params`` and train them (``tagsearch train``, ``retrain``)."""
-    model, train_data, val_data = build(corpus, params, device)
-    return fit(model, train_data, val_data, params, max_epochs=max_epochs, patience=patience, metric=metric,
-               on_epoch=on_epoch)
+def train_config(corpus: Corpus | list[Corpus], params: dict, *, max_epochs: int, patience: int | None,
+                 device: str = "auto", metric: str = "hamming_loss", on_epoch: EpochHook | None = None) -> TrainResult:
+    """Build inputs and model for ``params`` and train them (``tagsearch train``, ``retrain``); a list
+    of corpora (``data.cv_folds``) trains one model per fold, in lockstep."""
+    folds = corpus if isinstance(corpus, list) else [corpus]
+    return fit_folds([build(fold, params, device) for fold in folds], params, max_epochs=max_epochs,
+                     patience=patience, metric=metric, on_epoch=on_epoch)
 
 
 def summary_record(result: TrainResult, corpus: Corpus, params: dict) -> dict:
