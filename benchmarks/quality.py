@@ -4,7 +4,8 @@ For each data set (the built-in corpus, and the robotics posts when ``../shared`
 
 1. ``tagsearch launch`` each shipped spec (``studies/dense.toml``, ``studies/tfidf.toml``) on a
    fresh SQLite study with ``--workers W --timeout BUDGET/2`` (no new trial starts after it);
-2. ``tagsearch retrain`` each study's best trial, and its trial 0 (the seed's defaults), once with
+2. ``tagsearch retrain`` each study's best trial, and the seed's defaults (trial 0 of a one-trial
+   study of the same spec without pruner: in the study itself the pruner may stop it), once with
    ``--no-refit`` and once with ``--refit`` (training + validation), to measure the refit;
 3. the winner: the better of the two studies' best trials by *validation* value of the metric;
 4. the tuned baseline of ``tagsearch compare`` (``compare.fit_baseline``), without and with refit.
@@ -25,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,6 +35,7 @@ sys.path.insert(0, str(REPO / "src"))
 from tagsearch import compare, data, results  # noqa: E402
 from tagsearch.builtin import BUILTIN_DATA  # noqa: E402
 from tagsearch.spec import load_spec  # noqa: E402
+from tagsearch.specfile import save_spec  # noqa: E402
 
 ROBOTICS = REPO.parent / "shared" / "data" / "stackexchange-robotics.csv"
 KINDS = ("dense", "tfidf")
@@ -72,13 +75,17 @@ def run_data_set(label: str, path: str, args, work: Path) -> list[dict]:
         seconds = time.perf_counter() - start
         counts = study_counts(url, name)
         print(f"  {label} {kind}: {seconds:.0f} s, {counts}", flush=True)
-        for which, trial in (("best", []), ("defaults", ["--trial", "0"])):
+        defaults_spec = save_spec({**tomllib.loads((REPO / spec).read_text()), "pruner": {"kind": "none"}},
+                                  work / f"{kind}-defaults.toml")
+        tagsearch("worker", str(defaults_spec), "--data", path, "--storage", url, "--study-name", f"{name}-defaults",
+                  "--n-trials", "1", "--threads", "1")
+        for which, study, spec_path in (("best", name, spec), ("defaults", f"{name}-defaults", str(defaults_spec))):
             row = {"data": label, "row": f"{kind}: {'study best' if which == 'best' else 'seed defaults (trial 0)'}",
                    "study_seconds": round(seconds, 1), **counts}
             for refit in ("--no-refit", "--refit"):
                 out = work / "results" / f"{name}-{which}{refit[1:]}"
-                tagsearch("retrain", spec, "--data", path, "--storage", url, "--study-name", name, "--out",
-                          str(out), *trial, refit)
+                tagsearch("retrain", spec_path, "--data", path, "--storage", url, "--study-name", study, "--out",
+                          str(out), refit)
                 row.update(figures(out, "_refit" if refit == "--refit" else ""))
             rows.append(row)
             if which == "best":

@@ -28,7 +28,7 @@ STORAGE = "sqlite:///storage/demo.db"
 SPEC_DIR = Path("storage")
 MODELS = ("dense", "tfidf")
 EPOCHS = 3
-TIMEOUT = 150.0  # seconds per study (no new trial starts after it)
+TIMEOUT = 120.0  # seconds per study (no new trial starts after it)
 PRUNER = {"kind": "median", "n_startup_trials": 2, "n_warmup_steps": 0, "patience": 0}
 
 
