@@ -98,3 +98,33 @@ def test_missing_storage_or_bad_port_exits_2(tmp_path, capsys):
                                             ("0.0.0.0", False), ("192.168.1.5", False), ("example.org", False)])
 def test_loopback_hosts(host, loopback):
     assert dashboard.is_loopback(host) is loopback
+
+
+def test_dashboard_shows_the_metric_curves_and_threshold_variants(spec_factory, tmp_path):
+    """A real tagsearch trial, read back through the dashboard's HTTP API: the objective's name is
+    the study's metric, each trial has its learning curve and its threshold variants."""
+    from tagsearch import search
+    from tagsearch.data import load_corpus
+    from tagsearch.spec import load_spec
+    from tagsearch.workers import run_trials
+
+    url = f"sqlite:///{tmp_path}/real.db"
+    spec = load_spec(spec_factory("tfidf", storage=url))
+    corpus = load_corpus(spec.data_config())
+    run_trials(search.open_study(spec, corpus, url), search.Objective(spec, corpus), 1, wait_for_running=False)
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "tagsearch.cli", "dashboard", "--storage", url, "--port",
+                               str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        study_id = get_json(f"http://127.0.0.1:{port}/api/studies")["study_summaries"][0]["study_id"]
+        detail = get_json(f"http://127.0.0.1:{port}/api/studies/{study_id}")
+        assert detail["objective_names"] == ["val_hamming_loss"]
+        trial = detail["trials"][0]
+        attrs = {a["key"]: a["value"] for a in trial["user_attrs"]}
+        assert len(trial["intermediate_values"]) == int(attrs["epochs_run"]) >= 1
+        assert attrs["metric"] == "hamming_loss" and attrs["threshold_choice"] in ("fixed", "global", "per_tag")
+        assert {"fixed", "global", "per_tag"} <= set(json.loads(attrs["threshold_scores"].replace("'", '"')))
+        assert "val_hamming_loss" in attrs["learning_curve"]
+    finally:
+        server.terminate()
+        server.communicate(timeout=30)
