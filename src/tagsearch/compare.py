@@ -138,24 +138,24 @@ def fit_baseline(corpus, metric: str, refit: bool = False, folds: int | str = "a
         models, p_val = [], []
         for split in splits:
             matrix = features.fitted_tfidf(split, **BASELINE_TFIDF).matrix
-            models.append(logistic_regression(matrix[split.train_idx], corpus.labels[split.train_idx], C))
-            p_val.append(models[-1].predict_proba(matrix[split.val_idx]))
+            models.append((logistic_regression(matrix[split.train_idx], corpus.labels[split.train_idx], C), split))
+            p_val.append(models[-1][0].predict_proba(matrix[split.val_idx]))
         value = metrics.choose_thresholds(y_val, np.concatenate(p_val), metric)["value"]
         if best is None or metrics.better(metric, value, best[0]):
-            best = (value, C, models[0], np.concatenate(p_val))
-    _, C, model, p_val = best
-    final = corpus
-    if refit or len(splits) > 1:
-        final = train_and_val(corpus)
-        model = logistic_regression(features.fitted_tfidf(final, **BASELINE_TFIDF).matrix[final.train_idx],
-                                    corpus.labels[final.train_idx], C)
+            best = (value, C, models, np.concatenate(p_val))
+    _, C, final, p_val = best  # final: what predicts (mean probability), as for the networks
+    if refit:
+        whole = train_and_val(corpus)
+        final = [(logistic_regression(features.fitted_tfidf(whole, **BASELINE_TFIDF).matrix[whole.train_idx],
+                                      corpus.labels[whole.train_idx], C), whole)]
     seconds = time.perf_counter() - start
-    matrix = features.fitted_tfidf(final, **BASELINE_TFIDF).matrix
-    p_test = model.predict_proba(matrix[corpus.test_idx])
+    p_test = np.mean([model.predict_proba(features.fitted_tfidf(fitted_on, **BASELINE_TFIDF).matrix[corpus.test_idx])
+                      for model, fitted_on in final], axis=0)
     variants, choice = metrics.threshold_variants(y_val, p_val, corpus.labels[corpus.test_idx], p_test,
                                                   corpus.tag_names, metric)
     test = variants[choice["chosen"]]["test"]
-    n_parameters = matrix.shape[1] * len(corpus.tag_names) + len(corpus.tag_names)
+    n_parameters = sum((features.fitted_tfidf(fitted_on, **BASELINE_TFIDF).matrix.shape[1] + 1) * len(corpus.tag_names)
+                       for _, fitted_on in final)
     return {"chosen": choice["chosen"], "validation_value": choice["value"], "C": C,
             "hamming_loss": test["hamming_loss"], "micro_f1": test["micro_f1"], "macro_f1": test["macro_f1"],
             "parameters": n_parameters, "seconds": seconds}

@@ -57,11 +57,19 @@ def write_json(path: Path, data) -> None:
     Path(path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
-def save_model(folder: Path, model: nn.Module, state: dict) -> dict:
-    """Write the weights and preprocessing state; returns their sha256 for config.json."""
+def save_model(folder: Path, model: nn.Module | list[nn.Module], state: dict | list[dict]) -> dict:
+    """Write the weights and preprocessing state; returns their sha256 for config.json. A list of
+    models (the fold models of a cross-validated trial, whose mean probability predicts) is saved
+    as ``member<k>.``-prefixed tensors and ``{"kind": "ensemble", "members": [state, ...]}``."""
     from safetensors.torch import save_file
 
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if isinstance(model, list):
+        tensors = {f"member{k}.{name}": value for k, member in enumerate(model)
+                   for name, value in member.state_dict().items()}
+        state = {"kind": "ensemble", "members": state}
+    else:
+        tensors = model.state_dict()
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     save_file(tensors, str(folder / WEIGHTS), metadata={"format": "pt", "model": state["kind"]})
     (folder / WEIGHTS).chmod(0o644)  # safetensors creates it owner-only, unlike every other file here
     (folder / PREPROCESSING).write_text(json.dumps(state) + "\n", encoding="utf-8")
@@ -136,12 +144,17 @@ def verified(folder: Path, name: str, config: dict) -> Path:
 
 @dataclass
 class Results:
-    """A loaded results directory: the model in eval mode, its preprocessing and thresholds."""
+    """A loaded results directory: the model(s) in eval mode, their preprocessing and thresholds
+    (an ensemble of fold models predicts their mean probability)."""
 
     path: Path
     config: dict
-    state: dict
-    model: nn.Module
+    states: list[dict]
+    models: list[nn.Module]
+
+    @property
+    def model(self) -> nn.Module:
+        return self.models[0]
 
     @property
     def tag_names(self) -> list[str]:
@@ -155,8 +168,9 @@ class Results:
         """(posts, tags) probabilities for raw ``texts`` (cleaned like the training data)."""
         if not texts:
             return np.zeros((0, len(self.tag_names)), dtype=np.float32)
-        inputs = features.text_inputs(self.state, list(texts) if cleaned else clean_texts(texts))
-        return predict_proba(self.model, inputs)
+        texts = list(texts) if cleaned else clean_texts(texts)
+        return np.mean([predict_proba(model, features.text_inputs(state, texts))
+                        for model, state in zip(self.models, self.states)], axis=0)
 
     def predict(self, texts: list[str], cleaned: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """0/1 predictions at the saved thresholds, and the probabilities."""
@@ -173,16 +187,24 @@ def load(folder: str | os.PathLike) -> Results:
     config = read_config(folder)
     state = read_json(verified(folder, PREPROCESSING, config), "preprocessing file")
     weights = verified(folder, WEIGHTS, config)
+    members = state["members"] if state.get("kind") == "ensemble" else [state]
+    sizes = config.get("input_sizes", [config["input_size"]])
     try:
         tensors = load_file(str(weights))
-        model = build_model(config["params"], config["input_size"], len(config["tags"]))
-        model.load_state_dict(tensors, strict=True)
+        models = []
+        for k, size in enumerate(sizes):
+            prefix = f"member{k}." if len(sizes) > 1 else ""
+            model = build_model(config["params"], size, len(config["tags"]))
+            model.load_state_dict({n[len(prefix):]: t for n, t in tensors.items() if n.startswith(prefix)},
+                                  strict=True)
+            models.append(model.eval())
+        if len(members) != len(models):
+            raise ValueError(f"{len(members)} preprocessing states for {len(models)} models")
     except (SafetensorError, RuntimeError, KeyError, ValueError) as exc:
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"cannot load the weights {str(weights)!r} into a {config['params'].get('model')!r} "
                         f"model: {first_line}") from None
-    model.eval()
-    return Results(folder, config, state, model)
+    return Results(folder, config, members, models)
 
 
 def markdown_table(headers: list[str], rows: list[list]) -> str:

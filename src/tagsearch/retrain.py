@@ -56,13 +56,12 @@ def cmd_retrain(args) -> int:
     epochs = int(trial.user_attrs.get("best_epoch") or spec.max_epochs)
     torch.set_num_threads(getattr(args, "threads", None) or RETRAIN_THREADS)
     folds = n_folds(corpus, spec.folds)
-    refit = folds > 1 or (spec.refit if getattr(args, "refit", None) is None else args.refit)
+    refit = spec.refit if getattr(args, "refit", None) is None else args.refit
     log(f"retraining trial {trial.number} of study {study.study_name!r} ({params['model']}) on "
         f"{corpus.source}: up to {epochs} epoch(s), patience {spec.patience}, metric {spec.metric}"
         f"{f', {folds}-fold cross-validation' if folds > 1 else ''}"
         f"{', then a refit on training + validation' if refit else ''}")
-    splits = cv_folds(corpus, folds, corpus.split.get("split_seed", 0))
-    run = retrain(splits, params, epochs, spec.patience, args.device or spec.device, spec.metric, refit)
+    run = retrain(corpus, params, epochs, spec.patience, args.device or spec.device, spec.metric, refit, folds)
     evaluation = evaluate(run, corpus, params, spec.metric)
     info = {"study": study.study_name, "storage": masked(url), "trial": trial.number, "trial_value": trial.value,
             "data": data_record(data_config), "max_epochs": epochs, "patience": spec.patience,
@@ -110,21 +109,28 @@ def trial_params(spec, trial) -> dict:
 
 @dataclasses.dataclass
 class Run:
-    """A retrained model and what it took. ``final`` is the model that predicts: the refit one
-    (trained on training + validation, ``final_corpus``) or ``result.model`` itself."""
+    """A retrained model and what it took. ``final`` is what predicts, as (model, the corpus its
+    features were fitted on) pairs whose probabilities are averaged: the refit model (training +
+    validation), else the fold models of a cross-validated trial, else the training-split model."""
 
     result: object  # train.TrainResult of the trial's evaluation: validation predictions and thresholds
-    final: torch.nn.Module
-    final_corpus: Corpus
+    final: list[tuple[torch.nn.Module, Corpus]]
     device: torch.device
     seconds: float
     refit_seconds: float | None = None
 
+    @property
+    def final_model(self) -> str:
+        if self.refit_seconds is not None:
+            return "refit on training + validation"
+        return f"mean of the {len(self.final)} fold models" if len(self.final) > 1 else "the training-split model"
 
-def retrain(splits: list[Corpus], params: dict, epochs: int, patience: int, device: str,
-            metric: str = "hamming_loss", refit: bool = False) -> Run:
-    """Train as the trial did on ``splits`` (``data.cv_folds``: the corpus, or its folds), then
-    optionally refit on training + validation."""
+
+def retrain(corpus: Corpus, params: dict, epochs: int, patience: int, device: str, metric: str = "hamming_loss",
+            refit: bool = False, folds: int = 1) -> Run:
+    """Train as the trial did (on the training split, or on each of ``folds`` cross-validation
+    folds), then optionally refit on training + validation."""
+    splits = cv_folds(corpus, folds, corpus.split.get("split_seed", 0))
     def show(epoch, record):
         log(f"  epoch {epoch:3d}  loss {record['train_loss']:.4f}  val_{metric} {record[f'val_{metric}']:.4f}  "
             f"({record['thresholds']} thresholds)  {record['seconds']:.1f}s")
@@ -132,21 +138,22 @@ def retrain(splits: list[Corpus], params: dict, epochs: int, patience: int, devi
     start = time.perf_counter()
     result = train_config(splits, params, max_epochs=epochs, patience=patience, device=device, metric=metric,
                           on_epoch=show)
-    run = Run(result, result.model, splits[0], next(result.model.parameters()).device, time.perf_counter() - start)
+    device = next(result.model.parameters()).device
+    run = Run(result, list(zip(result.models, splits)), device, time.perf_counter() - start)
     if refit:
-        run.final, run.final_corpus = refit_model(splits[0], params, result.best_epoch, run.device)
+        whole = train_and_val(corpus)
+        run.final = [(refit_model(whole, params, result.best_epoch, run.device), whole)]
         run.refit_seconds = time.perf_counter() - start - run.seconds
     return run
 
 
-def refit_model(corpus: Corpus, params: dict, epochs: int, device) -> tuple[torch.nn.Module, Corpus]:
-    """The configuration trained on training + validation for exactly ``epochs`` epochs."""
-    whole = train_and_val(corpus)
+def refit_model(whole: Corpus, params: dict, epochs: int, device) -> torch.nn.Module:
+    """The configuration trained on ``whole``'s training posts for exactly ``epochs`` epochs."""
     log(f"  refit on training + validation ({len(whole.train_idx)} posts) for {epochs} epoch(s)")
-    model = build_model(params, features.input_size(whole, params), len(corpus.tag_names)).to(device)
+    model = build_model(params, features.input_size(whole, params), len(whole.tag_names)).to(device)
     fit(model, features.model_inputs(whole, params, "train").to(device), None, params, max_epochs=epochs,
         patience=None)
-    return model, whole
+    return model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,9 +164,10 @@ def evaluate(run: Run, corpus: Corpus, params: dict, metric: str) -> dict:
     """Every threshold variant on validation (the predictions the trial was judged by: the
     training-split model's, or every fold's pooled) and on test (the final model), and the choice
     made on validation."""
-    test_data = features.model_inputs(run.final_corpus, params, "test").to(run.device)
     y_val, p_val = run.result.val_labels, run.result.val_probs
-    y_test, p_test = corpus.labels[corpus.test_idx], predict_proba(run.final, test_data)
+    p_test = np.mean([predict_proba(model, features.model_inputs(fitted_on, params, "test").to(run.device))
+                      for model, fitted_on in run.final], axis=0)
+    y_test = corpus.labels[corpus.test_idx]
     variants, choice = metrics.threshold_variants(y_val, p_val, y_test, p_test, corpus.tag_names, metric,
                                                   params["threshold"])
     y_pred = (p_test >= np.asarray(variants[choice["chosen"]]["thresholds"])).astype(np.uint8)
@@ -188,7 +196,8 @@ def metrics_record(evaluation: dict, run: Run, corpus: Corpus, info: dict) -> di
                      "stopped_early": run.result.stopped_early, "train_seconds": round(run.seconds, 3),
                      "history": run.result.history},
         "folds": info["folds"],
-        "refit": {"done": info["refit"], "posts": len(run.final_corpus.train_idx), "epochs": run.result.best_epoch,
+        "final_model": run.final_model,
+        "refit": {"done": info["refit"], "posts": len(run.final[0][1].train_idx), "epochs": run.result.best_epoch,
                   "seconds": None if run.refit_seconds is None else round(run.refit_seconds, 3)},
         "posts": {"train": len(corpus.train_idx), "val": len(corpus.val_idx), "test": len(corpus.test_idx)},
         "study": info["study"], "trial": info["trial"],
@@ -218,8 +227,10 @@ def versions() -> dict:
 
 
 def write_results(folder: Path, run: Run, evaluation: dict, corpus: Corpus, params: dict, info: dict) -> None:
-    model = run.final
-    digests = results.save_model(folder, model, features.preprocessing_state(run.final_corpus, params))
+    models = [model for model, _ in run.final]
+    states = [features.preprocessing_state(fitted_on, params) for _, fitted_on in run.final]
+    digests = results.save_model(folder, models if len(models) > 1 else models[0],
+                                 states if len(states) > 1 else states[0])
     variants = evaluation["variants"]
     config = {
         "format": results.FORMAT, "model": params["model"], "params": params, "tags": corpus.tag_names,
@@ -227,7 +238,9 @@ def write_results(folder: Path, run: Run, evaluation: dict, corpus: Corpus, para
         "thresholds": variants[evaluation["chosen"]]["thresholds"], "threshold_choice": evaluation["chosen"],
         "threshold_criterion": metrics.HOW_FITTED, "global_threshold": variants["global"]["thresholds"][0],
         "per_tag_thresholds": variants["per_tag"]["thresholds"],
-        "input_size": features.input_size(run.final_corpus, params), "parameters": count_parameters(model),
+        "input_size": features.input_size(run.final[0][1], params),
+        "input_sizes": [features.input_size(fitted_on, params) for _, fitted_on in run.final],
+        "final_model": run.final_model, "parameters": sum(count_parameters(m) for m in models),
         "weights": results.WEIGHTS, "preprocessing": results.PREPROCESSING, "sha256": digests,
         "fingerprint": corpus.fingerprint, "data": info["data"], "study": info["study"],
         "storage": info["storage"], "trial": info["trial"], "trial_value": info["trial_value"],
