@@ -135,7 +135,7 @@ def main() -> int:
     for label, path in sets:
         if args.only in (None, label):
             rows += run_data_set(label, path, args, work)
-    print(table(rows))
+            print(table(rows), flush=True)  # so far: each data set takes minutes
     if args.json:
         print(json.dumps(rows))
     return 0
