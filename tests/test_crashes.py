@@ -303,3 +303,36 @@ def test_retrain_onto_a_file_is_refused_and_the_file_kept(finished_study, tmp_pa
     assert len(errors) == 1 and "is a file" in errors[0], errors
     assert target.read_text() == "not a directory"
     assert [p.name for p in tmp_path.iterdir()] == ["results.txt"]
+
+
+@pytest.fixture(scope="module")
+def existing_results(finished_study, tmp_path_factory):
+    """A results directory written by a first, complete retrain (the tests below try to replace it)."""
+    spec_path, _ = finished_study
+    out = tmp_path_factory.mktemp("existing") / "tfidf"
+    assert main(["retrain", str(spec_path), "--out", str(out)]) == 0
+    return out, results.read_config(out)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("step", ["results.save_model", "results.write_json", "retrain.write_plots",
+                                  "retrain.report_markdown", "results._checkpoint"])
+def test_retrain_interrupted_over_an_existing_directory_keeps_it_whole(step, finished_study, existing_results,
+                                                                         monkeypatch, capsys):
+    """Interrupted at each write step, or just before the swap, a retrain onto an existing results
+    directory leaves the old one in place, loadable, and nothing else beside it. (Kills during the
+    swap itself, with os._exit, are in test_atomic.py.)"""
+    spec_path, _ = finished_study
+    out, config = existing_results
+    module, name = step.split(".")
+    target = {"results": results, "retrain": retrain_module}[module]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(target, name, interrupted)
+    assert main(["retrain", str(spec_path), "--out", str(out)]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert results.read_config(out) == config
+    assert results.load(out).config["sha256"] == config["sha256"]
+    assert [p.name for p in out.parent.iterdir()] == [out.name]
