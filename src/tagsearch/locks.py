@@ -33,6 +33,7 @@ WAIT_LOG_SECONDS = 30
 LEASE_SECONDS = 30
 RENEW_SECONDS = 10
 POLL_SECONDS = (0.02, 0.5)  # first and longest pause between two tries of a busy lock
+GET_LOCK_SECONDS = 5  # MySQL: one GET_LOCK call waits this long, then is retried
 
 
 def lock_key(study_name: str) -> int:
@@ -140,14 +141,15 @@ class AdvisoryLock:
         try:
             if self.kind == "postgresql":
                 return bool(self._connection().exec_driver_sql(f"SELECT pg_try_advisory_lock({self.key})").scalar())
-            got = self._connection().exec_driver_sql(f"SELECT GET_LOCK('tagsearch-{self.key}', 5)").scalar()
+            got = self._connection().exec_driver_sql(
+                f"SELECT GET_LOCK('tagsearch-{self.key}', {GET_LOCK_SECONDS})").scalar()
         except Exception:
             self._drop_connection()
             raise
         if got is None:  # MySQL: an error (out of memory, killed thread): never proceed unlocked
             raise UserError(f"MySQL GET_LOCK('tagsearch-{self.key}') returned NULL (a server error); "
                             f"the budget lock cannot be taken")
-        return got == 1  # 0: another worker held it for 5 s; wait again
+        return got == 1  # 0: another worker held it for GET_LOCK_SECONDS; wait again
 
     def acquire(self) -> None:
         waiting = Waiting(self.what)
@@ -238,10 +240,10 @@ class RedisLeaseLock(LeaseLock):
         self.what = f"the budget lock (Redis key {name})"
 
     def _try(self) -> bool:
-        return bool(self.client.set(self.name, self.holder, nx=True, px=LEASE_SECONDS * 1000))
+        return bool(self.client.set(self.name, self.holder, nx=True, px=int(LEASE_SECONDS * 1000)))
 
     def _renew(self) -> bool:
-        return bool(self.client.eval(self.RENEW, 1, self.name, self.holder, LEASE_SECONDS * 1000))
+        return bool(self.client.eval(self.RENEW, 1, self.name, self.holder, int(LEASE_SECONDS * 1000)))
 
     def _drop(self) -> None:
         self.client.eval(self.DROP, 1, self.name, self.holder)

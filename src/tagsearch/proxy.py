@@ -20,7 +20,8 @@ import time
 
 from .data import log
 from .errors import UserError
-from .locks import LEASE_SECONDS, LeaseLock
+from . import locks
+from .locks import LeaseLock
 from .storage import JOURNAL_SCHEMES, PROXY_SCHEMES, masked, open_storage, proxy_address, scheme
 
 SERVICE = "tagsearch.BudgetLock"
@@ -135,7 +136,7 @@ class GrpcLeaseLock(LeaseLock):
         import grpc
 
         try:
-            reply = self.calls[method]({"name": self.name, "holder": self.holder, "lease": LEASE_SECONDS},
+            reply = self.calls[method]({"name": self.name, "holder": self.holder, "lease": locks.LEASE_SECONDS},
                                        timeout=10)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
