@@ -23,9 +23,10 @@ from tagsearch import results, search, train
 from tagsearch.cli import main
 from tagsearch.data import load_corpus
 from tagsearch.spec import load_spec
-from tagsearch.storage import artifact_dir
-from test_stress import (FINISHED, State, check_study, integrity, sqlite_file, start_worker, stop_all,
-                         stress_spec, wait_all)
+from tagsearch import heartbeat
+from tagsearch.storage import artifact_dir, open_storage
+from test_stress import (FINISHED, State, check_study, integrity, sqlite_file, start_proxy, start_worker, stop_all,
+                         stop_proxy, stress_spec, wait_all)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = [pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
@@ -43,7 +44,7 @@ def long_trials_spec(tmp_path: Path, tiny_csv: Path, url: str, name: str, epochs
 
 def load_trials(url: str, name: str) -> list:
     try:
-        return optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+        return optuna.load_study(study_name=name, storage=open_storage(url)).get_trials(deepcopy=False)
     except KeyError:  # not created yet
         return []
 
@@ -124,6 +125,92 @@ def test_two_sigkills_in_a_row_each_trial_is_retried_once_and_the_budget_is_met(
     assert [t.number for t in copies] == [retry.number], "trial retried more than once"
     assert retry.params == first.params and retry.system_attrs["retry_history"] == [first.number]
     assert integrity(sqlite_file(url)) == "ok"
+
+
+def storage_for(kind: str, tmp_path: Path, cleanup: list) -> str:
+    """A fresh storage URL of ``kind``; ``cleanup`` collects what to undo afterwards."""
+    if kind == "journal":
+        return f"journal:///{tmp_path}/kill.log"
+    if kind == "redis":
+        from test_services import drop_redis_journal, empty_redis_db, server_url
+
+        url = empty_redis_db(server_url("redis"))
+        cleanup.append(lambda: drop_redis_journal(url))
+        return url
+    assert kind == "grpc"
+    proxy, url = start_proxy(f"sqlite:///{tmp_path}/behind-proxy.db", tmp_path / "proxy.log")
+    cleanup.append(lambda: stop_proxy(proxy))
+    return url
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("kind", ["journal", "grpc", pytest.param("redis", marks=pytest.mark.services)])
+def test_sigkill_mid_trial_is_recovered_on_storages_without_optuna_heartbeats(kind, tmp_path, tiny_csv):
+    """Journal file, Redis journal, gRPC proxy: the killed worker's trial becomes FAIL once its
+    heartbeat (a trial system attribute) is older than the grace period, with the same fail_reason
+    as on RDB storages; it is rerun once with the same parameters and the budget is met exactly."""
+    cleanup, processes, name, target = [], [], f"kill-{kind}", 1  # the survivor waits, then reruns trial 0
+    try:
+        url = storage_for(kind, tmp_path, cleanup)
+        spec = long_trials_spec(tmp_path, tiny_csv, url, name, epochs=8)
+        args = ("--n-trials", str(target), "--threads", "1")
+        processes += [start_worker(spec, tmp_path / f"w{i}.log", *args, index=i, env=FAST_HEARTBEAT) for i in (0, 1)]
+        victim = wait_for(lambda: running(url, name, {p.pid for p in processes}), 120, "a trial to report an epoch")
+        os.kill(pid_of(victim), signal.SIGKILL)
+        survivors = [p for p in processes if p.pid != pid_of(victim)]
+        assert wait_all(survivors, 120) == [0], [(tmp_path / f"w{i}.log").read_text()[-2000:] for i in (0, 1)]
+        study = optuna.load_study(study_name=name, storage=open_storage(url))
+        trials = check_study(study, target, allowed_fail=1)  # the rerun of trial 0 runs the defaults
+        dead = trials[victim.number]
+        assert dead.state == State.FAIL and dead.user_attrs["fail_reason"].startswith(
+            "worker lost: no heartbeat for more than 3 s"), dead.user_attrs
+        assert isinstance(dead.system_attrs.get(heartbeat.KEY), float)  # it was beating while alive
+        reruns = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+        assert len(reruns) == 1 and reruns[0].params == dead.params and reruns[0].state in FINISHED
+        assert "fail_reason" not in reruns[0].user_attrs
+        assert "Traceback" not in (tmp_path / "w0.log").read_text() + (tmp_path / "w1.log").read_text()
+    finally:
+        stop_all(processes)
+        for undo in cleanup:
+            undo()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_stale_trials_fail_with_a_reason_and_are_retried_once(kind, tmp_path, monkeypatch):
+    """The recovery rule itself, in-process: a RUNNING trial whose last heartbeat is older than the
+    grace period is failed with a reason and queued again; the retry, when stale too, is not."""
+    monkeypatch.setenv("TAGSEARCH_HEARTBEAT", "1")
+    monkeypatch.setenv("TAGSEARCH_GRACE", "2")
+    url = f"{kind}:///{tmp_path}/stale.{kind}"
+    study = optuna.create_study(storage=open_storage(url), study_name="stale")
+    fresh, old = study.ask(), study.ask()
+    for trial in (fresh, old):
+        trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+        trial.set_user_attr("worker", "host:1")
+    if kind == "journal":
+        study._storage.set_trial_system_attr(old._trial_id, heartbeat.KEY, time.time() - 60)
+        study._storage.set_trial_system_attr(fresh._trial_id, heartbeat.KEY, time.time())
+    else:  # Optuna's heartbeat table (whole seconds on SQLite): the old one beat once and stopped
+        study._storage.record_heartbeat(old._trial_id)
+        time.sleep(3.2)
+        study._storage.record_heartbeat(fresh._trial_id)
+    assert heartbeat.fail_stale_trials(study) == [old.number]
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [State.RUNNING, State.FAIL, State.WAITING]
+    assert trials[1].user_attrs["fail_reason"] == heartbeat.STALE_REASON.format(
+        grace=2, what="queued again once with the same parameters")
+    retry = study.ask()  # takes the queued copy
+    assert retry.number == 2 and retry.params == old.params and "fail_reason" not in retry.user_attrs
+    if kind == "sqlite":
+        return  # the rest is storage-independent (and slow on SQLite's whole-second clock)
+    study._storage.set_trial_system_attr(retry._trial_id, heartbeat.KEY, time.time() - 60)
+    study._storage.set_trial_system_attr(fresh._trial_id, heartbeat.KEY, time.time())
+    assert heartbeat.fail_stale_trials(study) == [2]
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [State.RUNNING, State.FAIL, State.FAIL]
+    assert "not queued again" in trials[2].user_attrs["fail_reason"]
 
 
 # ---------------------------------------------------------------------------------------------
