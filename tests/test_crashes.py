@@ -1,16 +1,19 @@
 """Crashes: SIGKILLed workers, a hard double Ctrl-C on ``launch``, trials that raise inside training
 (NaN loss, CUDA out of memory), and ``retrain`` interrupted while writing its results directory.
 
-test_workers.py covers a killed worker under ``launch`` and a single Ctrl-C; these cover the harder
-variants: two crashes in a row (the retry of a killed trial is itself killed, and is not retried a
-second time), and a double Ctrl-C that SIGKILLs every worker mid-trial so that only the heartbeat
-machinery can recover the trials on the next ``launch``.
+A killed worker under ``launch`` and a single Ctrl-C, and the harder variants: two crashes in a row
+(the retry of a killed trial is itself killed, and is not retried a second time), and a double
+Ctrl-C that SIGKILLs every worker mid-trial so that only the heartbeat machinery can recover the
+trials on the next ``launch``. The same recovery on journal files, Redis journals and the gRPC
+proxy, which have no Optuna heartbeats (tagsearch's own, heartbeat.py).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from tagsearch import retrain as retrain_module
 from tagsearch import results, search, train
 from tagsearch.cli import main
 from tagsearch.data import load_corpus
+from tagsearch.errors import UserError
 from tagsearch.spec import load_spec
 from tagsearch import heartbeat
 from tagsearch.storage import artifact_dir, open_storage
@@ -258,6 +262,90 @@ def test_second_signal_kills_the_workers_and_the_next_launch_recovers_their_tria
         reruns = [t for t in trials if t.system_attrs.get("failed_trial") == lost.number]
         assert len(reruns) == 1 and reruns[0].params == lost.params and reruns[0].state in FINISHED
     assert integrity(sqlite_file(url)) == "ok"
+
+
+# ---------------------------------------------------------------------------------------------
+# Under launch (moved from test_workers.py)
+
+
+def cli(*args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
+    """``tagsearch ARGS`` in a subprocess, one thread, stdout+stderr captured together."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "tagsearch.cli", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def quick_spec(spec_factory, epochs: int, **kwargs):
+    """The tiny test spec with ``epochs`` epochs and early-stopping patience as long."""
+    path = spec_factory("dense", **kwargs)
+    text = path.read_text().replace("max_epochs = 2", f"max_epochs = {epochs}").replace("patience = 2",
+                                                                                           f"patience = {epochs}")
+    path.write_text(text)
+    return path
+
+
+def trials(url: str, name: str = "test-dense") -> list:
+    return optuna.load_study(study_name=name, storage=open_storage(url)).get_trials()
+
+
+def running_with_an_epoch(url: str, number: int | None = None):
+    """The first RUNNING trial (numbered ``number``) that has reported an epoch, else None."""
+    try:
+        return next((t for t in trials(url) if t.state == State.RUNNING and t.intermediate_values
+                     and number in (None, t.number)), None)
+    except (KeyError, UserError):  # the study (or its file) is not created yet
+        return None
+
+
+@pytest.mark.slow
+def test_killed_worker_trial_is_failed_retried_and_the_budget_met(spec_factory, tmp_path):
+    """SIGKILL the worker running trial 0: the other marks it FAIL (heartbeat), reruns its parameters,
+    and the study still reaches its budget; launch reports the crash with a non-zero exit."""
+    url, target = f"sqlite:///{tmp_path}/kill.db", 3
+    spec = quick_spec(spec_factory, epochs=12, storage=url)
+    launch = cli("launch", str(spec), "--workers", "2", "--n-trials", str(target),
+                 env={"TAGSEARCH_HEARTBEAT": "1", "TAGSEARCH_GRACE": "3"})
+    victim = wait_for(lambda: (tmp_path / "kill.db").exists() and running_with_an_epoch(url, number=0), 120,
+                      "trial 0 to report an epoch")
+    os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+    output = launch.communicate(timeout=300)[0]
+    assert launch.returncode == 1 and "exited with code -9" in output, output
+    done = trials(url)
+    assert done[0].state == State.FAIL and done[0].user_attrs["fail_reason"].startswith("worker lost: no heartbeat")
+    retry = [t for t in done if t.system_attrs.get("failed_trial") == 0]
+    assert len(retry) == 1 and retry[0].params == done[0].params
+    assert retry[0].state in (State.COMPLETE, State.PRUNED)
+    assert sum(t.state in (State.COMPLETE, State.PRUNED) for t in done) == target
+    assert not any(t.state == State.RUNNING for t in done)
+
+
+@pytest.mark.slow
+def test_launch_forwards_ctrl_c_and_a_rerun_resumes(spec_factory, tmp_path):
+    url, target = f"sqlite:///{tmp_path}/launch.db", 4
+    spec = quick_spec(spec_factory, epochs=300, storage=url)  # long trials: the signal lands mid-trial
+    launch = cli("launch", str(spec), "--workers", "2", "--n-trials", str(target))
+    wait_for(lambda: (tmp_path / "launch.db").exists() and running_with_an_epoch(url), 120, "a running trial")
+    launch.send_signal(signal.SIGINT)
+    output = launch.communicate(timeout=60)[0]
+    assert launch.returncode == 130 and "interrupted" in output, output
+    assert "Traceback" not in output
+    stopped = trials(url)
+    assert not any(t.state == State.RUNNING for t in stopped)
+    interrupted = [t for t in stopped if t.state == State.FAIL]
+    assert interrupted and all("interrupted" in t.user_attrs["fail_reason"] for t in interrupted)
+    queued = [t for t in stopped if t.state == State.WAITING]
+    assert {t.user_attrs["retry_of"] for t in queued} == {t.number for t in interrupted}
+
+    spec = quick_spec(spec_factory, epochs=2, storage=url)
+    rerun = cli("launch", str(spec), "--workers", "2", "--n-trials", str(target))
+    output = rerun.communicate(timeout=300)[0]
+    assert rerun.returncode == 0, output
+    assert f"{target}/{target} finished" in output and "launched 2 worker(s) on cpu" in output
+    done = trials(url)
+    assert sum(t.state in (State.COMPLETE, State.PRUNED) for t in done) == target
+    assert not any(t.state in (State.RUNNING, State.WAITING) for t in done)
+    defaults = [t for t in done if t.user_attrs.get("config") == "defaults" and t.state != State.FAIL]
+    assert len(defaults) == 1 and (tmp_path / "launch-logs" / "test-dense-worker0.log").is_file()
 
 
 # ---------------------------------------------------------------------------------------------

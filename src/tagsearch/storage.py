@@ -184,7 +184,7 @@ def _grpc_storage(url: str):
     storage = GrpcStorageProxy(host=host, port=port)
     try:
         storage.wait_server_ready(timeout=GRPC_CONNECT_SECONDS)
-    except grpc.FutureTimeoutError:
+    except (grpc.FutureTimeoutError, ConnectionError):  # Optuna turns the former into the latter
         storage.close()
         raise UserError(f"no storage proxy answers at {url} (waited {GRPC_CONNECT_SECONDS} s); expected a running "
                         f"'tagsearch storage-proxy --storage URL --port {port}' on {host}") from None
