@@ -98,11 +98,15 @@ def masked(url: str) -> str:
     return f"{head}{sep}{userinfo.split(':', 1)[0]}:***@{host}"
 
 
-def open_storage(url: str, create: bool = True, read_only: bool = False):
+SERVER_SCHEMES = ("postgresql", "mysql", "redis", "rediss", "grpc")
+
+
+def open_storage(url: str, create: bool = True, read_only: bool = False, retry: bool = False):
     """An Optuna storage for ``url``. With ``create=False`` a missing local file is an error
     instead of a new empty storage (for commands that only read studies). ``read_only``: for
     progress polls and the dashboard: SQLite transactions start deferred, so reading never takes
-    the write lock the workers queue for (WAL readers do not block writers)."""
+    the write lock the workers queue for (WAL readers do not block writers). ``retry``: calls to a
+    database server or proxy ride out outages (``retrying``); opening it still fails at once."""
     kind = scheme(url)
     path = local_path(url)
     if path is not None:
@@ -112,10 +116,11 @@ def open_storage(url: str, create: bool = True, read_only: bool = False):
         path.parent.mkdir(parents=True, exist_ok=True)
     try:
         if kind in JOURNAL_SCHEMES:
-            return _journal_storage(url, kind, path)
-        if kind in PROXY_SCHEMES:
-            return _grpc_storage(url)
-        return _rdb_storage(with_driver(url), kind, read_only=read_only)
+            storage = _journal_storage(url, kind, path)
+        elif kind in PROXY_SCHEMES:
+            storage = _grpc_storage(url)
+        else:
+            storage = _rdb_storage(with_driver(url), kind, read_only=read_only)
     except UserError:
         raise
     except ImportError as exc:
@@ -124,6 +129,7 @@ def open_storage(url: str, create: bool = True, read_only: bool = False):
     except Exception as exc:  # driver/network errors of SQLAlchemy, psycopg2, pymysql, redis
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"cannot open storage {masked(url)!r}: {type(exc).__name__}: {first_line}") from None
+    return retrying(storage) if retry and kind in SERVER_SCHEMES else storage
 
 
 # SQLAlchemy's default driver for a bare scheme, and the one tagsearch[scale] installs instead.
@@ -299,7 +305,18 @@ def outage_limit() -> int:
 
 def is_transient(exc: BaseException) -> bool:
     """A lost or refused connection (database restarted, network cut, proxy down): worth retrying.
-    Not: a bad query, a constraint, a missing study, a user mistake."""
+    Not: a bad query, a constraint, a missing study, a user mistake. Optuna's RDBStorage wraps every
+    SQLAlchemy error, a dropped connection included, in a StorageInternalError ("invalid data in the
+    commit"), so the cause chain is searched."""
+    seen = 0
+    while exc is not None and seen < 5:
+        if _transient(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def _transient(exc: BaseException) -> bool:
     import sqlalchemy.exc
 
     if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
@@ -329,6 +346,7 @@ def retry_transient(what: str, function, *args, limit: float | None = None, **kw
     """``function(*args, **kwargs)``, retried with exponential backoff (0.5 s → 8 s) while it fails
     with a transient error, one log line per try; a ``StorageOutage`` once the failures have lasted
     ``limit`` seconds (TAGSEARCH_OUTAGE_LIMIT, default 120)."""
+    global gave_up
     limit = outage_limit() if limit is None else limit
     start, pause = None, BACKOFF_SECONDS[0]
     while True:
@@ -339,11 +357,14 @@ def retry_transient(what: str, function, *args, limit: float | None = None, **kw
                 raise
             now = time.monotonic()
             start = now if start is None else start
-            reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
+            reason = _reason(exc)
+            if gave_up is not None:
+                raise gave_up from None  # this process already waited out the limit: fail fast now
             if now - start >= limit:
-                raise StorageOutage(f"the storage was unreachable for {now - start:.0f} s (limit "
-                                    f"TAGSEARCH_OUTAGE_LIMIT={limit:g} s) during {what}: {reason}; the study is "
-                                    f"consistent: rerun the worker once the database is back") from None
+                gave_up = StorageOutage(f"the storage was unreachable for {now - start:.0f} s (limit "
+                                        f"TAGSEARCH_OUTAGE_LIMIT={limit:g} s) during {what}: {reason}; the study "
+                                        f"is consistent: rerun the worker once the database is back")
+                raise gave_up from None
             _log(f"storage unreachable during {what} ({reason}); retry in {pause:.1f} s "
                  f"(down {now - start:.0f} s, giving up after {limit:g} s)")
             time.sleep(pause)
@@ -352,6 +373,96 @@ def retry_transient(what: str, function, *args, limit: float | None = None, **kw
         if start is not None:
             _log(f"storage reachable again after {time.monotonic() - start:.1f} s ({what})")
         return result
+
+
+gave_up: StorageOutage | None = None  # set once an outage outlasted the limit in this process
+
+
+def _reason(exc: BaseException) -> str:
+    """The root cause of a (wrapped) storage error, in one line."""
+    while exc.__cause__ is not None and type(exc).__name__ == "StorageInternalError":
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
+
+
+def retrying(storage):
+    """``storage`` with every call retried through transient errors (``retry_transient``); one for
+    every worker's server storage, so a database restart or a network cut of a few seconds costs
+    a pause, not a trial. Idempotent calls are simply repeated; a state change whose first attempt
+    was applied but not acknowledged is recognised (UpdateFinishedTrialError on the retry while the
+    trial already has the requested state) and counts as done."""
+    from optuna.storages._heartbeat import BaseHeartbeat
+
+    global _retrying_classes
+    if _retrying_classes is None:
+        _retrying_classes = _make_retrying_classes()
+    plain, beating = _retrying_classes
+    return (beating if isinstance(storage, BaseHeartbeat) else plain)(storage)
+
+
+_retrying_classes = None
+
+
+def _make_retrying_classes():
+    from optuna.storages import BaseStorage
+    from optuna.storages._heartbeat import BaseHeartbeat
+
+    class Retrying(BaseStorage):
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):  # engine, url, ... of the wrapped storage
+            return getattr(self.__dict__["inner"], name)
+
+        def set_trial_state_values(self, trial_id, state, values=None):
+            from optuna.exceptions import UpdateFinishedTrialError
+
+            attempts = []
+
+            def once():
+                attempts.append(1)
+                try:
+                    return self.inner.set_trial_state_values(trial_id, state, values)
+                except UpdateFinishedTrialError:
+                    if len(attempts) > 1 and self.inner.get_trial(trial_id).state == state:
+                        return True  # our first attempt was applied; its answer was lost
+                    raise
+
+            return retry_transient(f"set_trial_state_values({state.name})", once)
+
+    def wrap(name):
+        def method(self, *args, **kwargs):
+            return retry_transient(name, getattr(self.inner, name), *args, **kwargs)
+
+        method.__name__ = name
+        return method
+
+    for name in dir(BaseStorage):
+        if not name.startswith("_") and callable(getattr(BaseStorage, name)) and name not in Retrying.__dict__:
+            setattr(Retrying, name, wrap(name))
+    Retrying.__abstractmethods__ = frozenset()
+
+    class RetryingHeartbeat(Retrying, BaseHeartbeat):
+        def record_heartbeat(self, trial_id):
+            try:  # Optuna's heartbeat thread: log and go on (an exception would kill the thread)
+                self.inner.record_heartbeat(trial_id)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                _log(f"heartbeat of trial id {trial_id} not recorded ({_reason(exc)}); next beat in "
+                     f"{self.inner.get_heartbeat_interval()} s")
+
+        def _get_stale_trial_ids(self, study_id):
+            return retry_transient("_get_stale_trial_ids", self.inner._get_stale_trial_ids, study_id)
+
+        def get_heartbeat_interval(self):
+            return self.inner.get_heartbeat_interval()
+
+        def get_heartbeat_stale_trial_callback(self):
+            return self.inner.get_heartbeat_stale_trial_callback()
+
+    RetryingHeartbeat.__abstractmethods__ = frozenset()
+    return Retrying, RetryingHeartbeat
 
 
 def _log(message: str) -> None:

@@ -28,6 +28,7 @@ from .data import load_corpus, log
 from .errors import UserError
 from .locks import BudgetLock
 from .spec import load_spec
+from . import storage as storages
 from .storage import local_path, masked, open_storage
 
 POLL_SECONDS = 1.0
@@ -84,7 +85,7 @@ def open_early(url: str):
     a local file that does not exist yet, so a refused input never leaves an empty storage behind
     (``open_study`` creates it once the data is good)."""
     path = local_path(url)
-    return open_storage(url) if path is None or path.exists() else None
+    return open_storage(url, retry=True) if path is None or path.exists() else None
 
 
 def handle_interrupts(objective: search.Objective) -> None:
@@ -128,6 +129,8 @@ def run_trials(study: optuna.Study, objective: search.Objective, target: int, ti
         while not guard.tripped:
             if objective.stop_requested:
                 raise KeyboardInterrupt
+            if storages.gave_up is not None:
+                raise storages.gave_up
             if deadline is not None and time.monotonic() >= deadline:
                 return 0
             lock.acquire()
@@ -143,6 +146,10 @@ def run_trials(study: optuna.Study, objective: search.Objective, target: int, ti
                 lock.release()
     except KeyboardInterrupt:
         requeue(study, objective.interrupted)
+        raise
+    except Exception:
+        if storages.gave_up is not None:  # an outage outlasted the limit (whatever Optuna made of it)
+            raise storages.gave_up from None
         raise
     finally:
         lock.close()
@@ -221,8 +228,8 @@ def cmd_launch(args) -> int:
     log(f"launched {args.workers} worker(s) on {', '.join(devices)} ({threads} thread(s) each); "
         f"logs in {logs}/{study.study_name}-worker*.log")
     # Progress polls read through a storage of their own that never takes SQLite's write lock.
-    return supervise(optuna.load_study(study_name=study.study_name, storage=open_storage(url, read_only=True)),
-                     children, target)
+    poll = open_storage(url, read_only=True, retry=True)
+    return supervise(optuna.load_study(study_name=study.study_name, storage=poll), children, target)
 
 
 def parse_devices(text: str) -> list[str]:
