@@ -71,6 +71,10 @@ class Relay:
 
     def cut(self) -> None:
         """Refuse new connections and reset the open ones."""
+        try:  # wakes the thread blocked in accept(); a bare close() would leave the socket listening
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.listener.close()
         with self.mutex:
             pairs, self.pairs = self.pairs, []

@@ -157,7 +157,7 @@ def test_sigkill_mid_trial_is_recovered_on_storages_without_optuna_heartbeats(ki
     cleanup, processes, name, target = [], [], f"kill-{kind}", 1  # the survivor waits, then reruns trial 0
     try:
         url = storage_for(kind, tmp_path, cleanup)
-        spec = long_trials_spec(tmp_path, tiny_csv, url, name, epochs=8)
+        spec = long_trials_spec(tmp_path, tiny_csv, url, name, epochs=40)
         args = ("--n-trials", str(target), "--threads", "1")
         processes += [start_worker(spec, tmp_path / f"w{i}.log", *args, index=i, env=FAST_HEARTBEAT) for i in (0, 1)]
         victim = wait_for(lambda: running(url, name, {p.pid for p in processes}), 120, "a trial to report an epoch")

@@ -96,7 +96,7 @@ def test_an_outage_beyond_the_limit_ends_workers_with_one_error_and_the_next_wor
     logs = [tmp_path / f"w{i}.log" for i in (0, 1)]
     fast = {"TAGSEARCH_OUTAGE_LIMIT": "3", "TAGSEARCH_HEARTBEAT": "1", "TAGSEARCH_GRACE": "3"}
     try:
-        spec = stress_spec(tmp_path / "spec.toml", tiny_csv, db.url, db.name, epochs=30, extra="")
+        spec = stress_spec(tmp_path / "spec.toml", tiny_csv, db.url, db.name, epochs=400, extra="")
         spec.write_text(spec.read_text().replace('[pruner]\nkind = "median"', '[pruner]\nkind = "none"'))
         processes = [start_worker(spec, log, "--n-trials", str(target), "--threads", "1", index=i, env=fast)
                      for i, log in enumerate(logs)]

@@ -255,6 +255,29 @@ def _use_wal(engine) -> None:
         pass
 
 
+def count_trials(study, states: tuple) -> int:
+    """How many of the study's trials are in ``states``: one COUNT query on relational storages
+    (Optuna's get_n_trials loads every trial with all its attributes, which a worker would do under
+    the budget lock before each trial), the storage API elsewhere."""
+    storage = getattr(study._storage, "inner", study._storage)
+    if not hasattr(storage, "scoped_session"):
+        return study._storage.get_n_trials(study._study_id, state=states)
+
+    def count() -> int:
+        import sqlalchemy
+        from optuna.storages._rdb import models
+
+        session = storage.scoped_session()
+        try:
+            return session.query(sqlalchemy.func.count(models.TrialModel.trial_id)).filter(
+                models.TrialModel.study_id == study._study_id, models.TrialModel.state.in_(states)).scalar()
+        finally:
+            session.rollback()
+            session.close()
+
+    return retry_transient("count_trials", count)
+
+
 def heartbeat_timing() -> tuple[int, int]:
     """(interval, grace period) in seconds, from TAGSEARCH_HEARTBEAT / TAGSEARCH_GRACE."""
     interval = _env_seconds("TAGSEARCH_HEARTBEAT", HEARTBEAT_SECONDS)

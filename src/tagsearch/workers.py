@@ -160,8 +160,8 @@ def run_trials(study: optuna.Study, objective: search.Objective, target: int, ti
 def has_budget(study: optuna.Study, target: int) -> bool:
     """Fail stale trials of dead workers (and queue each again once), then: may one more trial start?"""
     heartbeat.fail_stale_trials(study)
-    counts = search.progress(study)
-    return counts.finished + counts.running < target
+    State = optuna.trial.TrialState
+    return storages.count_trials(study, (State.COMPLETE, State.PRUNED, State.RUNNING)) < target
 
 
 class FailureGuard:
