@@ -129,7 +129,11 @@ def open_storage(url: str, create: bool = True, read_only: bool = False, retry: 
     except Exception as exc:  # driver/network errors of SQLAlchemy, psycopg2, pymysql, redis
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"cannot open storage {masked(url)!r}: {type(exc).__name__}: {first_line}") from None
-    return retrying(storage) if retry and kind in SERVER_SCHEMES else storage
+    if not (retry and kind in SERVER_SCHEMES):
+        return storage
+    # Optuna wraps an RDBStorage in its _CachedStorage (finished trials read once, not per call);
+    # the retrying wrapper would hide the RDBStorage from it, so wrap the cache, not the storage.
+    return retrying(optuna_cached(storage))
 
 
 # SQLAlchemy's default driver for a bare scheme, and the one tagsearch[scale] installs instead.
@@ -406,6 +410,13 @@ def _reason(exc: BaseException) -> str:
     while exc.__cause__ is not None and type(exc).__name__ == "StorageInternalError":
         exc = exc.__cause__
     return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
+
+
+def optuna_cached(storage):
+    """``storage`` as ``optuna.create_study`` would use it (RDBStorage → _CachedStorage)."""
+    import optuna
+
+    return optuna.storages.get_storage(storage)
 
 
 def retrying(storage):
