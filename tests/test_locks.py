@@ -28,6 +28,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.fixture(autouse=True)
+def fresh_outage_state(monkeypatch):
+    """A worker process that waited out the outage limit fails fast from then on; tests start afresh."""
+    from tagsearch import storage
+
+    monkeypatch.setattr(storage, "gave_up", None)
+
+
 @pytest.fixture
 def short_leases(monkeypatch):
     """Leases of 1 s renewed every 0.25 s, MySQL's GET_LOCK retried every second."""

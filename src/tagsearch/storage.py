@@ -131,6 +131,12 @@ def open_storage(url: str, create: bool = True, read_only: bool = False, retry: 
         raise UserError(f"cannot open storage {masked(url)!r}: {type(exc).__name__}: {first_line}") from None
     if not (retry and kind in SERVER_SCHEMES):
         return storage
+    if kind in RDB_SCHEMES:
+        import logging
+
+        # A connection cut by an outage cannot be reset when it goes back to the pool; SQLAlchemy
+        # then discards it (the retry opens a new one) but logs the failed ROLLBACK with a traceback.
+        logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)
     # Optuna wraps an RDBStorage in its _CachedStorage (finished trials read once, not per call);
     # the retrying wrapper would hide the RDBStorage from it, so wrap the cache, not the storage.
     return retrying(optuna_cached(storage))
