@@ -1,16 +1,19 @@
 """Crashes: SIGKILLed workers, a hard double Ctrl-C on ``launch``, trials that raise inside training
 (NaN loss, CUDA out of memory), and ``retrain`` interrupted while writing its results directory.
 
-test_workers.py covers a killed worker under ``launch`` and a single Ctrl-C; these cover the harder
-variants: two crashes in a row (the retry of a killed trial is itself killed, and is not retried a
-second time), and a double Ctrl-C that SIGKILLs every worker mid-trial so that only the heartbeat
-machinery can recover the trials on the next ``launch``.
+A killed worker under ``launch`` and a single Ctrl-C, and the harder variants: two crashes in a row
+(the retry of a killed trial is itself killed, and is not retried a second time), and a double
+Ctrl-C that SIGKILLs every worker mid-trial so that only the heartbeat machinery can recover the
+trials on the next ``launch``. The same recovery on journal files, Redis journals and the gRPC
+proxy, which have no Optuna heartbeats (tagsearch's own, heartbeat.py).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -22,10 +25,12 @@ from tagsearch import retrain as retrain_module
 from tagsearch import results, search, train
 from tagsearch.cli import main
 from tagsearch.data import load_corpus
+from tagsearch.errors import UserError
 from tagsearch.spec import load_spec
-from tagsearch.storage import artifact_dir
-from test_stress import (FINISHED, State, check_study, integrity, sqlite_file, start_worker, stop_all,
-                         stress_spec, wait_all)
+from tagsearch import heartbeat
+from tagsearch.storage import artifact_dir, open_storage
+from test_stress import (FINISHED, State, check_study, integrity, sqlite_file, start_proxy, start_worker, stop_all,
+                         stop_proxy, stress_spec, wait_all)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = [pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
@@ -43,7 +48,7 @@ def long_trials_spec(tmp_path: Path, tiny_csv: Path, url: str, name: str, epochs
 
 def load_trials(url: str, name: str) -> list:
     try:
-        return optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+        return optuna.load_study(study_name=name, storage=open_storage(url)).get_trials(deepcopy=False)
     except KeyError:  # not created yet
         return []
 
@@ -126,6 +131,92 @@ def test_two_sigkills_in_a_row_each_trial_is_retried_once_and_the_budget_is_met(
     assert integrity(sqlite_file(url)) == "ok"
 
 
+def storage_for(kind: str, tmp_path: Path, cleanup: list) -> str:
+    """A fresh storage URL of ``kind``; ``cleanup`` collects what to undo afterwards."""
+    if kind == "journal":
+        return f"journal:///{tmp_path}/kill.log"
+    if kind == "redis":
+        from test_services import drop_redis_journal, empty_redis_db, server_url
+
+        url = empty_redis_db(server_url("redis"))
+        cleanup.append(lambda: drop_redis_journal(url))
+        return url
+    assert kind == "grpc"
+    proxy, url = start_proxy(f"sqlite:///{tmp_path}/behind-proxy.db", tmp_path / "proxy.log")
+    cleanup.append(lambda: stop_proxy(proxy))
+    return url
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("kind", ["journal", "grpc", pytest.param("redis", marks=pytest.mark.services)])
+def test_sigkill_mid_trial_is_recovered_on_storages_without_optuna_heartbeats(kind, tmp_path, tiny_csv):
+    """Journal file, Redis journal, gRPC proxy: the killed worker's trial becomes FAIL once its
+    heartbeat (a trial system attribute) is older than the grace period, with the same fail_reason
+    as on RDB storages; it is rerun once with the same parameters and the budget is met exactly."""
+    cleanup, processes, name, target = [], [], f"kill-{kind}", 1  # the survivor waits, then reruns trial 0
+    try:
+        url = storage_for(kind, tmp_path, cleanup)
+        spec = long_trials_spec(tmp_path, tiny_csv, url, name, epochs=40)
+        args = ("--n-trials", str(target), "--threads", "1")
+        processes += [start_worker(spec, tmp_path / f"w{i}.log", *args, index=i, env=FAST_HEARTBEAT) for i in (0, 1)]
+        victim = wait_for(lambda: running(url, name, {p.pid for p in processes}), 120, "a trial to report an epoch")
+        os.kill(pid_of(victim), signal.SIGKILL)
+        survivors = [p for p in processes if p.pid != pid_of(victim)]
+        assert wait_all(survivors, 120) == [0], [(tmp_path / f"w{i}.log").read_text()[-2000:] for i in (0, 1)]
+        study = optuna.load_study(study_name=name, storage=open_storage(url))
+        trials = check_study(study, target, allowed_fail=1)  # the rerun of trial 0 runs the defaults
+        dead = trials[victim.number]
+        assert dead.state == State.FAIL and dead.user_attrs["fail_reason"].startswith(
+            "worker lost: no heartbeat for more than 3 s"), dead.user_attrs
+        assert isinstance(dead.system_attrs.get(heartbeat.KEY), float)  # it was beating while alive
+        reruns = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+        assert len(reruns) == 1 and reruns[0].params == dead.params and reruns[0].state in FINISHED
+        assert "fail_reason" not in reruns[0].user_attrs
+        assert "Traceback" not in (tmp_path / "w0.log").read_text() + (tmp_path / "w1.log").read_text()
+    finally:
+        stop_all(processes)
+        for undo in cleanup:
+            undo()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_stale_trials_fail_with_a_reason_and_are_retried_once(kind, tmp_path, monkeypatch):
+    """The recovery rule itself, in-process: a RUNNING trial whose last heartbeat is older than the
+    grace period is failed with a reason and queued again; the retry, when stale too, is not."""
+    monkeypatch.setenv("TAGSEARCH_HEARTBEAT", "1")
+    monkeypatch.setenv("TAGSEARCH_GRACE", "2")
+    url = f"{kind}:///{tmp_path}/stale.{kind}"
+    study = optuna.create_study(storage=open_storage(url), study_name="stale")
+    fresh, old = study.ask(), study.ask()
+    for trial in (fresh, old):
+        trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+        trial.set_user_attr("worker", "host:1")
+    if kind == "journal":
+        study._storage.set_trial_system_attr(old._trial_id, heartbeat.KEY, time.time() - 60)
+        study._storage.set_trial_system_attr(fresh._trial_id, heartbeat.KEY, time.time())
+    else:  # Optuna's heartbeat table (whole seconds on SQLite): the old one beat once and stopped
+        study._storage.record_heartbeat(old._trial_id)
+        time.sleep(3.2)
+        study._storage.record_heartbeat(fresh._trial_id)
+    assert heartbeat.fail_stale_trials(study) == [old.number]
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [State.RUNNING, State.FAIL, State.WAITING]
+    assert trials[1].user_attrs["fail_reason"] == heartbeat.STALE_REASON.format(
+        grace=2, what="queued again once with the same parameters")
+    retry = study.ask()  # takes the queued copy
+    assert retry.number == 2 and retry.params == old.params and "fail_reason" not in retry.user_attrs
+    if kind == "sqlite":
+        return  # the rest is storage-independent (and slow on SQLite's whole-second clock)
+    study._storage.set_trial_system_attr(retry._trial_id, heartbeat.KEY, time.time() - 60)
+    study._storage.set_trial_system_attr(fresh._trial_id, heartbeat.KEY, time.time())
+    assert heartbeat.fail_stale_trials(study) == [2]
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [State.RUNNING, State.FAIL, State.FAIL]
+    assert "not queued again" in trials[2].user_attrs["fail_reason"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Ctrl-C on launch
 
@@ -171,6 +262,90 @@ def test_second_signal_kills_the_workers_and_the_next_launch_recovers_their_tria
         reruns = [t for t in trials if t.system_attrs.get("failed_trial") == lost.number]
         assert len(reruns) == 1 and reruns[0].params == lost.params and reruns[0].state in FINISHED
     assert integrity(sqlite_file(url)) == "ok"
+
+
+# ---------------------------------------------------------------------------------------------
+# Under launch (moved from test_workers.py)
+
+
+def cli(*args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
+    """``tagsearch ARGS`` in a subprocess, one thread, stdout+stderr captured together."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "tagsearch.cli", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def quick_spec(spec_factory, epochs: int, **kwargs):
+    """The tiny test spec with ``epochs`` epochs and early-stopping patience as long."""
+    path = spec_factory("dense", **kwargs)
+    text = path.read_text().replace("max_epochs = 2", f"max_epochs = {epochs}").replace("patience = 2",
+                                                                                           f"patience = {epochs}")
+    path.write_text(text)
+    return path
+
+
+def trials(url: str, name: str = "test-dense") -> list:
+    return optuna.load_study(study_name=name, storage=open_storage(url)).get_trials()
+
+
+def running_with_an_epoch(url: str, number: int | None = None):
+    """The first RUNNING trial (numbered ``number``) that has reported an epoch, else None."""
+    try:
+        return next((t for t in trials(url) if t.state == State.RUNNING and t.intermediate_values
+                     and number in (None, t.number)), None)
+    except (KeyError, UserError):  # the study (or its file) is not created yet
+        return None
+
+
+@pytest.mark.slow
+def test_killed_worker_trial_is_failed_retried_and_the_budget_met(spec_factory, tmp_path):
+    """SIGKILL the worker running trial 0: the other marks it FAIL (heartbeat), reruns its parameters,
+    and the study still reaches its budget; launch reports the crash with a non-zero exit."""
+    url, target = f"sqlite:///{tmp_path}/kill.db", 3
+    spec = quick_spec(spec_factory, epochs=12, storage=url)
+    launch = cli("launch", str(spec), "--workers", "2", "--n-trials", str(target),
+                 env={"TAGSEARCH_HEARTBEAT": "1", "TAGSEARCH_GRACE": "3"})
+    victim = wait_for(lambda: (tmp_path / "kill.db").exists() and running_with_an_epoch(url, number=0), 120,
+                      "trial 0 to report an epoch")
+    os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+    output = launch.communicate(timeout=300)[0]
+    assert launch.returncode == 1 and "exited with code -9" in output, output
+    done = trials(url)
+    assert done[0].state == State.FAIL and done[0].user_attrs["fail_reason"].startswith("worker lost: no heartbeat")
+    retry = [t for t in done if t.system_attrs.get("failed_trial") == 0]
+    assert len(retry) == 1 and retry[0].params == done[0].params
+    assert retry[0].state in (State.COMPLETE, State.PRUNED)
+    assert sum(t.state in (State.COMPLETE, State.PRUNED) for t in done) == target
+    assert not any(t.state == State.RUNNING for t in done)
+
+
+@pytest.mark.slow
+def test_launch_forwards_ctrl_c_and_a_rerun_resumes(spec_factory, tmp_path):
+    url, target = f"sqlite:///{tmp_path}/launch.db", 4
+    spec = quick_spec(spec_factory, epochs=300, storage=url)  # long trials: the signal lands mid-trial
+    launch = cli("launch", str(spec), "--workers", "2", "--n-trials", str(target))
+    wait_for(lambda: (tmp_path / "launch.db").exists() and running_with_an_epoch(url), 120, "a running trial")
+    launch.send_signal(signal.SIGINT)
+    output = launch.communicate(timeout=60)[0]
+    assert launch.returncode == 130 and "interrupted" in output, output
+    assert "Traceback" not in output
+    stopped = trials(url)
+    assert not any(t.state == State.RUNNING for t in stopped)
+    interrupted = [t for t in stopped if t.state == State.FAIL]
+    assert interrupted and all("interrupted" in t.user_attrs["fail_reason"] for t in interrupted)
+    queued = [t for t in stopped if t.state == State.WAITING]
+    assert {t.user_attrs["retry_of"] for t in queued} == {t.number for t in interrupted}
+
+    spec = quick_spec(spec_factory, epochs=2, storage=url)
+    rerun = cli("launch", str(spec), "--workers", "2", "--n-trials", str(target))
+    output = rerun.communicate(timeout=300)[0]
+    assert rerun.returncode == 0, output
+    assert f"{target}/{target} finished" in output and "launched 2 worker(s) on cpu" in output
+    done = trials(url)
+    assert sum(t.state in (State.COMPLETE, State.PRUNED) for t in done) == target
+    assert not any(t.state in (State.RUNNING, State.WAITING) for t in done)
+    defaults = [t for t in done if t.user_attrs.get("config") == "defaults" and t.state != State.FAIL]
+    assert len(defaults) == 1 and (tmp_path / "launch-logs" / "test-dense-worker0.log").is_file()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,3 +478,36 @@ def test_retrain_onto_a_file_is_refused_and_the_file_kept(finished_study, tmp_pa
     assert len(errors) == 1 and "is a file" in errors[0], errors
     assert target.read_text() == "not a directory"
     assert [p.name for p in tmp_path.iterdir()] == ["results.txt"]
+
+
+@pytest.fixture(scope="module")
+def existing_results(finished_study, tmp_path_factory):
+    """A results directory written by a first, complete retrain (the tests below try to replace it)."""
+    spec_path, _ = finished_study
+    out = tmp_path_factory.mktemp("existing") / "tfidf"
+    assert main(["retrain", str(spec_path), "--out", str(out)]) == 0
+    return out, results.read_config(out)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("step", ["results.save_model", "results.write_json", "retrain.write_plots",
+                                  "retrain.report_markdown", "results._checkpoint"])
+def test_retrain_interrupted_over_an_existing_directory_keeps_it_whole(step, finished_study, existing_results,
+                                                                         monkeypatch, capsys):
+    """Interrupted at each write step, or just before the swap, a retrain onto an existing results
+    directory leaves the old one in place, loadable, and nothing else beside it. (Kills during the
+    swap itself, with os._exit, are in test_atomic.py.)"""
+    spec_path, _ = finished_study
+    out, config = existing_results
+    module, name = step.split(".")
+    target = {"results": results, "retrain": retrain_module}[module]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(target, name, interrupted)
+    assert main(["retrain", str(spec_path), "--out", str(out)]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert results.read_config(out) == config
+    assert results.load(out).config["sha256"] == config["sha256"]
+    assert [p.name for p in out.parent.iterdir()] == [out.name]

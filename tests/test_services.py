@@ -19,7 +19,7 @@ import optuna
 import pytest
 
 from tagsearch.storage import open_storage
-from test_stress import check_study, run_workers, stress_spec
+from test_stress import check_study, run_workers, start_proxy, stop_proxy, stress_spec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = [pytest.mark.services, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
@@ -77,7 +77,8 @@ def drop_redis_journal(url: str) -> None:
         client.close()
 
 
-def run_two_workers(url: str, tmp_path, tiny_csv) -> optuna.Study:
+def run_two_workers(url: str, tmp_path, tiny_csv, backend: str | None = None) -> optuna.Study:
+    """The study through ``url``; ``backend``: the database behind it (a proxy), for the cleanup."""
     name = f"tagsearch-reliability-{uuid.uuid4().hex[:10]}"
     spec = stress_spec(tmp_path / "spec.toml", tiny_csv, url, name, epochs=2)
     try:
@@ -87,7 +88,7 @@ def run_two_workers(url: str, tmp_path, tiny_csv) -> optuna.Study:
         assert study.user_attrs["model"] == "dense" and "fingerprint" in study.user_attrs
         return study
     finally:
-        storage = open_storage(url)
+        storage = open_storage(backend or url)
         if name in optuna.get_all_study_names(storage):
             optuna.delete_study(study_name=name, storage=storage)
 
@@ -100,6 +101,20 @@ def test_postgresql(tmp_path, tiny_csv):
 @pytest.mark.timeout(240)
 def test_mysql(tmp_path, tiny_csv):
     run_two_workers(server_url("mysql"), tmp_path, tiny_csv)
+
+
+@pytest.mark.timeout(240)
+def test_postgresql_through_the_grpc_storage_proxy(tmp_path, tiny_csv):
+    """A `tagsearch storage-proxy` on a free loopback port with PostgreSQL behind it; the workers
+    only know grpc://127.0.0.1:PORT. Stopped with SIGTERM afterwards: exit 0."""
+    backend = server_url("postgresql")
+    proxy, url = start_proxy(backend, tmp_path / "proxy.log")
+    try:
+        study = run_two_workers(url, tmp_path, tiny_csv, backend=backend)
+        assert type(study._storage).__name__ == "GrpcStorageProxy"
+    finally:
+        assert stop_proxy(proxy) == 0, (tmp_path / "proxy.log").read_text()
+    assert "storage proxy stopped" in (tmp_path / "proxy.log").read_text()
 
 
 @pytest.mark.timeout(240)

@@ -24,6 +24,7 @@ COMMANDS = {
     "worker": ("tagsearch.workers", "cmd_worker"),
     "launch": ("tagsearch.workers", "cmd_launch"),
     "dashboard": ("tagsearch.dashboard", "cmd_dashboard"),
+    "storage-proxy": ("tagsearch.proxy", "cmd_storage_proxy"),
     "retrain": ("tagsearch.retrain", "cmd_retrain"),
     "predict": ("tagsearch.predict", "cmd_predict"),
     "compare": ("tagsearch.compare", "cmd_compare"),
@@ -118,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--storage", metavar="URL")
     dashboard.add_argument("--host", default="127.0.0.1")
     dashboard.add_argument("--port", type=int, default=8080)
+
+    proxy = sub.add_parser("storage-proxy", help="serve a study database to many workers over gRPC (grpc://HOST:PORT)")
+    proxy.add_argument("--storage", required=True, metavar="URL", help="the database behind it, e.g. postgresql://...")
+    proxy.add_argument("--host", default="127.0.0.1")
+    proxy.add_argument("--port", type=int, default=13000)
 
     retrain = sub.add_parser("retrain", help="retrain a study's best trial and evaluate it on the test split")
     retrain.add_argument("spec", metavar="SPEC")

@@ -20,7 +20,7 @@ def cmd_dashboard(args) -> int:
     url = args.storage or (load_spec(args.spec).storage if args.spec else DEFAULT_STORAGE)
     if not 1 <= args.port <= 65535:
         raise UserError(f"--port {args.port} is out of range; expected 1..65535")
-    storage = open_storage(url, create=False)
+    storage = open_storage(url, create=False, read_only=True)  # browsing never takes SQLite's write lock
     store = artifact_store(url)
     if not is_loopback(args.host):
         print(f"warning: serving on {args.host}, reachable from other machines; the dashboard has no login and "

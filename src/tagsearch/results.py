@@ -8,24 +8,27 @@ Layout (written by ``tagsearch retrain``, read by ``predict`` and ``compare``)::
     metrics.json         validation and test figures (see retrain.py)
     *.png, report.md     plots and a short report
 
-``save_dir`` writes a directory atomically (a temp directory beside it, renamed into place), so an
-interrupted run never leaves a half-written results directory. ``load`` checks the sha256 of every
+``atomic_dir`` writes a directory atomically (a temp directory beside it, swapped into place in one
+step), so an interrupted run never leaves a half-written results directory, and a replaced one is
+the old or the new directory at every instant. ``load`` checks the sha256 of every
 file it reads against config.json before using it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 from . import features
@@ -78,24 +81,184 @@ def save_model(folder: Path, model: nn.Module | list[nn.Module], state: dict | l
 
 @contextlib.contextmanager
 def atomic_dir(out: str | os.PathLike):
-    """Yield a fresh temp directory beside ``out``; on success it replaces ``out`` in one rename
-    (an existing ``out`` is moved aside first, then removed). On any error it is deleted."""
+    """Yield a fresh temp directory beside ``out``; on success it becomes ``out`` in one atomic step,
+    so ``out`` is the complete old directory or the complete new one at every instant, whatever kills
+    the process (SIGKILL, power loss after the rename is journaled). On an error the temp directory
+    is deleted and ``out`` is untouched.
+
+    An existing ``out`` is swapped with ``renameat2(RENAME_EXCHANGE)`` (Linux ≥ 3.15 on ext4, xfs,
+    btrfs, tmpfs, ...); then the old tree, now under the temp name, is deleted. Where the exchange
+    is unavailable, ``out`` becomes a symlink to a versioned directory ``.out.v-*`` and each replace
+    is one ``os.replace`` of that symlink (a real directory left by an older tagsearch is converted
+    once, by the exchange if possible, else with a rename whose gap is the only non-atomic moment).
+    Leftovers of a killed run (``.out.tmp-*``, ``.out.v-*`` no longer linked) are removed by the next."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"results path {str(out)!r} is a file; expected a directory (or nothing) there")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    _sweep_leftovers(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
         yield tmp
         tmp.chmod(0o755)
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        if out.exists():
-            out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
+        _fsync_tree(tmp)
+        _checkpoint("written")
+        _install(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+RENAME_EXCHANGE = 2
+AT_FDCWD = -100
+_FORCE_SYMLINK_ENV = "TAGSEARCH_NO_RENAME_EXCHANGE"  # tests: exercise the symlink fallback on Linux
+
+
+def _checkpoint(step: str) -> None:
+    """Between two steps of a results swap (tests kill the process here)."""
+
+
+def _install(tmp: Path, out: Path) -> None:
+    """Make ``tmp`` the new ``out`` atomically; then delete the old tree."""
+    if not os.path.lexists(out):
+        if _symlink_mode(out):
+            _link_version(tmp, out)
+        else:
+            os.rename(tmp, out)  # nothing to keep: a plain rename is atomic
+            _fsync_dir(out.parent)
+        _checkpoint("installed")
+        return
+    if out.is_symlink() or not _exchange(tmp, out):
+        _link_version(tmp, out)
+        return
+    # tmp now holds the old tree (or, if out was a symlink, the old link: see _link_version).
+    _fsync_dir(out.parent)
+    _checkpoint("exchanged")
+    _remove_old(tmp)
+    _checkpoint("cleaned")
+
+
+def _link_version(tmp: Path, out: Path) -> None:
+    """Fallback: ``out`` is a symlink to ``.out.v-*``; replace the link in one ``os.replace``."""
+    version = Path(tempfile.mkdtemp(prefix=f".{out.name}.v-{os.getpid()}-", dir=out.parent))
+    os.rename(tmp, version)  # rename over the empty directory mkdtemp made (same file system)
+    _checkpoint("versioned")
+    link = out.with_name(f".{out.name}.link-{os.getpid()}")
+    if os.path.lexists(link):
+        os.unlink(link)
+    os.symlink(version.name, link)
+    old = os.readlink(out) if out.is_symlink() else None
+    if os.path.lexists(out) and not out.is_symlink():
+        # A real directory from before: the exchange is unavailable, so move it aside first (the
+        # one gap of the fallback, once per results directory).
+        aside = out.with_name(f".{out.name}.v-old-{os.getpid()}")
+        os.rename(out, aside)
+        _checkpoint("moved-aside")
+        os.replace(link, out)
+        old = aside.name
+    else:
+        os.replace(link, out)
+    _fsync_dir(out.parent)
+    _checkpoint("exchanged")
+    if old is not None and "/" not in old:
+        _remove_old(out.parent / old)
+    _checkpoint("cleaned")
+
+
+def _symlink_mode(out: Path) -> bool:
+    return os.environ.get(_FORCE_SYMLINK_ENV) == "1" or _renameat2() is None
+
+
+def _renameat2():
+    """libc's renameat2, or None (not Linux, old glibc)."""
+    if os.environ.get(_FORCE_SYMLINK_ENV) == "1" or not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the names ``a`` and ``b`` in one step; False where the OS or file system cannot."""
+    import ctypes
+
+    function = _renameat2()
+    if function is None:
+        return False
+    if function(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):
+        return False  # file system (or seccomp filter) without RENAME_EXCHANGE: use the symlink fallback
+    raise OSError(error, f"renameat2({str(a)!r}, {str(b)!r}, RENAME_EXCHANGE): {os.strerror(error)}")
+
+
+def _remove_old(path: Path) -> None:
+    """Delete an old tree: a directory, or a symlink (then also the version it pointed to)."""
+    if path.is_symlink():
+        target = os.readlink(path)
+        os.unlink(path)
+        if "/" not in target and target.startswith("."):
+            shutil.rmtree(path.parent / target, ignore_errors=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _sweep_leftovers(out: Path) -> None:
+    """Remove what a killed earlier run left beside ``out``: temp directories of dead processes,
+    versions no longer linked, stray links. Never the live version, never another run's temp."""
+    live = os.readlink(out) if out.is_symlink() else None
+    for path in out.parent.glob(f".{glob.escape(out.name)}.*"):
+        kind, _, tail = path.name[len(out.name) + 2:].partition("-")
+        owner = tail.removeprefix("old-").split("-", 1)[0]
+        if kind not in ("tmp", "v", "link") or path.name == live or _pid_alive(owner):
+            continue  # not ours, the live version, or another retrain of this directory is running
+        if path.is_symlink() or not path.is_dir():
+            path.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _pid_alive(text: str) -> bool:
+    if not text.isdigit():
+        return False
+    try:
+        os.kill(int(text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return int(text) != os.getpid()
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file of the new tree before it becomes visible (a crash after the swap must not
+    leave empty files under the new name)."""
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,28 +7,31 @@ Supported URLs (see ``studies/README.md``)::
     mysql+pymysql://user:pw@host/db
     journal:///storage/tagsearch.log      Optuna JournalFileBackend (a log file; four slashes: absolute)
     redis://host:6379/0                   Optuna JournalRedisBackend (``rediss://`` for TLS)
+    grpc://host:13000                     a ``tagsearch storage-proxy`` (Optuna's gRPC storage proxy)
 
-Relational storages get heartbeats: a trial whose worker died (SIGKILL, lost machine) becomes FAIL
-once its heartbeat is older than the grace period, the next worker to start a trial notices, and
-``RetryHeartbeatStaleTrialCallback(max_retry=1)`` queues it again with the same parameters. The
+Relational storages get Optuna's heartbeats: a trial whose worker died (SIGKILL, lost machine)
+becomes FAIL once its heartbeat is older than the grace period, the next worker to start a trial
+notices, and it is queued again once with the same parameters (``heartbeat.retry_once``). The
 interval and grace period come from ``TAGSEARCH_HEARTBEAT`` / ``TAGSEARCH_GRACE`` (seconds).
+Storages without Optuna heartbeats (journals, the gRPC proxy) get the same recovery from
+``heartbeat.py``: a timestamp written as a trial system attribute, read through the storage API.
 SQLite is opened with a long lock timeout and in WAL mode so several local workers can share it.
 Every failure to open a storage is a ``UserError`` (passwords masked), never a traceback.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 from .errors import UserError
+from .heartbeat import env_seconds
 
-HEARTBEAT_SECONDS = 30
-GRACE_SECONDS = 120
 SQLITE_TIMEOUT_SECONDS = 300
 RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
 JOURNAL_SCHEMES = ("journal", "redis", "rediss")
+PROXY_SCHEMES = ("grpc",)
+GRPC_CONNECT_SECONDS = 10
 DEFAULT_ARTIFACTS = Path("storage/artifacts")
 
 
@@ -36,11 +39,12 @@ def scheme(url: str) -> str:
     """``"mysql+pymysql://..."`` → ``"mysql"``; a UserError when ``url`` is not a storage URL."""
     if not isinstance(url, str) or "://" not in url:
         raise UserError(f"storage {url!r} is not a URL; expected e.g. sqlite:///storage/tagsearch.db, "
-                        f"postgresql://user@host/db, journal:///storage/tagsearch.log or redis://host:6379/0")
+                        f"postgresql://user@host/db, journal:///storage/tagsearch.log, redis://host:6379/0 "
+                        f"or grpc://host:port")
     name = url.split("://", 1)[0].split("+", 1)[0].lower()
-    if name not in RDB_SCHEMES + JOURNAL_SCHEMES:
+    if name not in RDB_SCHEMES + JOURNAL_SCHEMES + PROXY_SCHEMES:
         raise UserError(f"storage {masked(url)!r} has unsupported scheme {name!r}; expected one of "
-                        f"{', '.join(RDB_SCHEMES + JOURNAL_SCHEMES)}")
+                        f"{', '.join(RDB_SCHEMES + JOURNAL_SCHEMES + PROXY_SCHEMES)}")
     return name
 
 
@@ -75,7 +79,16 @@ def artifact_store(url: str):
 
 
 def masked(url: str) -> str:
-    """``url`` with any password replaced by ``***``."""
+    """``url`` with any password replaced by ``***`` (SQLAlchemy's own rendering where it parses)."""
+    import sqlalchemy.exc
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError, TypeError):
+        parsed = None
+    if parsed is not None and parsed.password is not None:
+        return parsed.render_as_string(hide_password=True)
     head, sep, rest = url.partition("://")
     userinfo, at, host = rest.rpartition("@")
     if not at or ":" not in userinfo:
@@ -83,9 +96,15 @@ def masked(url: str) -> str:
     return f"{head}{sep}{userinfo.split(':', 1)[0]}:***@{host}"
 
 
-def open_storage(url: str, create: bool = True):
+SERVER_SCHEMES = ("postgresql", "mysql", "redis", "rediss", "grpc")
+
+
+def open_storage(url: str, create: bool = True, read_only: bool = False, retry: bool = False):
     """An Optuna storage for ``url``. With ``create=False`` a missing local file is an error
-    instead of a new empty storage (for commands that only read studies)."""
+    instead of a new empty storage (for commands that only read studies). ``read_only``: for
+    progress polls and the dashboard: SQLite transactions start deferred, so reading never takes
+    the write lock the workers queue for (WAL readers do not block writers). ``retry``: calls to a
+    database server or proxy ride out outages (``retrying``); opening it still fails at once."""
     kind = scheme(url)
     path = local_path(url)
     if path is not None:
@@ -95,16 +114,30 @@ def open_storage(url: str, create: bool = True):
         path.parent.mkdir(parents=True, exist_ok=True)
     try:
         if kind in JOURNAL_SCHEMES:
-            return _journal_storage(url, kind, path)
-        return _rdb_storage(with_driver(url), kind)
+            storage = _journal_storage(url, kind, path)
+        elif kind in PROXY_SCHEMES:
+            storage = _grpc_storage(url)
+        else:
+            storage = _rdb_storage(with_driver(url), kind, read_only=read_only)
     except UserError:
         raise
     except ImportError as exc:
         raise UserError(f"cannot open storage {masked(url)!r}: its database driver is not installed ({exc}); "
-                        f"expected psycopg2/pymysql/redis: pip install 'tagsearch[scale]'") from None
+                        f"expected psycopg2/pymysql/redis/grpcio: pip install 'tagsearch[scale]'") from None
     except Exception as exc:  # driver/network errors of SQLAlchemy, psycopg2, pymysql, redis
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"cannot open storage {masked(url)!r}: {type(exc).__name__}: {first_line}") from None
+    if not (retry and kind in SERVER_SCHEMES):
+        return storage
+    if kind in RDB_SCHEMES:
+        import logging
+
+        # A connection cut by an outage cannot be reset when it goes back to the pool; SQLAlchemy
+        # then discards it (the retry opens a new one) but logs the failed ROLLBACK with a traceback.
+        logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)
+    # Optuna wraps an RDBStorage in its _CachedStorage (finished trials read once, not per call);
+    # the retrying wrapper would hide the RDBStorage from it, so wrap the cache, not the storage.
+    return retrying(optuna_cached(storage))
 
 
 # SQLAlchemy's default driver for a bare scheme, and the one tagsearch[scale] installs instead.
@@ -137,7 +170,42 @@ def _journal_storage(url: str, kind: str, path: Path | None):
     return JournalStorage(JournalRedisBackend(url))
 
 
-def _rdb_storage(url: str, kind: str, attempts: int = 3):
+def proxy_address(url: str) -> tuple[str, int]:
+    """``grpc://host:port`` → ``("host", port)`` (a UserError when either is missing)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host, port = None, None
+    if not host or not port or parts.path.strip("/"):
+        raise UserError(f"storage {url!r} is not a proxy address; expected grpc://HOST:PORT of a "
+                        f"'tagsearch storage-proxy'")
+    return host, port
+
+
+def _grpc_storage(url: str):
+    """Optuna's ``GrpcStorageProxy`` on a running ``tagsearch storage-proxy`` (waits briefly for it)."""
+    import warnings
+
+    import grpc
+    import optuna
+    from optuna.storages import GrpcStorageProxy
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    host, port = proxy_address(url)
+    storage = GrpcStorageProxy(host=host, port=port)
+    try:
+        storage.wait_server_ready(timeout=GRPC_CONNECT_SECONDS)
+    except (grpc.FutureTimeoutError, ConnectionError):  # Optuna turns the former into the latter
+        storage.close()
+        raise UserError(f"no storage proxy answers at {url} (waited {GRPC_CONNECT_SECONDS} s); expected a running "
+                        f"'tagsearch storage-proxy --storage URL --port {port}' on {host}") from None
+    return storage
+
+
+def _rdb_storage(url: str, kind: str, attempts: int = 3, read_only: bool = False):
     """RDBStorage with heartbeats; retried because workers creating the tables at once can race."""
     import optuna
     import sqlalchemy
@@ -158,7 +226,8 @@ def _rdb_storage(url: str, kind: str, attempts: int = 3):
     if kind == "sqlite":
         if local_path(url) is not None:
             _use_wal(storage.engine)
-        sqlalchemy.event.listen(storage.engine, "begin", _begin_immediate)
+        if not read_only:
+            sqlalchemy.event.listen(storage.engine, "begin", _begin_immediate)
     return storage
 
 
@@ -194,26 +263,229 @@ def _use_wal(engine) -> None:
         pass
 
 
+def count_trials(study, states: tuple) -> int:
+    """How many of the study's trials are in ``states``: one COUNT query on relational storages
+    (Optuna's get_n_trials loads every trial with all its attributes, which a worker would do under
+    the budget lock before each trial), the storage API elsewhere."""
+    storage = getattr(study._storage, "inner", study._storage)
+    if not hasattr(storage, "scoped_session"):
+        return study._storage.get_n_trials(study._study_id, state=states)
+
+    def count() -> int:
+        import sqlalchemy
+        from optuna.storages._rdb import models
+
+        session = storage.scoped_session()
+        try:
+            return session.query(sqlalchemy.func.count(models.TrialModel.trial_id)).filter(
+                models.TrialModel.study_id == study._study_id, models.TrialModel.state.in_(states)).scalar()
+        finally:
+            session.rollback()
+            session.close()
+
+    return retry_transient("count_trials", count)
+
+
 def heartbeat_settings() -> dict:
-    """RDBStorage keyword arguments for heartbeats and retrying trials of dead workers once."""
+    """RDBStorage keyword arguments for heartbeats and retrying trials of dead workers once
+    (``heartbeat.retry_once``: Optuna's RetryHeartbeatStaleTrialCallback(max_retry=1) without
+    copying the dead trial's ``fail_reason`` onto its retry)."""
     import warnings
 
     import optuna
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-    interval = _env_seconds("TAGSEARCH_HEARTBEAT", HEARTBEAT_SECONDS)
-    grace = _env_seconds("TAGSEARCH_GRACE", GRACE_SECONDS)
-    if grace <= interval:
-        raise UserError(f"TAGSEARCH_GRACE={grace} must be larger than TAGSEARCH_HEARTBEAT={interval}")
+    from .heartbeat import heartbeat_timing, retry_once
+
+    interval, grace = heartbeat_timing()
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    return {"heartbeat_interval": interval, "grace_period": grace,
-            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=1)}
+    return {"heartbeat_interval": interval, "grace_period": grace, "heartbeat_stale_trial_callback": retry_once}
 
 
-def _env_seconds(name: str, default: int) -> int:
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return default
-    if not text.isdigit() or int(text) < 1:
-        raise UserError(f"{name}={text!r} is not a whole number of seconds >= 1")
-    return int(text)
+# ---------------------------------------------------------------------------------------------
+# Database outages
+
+OUTAGE_LIMIT_SECONDS = 120
+BACKOFF_SECONDS = (0.5, 8.0)
+
+
+class StorageOutage(UserError):
+    """The storage stayed unreachable for longer than TAGSEARCH_OUTAGE_LIMIT seconds."""
+
+
+def outage_limit() -> int:
+    return env_seconds("TAGSEARCH_OUTAGE_LIMIT", OUTAGE_LIMIT_SECONDS)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A lost or refused connection (database restarted, network cut, proxy down): worth retrying.
+    Not: a bad query, a constraint, a missing study, a user mistake. Optuna's RDBStorage wraps every
+    SQLAlchemy error, a dropped connection included, in a StorageInternalError ("invalid data in the
+    commit"), so the cause chain is searched."""
+    seen = 0
+    while exc is not None and seen < 5:
+        if _transient(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def _transient(exc: BaseException) -> bool:
+    import sqlalchemy.exc
+
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+        return True  # connection refused/closed/reset, server gone away; SQLite: database is locked
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    module = type(exc).__module__
+    if module.startswith("redis"):
+        import redis.exceptions
+
+        return isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                                redis.exceptions.BusyLoadingError))
+    if module.startswith("grpc") and hasattr(exc, "code"):
+        import grpc
+
+        code = exc.code()
+        details = exc.details() or "" if hasattr(exc, "details") else ""
+        return code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) or (
+            code == grpc.StatusCode.UNKNOWN and any(word in details for word in (
+                "OperationalError", "InterfaceError", "ConnectionError", "connection")))
+    return False
+
+
+def retry_transient(what: str, function, *args, limit: float | None = None, **kwargs):
+    """``function(*args, **kwargs)``, retried with exponential backoff (0.5 s → 8 s) while it fails
+    with a transient error, one log line per try; a ``StorageOutage`` once the failures have lasted
+    ``limit`` seconds (TAGSEARCH_OUTAGE_LIMIT, default 120)."""
+    global gave_up
+    limit = outage_limit() if limit is None else limit
+    start, pause = None, BACKOFF_SECONDS[0]
+    while True:
+        try:
+            result = function(*args, **kwargs)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            now = time.monotonic()
+            start = now if start is None else start
+            reason = _reason(exc)
+            if gave_up is not None:
+                raise gave_up from None  # this process already waited out the limit: fail fast now
+            if now - start >= limit:
+                gave_up = StorageOutage(f"the storage was unreachable for {now - start:.0f} s (limit "
+                                        f"TAGSEARCH_OUTAGE_LIMIT={limit:g} s) during {what}: {reason}; the study "
+                                        f"is consistent: rerun the worker once the database is back")
+                raise gave_up from None
+            _log(f"storage unreachable during {what} ({reason}); retry in {pause:.1f} s "
+                 f"(down {now - start:.0f} s, giving up after {limit:g} s)")
+            time.sleep(pause)
+            pause = min(pause * 2, BACKOFF_SECONDS[1])
+            continue
+        if start is not None:
+            _log(f"storage reachable again after {time.monotonic() - start:.1f} s ({what})")
+        return result
+
+
+gave_up: StorageOutage | None = None  # set once an outage outlasted the limit in this process
+
+
+def _reason(exc: BaseException) -> str:
+    """The root cause of a (wrapped) storage error, in one line."""
+    while exc.__cause__ is not None and type(exc).__name__ == "StorageInternalError":
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
+
+
+def optuna_cached(storage):
+    """``storage`` as ``optuna.create_study`` would use it (RDBStorage → _CachedStorage)."""
+    import optuna
+
+    return optuna.storages.get_storage(storage)
+
+
+def retrying(storage):
+    """``storage`` with every call retried through transient errors (``retry_transient``); one for
+    every worker's server storage, so a database restart or a network cut of a few seconds costs
+    a pause, not a trial. Idempotent calls are simply repeated; a state change whose first attempt
+    was applied but not acknowledged is recognised (UpdateFinishedTrialError on the retry while the
+    trial already has the requested state) and counts as done."""
+    from optuna.storages._heartbeat import BaseHeartbeat
+
+    global _retrying_classes
+    if _retrying_classes is None:
+        _retrying_classes = _make_retrying_classes()
+    plain, beating = _retrying_classes
+    return (beating if isinstance(storage, BaseHeartbeat) else plain)(storage)
+
+
+_retrying_classes = None
+
+
+def _make_retrying_classes():
+    from optuna.storages import BaseStorage
+    from optuna.storages._heartbeat import BaseHeartbeat
+
+    class Retrying(BaseStorage):
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):  # engine, url, ... of the wrapped storage
+            return getattr(self.__dict__["inner"], name)
+
+        def set_trial_state_values(self, trial_id, state, values=None):
+            from optuna.exceptions import UpdateFinishedTrialError
+
+            attempts = []
+
+            def once():
+                attempts.append(1)
+                try:
+                    return self.inner.set_trial_state_values(trial_id, state, values)
+                except UpdateFinishedTrialError:
+                    if len(attempts) > 1 and self.inner.get_trial(trial_id).state == state:
+                        return True  # our first attempt was applied; its answer was lost
+                    raise
+
+            return retry_transient(f"set_trial_state_values({state.name})", once)
+
+    def wrap(name):
+        def method(self, *args, **kwargs):
+            return retry_transient(name, getattr(self.inner, name), *args, **kwargs)
+
+        method.__name__ = name
+        return method
+
+    for name in dir(BaseStorage):
+        if not name.startswith("_") and callable(getattr(BaseStorage, name)) and name not in Retrying.__dict__:
+            setattr(Retrying, name, wrap(name))
+    Retrying.__abstractmethods__ = frozenset()
+
+    class RetryingHeartbeat(Retrying, BaseHeartbeat):
+        def record_heartbeat(self, trial_id):
+            try:  # Optuna's heartbeat thread: log and go on (an exception would kill the thread)
+                self.inner.record_heartbeat(trial_id)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                _log(f"heartbeat of trial id {trial_id} not recorded ({_reason(exc)}); next beat in "
+                     f"{self.inner.get_heartbeat_interval()} s")
+
+        def _get_stale_trial_ids(self, study_id):
+            return retry_transient("_get_stale_trial_ids", self.inner._get_stale_trial_ids, study_id)
+
+        def get_heartbeat_interval(self):
+            return self.inner.get_heartbeat_interval()
+
+        def get_heartbeat_stale_trial_callback(self):
+            return self.inner.get_heartbeat_stale_trial_callback()
+
+    RetryingHeartbeat.__abstractmethods__ = frozenset()
+    return Retrying, RetryingHeartbeat
+
+
+def _log(message: str) -> None:
+    import sys
+
+    print(message, file=sys.stderr, flush=True)

@@ -4,15 +4,15 @@ device list, one live progress line, signals forwarded, non-zero exit if a worke
 
 Budget: before each trial a worker counts the study's finished (COMPLETE + PRUNED) and RUNNING
 trials and starts one only while their sum is below N. Counting and creating the trial happen under
-the study's ``BudgetLock``, so two workers never both take the last slot: exactly N finish.
-While the remaining budget is held by other workers' running trials, a worker waits and keeps
-checking heartbeats: if such a worker died, its trial is failed, requeued and run here.
+the study's ``BudgetLock`` (locks.py), so two workers never both take the last slot: exactly N
+finish; creating the study and its [defaults] trial happens under the same lock. While the
+remaining budget is held by other workers' running trials, a worker waits and keeps checking
+heartbeats (heartbeat.py, on every storage): if such a worker died, its trial is failed, requeued
+and run here.
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import os
 import signal
 import subprocess
@@ -22,12 +22,14 @@ from pathlib import Path
 
 import optuna
 
-from . import search
+from . import heartbeat, search
 from .data import load_corpus, resolve_data
 from .errors import UserError
+from .locks import BudgetLock
 from .log import log
 from .spec import load_spec
-from .storage import RDB_SCHEMES, local_path, masked, open_storage, scheme, with_driver
+from . import storage as storages
+from .storage import local_path, masked, open_storage
 
 POLL_SECONDS = 1.0
 MAX_CONSECUTIVE_FAILURES = 8
@@ -52,16 +54,30 @@ def cmd_worker(args) -> int:
 
         torch.set_num_threads(args.threads)
     corpus = load_corpus(resolve_data(spec, args))
-    study = search.open_study(spec, corpus, url, args.study_name, seed_offset=worker_index(), storage=store)
+    study = open_study(spec, corpus, url, args.study_name, seed_offset=worker_index(), storage=store)
     objective = search.Objective(spec, corpus, device=args.device)
     handle_interrupts(objective)
     log(f"data: {corpus.source}: {corpus.summary()}")
     log(f"worker {os.getpid()} on study {study.study_name!r} ({masked(url)}), device {device}, data fingerprint "
         f"{corpus.fingerprint}: {search.progress(study).finished}/{target} trials finished")
-    code = run_trials(study, objective, target, args.timeout or spec.timeout, wait_for_running=has_heartbeat(url),
-                      url=url)
+    code = run_trials(study, objective, target, args.timeout or spec.timeout, url=url)
     log(f"worker {os.getpid()} done: {summary(search.progress(study), target)}")
     return code
+
+
+def open_study(spec, corpus, url: str, study_name: str | None, **kwargs) -> optuna.Study:
+    """``search.open_study`` under the study's budget lock: of workers starting on a new study at
+    the same moment, one creates it and queues [defaults]; the others find it complete."""
+    name, storage = study_name or spec.name, kwargs.get("storage")
+    if storage is not None and any(s.study_name == name and "fingerprint" in s.user_attrs
+                                   for s in storage.get_all_studies()):
+        return search.open_study(spec, corpus, url, study_name, **kwargs)  # complete: joining changes nothing
+    lock = BudgetLock(url, name)
+    try:
+        lock.acquire()
+        return search.open_study(spec, corpus, url, study_name, **kwargs)
+    finally:
+        lock.close()
 
 
 def open_early(url: str):
@@ -69,7 +85,7 @@ def open_early(url: str):
     a local file that does not exist yet, so a refused input never leaves an empty storage behind
     (``open_study`` creates it once the data is good)."""
     path = local_path(url)
-    return open_storage(url) if path is None or path.exists() else None
+    return open_storage(url, retry=True) if path is None or path.exists() else None
 
 
 def handle_interrupts(objective: search.Objective) -> None:
@@ -96,8 +112,8 @@ def worker_index() -> int:
 def run_trials(study: optuna.Study, objective: search.Objective, target: int, timeout: float | None = None,
                wait_for_running: bool = True, url: str | None = None) -> int:
     """Run trials until the study has ``target`` finished ones or ``timeout`` seconds passed.
-    When the rest of the budget is running elsewhere, wait (``wait_for_running``: only with
-    heartbeats, which tell a slow worker from a dead one) or leave. ``url``: the study's storage,
+    When the rest of the budget is running elsewhere, wait (``wait_for_running``: heartbeats, on
+    every storage, tell a slow worker from a dead one) or leave. ``url``: the study's storage,
     whose ``BudgetLock`` other workers share (None: no other worker). Returns 0, or 1 when this
     worker's trials keep failing."""
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -106,12 +122,15 @@ def run_trials(study: optuna.Study, objective: search.Objective, target: int, ti
 
     def started(trial: optuna.Trial) -> float:
         lock.release()  # the trial exists and counts as RUNNING: the next worker may count now
-        return objective(trial)
+        with heartbeat.TrialHeartbeat(study, trial._trial_id):
+            return objective(trial)
 
     try:
         while not guard.tripped:
             if objective.stop_requested:
                 raise KeyboardInterrupt
+            if storages.gave_up is not None:
+                raise storages.gave_up
             if deadline is not None and time.monotonic() >= deadline:
                 return 0
             lock.acquire()
@@ -128,64 +147,21 @@ def run_trials(study: optuna.Study, objective: search.Objective, target: int, ti
     except KeyboardInterrupt:
         requeue(study, objective.interrupted)
         raise
+    except Exception:
+        if storages.gave_up is not None:  # an outage outlasted the limit (whatever Optuna made of it)
+            raise storages.gave_up from None
+        raise
     finally:
         lock.close()
     log(f"stopping: {guard.limit} trials in a row failed; last reason: {guard.last_reason}")
     return 1
 
 
-class BudgetLock:
-    """Makes "count the study's trials, then create one" one step among all its workers: an flock on
-    a file beside a local storage (SQLite, journal), a named lock on PostgreSQL/MySQL, a lock key on
-    Redis. The OS or the server drops it when a worker dies."""
-
-    def __init__(self, url: str | None, study_name: str):
-        self.held, self._take, self._give, self.close = False, lambda: None, lambda: None, lambda: None
-        kind, path = (None, None) if url is None else (scheme(url), local_path(url))
-        key = int(hashlib.sha256(study_name.encode()).hexdigest()[:15], 16)
-        if path is not None:
-            handle = open(path.with_name(f"{path.name}.budget-lock"), "a")
-            self._take = lambda: fcntl.flock(handle, fcntl.LOCK_EX)
-            self._give = lambda: fcntl.flock(handle, fcntl.LOCK_UN)
-            self.close = handle.close
-        elif kind in ("postgresql", "mysql"):
-            import sqlalchemy
-
-            engine = sqlalchemy.create_engine(with_driver(url), poolclass=sqlalchemy.pool.NullPool)
-            connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            take, give = ((f"SELECT pg_advisory_lock({key})", f"SELECT pg_advisory_unlock({key})")
-                          if kind == "postgresql" else
-                          (f"SELECT GET_LOCK('tagsearch-{key}', 3600)", f"SELECT RELEASE_LOCK('tagsearch-{key}')"))
-            self._take = lambda: connection.exec_driver_sql(take)
-            self._give = lambda: connection.exec_driver_sql(give)
-            self.close = connection.close
-        elif kind in ("redis", "rediss"):
-            import redis
-
-            lock = redis.Redis.from_url(url).lock(f"tagsearch:budget-lock:{key}", timeout=300)
-            self._take, self._give = lock.acquire, lock.release
-
-    def acquire(self) -> None:
-        if not self.held:
-            self._take()
-            self.held = True
-
-    def release(self) -> None:
-        if self.held:
-            self.held = False
-            self._give()
-
-
 def has_budget(study: optuna.Study, target: int) -> bool:
-    """Fail stale trials of dead workers (no-op without heartbeats), then: may one more trial start?"""
-    optuna.storages.fail_stale_trials(study)
-    counts = search.progress(study)
-    return counts.finished + counts.running < target
-
-
-def has_heartbeat(url: str) -> bool:
-    """Relational storages get heartbeats (see storage.py); journal storages do not."""
-    return scheme(url) in RDB_SCHEMES
+    """Fail stale trials of dead workers (and queue each again once), then: may one more trial start?"""
+    heartbeat.fail_stale_trials(study)
+    State = optuna.trial.TrialState
+    return storages.count_trials(study, (State.COMPLETE, State.PRUNED, State.RUNNING)) < target
 
 
 class FailureGuard:
@@ -238,7 +214,7 @@ def cmd_launch(args) -> int:
     store = open_early(url)
     config = resolve_data(spec, args)
     corpus = load_corpus(config)
-    study = search.open_study(spec, corpus, url, args.study_name, storage=store)  # trial 0 before any child
+    study = open_study(spec, corpus, url, args.study_name, storage=store)  # trial 0 before any child
     log(f"data: {corpus.source}: {corpus.summary()}")
     threads = max(1, cpu_count() // args.workers)
     logs = log_dir(url)
@@ -251,7 +227,9 @@ def cmd_launch(args) -> int:
         children.append(start_worker(command, worker_env(index, device, threads), path))
     log(f"launched {args.workers} worker(s) on {', '.join(devices)} ({threads} thread(s) each); "
         f"logs in {logs}/{study.study_name}-worker*.log")
-    return supervise(study, children, target)
+    # Progress polls read through a storage of their own that never takes SQLite's write lock.
+    poll = open_storage(url, read_only=True, retry=True)
+    return supervise(optuna.load_study(study_name=study.study_name, storage=poll), children, target)
 
 
 def parse_devices(text: str) -> list[str]:

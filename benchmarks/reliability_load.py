@@ -1,0 +1,215 @@
+"""Load figures for README "Reliability" and BENCHMARKS.md: W workers × 1 thread run N short trials
+on tiny data, once directly on PostgreSQL and once through ``tagsearch storage-proxy`` with the same
+PostgreSQL behind it, while ``tagsearch dashboard`` serves the study and a poller reads it through
+the dashboard's HTTP API every second (the dashboard's read path).
+
+Checked afterwards: exactly N finished, 0 duplicated numbers, 0 FAIL, nothing RUNNING or WAITING.
+Measured: per-trial storage time (seconds a worker's main thread spent in storage calls, the budget
+lock's tries included, from the end of one trial to the end of the next), median and p95; wall time.
+
+    .venv/bin/python benchmarks/reliability_load.py [--trials 200] [--workers 8]
+        [--postgres postgresql+psycopg2://postgres@127.0.0.1:5432/test] [--modes direct,proxy] [--json OUT]
+
+Each run uses a study of its own (deleted afterwards).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+# Runs inside each worker: time every storage call of the main thread (all go through
+# storage.retry_transient) and write one line per trial: its number and its storage seconds.
+TIMING_HOOK = """
+import json, os, sys, threading, time
+import optuna
+from tagsearch import storage
+
+out = open(os.environ["TAGSEARCH_BENCH_TIMINGS"], "a")
+spent = [0.0]
+real_retry = storage.retry_transient
+
+
+def timed(what, function, *args, **kwargs):
+    if threading.current_thread() is not threading.main_thread():
+        return real_retry(what, function, *args, **kwargs)
+    start = time.perf_counter()
+    try:
+        return real_retry(what, function, *args, **kwargs)
+    finally:
+        spent[0] += time.perf_counter() - start
+
+
+storage.retry_transient = timed
+real_optimize = optuna.study.Study.optimize
+
+
+def optimize(self, *args, **kwargs):
+    before = {t.number for t in self.get_trials(deepcopy=False)}
+    real_optimize(self, *args, **kwargs)
+    mine = [t.number for t in self.get_trials(deepcopy=False) if t.number not in before]
+    out.write(json.dumps({"trial": mine[0] if mine else None, "storage_s": spent[0]}) + "\\n")
+    out.flush()
+    spent[0] = 0.0
+
+
+optuna.study.Study.optimize = optimize
+from tagsearch.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def free_port() -> int:
+    from test_stress import free_port as port
+
+    return port()
+
+
+class DashboardPoller:
+    """``tagsearch dashboard`` on the study's storage and a thread reading the study through its API."""
+
+    def __init__(self, url: str, name: str, folder: Path):
+        self.port, self.name = free_port(), name
+        self.log = folder / "dashboard.log"
+        with open(self.log, "w") as handle:
+            self.process = subprocess.Popen([sys.executable, "-m", "tagsearch.cli", "dashboard", "--storage", url,
+                                             "--port", str(self.port)], stdout=handle, stderr=subprocess.STDOUT,
+                                            cwd=folder)
+        self.polls, self.errors, self.stop = 0, [], threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def get(self, path: str):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=30) as reply:
+            return json.loads(reply.read())
+
+    def run(self) -> None:
+        study_id = None
+        while not self.stop.wait(1.0):
+            try:
+                if study_id is None:
+                    found = [s for s in self.get("/api/studies")["study_summaries"] if s["study_name"] == self.name]
+                    study_id = found[0]["study_id"] if found else None
+                    continue
+                self.get(f"/api/studies/{study_id}?after=0")
+                self.polls += 1
+            except OSError as exc:  # not listening yet
+                if self.process.poll() is not None:
+                    self.errors.append(f"dashboard exited: {exc}")
+                    return
+            except Exception as exc:
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=40)
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def run(mode: str, postgres: str, trials: int, workers: int, folder: Path, data: Path) -> dict:
+    from conftest import write_spec
+    from test_stress import start_proxy, stop_proxy
+
+    import optuna
+    from tagsearch.storage import open_storage
+
+    name = f"tagsearch-load-{mode}-{uuid.uuid4().hex[:8]}"
+    folder = folder / mode
+    folder.mkdir(parents=True)
+    proxy = None
+    url = postgres
+    if mode == "proxy":
+        proxy, url = start_proxy(postgres, folder / "proxy.log")
+    spec = write_spec(folder / "spec.toml", model="dense", data=data, storage=url, name=name)
+    spec.write_text(spec.read_text().replace("max_epochs = 2", "max_epochs = 1").replace("patience = 2", "patience = 1"))
+    hook = folder / "timing_hook.py"
+    hook.write_text(TIMING_HOOK)
+    timings = folder / "timings.jsonl"
+    poller = DashboardPoller(url, name, folder)
+    processes, start = [], time.monotonic()
+    try:
+        for index in range(workers):
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "TAGSEARCH_WORKER_INDEX": str(index),
+                   "TAGSEARCH_BENCH_TIMINGS": str(timings)}
+            with open(folder / f"worker{index}.log", "w") as handle:
+                processes.append(subprocess.Popen([sys.executable, str(hook), "worker", str(spec), "--n-trials",
+                                                   str(trials), "--threads", "1"], env=env, stdout=handle,
+                                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+        codes = [p.wait(timeout=3600) for p in processes]
+        wall = time.monotonic() - start
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+        poller.close()
+        if proxy is not None:
+            stop_proxy(proxy)
+    study = optuna.load_study(study_name=name, storage=open_storage(postgres))
+    all_trials = study.get_trials(deepcopy=False)
+    State = optuna.trial.TrialState
+    numbers = [t.number for t in all_trials]
+    rows = [json.loads(line) for line in timings.read_text().splitlines()]
+    per_trial = sorted(r["storage_s"] for r in rows if r["trial"] is not None)
+    result = {
+        "mode": mode, "workers": workers, "budget": trials, "exit_codes": codes, "wall_s": round(wall, 1),
+        "finished": sum(t.state in (State.COMPLETE, State.PRUNED) for t in all_trials),
+        "complete": sum(t.state == State.COMPLETE for t in all_trials),
+        "pruned": sum(t.state == State.PRUNED for t in all_trials),
+        "fail": sum(t.state == State.FAIL for t in all_trials),
+        "running_or_waiting": sum(t.state in (State.RUNNING, State.WAITING) for t in all_trials),
+        "duplicated_numbers": len(numbers) - len(set(numbers)),
+        "numbers_contiguous": sorted(numbers) == list(range(len(numbers))),
+        "defaults_trials": sum(t.user_attrs.get("config") == "defaults" for t in all_trials),
+        "storage_s_median": round(statistics.median(per_trial), 4),
+        "storage_s_p95": round(per_trial[max(0, int(round(0.95 * len(per_trial))) - 1)], 4),
+        "trials_timed": len(per_trial),
+        "dashboard_polls": poller.polls, "dashboard_errors": poller.errors[:3],
+    }
+    optuna.delete_study(study_name=name, storage=open_storage(postgres))
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=200)
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--postgres", default=os.environ.get("TAGSEARCH_TEST_POSTGRES",
+                                                             "postgresql+psycopg2://postgres@127.0.0.1:5432/test"))
+    parser.add_argument("--modes", default="direct,proxy")
+    parser.add_argument("--json", metavar="OUT")
+    args = parser.parse_args()
+    from tagsearch.synth import write_corpus
+
+    folder = Path(tempfile.mkdtemp(prefix="tagsearch-load-"))
+    data = folder / "tiny.csv"
+    write_corpus(data, n_posts=600, seed=1)
+    results = []
+    for mode in args.modes.split(","):
+        result = run(mode, args.postgres, args.trials, args.workers, folder, data)
+        print(json.dumps(result), flush=True)
+        results.append(result)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                               "results": results}, indent=2) + "\n")
+    ok = all(r["finished"] == r["budget"] and r["fail"] == 0 and r["duplicated_numbers"] == 0
+             and r["running_or_waiting"] == 0 and r["exit_codes"] == [0] * r["workers"] for r in results)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

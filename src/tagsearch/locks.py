@@ -1,0 +1,300 @@
+"""The study's budget lock: "count the study's trials, then create one" (and creating a study with
+its [defaults] trial) as one step among all workers, on every storage.
+
+| storage | lock | freed when the holder dies |
+|---|---|---|
+| SQLite, journal file | ``flock`` on ``<file>.budget-lock`` | by the OS |
+| PostgreSQL | ``pg_try_advisory_lock`` on a connection of its own | by the server (session ends) |
+| MySQL/MariaDB | ``GET_LOCK`` (result checked: 1 held, 0 waited too long → wait again, NULL → error) | by the server |
+| Redis journal | a key set with NX and a 30 s lease, renewed every 10 s by a thread while held | when the lease runs out |
+| gRPC proxy | the same lease, kept by ``tagsearch storage-proxy`` itself (see proxy.py) | when the lease runs out |
+
+A lock that cannot be taken is waited for (a log line every ``WAIT_LOG_SECONDS``) or, when its
+server is unreachable for longer than the outage limit, reported as an error: a worker never goes
+on unlocked. A lease whose renewal fails is reported (``lost`` is set and logged).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from .log import log
+from .errors import UserError
+from .storage import local_path, proxy_address, retry_transient, scheme, with_driver
+
+WAIT_LOG_SECONDS = 30
+LEASE_SECONDS = 30
+RENEW_SECONDS = 10
+POLL_SECONDS = (0.02, 0.5)  # first and longest pause between two tries of a busy lock
+GET_LOCK_SECONDS = 5  # MySQL: one GET_LOCK call waits this long, then is retried
+
+
+def lock_key(study_name: str) -> int:
+    return int(hashlib.sha256(study_name.encode()).hexdigest()[:15], 16)
+
+
+def holder_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class BudgetLock:
+    """The lock of ``study_name`` on the storage ``url`` (None: no other worker, no lock)."""
+
+    def __init__(self, url: str | None, study_name: str):
+        self.held, self.study_name = False, study_name
+        self._impl = None if url is None else _make(url, study_name)
+
+    def acquire(self) -> None:
+        if not self.held and self._impl is not None:
+            self._impl.acquire()
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            if self._impl is not None:
+                self._impl.release()
+
+    def close(self) -> None:
+        self.release()
+        if self._impl is not None:
+            self._impl.close()
+
+    def __enter__(self) -> "BudgetLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _make(url: str, study_name: str):
+    kind, path, key = scheme(url), local_path(url), lock_key(study_name)
+    if path is not None:
+        return FileLock(path.with_name(f"{path.name}.budget-lock"))
+    if kind in ("postgresql", "mysql"):
+        return AdvisoryLock(url, kind, key)
+    if kind in ("redis", "rediss"):
+        return RedisLeaseLock(url, f"tagsearch:budget-lock:{key}")
+    if kind == "grpc":
+        return GrpcLeaseLock(url, f"budget-lock:{key}")
+    return None  # SQLite in memory: one process, nothing to share
+
+
+class Waiting:
+    """Backoff between tries of a busy lock, with a log line every WAIT_LOG_SECONDS."""
+
+    def __init__(self, what: str):
+        self.what, self.start, self.pause, self.logged = what, time.monotonic(), POLL_SECONDS[0], 0
+
+    def __call__(self) -> None:
+        waited = time.monotonic() - self.start
+        if waited - self.logged >= WAIT_LOG_SECONDS:
+            self.logged = waited
+            log(f"waiting for {self.what}: held by another worker for {waited:.0f} s so far")
+        time.sleep(self.pause)
+        self.pause = min(self.pause * 2, POLL_SECONDS[1])
+
+
+class FileLock:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(path, "a")
+
+    def acquire(self) -> None:
+        fcntl.flock(self.handle, fcntl.LOCK_EX)  # blocks; the OS frees it when the holder dies
+
+    def release(self) -> None:
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+class AdvisoryLock:
+    """A server-side named lock on a connection of its own (AUTOCOMMIT, no pool): the server frees
+    it when that connection ends, i.e. when the worker dies. A connection lost while waiting is
+    reopened (outage rules of ``retry_transient``)."""
+
+    def __init__(self, url: str, kind: str, key: int):
+        import sqlalchemy
+
+        self.kind, self.key, self.connection = kind, key, None
+        self.engine = sqlalchemy.create_engine(with_driver(url), poolclass=sqlalchemy.pool.NullPool)
+        self.what = f"the budget lock ({'pg_advisory_lock' if kind == 'postgresql' else 'GET_LOCK'} {key})"
+
+    def _connection(self):
+        if self.connection is None:
+            self.connection = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        return self.connection
+
+    def _try(self) -> bool:
+        try:
+            if self.kind == "postgresql":
+                return bool(self._connection().exec_driver_sql(f"SELECT pg_try_advisory_lock({self.key})").scalar())
+            got = self._connection().exec_driver_sql(
+                f"SELECT GET_LOCK('tagsearch-{self.key}', {GET_LOCK_SECONDS})").scalar()
+        except Exception:
+            self._drop_connection()
+            raise
+        if got is None:  # MySQL: an error (out of memory, killed thread): never proceed unlocked
+            raise UserError(f"MySQL GET_LOCK('tagsearch-{self.key}') returned NULL (a server error); "
+                            f"the budget lock cannot be taken")
+        return got == 1  # 0: another worker held it for GET_LOCK_SECONDS; wait again
+
+    def acquire(self) -> None:
+        waiting = Waiting(self.what)
+        while not retry_transient(self.what, self._try):
+            waiting()
+
+    def release(self) -> None:
+        give = (f"SELECT pg_advisory_unlock({self.key})" if self.kind == "postgresql"
+                else f"SELECT RELEASE_LOCK('tagsearch-{self.key}')")
+        try:
+            self._connection().exec_driver_sql(give)
+        except Exception as exc:  # the connection is gone: so is the lock (the server freed it)
+            log(f"releasing {self.what}: {type(exc).__name__}; dropping its connection, which frees it")
+            self._drop_connection()
+
+    def _drop_connection(self) -> None:
+        if self.connection is not None:
+            try:
+                self.connection.invalidate()
+                self.connection.close()
+            except Exception:
+                pass
+            self.connection = None
+
+    def close(self) -> None:
+        self._drop_connection()
+        self.engine.dispose()
+
+
+class LeaseLock:
+    """A lock with a lease (``LEASE_SECONDS``) renewed every ``RENEW_SECONDS`` by a daemon thread
+    while held: a live holder keeps it however long it holds it, a dead one loses it when the
+    lease runs out. Subclasses implement ``_try``, ``_renew`` and ``_drop`` for one holder id."""
+
+    what = "the budget lock"
+
+    def __init__(self):
+        self.holder = holder_id()
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self) -> None:
+        waiting = Waiting(self.what)
+        while not retry_transient(self.what, self._try):
+            waiting()
+        self.lost, self._stop = False, threading.Event()
+        self._thread = threading.Thread(target=self._keep_alive, args=(self._stop,), daemon=True,
+                                        name="budget-lock-lease")
+        self._thread.start()
+
+    def _keep_alive(self, stop: threading.Event) -> None:
+        while not stop.wait(RENEW_SECONDS):
+            try:
+                renewed = self._renew()
+            except Exception as exc:
+                log(f"renewing {self.what}: {type(exc).__name__}: {str(exc)[:200]}; retrying")
+                continue
+            if not renewed:
+                self.lost = True
+                log(f"lost {self.what}: its lease ran out before it was renewed (the worker stalled for "
+                    f"{LEASE_SECONDS} s or the server restarted)")
+                return
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        try:
+            retry_transient(f"releasing {self.what}", self._drop)
+        except UserError as exc:  # unreachable for long: the lease frees it
+            log(f"{exc}; the lease frees it within {LEASE_SECONDS} s")
+
+    def close(self) -> None:
+        pass
+
+
+class RedisLeaseLock(LeaseLock):
+    RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+    DROP = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+    def __init__(self, url: str, name: str):
+        import redis
+
+        super().__init__()
+        self.client, self.name = redis.Redis.from_url(url, socket_timeout=10), name
+        self.what = f"the budget lock (Redis key {name})"
+
+    def _try(self) -> bool:
+        return bool(self.client.set(self.name, self.holder, nx=True, px=int(LEASE_SECONDS * 1000)))
+
+    def _renew(self) -> bool:
+        return bool(self.client.eval(self.RENEW, 1, self.name, self.holder, int(LEASE_SECONDS * 1000)))
+
+    def _drop(self) -> None:
+        self.client.eval(self.DROP, 1, self.name, self.holder)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+SERVICE = "tagsearch.BudgetLock"  # the storage proxy's lease-lock service (proxy.py serves it)
+
+
+def address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class GrpcLeaseLock(LeaseLock):
+    """The budget lock kept by the storage proxy (see ``Leases``)."""
+
+    def __init__(self, url: str, name: str):
+        import grpc
+
+        super().__init__()
+        host, port = proxy_address(url)
+        self.channel = grpc.insecure_channel(address(host, port))
+        self.name, self.url = name, url
+        self.what = f"the budget lock ({name} on {url})"
+        self.calls = {method: self.channel.unary_unary(f"/{SERVICE}/{method}",
+                                                       request_serializer=lambda r: json.dumps(r).encode(),
+                                                       response_deserializer=json.loads)
+                      for method in ("Acquire", "Renew", "Release")}
+
+    def _call(self, method: str) -> bool:
+        import grpc
+
+        try:
+            reply = self.calls[method]({"name": self.name, "holder": self.holder, "lease": LEASE_SECONDS},
+                                       timeout=10)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                raise UserError(f"{self.url} is an Optuna gRPC proxy without tagsearch's lock service, so workers "
+                                f"could overshoot the budget; expected a 'tagsearch storage-proxy'") from None
+            raise
+        return bool(reply.get("ok"))
+
+    def _try(self) -> bool:
+        return self._call("Acquire")
+
+    def _renew(self) -> bool:
+        return self._call("Renew")
+
+    def _drop(self) -> None:
+        self._call("Release")
+
+    def close(self) -> None:
+        self.channel.close()
