@@ -107,7 +107,7 @@ def suggest(trial: optuna.Trial, spec: Spec) -> dict:
 
 class Objective:
     """Suggest → build → train, reporting each epoch to the pruner → record → return the best
-    validation value of the study's metric. ``workers.py`` sets the signal flags."""
+    validation value of the study's metric. (Ctrl-C and SIGTERM are ``workers.Interrupts``'.)"""
 
     def __init__(self, spec: Spec, corpus: Corpus, device: str | None = None, max_epochs: int | None = None):
         self.spec, self.corpus = spec, corpus
@@ -115,27 +115,16 @@ class Objective:
         self.max_epochs = max_epochs or spec.max_epochs
         self.device_name = describe_device(self.device)
         self.folds = data.cv_folds(corpus, data.n_folds(corpus, spec.folds), corpus.split.get("split_seed", 0))
-        self.interrupted: int | None = None  # number of a trial stopped by Ctrl-C/SIGTERM (to requeue)
-        self.active = False  # inside a trial: a signal interrupts it (see workers.py)
-        self.stop_requested = False  # a signal came: start no further trial
 
     def __call__(self, trial: optuna.Trial) -> float:
-        self.active = True
         try:
-            if self.stop_requested:  # the signal came while Optuna was creating this trial
-                raise KeyboardInterrupt
             return self.run_trial(trial)
         except optuna.TrialPruned:
             raise
         except Exception as exc:  # diverged, CUDA OOM, ...: FAIL with the reason; the worker goes on
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:1000])
             raise
-        except KeyboardInterrupt:
-            self.interrupted = trial.number
-            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C or SIGTERM); queued again with the same parameters")
-            raise
         finally:
-            self.active = False
             release_memory()
 
     def run_trial(self, trial: optuna.Trial) -> float:

@@ -56,11 +56,11 @@ def cmd_worker(args) -> int:
     corpus = load_corpus(resolve_data(spec, args))
     study = open_study(spec, corpus, url, args.study_name, seed_offset=worker_index(), storage=store)
     objective = search.Objective(spec, corpus, device=args.device)
-    handle_interrupts(objective)
+    interrupts = Interrupts().install()
     log(f"data: {corpus.source}: {corpus.summary()}")
     log(f"worker {os.getpid()} on study {study.study_name!r} ({masked(url)}), device {device}, data fingerprint "
         f"{corpus.fingerprint}: {search.progress(study).finished}/{target} trials finished")
-    code = run_trials(study, objective, target, args.timeout or spec.timeout, url=url)
+    code = run_trials(study, objective, target, args.timeout or spec.timeout, url=url, interrupts=interrupts)
     log(f"worker {os.getpid()} done: {summary(search.progress(study), target)}")
     return code
 
@@ -88,17 +88,38 @@ def open_early(url: str):
     return open_storage(url, retry=True) if path is None or path.exists() else None
 
 
-def handle_interrupts(objective: search.Objective) -> None:
-    """SIGINT/SIGTERM: a running trial is interrupted at once (FAIL, then queued again); between
-    trials the worker just starts no further one. Never mid-ask, which could strand a trial."""
+class Interrupts:
+    """A worker's Ctrl-C/SIGTERM state. A running trial is interrupted at once (FAIL with the reason,
+    then queued again); between trials the worker just starts no further one. Never mid-ask, which
+    could strand a trial."""
 
-    def on_signal(signum, frame):
-        objective.stop_requested = True
-        if objective.active:
-            raise KeyboardInterrupt
+    def __init__(self):
+        self.active = False  # inside a trial: a signal interrupts it
+        self.stop_requested = False  # a signal came: start no further trial
+        self.interrupted: int | None = None  # the trial a signal stopped (to queue again)
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, on_signal)
+    def install(self) -> "Interrupts":
+        def on_signal(signum, frame):
+            self.stop_requested = True
+            if self.active:
+                raise KeyboardInterrupt
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, on_signal)
+        return self
+
+    def run(self, objective, trial: optuna.Trial) -> float:
+        self.active = True
+        try:
+            if self.stop_requested:  # the signal came while Optuna was creating this trial
+                raise KeyboardInterrupt
+            return objective(trial)
+        except KeyboardInterrupt:
+            self.interrupted = trial.number
+            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C or SIGTERM); queued again with the same parameters")
+            raise
+        finally:
+            self.active = False
 
 
 def worker_index() -> int:
@@ -110,12 +131,13 @@ def worker_index() -> int:
 
 
 def run_trials(study: optuna.Study, objective: search.Objective, target: int, timeout: float | None = None,
-               wait_for_running: bool = True, url: str | None = None) -> int:
+               wait_for_running: bool = True, url: str | None = None, interrupts: Interrupts | None = None) -> int:
     """Run trials until the study has ``target`` finished ones or ``timeout`` seconds passed.
     When the rest of the budget is running elsewhere, wait (``wait_for_running``: heartbeats, on
     every storage, tell a slow worker from a dead one) or leave. ``url``: the study's storage,
     whose ``BudgetLock`` other workers share (None: no other worker). Returns 0, or 1 when this
     worker's trials keep failing."""
+    interrupts = interrupts or Interrupts()
     deadline = None if timeout is None else time.monotonic() + timeout
     guard = FailureGuard(MAX_CONSECUTIVE_FAILURES)
     lock = BudgetLock(url, study.study_name)
@@ -123,11 +145,11 @@ def run_trials(study: optuna.Study, objective: search.Objective, target: int, ti
     def started(trial: optuna.Trial) -> float:
         lock.release()  # the trial exists and counts as RUNNING: the next worker may count now
         with heartbeat.TrialHeartbeat(study, trial._trial_id):
-            return objective(trial)
+            return interrupts.run(objective, trial)
 
     try:
         while not guard.tripped:
-            if objective.stop_requested:
+            if interrupts.stop_requested:
                 raise KeyboardInterrupt
             if storages.gave_up is not None:
                 raise storages.gave_up
@@ -145,7 +167,7 @@ def run_trials(study: optuna.Study, objective: search.Objective, target: int, ti
             finally:
                 lock.release()
     except KeyboardInterrupt:
-        requeue(study, objective.interrupted)
+        requeue(study, interrupts.interrupted)
         raise
     except Exception:
         if storages.gave_up is not None:  # an outage outlasted the limit (whatever Optuna made of it)
