@@ -135,7 +135,8 @@ def run_trials(study: optuna.Study, objective: search.Objective, target: int, ti
     """Run trials until the study has ``target`` finished ones or ``timeout`` seconds passed.
     When the rest of the budget is running elsewhere, wait (``wait_for_running``: heartbeats, on
     every storage, tell a slow worker from a dead one) or leave. ``url``: the study's storage,
-    whose ``BudgetLock`` other workers share (None: no other worker). Returns 0, or 1 when this
+    whose ``BudgetLock`` other workers share (None: no other worker). ``interrupts``: the installed
+    signal state of a ``worker`` process (default: none installed). Returns 0, or 1 when this
     worker's trials keep failing."""
     interrupts = interrupts or Interrupts()
     deadline = None if timeout is None else time.monotonic() + timeout
