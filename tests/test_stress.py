@@ -247,27 +247,34 @@ sys.exit(main(sys.argv[3:]))
 """ % RENDEZVOUS_SECONDS
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(180)
-def test_two_workers_reaching_the_last_slot_together_do_not_overshoot(tmp_path, tiny_csv):
-    target, url = 2, f"sqlite:///{tmp_path}/race.db"
-    spec = stress_spec(tmp_path / "race.toml", tiny_csv, url, "race", epochs=1, extra="")
-    hook, rendezvous = tmp_path / "ask_hook.py", tmp_path / "rendezvous"
-    hook.write_text(ASK_HOOK)
-    rendezvous.mkdir()
+def run_hooked_workers(tmp_path, hook_text: str, hook_args, spec, target: int) -> None:
+    """Two ``worker`` processes started through the script ``hook_text`` (which patches tagsearch,
+    then runs its CLI) with ``hook_args(index)`` before the command; both must exit 0."""
+    hook = tmp_path / "hook.py"
+    hook.write_text(hook_text)
+    (tmp_path / "rendezvous").mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    logs, processes = [tmp_path / f"race{i}.log" for i in range(2)], []
+    logs, processes = [tmp_path / f"worker{i}.log" for i in range(2)], []
     try:
         for index, log in enumerate(logs):
             with open(log, "w") as handle:
                 processes.append(subprocess.Popen(
-                    [sys.executable, str(hook), str(target), str(rendezvous), "worker", str(spec), "--n-trials",
-                     str(target), "--threads", "1"], env={**env, "TAGSEARCH_WORKER_INDEX": str(index)},
+                    [sys.executable, str(hook), *hook_args(index), "worker", str(spec), "--n-trials", str(target),
+                     "--threads", "1"], env={**env, "TAGSEARCH_WORKER_INDEX": str(index)},
                     stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
         codes = wait_all(processes, 150)
     finally:
         stop_all(processes)
     assert codes == [0, 0], [log.read_text()[-2000:] for log in logs]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_two_workers_reaching_the_last_slot_together_do_not_overshoot(tmp_path, tiny_csv):
+    target, url = 2, f"sqlite:///{tmp_path}/race.db"
+    spec = stress_spec(tmp_path / "race.toml", tiny_csv, url, "race", epochs=1, extra="")
+    rendezvous = tmp_path / "rendezvous"
+    run_hooked_workers(tmp_path, ASK_HOOK, lambda index: [str(target), str(rendezvous)], spec, target)
     trials = optuna.load_study(study_name="race", storage=url).get_trials()
     finished = [t.number for t in trials if t.state in FINISHED]
     assert len(finished) == target, f"{len(finished)} finished trials for a budget of {target}: {finished}"
@@ -326,22 +333,8 @@ def test_two_workers_creating_a_study_together_queue_the_defaults_once(tmp_path,
     """Fails without the lock (checked against c9e6e12: [defaults] queued as trials 0 and 1)."""
     target, url = 2, f"sqlite:///{tmp_path}/new.db"
     spec = stress_spec(tmp_path / "new.toml", tiny_csv, url, "new", epochs=1, extra="")
-    hook, rendezvous = tmp_path / "create_hook.py", tmp_path / "rendezvous"
-    hook.write_text(CREATE_HOOK)
-    rendezvous.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    logs, processes = [tmp_path / f"new{i}.log" for i in range(2)], []
-    try:
-        for index, log in enumerate(logs):
-            with open(log, "w") as handle:
-                processes.append(subprocess.Popen(
-                    [sys.executable, str(hook), str(rendezvous), str(index), "worker", str(spec), "--n-trials",
-                     str(target), "--threads", "1"], env={**env, "TAGSEARCH_WORKER_INDEX": str(index)},
-                    stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
-        codes = wait_all(processes, 150)
-    finally:
-        stop_all(processes)
-    assert codes == [0, 0], [log.read_text()[-2000:] for log in logs]
+    rendezvous = tmp_path / "rendezvous"
+    run_hooked_workers(tmp_path, CREATE_HOOK, lambda index: [str(rendezvous), str(index)], spec, target)
     assert len(list(rendezvous.glob("start-*"))) == 2  # the race was really run
     from tagsearch.storage import open_storage
 
