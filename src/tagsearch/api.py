@@ -80,7 +80,7 @@ def run_study(spec: Spec | str | Path, corpus: data.Corpus | None = None, *, n_t
     corpus, url = corpus or load_corpus(spec), storage or spec.storage
     study = search.open_study(spec, corpus, url, study_name)
     workers.run_trials(study, search.Objective(spec, corpus, device=device), n_trials or spec.n_trials,
-                       timeout or spec.timeout, wait_for_running=workers.has_heartbeat(url), url=url)
+                       timeout or spec.timeout, url=url)
     return study
 
 
