@@ -353,12 +353,12 @@ def test_launch_forwards_ctrl_c_and_a_rerun_resumes(spec_factory, tmp_path):
 
 
 class Sabotage:
-    """Counts trials (one ``train.fit`` call each) and breaks the ones listed, for real:
+    """Counts trials (one ``train.fit_folds`` call each) and breaks the ones listed, for real:
     ``nan`` makes the loss NaN inside the training loop, ``oom`` raises CUDA's out-of-memory error."""
 
     def __init__(self, monkeypatch, plan: dict[int, str]):
         self.plan, self.calls = plan, 0
-        real_fit, real_loss = train.fit, torch.nn.BCEWithLogitsLoss
+        real_fit, real_loss = train.fit_folds, torch.nn.BCEWithLogitsLoss
         sabotage = self
 
         class NanLoss(real_loss):
@@ -376,7 +376,7 @@ class Sabotage:
                     return real_fit(*args, **kwargs)
             return real_fit(*args, **kwargs)
 
-        monkeypatch.setattr(train, "fit", fit)
+        monkeypatch.setattr(train, "fit_folds", fit)
 
 
 @pytest.mark.timeout(120)
@@ -405,7 +405,7 @@ def test_nan_loss_and_cuda_oom_fail_their_trials_with_a_reason_and_the_worker_fi
 @pytest.mark.timeout(120)
 def test_a_diverged_trial_keeps_its_learning_curve_and_the_search_moves_on(tmp_path, spec_factory, monkeypatch):
     """NaN on the second epoch: the first epoch's value stays reported, the trial is FAIL (not pruned)."""
-    spec = load_spec(spec_factory("dense"))
+    spec = load_spec(spec_factory("dense", edit=lambda raw: raw["training"].update(folds=1)))  # 1 epoch = 1 call
     corpus = load_corpus(spec.data_config())
     real_epoch, epochs = train.train_epoch, []
 

@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="end to end on the built-in corpus: study, retrain, compare")
     demo.add_argument("--data", metavar="PATH", help="posts file (default: the built-in synthetic corpus)")
-    demo.add_argument("--trials", type=positive_int, default=8, metavar="N", help="trials per study")
+    demo.add_argument("--trials", type=positive_int, default=16, metavar="N", help="trials per study")
     demo.add_argument("--timeout", type=positive_float, metavar="S", help="seconds per study")
     demo.add_argument("--posts", type=positive_int, default=BUILTIN_POSTS, metavar="N", help="size of the synthetic corpus")
     demo.add_argument("--workers", type=positive_int, default=2, metavar="W")
