@@ -23,7 +23,7 @@ from . import features, metrics, results
 from .data import DataConfig, cv_folds, load_corpus, n_folds, train_and_val
 from .errors import UserError
 from .log import log
-from .spec import PARAMS
+from .spec import PARAMS, is_active
 
 RESULTS_ROOT = Path("results")
 BASELINE_TFIDF = {"max_features": 0, "min_df": 2, "ngram_max": 2, "sublinear_tf": True}
@@ -75,9 +75,10 @@ def load_entry(folder: Path) -> dict:
 
 
 def format_params(params: dict) -> str:
-    """The parameters that apply to the model, compactly (floats to 3 significant digits)."""
+    """The parameters that change the model, compactly (floats to 3 significant digits)."""
+    params = {"hidden_layers": 2, **params}  # results written before hidden_layers had two blocks
     shown = [(k, v) for k, v in params.items() if k not in HIDDEN_PARAMS and k in PARAMS
-             and params["model"] in PARAMS[k].models]
+             and params["model"] in PARAMS[k].models and is_active(k, params)]
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown)
 
 

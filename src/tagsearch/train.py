@@ -230,7 +230,7 @@ EpochHook = Callable[[int, dict], None]
 
 
 @dataclass
-class Run:
+class Trainee:
     """One model being trained: its data, loss, optimizers and shuffling generator."""
 
     model: nn.Module
@@ -241,7 +241,7 @@ class Run:
     generator: torch.Generator
 
     @classmethod
-    def start(cls, model, train_data, val_data, params: dict) -> "Run":
+    def start(cls, model, train_data, val_data, params: dict) -> "Trainee":
         weights = pos_weight(train_data.labels.cpu().numpy(), params["pos_weight"])
         device = train_data.labels.device
         criterion = nn.BCEWithLogitsLoss(pos_weight=None if weights is None else weights.to(device))
@@ -277,7 +277,7 @@ def fit_folds(folds: list[tuple], params: dict, *, max_epochs: int, patience: in
     lockstep, and each epoch their validation predictions are pooled — every post predicted by the
     model that did not train on it — and scored once, so the metric, early stopping and the pruner
     see all folds' posts."""
-    runs = [Run.start(model, train_data, val_data, params) for model, train_data, val_data in folds]
+    runs = [Trainee.start(model, train_data, val_data, params) for model, train_data, val_data in folds]
     validating = all(run.val_data is not None for run in runs)
     result = TrainResult(runs[0].model, metric, best_value=metrics.worst(metric), models=[r.model for r in runs])
     best_states = None
