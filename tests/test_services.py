@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import uuid
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import optuna
@@ -125,3 +127,21 @@ def test_redis_journal(tmp_path, tiny_csv):
         assert type(study._storage).__name__ == "JournalStorage"
     finally:
         drop_redis_journal(url)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_eight_workers_through_the_proxy_with_a_dashboard_polling(tmp_path, tiny_csv):
+    """The load benchmark (benchmarks/reliability_load.py) at test size: 8 workers × 1 thread, 24
+    trials through the gRPC storage proxy with PostgreSQL behind it, the dashboard read every second:
+    the budget is met exactly, no FAIL, no duplicated number, nothing left RUNNING or WAITING."""
+    postgres = server_url("postgresql")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from reliability_load import run  # noqa: E402  (a benchmark script, not a package)
+
+    result = run("proxy", postgres, trials=24, workers=8, folder=tmp_path, data=tiny_csv)
+    assert result["exit_codes"] == [0] * 8, result
+    assert (result["finished"], result["fail"], result["duplicated_numbers"], result["running_or_waiting"]) == \
+        (24, 0, 0, 0), result
+    assert result["defaults_trials"] == 1 and result["numbers_contiguous"], result
+    assert result["dashboard_polls"] > 0 and result["dashboard_errors"] == [], result
