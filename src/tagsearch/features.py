@@ -157,7 +157,26 @@ class TokenStream:
     uniques: np.ndarray  # object array of token strings
 
 
-@functools.lru_cache(maxsize=2)
+def per_texts(function, size: int = 2):
+    """Cache the last ``size`` results of ``function(corpus, *args)`` by the corpus's texts, not the
+    corpus: the fold corpora of a cross-validated study (``data.cv_folds``) share their texts, so
+    they share the token stream and the n-gram counts instead of evicting each other's."""
+    cache: dict = {}
+
+    @functools.wraps(function)
+    def cached(corpus: Corpus, *args):
+        key = (id(corpus.texts), args)
+        hit = cache.get(key)
+        if hit is None or hit[0] is not corpus.texts:  # (an id can be reused once its list is gone)
+            while len(cache) >= size:
+                cache.pop(next(iter(cache)))
+            hit = cache[key] = (corpus.texts, function(corpus, *args))
+        return hit[1]
+
+    return cached
+
+
+@per_texts
 def token_stream(corpus: Corpus) -> TokenStream:
     return split_tokens(corpus.texts)
 
@@ -274,7 +293,7 @@ def encode_texts(texts: list[str], state: dict) -> BagBatches:
 # TF-IDF model: n-gram counts from the token stream, then scikit-learn's TfidfTransformer
 
 
-@functools.lru_cache(maxsize=2)
+@per_texts
 def ngram_counts(corpus: Corpus, ngram_max: int) -> tuple[sp.csr_matrix, np.ndarray]:
     """Posts × n-grams (1..``ngram_max`` tokens) count matrix over every n-gram of the corpus, and
     the n-grams' strings (tokens joined by a space, as scikit-learn's analyzer writes them). Built
