@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from . import features, metrics, results
-from .data import DataConfig, cv_folds, load_corpus, n_folds, train_and_val
+from .data import DataConfig, cv_folds, load_corpus, train_and_val
 from .errors import UserError
 from .log import log
 from .spec import PARAMS, is_active
@@ -132,7 +132,7 @@ def fit_baseline(corpus, metric: str, refit: bool = False, folds: int | str = "a
     chosen on validation for ``metric`` exactly as for the networks — the same folds
     (``data.n_folds``) — then, with ``refit`` or folds, refit on training + validation."""
     start = time.perf_counter()
-    splits = cv_folds(corpus, n_folds(corpus, folds), corpus.split.get("split_seed", 0))
+    splits = cv_folds(corpus, folds)
     y_val = np.concatenate([corpus.labels[s.val_idx] for s in splits])
     best = None
     for C in BASELINE_C:

@@ -314,10 +314,13 @@ def n_folds(corpus: Corpus, folds: int | str) -> int:
     return int(folds)
 
 
-def cv_folds(corpus: Corpus, k: int, seed: int) -> list[Corpus]:
-    """The evaluation splits: ``[corpus]`` itself for ``k`` = 1; else ``k`` corpora whose validation
-    posts are one fold of training + validation and whose training posts are the others (the test
-    split never moves). Each fold corpus is a new object, so features are fitted per fold."""
+def cv_folds(corpus: Corpus, folds: int | str, seed: int | None = None) -> list[Corpus]:
+    """The evaluation splits for ``[training] folds`` (``n_folds``): ``[corpus]`` itself for 1; else
+    k corpora whose validation posts are one fold of training + validation and whose training posts
+    are the others (the test split never moves), shuffled by ``seed`` (default: the split's seed).
+    Each fold corpus is a new object, so features are fitted per fold."""
+    k = n_folds(corpus, folds)
+    seed = corpus.split.get("split_seed", 0) if seed is None else seed
     if k == 1:
         return [corpus]
     from sklearn.model_selection import KFold

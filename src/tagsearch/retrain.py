@@ -130,7 +130,7 @@ def retrain(corpus: Corpus, params: dict, epochs: int, patience: int, device: st
             refit: bool = False, folds: int = 1) -> Run:
     """Train as the trial did (on the training split, or on each of ``folds`` cross-validation
     folds), then optionally refit on training + validation."""
-    splits = cv_folds(corpus, folds, corpus.split.get("split_seed", 0))
+    splits = cv_folds(corpus, folds)
     def show(epoch, record):
         log(f"  epoch {epoch:3d}  loss {record['train_loss']:.4f}  val_{metric} {record[f'val_{metric}']:.4f}  "
             f"({record['thresholds']} thresholds)  {record['seconds']:.1f}s")

@@ -114,7 +114,7 @@ class Objective:
         self.device = device or spec.device
         self.max_epochs = max_epochs or spec.max_epochs
         self.device_name = describe_device(self.device)
-        self.folds = data.cv_folds(corpus, data.n_folds(corpus, spec.folds), corpus.split.get("split_seed", 0))
+        self.folds = data.cv_folds(corpus, spec.folds)
 
     def __call__(self, trial: optuna.Trial) -> float:
         try:
