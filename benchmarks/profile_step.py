@@ -99,7 +99,7 @@ def main() -> None:
     model, train_data, _ = train.build(corpus, params, "cpu")
     criterion = torch.nn.BCEWithLogitsLoss(pos_weight=train.pos_weight(corpus.labels[corpus.train_idx],
                                                                        params["pos_weight"]))
-    optimizers = train.make_optimizers(model, params["lr"], params["weight_decay"])
+    optimizers = train.make_optimizers(model, params)
     generator = torch.Generator().manual_seed(0)
     print(f"{args.model}, {args.threads} thread(s), {path}: {model}")
     clock = PhaseClock()

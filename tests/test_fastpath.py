@@ -254,6 +254,29 @@ def test_lazy_adam_equals_sparse_adam(steps, n_touched, in_place, monkeypatch):
     torch.testing.assert_close(ours.detach()[untouched], start[untouched])  # lazy: untouched rows never move
 
 
+@pytest.mark.parametrize("in_place", [True, False], ids=["cpu-kernel", "gathered"])
+def test_lazy_sgd_equals_torch_sgd_on_the_rows_each_step_touches(in_place, monkeypatch):
+    """Rows touched every step move exactly as under torch's SGD (momentum, weight decay); rows
+    never touched do not move, although torch's dense weight decay would shrink them."""
+    monkeypatch.setattr(train, "in_place_kernel", lambda param: in_place)
+    torch.manual_seed(0)
+    start = torch.randn(10, 4)
+    ours, reference = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    lazy = train.LazySGD([ours], lr=0.5, momentum=0.9, weight_decay=0.1)
+    sgd = torch.optim.SGD([reference], lr=0.5, momentum=0.9, weight_decay=0.1)
+    rows = torch.tensor([1, 4, 6])
+    for _ in range(5):
+        values = torch.randn(3, 4)
+        ours.grad = torch.sparse_coo_tensor(rows[None], values, (10, 4), is_coalesced=True)
+        reference.grad = torch.zeros(10, 4).index_copy_(0, rows, values)
+        lazy.step()
+        sgd.step()
+    torch.testing.assert_close(ours.detach()[rows], reference.detach()[rows])
+    untouched = torch.tensor([0, 2, 3, 5, 7, 8, 9])
+    torch.testing.assert_close(ours.detach()[untouched], start[untouched])
+    assert not torch.allclose(reference.detach()[untouched], start[untouched])
+
+
 def test_coalesced_flags_sorted_rows_without_sorting_and_coalesces_otherwise():
     sorted_grad = torch.sparse_coo_tensor(torch.tensor([[1, 4, 6]]), torch.ones(3, 2), (8, 2))
     assert not sorted_grad.is_coalesced() and train.coalesced(sorted_grad).is_coalesced()

@@ -145,3 +145,12 @@ def test_metric_drives_early_stopping_and_the_value(corpus):
     assert result.best_value == max(values) and values[result.best_epoch - 1] == max(values)
     assert result.thresholds["chosen"] in ("fixed", "global", "per_tag")
     assert result.history[-1]["best_epoch"] == result.best_epoch
+
+
+@pytest.mark.parametrize("model", ["dense", "tfidf"])
+def test_sgd_trains_both_models_with_lazy_tables(model, corpus):
+    params = small_params(model, optimizer="sgd", sgd_lr=0.5)
+    built = train.build(corpus, params)
+    assert [type(o).__name__ for o in train.make_optimizers(built[0], params)] == ["SGD", "LazySGD"]
+    result = train.fit(*built, params, max_epochs=2, patience=None)
+    assert result.epochs_run == 2 and result.history[1]["train_loss"] < result.history[0]["train_loss"]

@@ -107,10 +107,12 @@ def test_suggest_overlays_the_defaults(spec_factory):
 
 
 def test_suggest_skips_parameters_that_cannot_matter(spec_factory):
-    """hidden1/hidden2/dropout only with the hidden layers that use them; buckets only with n-grams."""
+    """hidden1/hidden2/dropout only with the hidden layers that use them; buckets only with n-grams;
+    the learning rate of the optimizer the trial uses."""
     extra = ("[search.hidden_layers]\nchoices = [0, 1, 2]\n[search.hidden1]\nlow = 8\nhigh = 64\n"
              "[search.hidden2]\nlow = 8\nhigh = 64\n[search.word_ngrams]\nlow = 1\nhigh = 2\n"
-             "[search.buckets]\nchoices = [1000, 4000]\n")
+             "[search.buckets]\nchoices = [1000, 4000]\n[search.optimizer]\nchoices = [\"adamw\", \"sgd\"]\n"
+             "[search.sgd_lr]\nlow = 0.01\nhigh = 10.0\nlog = true\n")
     spec = load_spec(spec_factory("dense", extra=extra))
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = set()
@@ -120,6 +122,7 @@ def test_suggest_skips_parameters_that_cannot_matter(spec_factory):
         layers, suggested = params["hidden_layers"], set(trial.params)
         assert ("hidden1" in suggested) == (layers >= 1) and ("hidden2" in suggested) == (layers == 2)
         assert ("buckets" in suggested) == (params["word_ngrams"] == 2)
+        assert ("lr" in suggested) == (params["optimizer"] == "adamw") != ("sgd_lr" in suggested)
         seen.add(layers)
         study.tell(trial, 0.5)
     assert seen == {0, 1, 2}

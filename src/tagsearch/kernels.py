@@ -1,4 +1,5 @@
-"""CPU kernels compiled with numba, for the one update torch cannot do in place: lazy Adam on rows.
+"""CPU kernels compiled with numba, for the updates torch cannot do in place: lazy Adam and lazy SGD
+on rows.
 
 torch can only update scattered rows of a table by gathering them into a new tensor and
 scattering the result back (``index_select`` + ``index_copy_``), which on a ~100k-row embedding
@@ -29,3 +30,15 @@ def lazy_adam_rows(param, exp_avg, exp_avg_sq, rows, grad, step_size, beta1, bet
             m[j] = beta1 * m[j] + (one - beta1) * g[j]
             v[j] = beta2 * v[j] + (one - beta2) * g[j] * g[j]
             p[j] = p[j] * decay - step_size * m[j] / (np.sqrt(v[j]) + eps)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def lazy_sgd_rows(param, momentum_buffer, rows, grad, lr, momentum, weight_decay):
+    """For each ``i``: row ``rows[i]`` takes one step of torch's SGD with momentum and (coupled)
+    weight decay, gradient row ``grad[i]``: ``buf = momentum·buf + grad + weight_decay·row``, then
+    ``row -= lr·buf``. Same array conventions as ``lazy_adam_rows``."""
+    for i in range(rows.shape[0]):
+        p, b, g = param[rows[i]], momentum_buffer[rows[i]], grad[i]
+        for j in range(g.shape[0]):
+            b[j] = momentum * b[j] + g[j] + weight_decay * p[j]
+            p[j] -= lr * b[j]

@@ -27,6 +27,7 @@ from .metrics import DIRECTIONS
 
 MODELS = ("dense", "tfidf")
 POS_WEIGHT_SCHEMES = ("seed", "neg_pos", "none")
+OPTIMIZERS = ("adamw", "sgd")
 DEFAULT_STORAGE = "sqlite:///storage/tagsearch.db"
 
 
@@ -47,7 +48,9 @@ PARAMS: dict[str, Param] = {
     "hidden1": Param(int, lambda v: v >= 1, "an integer >= 1"),
     "hidden2": Param(int, lambda v: v >= 1, "an integer >= 1"),
     "dropout": Param(float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "optimizer": Param(str, lambda v: v in OPTIMIZERS, "one of adamw, sgd"),
     "lr": Param(float, lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "sgd_lr": Param(float, lambda v: 0 < v <= 100, "a number in (0, 100]"),
     "weight_decay": Param(float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "batch_size": Param(int, lambda v: v >= 2, "an integer >= 2"),
     "threshold": Param(float, lambda v: 0 < v < 1, "a number in (0, 1)"),
@@ -66,22 +69,25 @@ PARAMS: dict[str, Param] = {
 # The seed notebooks' configuration (word_ngrams, buckets, min_df: what the notebooks did implicitly).
 SEED_DEFAULTS = {
     "model": "dense", "embedding_dim": 300, "hidden_layers": 2, "hidden1": 200, "hidden2": 100, "dropout": 0.5,
-    "lr": 1e-3, "weight_decay": 0.01, "batch_size": 128, "threshold": 0.5, "min_freq": 1, "word_ngrams": 1,
+    "optimizer": "adamw", "lr": 1e-3, "sgd_lr": 1.0, "weight_decay": 0.01, "batch_size": 128, "threshold": 0.5,
+    "min_freq": 1, "word_ngrams": 1,
     "buckets": 262144, "max_features": 5000, "min_df": 1, "ngram_max": 1, "sublinear_tf": False,
     "pos_weight": "seed", "clip_value": 10.0, "seed": 42,
 }
 
-# A hyperparameter that only matters when another one has a value: (parameter, its minimum).
-ACTIVE_WHEN = {"hidden1": ("hidden_layers", 1), "dropout": ("hidden_layers", 1), "hidden2": ("hidden_layers", 2),
-               "buckets": ("word_ngrams", 2)}
+# A hyperparameter that only matters when another one has certain values: (parameter, those values).
+ACTIVE_WHEN = {"hidden1": ("hidden_layers", (1, 2)), "dropout": ("hidden_layers", (1, 2)),
+               "hidden2": ("hidden_layers", (2,)), "buckets": ("word_ngrams", (2, 3)),
+               "lr": ("optimizer", ("adamw",)), "sgd_lr": ("optimizer", ("sgd",))}
 
 
 def is_active(name: str, params: dict) -> bool:
     """Whether hyperparameter ``name`` changes the model given the other ``params``."""
     if name not in ACTIVE_WHEN:
         return True
-    parent, minimum = ACTIVE_WHEN[name]
-    return params[parent] >= minimum
+    parent, values = ACTIVE_WHEN[name]
+    return params.get(parent, SEED_DEFAULTS[parent]) in values
+
 
 SECTIONS = {
     "study": {"name": str, "storage": str, "metric": str, "direction": str, "n_trials": int, "timeout": float},

@@ -119,25 +119,74 @@ class LazyAdam(torch.optim.Optimizer):
 
 
 def in_place_kernel(param: torch.Tensor) -> bool:
-    """Whether ``kernels.lazy_adam_rows`` handles ``param``: a contiguous float32 CPU table."""
+    """Whether the ``kernels`` loops handle ``param``: a contiguous float32 CPU table."""
     return param.device.type == "cpu" and param.dtype == torch.float32 and param.is_contiguous()
 
 
-def make_optimizers(model: nn.Module, lr: float, weight_decay: float) -> list[torch.optim.Optimizer]:
-    """Lazy Adam for the tables with row-sparse gradients: the embedding (no weight decay, as
-    SparseAdam) and a TF-IDF model's first layer (AdamW's decoupled decay, on the rows a batch
-    touches), so a step costs the rows it touches, not the whole table; AdamW (fused: one pass per
-    tensor) for the rest."""
+class LazySGD(torch.optim.Optimizer):
+    """SGD with momentum for row-sparse gradients, lazily: only the rows present in the gradient
+    change, each by ``buf = momentum·buf + grad + weight_decay·row; row -= lr·buf`` (torch's SGD on
+    those rows; a row the batch does not touch keeps its momentum until it is touched again). On
+    the CPU in place by ``kernels.lazy_sgd_rows``; elsewhere by gathering and scattering the rows."""
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0):
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is not None:
+                    grad = coalesced(param.grad)
+                    state = self.state[param]
+                    if not state:
+                        state["momentum_buffer"] = torch.zeros_like(param)
+                    self._update(param, state["momentum_buffer"], grad.indices()[0], grad.values(), group)
+
+    @staticmethod
+    def _update(param, buffer, rows, values, group) -> None:
+        lr, momentum, weight_decay = group["lr"], group["momentum"], group["weight_decay"]
+        if in_place_kernel(param):
+            from .kernels import lazy_sgd_rows
+
+            f32 = np.float32
+            lazy_sgd_rows(param.detach().numpy(), buffer.numpy(), rows.numpy(), values.contiguous().numpy(),
+                          f32(lr), f32(momentum), f32(weight_decay))
+            return
+        moved = buffer.index_select(0, rows).mul_(momentum).add_(values)
+        if weight_decay:
+            moved.add_(param.index_select(0, rows), alpha=weight_decay)
+        buffer.index_copy_(0, rows, moved)
+        param.index_add_(0, rows, moved, alpha=-lr)
+
+
+SGD_MOMENTUM = 0.9
+
+
+def make_optimizers(model: nn.Module, params: dict) -> list[torch.optim.Optimizer]:
+    """``params['optimizer']`` for the model: the tables with row-sparse gradients (the embedding,
+    without weight decay as SparseAdam; a TF-IDF model's first layer, with it) get its lazy form
+    (``LazyAdam`` / ``LazySGD``), so a step costs the rows it touches, not the whole table; the
+    rest AdamW (fused: one pass per tensor) at ``lr``, or SGD with momentum at ``sgd_lr``.
+    SGD is there for the linear heads over sparse features, where Adam's per-coordinate steps give
+    rare n-grams as much weight as common ones and generalise worse (BENCHMARKS.md)."""
     embedding = [m.weight for m in model.modules() if isinstance(m, nn.EmbeddingBag) and m.sparse]
     first_layer = [m.weight for m in model.modules() if isinstance(m, SparseLinear)]
     sparse_ids = {id(p) for p in embedding + first_layer}
     dense = [p for p in model.parameters() if id(p) not in sparse_ids]
-    optimizers = [torch.optim.AdamW(dense, lr=lr, weight_decay=weight_decay, fused=fused_supported(dense))]
+    weight_decay = params["weight_decay"]
     groups = [{"params": embedding, "weight_decay": 0.0}, {"params": first_layer, "weight_decay": weight_decay}]
     groups = [g for g in groups if g["params"]]
-    if groups:
-        optimizers.append(LazyAdam(groups, lr=lr))
-    return optimizers
+    kind = params.get("optimizer", "adamw")
+    if kind == "adamw":
+        lr = params["lr"]
+        optimizers = [torch.optim.AdamW(dense, lr=lr, weight_decay=weight_decay, fused=fused_supported(dense))]
+        return optimizers + ([LazyAdam(groups, lr=lr)] if groups else [])
+    if kind == "sgd":
+        lr = params["sgd_lr"]
+        optimizers = [torch.optim.SGD(dense, lr=lr, momentum=SGD_MOMENTUM, weight_decay=weight_decay)]
+        return optimizers + ([LazySGD(groups, lr=lr, momentum=SGD_MOMENTUM)] if groups else [])
+    raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {kind!r}")
 
 
 def fused_supported(params: list[torch.Tensor]) -> bool:
@@ -245,7 +294,7 @@ class Trainee:
         weights = pos_weight(train_data.labels.cpu().numpy(), params["pos_weight"])
         device = train_data.labels.device
         criterion = nn.BCEWithLogitsLoss(pos_weight=None if weights is None else weights.to(device))
-        return cls(model, train_data, val_data, criterion, make_optimizers(model, params["lr"], params["weight_decay"]),
+        return cls(model, train_data, val_data, criterion, make_optimizers(model, params),
                    torch.Generator().manual_seed(params["seed"]))
 
     def epoch(self, params: dict) -> float:
