@@ -18,7 +18,8 @@ TF-IDF model: scikit-learn's ``TfidfVectorizer(max_features=5000)`` fitted on th
 a ``Dataset`` densifies one row per sample (``X[i].toarray()``) and a ``DataLoader`` with two worker
 processes stacks them into dense batches for the same MLP head.
 
-Hyperparameters are the seed's: embedding 300, hidden 200/100, dropout 0.5, lr 1e-3, batch 128.
+Hyperparameters are the seed's: embedding 300, hidden 200/100, dropout 0.5, lr 1e-3, batch 128
+(``benchmarks/study.py`` searches them, with AdamW's weight decay and the vectoriser's options).
 
 Whole-process mode (what ``tagsearch train ... --epochs N --no-early-stop`` is compared with)::
 
@@ -203,7 +204,7 @@ class SeedTrainer:
                  p: dict):
         self.model, self.train_loader, self.val_loader, self.p = model, train_loader, val_loader, p
         self.criterion = nn.BCEWithLogitsLoss(pos_weight=seed_pos_weight(labels))
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=p["lr"])
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=p["lr"], weight_decay=p.get("weight_decay", 0.01))
 
     def forward(self, inputs):
         return self.model(*inputs) if isinstance(inputs, (tuple, list)) else self.model(inputs)
@@ -260,7 +261,8 @@ def dense_trainer(train_texts, train_labels, val_texts, val_labels, p: dict = SE
 def tfidf_trainer(train_texts, train_labels, val_texts, val_labels, p: dict = SEED_PARAMS, seed: int = 42,
                   num_workers: int = 2):
     torch.manual_seed(seed)
-    vectorizer = TfidfVectorizer(max_features=p["max_features"])
+    vectorizer = TfidfVectorizer(max_features=p["max_features"] or None, ngram_range=(1, p.get("ngram_max", 1)),
+                                 min_df=p.get("min_df", 1), sublinear_tf=p.get("sublinear_tf", False))
     x_train = vectorizer.fit_transform(train_texts)
     x_val = vectorizer.transform(val_texts)
     train_loader = DataLoader(TfidfDataset(x_train, train_labels), batch_size=p["batch_size"], shuffle=True,

@@ -277,6 +277,25 @@ def test_lazy_sgd_equals_torch_sgd_on_the_rows_each_step_touches(in_place, monke
     assert not torch.allclose(reference.detach()[untouched], start[untouched])
 
 
+def test_the_two_thread_kernels_equal_the_serial_ones():
+    """``tagsearch train`` alone splits the lazy updates' rows over both cores; same result."""
+    from tagsearch import kernels
+
+    rng = np.random.default_rng(0)
+    rows, grad = np.sort(rng.choice(500, 200, replace=False)), rng.standard_normal((200, 16)).astype(np.float32)
+    tables = rng.standard_normal((3, 500, 16)).astype(np.float32)
+    f32 = np.float32
+    for threads in (1, 2):
+        adam, sgd = tables.copy(), tables[:2].copy()
+        kernels.lazy_adam_rows(threads)(adam[0], adam[1], np.abs(adam[2]), rows, grad, f32(0.01), f32(0.9),
+                                        f32(0.999), f32(1e-8), f32(0.999))
+        kernels.lazy_sgd_rows(threads)(sgd[0], sgd[1], rows, grad, f32(0.1), f32(0.9), f32(1e-4))
+        if threads == 1:
+            serial = adam, sgd
+    np.testing.assert_array_equal(adam[0], serial[0][0])
+    np.testing.assert_array_equal(sgd, serial[1])
+
+
 def test_coalesced_flags_sorted_rows_without_sorting_and_coalesces_otherwise():
     sorted_grad = torch.sparse_coo_tensor(torch.tensor([[1, 4, 6]]), torch.ones(3, 2), (8, 2))
     assert not sorted_grad.is_coalesced() and train.coalesced(sorted_grad).is_coalesced()

@@ -87,15 +87,16 @@ class LazyAdam(torch.optim.Optimizer):
 
     @staticmethod
     def _update_in_place(param, state, rows, values, group) -> None:
-        from .kernels import lazy_adam_rows
+        from . import kernels
 
         state["step"] += 1
         step, (beta1, beta2) = float(state["step"]), group["betas"]
         step_size = group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
         f32 = np.float32
-        lazy_adam_rows(param.detach().numpy(), state["exp_avg"].numpy(), state["exp_avg_sq"].numpy(),
-                       rows.numpy(), values.contiguous().numpy(), f32(step_size), f32(beta1), f32(beta2),
-                       f32(group["eps"]), f32(1 - group["lr"] * group["weight_decay"]))
+        kernels.lazy_adam_rows(torch.get_num_threads())(
+            param.detach().numpy(), state["exp_avg"].numpy(), state["exp_avg_sq"].numpy(), rows.numpy(),
+            values.contiguous().numpy(), f32(step_size), f32(beta1), f32(beta2), f32(group["eps"]),
+            f32(1 - group["lr"] * group["weight_decay"]))
 
     def _update_gathered(self, param, state, rows, values, group) -> None:
         tables = (param, state["exp_avg"], state["exp_avg_sq"])
@@ -147,11 +148,12 @@ class LazySGD(torch.optim.Optimizer):
     def _update(param, buffer, rows, values, group) -> None:
         lr, momentum, weight_decay = group["lr"], group["momentum"], group["weight_decay"]
         if in_place_kernel(param):
-            from .kernels import lazy_sgd_rows
+            from . import kernels
 
             f32 = np.float32
-            lazy_sgd_rows(param.detach().numpy(), buffer.numpy(), rows.numpy(), values.contiguous().numpy(),
-                          f32(lr), f32(momentum), f32(weight_decay))
+            kernels.lazy_sgd_rows(torch.get_num_threads())(param.detach().numpy(), buffer.numpy(), rows.numpy(),
+                                                           values.contiguous().numpy(), f32(lr), f32(momentum),
+                                                           f32(weight_decay))
             return
         moved = buffer.index_select(0, rows).mul_(momentum).add_(values)
         if weight_decay:

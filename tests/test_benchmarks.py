@@ -1,0 +1,49 @@
+"""The benchmarks a user can run quickly: ``benchmarks/study.py --quick`` (the study against Optuna
+around the notebooks' code) and ``benchmarks/floor.py`` (bytes a step must move, on a tiny corpus)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+@pytest.mark.slow
+def test_study_benchmark_quick_runs_both_sides_to_the_same_budget():
+    done = subprocess.run([sys.executable, "benchmarks/study.py", "--quick", "--json"], cwd=REPO,
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table, rows = done.stdout.rsplit("\n", 2)[0], json.loads(done.stdout.strip().splitlines()[-1])
+    assert "| synthetic 1,200 (tfidf) | naive |" in table and "| synthetic 1,200 (tfidf) | tagsearch |" in table
+    sides = rows[0]["sides"]
+    for side in sides.values():
+        assert side["complete"] + side["pruned"] == 4  # the exact budget, on both sides
+        assert side["complete"] >= 1 and 0 < side["best"] < 1
+    assert sides["naive"]["time_to_quality"] is not None  # the naive side reaches its own best
+    if sides["tagsearch"]["time_to_quality"] is not None:
+        assert math.isclose(rows[0]["time_to_quality_ratio"],
+                            sides["naive"]["time_to_quality"] / sides["tagsearch"]["time_to_quality"])
+
+
+def test_floor_counts_the_bytes_of_both_optimizer_semantics(tiny_csv):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import floor
+
+    corpus = floor.data.load_corpus(floor.data.DataConfig(path=str(tiny_csv)))
+    bandwidth = 1e10
+    for kind in ("dense", "tfidf"):
+        params = {**floor.seed_params(kind), "embedding_dim": 16, "hidden1": 8, "hidden2": 4, "max_features": 3000,
+                  "batch_size": 16}
+        row = floor.floor(corpus, kind, params, bandwidth, epochs=1)
+        assert row["steps"] == math.ceil(len(corpus.train_idx) / params["batch_size"])
+        assert row["floor_exact"] == pytest.approx(row["bytes_per_step_exact"] * row["steps"] / bandwidth)
+        assert row["epoch_seconds"] > 0 and row["ratio_exact"] > 0
+        if kind == "tfidf":  # the lazy update touches fewer first-layer rows than the whole layer
+            assert row["bytes_per_step_lazy"] < row["bytes_per_step_exact"]
+        else:
+            assert row["bytes_per_step_lazy"] == row["bytes_per_step_exact"]
