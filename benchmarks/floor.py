@@ -4,7 +4,8 @@ A training step at the seed's hyperparameters is memory-bound (a few FLOPs per b
 is the bytes it must read and write divided by the machine's memory bandwidth:
 
 - **bandwidth**: the best of 5 single-threaded copies of a 256 MiB float32 array
-  (``numpy.copyto``), counted as 2 × 256 MiB moved (one read, one write);
+  (``numpy.copyto``), counted as 2 × 256 MiB moved (one read, one write); with ``--threads 2``
+  the floor is the 1-thread floor (two cores may move more, so the ratio is then an upper bound);
 - **TF-IDF, the seed's exact optimizer** (dense AdamW over every parameter, the first layer's
   ``max_features × hidden1`` included): per step, every parameter's gradient is written and read,
   and the parameter and both Adam moments are read and written: 8 × 4 bytes per parameter; plus

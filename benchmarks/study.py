@@ -13,12 +13,19 @@ spec's seed and startup trials; one SQLite study shared by 2 processes.
 The tagsearch side is ``tagsearch launch SPEC --workers 2 --devices cpu`` on the shipped spec, with
 ``folds = 1`` so that both sides score the same validation posts, and the same ``max_epochs``.
 
+Corpus size: on the built-in 47k corpus one naive trial takes 2-20 minutes (a 100,000-feature
+first layer densified per post, dense AdamW over it, 950 steps an epoch at batch 32): 4 trials in
+16 minutes, so 10 trials would take hours. The default is therefore 12,000 posts from the same
+generator (the ratio between the sides does not depend much on size: both scale with it), 8
+trials of at most 4 epochs each, and the robotics posts; the full run ends in about 20 minutes.
+
 For each side: the wall time to finish N trials (complete + pruned; Optuna's ``MaxTrialsCallback``
 lets the naive side's two processes overshoot N by a trial or so, as it would for a user), the best validation Hamming
 loss of a complete trial, and the wall time it first reached the naive side's final best ("time
 to quality", from the trials' completion times in the storage).
 
-    python benchmarks/study.py                  # the built-in 47k corpus and the robotics posts
+    python benchmarks/study.py                  # 12,000 posts of the built-in generator, and robotics
+    python benchmarks/study.py --posts 47427    # the built-in corpus itself (several hours: below)
     python benchmarks/study.py --quick          # an 800-post synthetic corpus, 3 trials, 2 epochs
 """
 
@@ -43,6 +50,7 @@ sys.path[:0] = [str(REPO / "src"), str(HERE)]
 
 import seed_path  # noqa: E402
 from tagsearch.builtin import BUILTIN_PATH, BUILTIN_POSTS, ensure_corpus  # noqa: E402
+from tagsearch.spec import PARAMS  # noqa: E402
 from tagsearch.specfile import save_spec  # noqa: E402
 from tagsearch.synth import write_corpus  # noqa: E402
 
@@ -62,10 +70,12 @@ def naive_suggest(trial: optuna.Trial, space: dict) -> dict:
     for name, s in space.items():
         if "choices" in s:
             params[name] = trial.suggest_categorical(name, s["choices"])
-        elif isinstance(s["low"], int) and isinstance(s["high"], int):
-            params[name] = trial.suggest_int(name, s["low"], s["high"], log=s.get("log", False))
+        elif PARAMS[name].type is int:
+            params[name] = trial.suggest_int(name, s["low"], s["high"], step=s.get("step", 1),
+                                             log=s.get("log", False))
         else:
-            params[name] = trial.suggest_float(name, s["low"], s["high"], log=s.get("log", False))
+            params[name] = trial.suggest_float(name, s["low"], s["high"], step=s.get("step"),
+                                               log=s.get("log", False))
     return params
 
 
@@ -103,15 +113,15 @@ def naive_worker(args) -> int:
 
 def run_naive(spec: Path, kind: str, data: str, url: str, n_trials: int, max_epochs: int, patience: int) -> None:
     optuna.create_study(study_name="naive", storage=url, direction="minimize")
+    logs = [spec.with_name(f"{spec.stem}-naive-{worker}.log") for worker in range(2)]
     workers = [subprocess.Popen([sys.executable, __file__, "--naive-worker", str(worker), "--spec", str(spec),
                                  "--kind", kind, "--data", data, "--storage", url, "--n-trials", str(n_trials),
                                  "--max-epochs", str(max_epochs), "--patience", str(patience)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-               for worker in range(2)]
-    for worker in workers:
-        _, err = worker.communicate()
-        if worker.returncode != 0:
-            raise SystemExit(f"a naive worker failed ({worker.returncode}):\n{err[-3000:]}")
+                                stdout=subprocess.DEVNULL, stderr=log.open("w"))
+               for worker, log in enumerate(logs)]
+    for worker, log in zip(workers, logs):
+        if worker.wait() != 0:
+            raise SystemExit(f"a naive worker failed ({worker.returncode}):\n{log.read_text()[-3000:]}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,6 +172,8 @@ def compare_on(label: str, data: str, kind: str, n_trials: int, max_epochs: int,
         sides[side] = {**counts, "seconds": time.perf_counter() - start, "points": points,
                        "best": points[-1][1] if points else math.inf}
     target = sides["naive"]["best"]
+    if not math.isfinite(target):
+        raise SystemExit(f"{label}: the naive side completed no trial (all pruned); run more trials")
     for side in sides.values():
         side["time_to_quality"] = time_to(side["points"], target)
     naive_t, ours_t = sides["naive"]["time_to_quality"], sides["tagsearch"]["time_to_quality"]
@@ -191,8 +203,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_POSTS} synthetic posts, 3 trials, 2 epochs")
     parser.add_argument("--kind", choices=("dense", "tfidf"), default="tfidf")
-    parser.add_argument("--n-trials", type=int, default=10)
-    parser.add_argument("--max-epochs", type=int, default=6, help="both sides (the shipped specs: 30)")
+    parser.add_argument("--posts", type=int, default=12000,
+                        help=f"posts of the built-in generator (default 12,000; {BUILTIN_POSTS} = the built-in corpus)")
+    parser.add_argument("--n-trials", type=int, default=8)
+    parser.add_argument("--max-epochs", type=int, default=4, help="both sides (the shipped specs: 30)")
     parser.add_argument("--json", action="store_true", help="the rows as JSON after the table")
     parser.add_argument("--naive-worker", type=int, help=argparse.SUPPRESS)
     for hidden in ("--spec", "--data", "--storage", "--patience"):
@@ -209,8 +223,13 @@ def main(argv=None) -> int:
             write_corpus(path, n_posts=QUICK_POSTS, seed=3)
             corpora = [(f"synthetic {QUICK_POSTS}", str(path))]
             args.n_trials, args.max_epochs = 3, 2
-        else:
+        elif args.posts == BUILTIN_POSTS:
             corpora = [("built-in 47k", ensure_corpus(str(REPO / BUILTIN_PATH), BUILTIN_POSTS))]
+        else:
+            path = tmp / f"synthetic-{args.posts}.csv"
+            write_corpus(path, n_posts=args.posts, seed=0)
+            corpora = [(f"built-in generator, {args.posts:,} posts", str(path))]
+        if not args.quick:
             if ROBOTICS.is_file():
                 corpora.append(("robotics", str(ROBOTICS)))
             else:

@@ -31,8 +31,8 @@ def test_study_benchmark_quick_runs_both_sides_to_the_same_budget():
                             sides["naive"]["time_to_quality"] / sides["tagsearch"]["time_to_quality"])
 
 
-def test_floor_counts_the_bytes_of_both_optimizer_semantics(tiny_csv):
-    sys.path.insert(0, str(REPO / "benchmarks"))
+def test_floor_counts_the_bytes_of_both_optimizer_semantics(tiny_csv, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import floor
 
     corpus = floor.data.load_corpus(floor.data.DataConfig(path=str(tiny_csv)))

@@ -34,7 +34,7 @@ def _lazy_adam_rows(param, exp_avg, exp_avg_sq, rows, grad, step_size, beta1, be
 def _lazy_sgd_rows(param, momentum_buffer, rows, grad, lr, momentum, weight_decay):
     """For each ``i``: row ``rows[i]`` takes one step of torch's SGD with momentum and (coupled)
     weight decay, gradient row ``grad[i]``: ``buf = momentum·buf + grad + weight_decay·row``, then
-    ``row -= lr·buf``. Same array conventions as ``lazy_adam_rows``."""
+    ``row -= lr·buf``. Same array conventions as ``_lazy_adam_rows``."""
     for i in prange(rows.shape[0]):
         p, b, g = param[rows[i]], momentum_buffer[rows[i]], grad[i]
         for j in range(g.shape[0]):
@@ -61,11 +61,12 @@ _PARALLEL = {f.__name__: njit(parallel=True, **_OPTIONS)(_renamed(f, "_parallel"
 
 
 def _for_threads(name: str, threads: int):
-    """The loop compiled for ``threads``: serial for 1 (what ``launch`` gives each worker), else
-    split over the rows by numba's thread pool (``tagsearch train`` alone may use every core)."""
+    """The loop compiled for ``threads`` (torch's thread count): serial for 1 (as under ``launch``
+    with one worker per core), else split over the rows by numba's thread pool."""
+    threads = min(threads, numba.config.NUMBA_NUM_THREADS)
     if threads <= 1:
         return _SERIAL[name]
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(threads)
     return _PARALLEL[name]
 
 

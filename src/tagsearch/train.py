@@ -1,6 +1,7 @@
-"""The training loop: BCE with pos_weight, AdamW (+ lazy Adam, SparseAdam's update, for the embedding
-table's sparse gradients), clipping by value, early stopping on the study's validation metric
-(Hamming loss by default), and a per-epoch hook for the search layer.
+"""The training loop: BCE with pos_weight, AdamW or SGD with momentum (each with a lazy form for the
+row-sparse gradients of the embedding table and of TF-IDF's first layer), clipping by value, early
+stopping on the study's validation metric (Hamming loss by default), and a per-epoch hook for the
+search layer.
 
 ``build`` makes the model and its inputs, ``fit`` trains them; ``train_config`` is both in one call
 (``tagsearch train``, ``retrain``).
@@ -52,7 +53,8 @@ def pos_weight(labels: np.ndarray, scheme: str) -> torch.Tensor | None:
 
 
 class LazyAdam(torch.optim.Optimizer):
-    """Lazy Adam for row-sparse gradients (the embedding table): moments and parameter change only at
+    """Lazy Adam for row-sparse gradients (the embedding table, TF-IDF's first layer): moments and
+    parameter change only at
     the rows present in the gradient, bias-corrected by the parameter's step count, as in
     ``torch.optim.SparseAdam`` (which rebuilds uncoalesced sparse tensors and sorts them twice per
     step: ~5× slower here).
