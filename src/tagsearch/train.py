@@ -313,6 +313,16 @@ class Trainee:
                 torch.sigmoid(logits).cpu().numpy())
 
 
+def kept(model: nn.Module, copy: dict | None) -> dict:
+    """A copy of ``model``'s state, written into ``copy``'s tensors when given (so keeping a better
+    epoch never holds two copies of the embedding table at once)."""
+    if copy is None:
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    for k, v in model.state_dict().items():
+        copy[k].copy_(v)
+    return copy
+
+
 def fit(model, train_data, val_data, params: dict, *, max_epochs: int, patience: int | None,
         metric: str = "hamming_loss", on_epoch: EpochHook | None = None) -> TrainResult:
     """Train up to ``max_epochs``, scoring validation ``metric`` after every epoch (thresholds fitted
@@ -346,7 +356,7 @@ def fit_folds(folds: list[tuple], params: dict, *, max_epochs: int, patience: in
             if metrics.better(metric, choice["value"], result.best_value):
                 result.best_epoch, result.best_value, result.thresholds = epoch, choice["value"], choice
                 result.val_labels, result.val_probs = labels, probs
-                best_states = [{k: v.detach().clone() for k, v in r.model.state_dict().items()} for r in runs]
+                best_states = [kept(r.model, old) for r, old in zip(runs, best_states or [None] * len(runs))]
             record.update(best_epoch=result.best_epoch, best_value=result.best_value)
         record["seconds"] = time.perf_counter() - start
         result.history.append(record)
