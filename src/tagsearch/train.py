@@ -54,13 +54,13 @@ def pos_weight(labels: np.ndarray, scheme: str) -> torch.Tensor | None:
 
 class LazyAdam(torch.optim.Optimizer):
     """Lazy Adam for row-sparse gradients (the embedding table, TF-IDF's first layer): moments and
-    parameter change only at
-    the rows present in the gradient, bias-corrected by the parameter's step count, as in
-    ``torch.optim.SparseAdam`` (which rebuilds uncoalesced sparse tensors and sorts them twice per
-    step: ~5× slower here).
+    parameter change only at the rows present in the gradient, bias-corrected by the parameter's
+    step count, as in ``torch.optim.SparseAdam`` (which rebuilds uncoalesced sparse tensors and
+    sorts them twice per step: ~5× slower here).
 
-    On the CPU the touched rows are updated in place by a compiled loop (``kernels.lazy_adam_rows``):
-    one read and one write of each row of the parameter and both moments. Elsewhere (CUDA) they are
+    On the CPU the touched rows are updated in place by a compiled loop (``kernels.lazy_adam_rows``,
+    split over the threads torch has): one read and one write of each row of the parameter and
+    both moments. Elsewhere (CUDA) they are
     gathered into scratch buffers kept between steps, updated by torch's fused Adam kernel, and
     scattered back (Adam's ε placement, which differs from SparseAdam's by ε·√(1-β₂ᵗ))."""
 
