@@ -10,8 +10,10 @@ search) works from the returned ``Corpus``; nothing re-reads or re-cleans text.
 from __future__ import annotations
 
 import ast
+import ctypes
 import dataclasses
 import functools
+import gc
 import hashlib
 import html
 import json
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import MultiLabelBinarizer
 
@@ -376,4 +379,18 @@ def load_corpus(config: DataConfig) -> Corpus:
 
 @functools.lru_cache(maxsize=4)
 def _load_cached(config: DataConfig, _mtime_ns: int, _size: int) -> Corpus:
-    return build_corpus(read_table(config.path, config.encoding), config)
+    corpus = build_corpus(read_table(config.path, config.encoding), config)
+    give_back_freed_memory()
+    return corpus
+
+
+def give_back_freed_memory() -> None:
+    """Return to the system the memory that reading, cleaning and tokenising freed. pyarrow's
+    allocator and glibc's heap keep freed pages for reuse (~340 MB after the 47k corpus), which a
+    training process never reuses: its tensors come from torch's allocations (BENCHMARKS.md, Memory)."""
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass

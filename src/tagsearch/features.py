@@ -35,7 +35,7 @@ import scipy.sparse as sp
 import torch
 from sklearn.feature_extraction.text import TfidfTransformer, TfidfVectorizer
 
-from .data import Corpus
+from .data import Corpus, give_back_freed_memory
 
 UNKNOWN = "<unk>"
 # torch flags sparse CSR as beta on every construction; we only use its stable sparse × dense product.
@@ -178,7 +178,9 @@ def per_texts(function, size: int = 2):
 
 @per_texts
 def token_stream(corpus: Corpus) -> TokenStream:
-    return split_tokens(corpus.texts)
+    stream = split_tokens(corpus.texts)
+    give_back_freed_memory()  # Arrow's split and dictionary encoding: freed, but kept by its allocator
+    return stream
 
 
 def split_tokens(texts: list[str]) -> TokenStream:
