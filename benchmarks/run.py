@@ -10,7 +10,9 @@ Sections (each figure is reference vs tagsearch, measured in this one run, alter
 2. epochs: for each corpus (the built-in 47,427-post synthetic corpus, and
    ``../shared/data/stackexchange-robotics.csv`` when present) and model, reference epoch and
    tagsearch epoch in turn (tagsearch's ``fit`` runs the reference epoch from its per-epoch hook),
-   each timed as train + validation; then the validation Hamming loss after the same epochs;
+   each timed as train + validation; then the validation Hamming loss after the same epochs; and on
+   the first corpus the floor of each model (``benchmarks/floor.py``: the bytes a step must move,
+   the copy bandwidth, the floor per epoch and tagsearch's ratio to it);
 3. whole process: ``seed_path.py`` and ``tagsearch train … --no-early-stop`` as child processes,
    alternating, wall time and each child's peak resident memory;
 4. search (only when ``tagsearch.workers`` exists): ``tagsearch launch`` throughput, 2 workers × 1
@@ -45,6 +47,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
+import floor  # noqa: E402
 import seed_path  # noqa: E402
 
 from tagsearch import data, features, train  # noqa: E402
@@ -343,6 +346,8 @@ def print_summary(report: dict) -> None:
             say(f"         val Hamming after {e['epochs']} epochs (mean of {e['seeds']} seed(s)): reference "
                 f"{e['reference_final_val_hamming']:.4f}, tagsearch {e['ours_final_val_hamming']:.4f} "
                 f"({'ok' if e['quality_ok'] else 'WORSE'})")
+        for kind, row in corpus.get("floor", {}).items():
+            say(f"   floor {floor.describe(row, corpus['bandwidth'])}")
         for kind, w in corpus["whole"].items():
             say(f"   {kind:5s} whole process ({w['epochs']} epochs): reference {w['reference_seconds']:.1f}s, "
                 f"same threads {w['reference_same_threads_seconds']:.1f}s;  tagsearch {w['ours_seconds']:.1f}s;  "
@@ -410,6 +415,12 @@ def main(argv=None) -> int:
             epochs, seeds = (args.epochs, 1) if index == 0 else (args.small_epochs, args.small_seeds)
             say(f"  {kind}: {epochs} epochs × {seeds} seed(s), alternating")
             entry["epochs"][kind] = bench_epochs(path, kind, epochs, args.threads, args.reference_threads, seeds)
+        if index == 0:
+            bandwidth = floor.copy_bandwidth()
+            corpus = data.load_corpus(data.DataConfig(path=path))
+            say(f"  the floor (bytes a step must move / {bandwidth / 1e9:.1f} GB/s, benchmarks/floor.py)")
+            entry["floor"] = {kind: floor.floor(corpus, kind, seed_params(kind), bandwidth) for kind in kinds}
+            entry["bandwidth"] = bandwidth
         if index == 0 and not args.skip_whole:
             for kind in kinds:
                 say(f"  {kind}: whole process, {args.whole_epochs} epochs")

@@ -189,8 +189,8 @@ def assert_clean_logs(logs) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_four_workers_60_trials_of_varying_length_on_one_sqlite_file(tmp_path, tiny_csv):
-    target, workers = 60, 4
+def test_four_workers_32_trials_of_varying_length_on_one_sqlite_file(tmp_path, tiny_csv):
+    target, workers = 32, 4
     url = f"sqlite:///{tmp_path}/stress.db"
     spec = stress_spec(tmp_path / "stress.toml", tiny_csv, url, "stress", epochs=2)
     logs = run_workers(spec, tmp_path, workers, target, seconds=240)
