@@ -109,6 +109,8 @@ def describe(row: dict, bandwidth: float) -> str:
 
 
 def seed_params(kind: str) -> dict:
+    """The spec's defaults (the seed's hyperparameters) with the seed's pos_weight, as the reference
+    uses (studies/tfidf.toml defaults to neg_pos)."""
     return load_spec(SPECS[kind]).params({"pos_weight": "seed"})
 
 

@@ -52,11 +52,10 @@ import seed_path  # noqa: E402
 
 from tagsearch import data, features, train  # noqa: E402
 from tagsearch.builtin import BUILTIN_PATH, BUILTIN_POSTS, ensure_corpus  # noqa: E402
-from tagsearch.spec import load_spec  # noqa: E402
 from tagsearch.synth import write_corpus  # noqa: E402
 
 ROBOTICS = REPO.parent / "shared" / "data" / "stackexchange-robotics.csv"
-SPECS = {"dense": REPO / "studies" / "dense.toml", "tfidf": REPO / "studies" / "tfidf.toml"}
+SPECS, seed_params = floor.SPECS, floor.seed_params
 QUICK_POSTS = 6000
 DEFAULT_THREADS = torch.get_num_threads()  # torch's default, before anything here changes it
 QUALITY_TOLERANCE = 0.005
@@ -90,12 +89,6 @@ def corpora(args) -> list[tuple[str, str]]:
     else:
         say(f"skipped: {ROBOTICS} is absent (the ../shared folder is not beside this checkout)")
     return found
-
-
-def seed_params(kind: str) -> dict:
-    """The spec's defaults (the seed's hyperparameters) with the seed's pos_weight, as the reference
-    uses (studies/tfidf.toml defaults to neg_pos)."""
-    return load_spec(SPECS[kind]).params({"pos_weight": "seed"})
 
 
 def set_threads(n: int) -> None:

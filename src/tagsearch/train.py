@@ -52,22 +52,9 @@ def pos_weight(labels: np.ndarray, scheme: str) -> torch.Tensor | None:
     return torch.tensor(weights, dtype=torch.float32)
 
 
-class LazyAdam(torch.optim.Optimizer):
-    """Lazy Adam for row-sparse gradients (the embedding table, TF-IDF's first layer): moments and
-    parameter change only at the rows present in the gradient, bias-corrected by the parameter's
-    step count, as in ``torch.optim.SparseAdam`` (which rebuilds uncoalesced sparse tensors and
-    sorts them twice per step: ~5× slower here).
-
-    On the CPU the touched rows are updated in place by a compiled loop (``kernels.lazy_adam_rows``,
-    split over the threads torch has): one read and one write of each row of the parameter and
-    both moments. Elsewhere (CUDA) they are
-    gathered into scratch buffers kept between steps, updated by torch's fused Adam kernel, and
-    scattered back (Adam's ε placement, which differs from SparseAdam's by ε·√(1-β₂ᵗ))."""
-
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0):
-        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
-        self._scratch: dict[int, torch.Tensor] = {}
+class LazyRows(torch.optim.Optimizer):
+    """An optimizer for row-sparse gradients: each step hands every parameter's coalesced gradient
+    to ``_update(param, grad, group)``, which changes only the rows present in it."""
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -75,6 +62,26 @@ class LazyAdam(torch.optim.Optimizer):
             for param in group["params"]:
                 if param.grad is not None:
                     self._update(param, coalesced(param.grad), group)
+
+    def _update(self, param: torch.Tensor, grad: torch.Tensor, group: dict) -> None:
+        raise NotImplementedError
+
+
+class LazyAdam(LazyRows):
+    """Lazy Adam for row-sparse gradients (the embedding table, TF-IDF's first layer): moments and
+    parameter change only at the rows present in the gradient, bias-corrected by the parameter's
+    step count, as in ``torch.optim.SparseAdam`` (which rebuilds uncoalesced sparse tensors and
+    sorts them twice per step: ~5× slower here).
+
+    On the CPU the touched rows are updated in place by a compiled loop (``kernels.lazy_adam_rows``,
+    split over the threads torch has): one read and one write of each row of the parameter and
+    both moments. Elsewhere (CUDA) they are gathered into scratch buffers kept between steps,
+    updated by torch's fused Adam kernel, and scattered back (Adam's ε placement, which differs from SparseAdam's by ε·√(1-β₂ᵗ))."""
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
+        self._scratch: dict[int, torch.Tensor] = {}
 
     def _update(self, param: torch.Tensor, grad: torch.Tensor, group: dict) -> None:
         state = self.state[param]
@@ -126,7 +133,7 @@ def in_place_kernel(param: torch.Tensor) -> bool:
     return param.device.type == "cpu" and param.dtype == torch.float32 and param.is_contiguous()
 
 
-class LazySGD(torch.optim.Optimizer):
+class LazySGD(LazyRows):
     """SGD with momentum for row-sparse gradients, lazily: only the rows present in the gradient
     change, each by ``buf = momentum·buf + grad + weight_decay·row; row -= lr·buf`` (torch's SGD on
     those rows; a row the batch does not touch keeps its momentum until it is touched again). On
@@ -135,19 +142,11 @@ class LazySGD(torch.optim.Optimizer):
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0):
         super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            for param in group["params"]:
-                if param.grad is not None:
-                    grad = coalesced(param.grad)
-                    state = self.state[param]
-                    if not state:
-                        state["momentum_buffer"] = torch.zeros_like(param)
-                    self._update(param, state["momentum_buffer"], grad.indices()[0], grad.values(), group)
-
-    @staticmethod
-    def _update(param, buffer, rows, values, group) -> None:
+    def _update(self, param: torch.Tensor, grad: torch.Tensor, group: dict) -> None:
+        state = self.state[param]
+        if not state:
+            state["momentum_buffer"] = torch.zeros_like(param)
+        buffer, rows, values = state["momentum_buffer"], grad.indices()[0], grad.values()
         lr, momentum, weight_decay = group["lr"], group["momentum"], group["weight_decay"]
         if in_place_kernel(param):
             from . import kernels
