@@ -13,19 +13,20 @@ spec's seed and startup trials; one SQLite study shared by 2 processes.
 The tagsearch side is ``tagsearch launch SPEC --workers 2 --devices cpu`` on the shipped spec, with
 ``folds = 1`` so that both sides score the same validation posts, and the same ``max_epochs``.
 
-Corpus size: on the built-in 47k corpus one naive trial takes 2-20 minutes (a 100,000-feature
-first layer densified per post, dense AdamW over it, 950 steps an epoch at batch 32): 4 trials in
-16 minutes, so 10 trials would take hours. The default is therefore 12,000 posts from the same
-generator (the ratio between the sides does not depend much on size: both scale with it), 8
-trials of at most 4 epochs each, and the robotics posts; the full run ends in about 20 minutes.
+Corpus size and trials: the built-in 47k corpus itself, 4 trials of at most 4 epochs, then the
+robotics posts; the full run ends in about 25 minutes. On 47k one naive trial takes 1-12 minutes (a
+100,000-feature first layer densified per post, dense AdamW over it, 950 steps an epoch at batch
+32), so 4 trials take ~19 minutes (2026-11-22) and 10 would take about an hour; ``--posts N`` uses N
+posts of the built-in generator instead (the earlier default, 12,000, with ``--n-trials 8``).
 
 For each side: the wall time to finish N trials (complete + pruned; Optuna's ``MaxTrialsCallback``
 lets the naive side's two processes overshoot N by a trial or so, as it would for a user), the best validation Hamming
 loss of a complete trial, and the wall time it first reached the naive side's final best ("time
 to quality", from the trials' completion times in the storage).
 
-    python benchmarks/study.py                  # 12,000 posts of the built-in generator, and robotics
-    python benchmarks/study.py --posts 47427    # the built-in corpus itself (several hours: below)
+    python benchmarks/study.py                  # the built-in 47k corpus and robotics, 4 trials each
+    python benchmarks/study.py --only robotics  # one of them
+    python benchmarks/study.py --posts 12000 --n-trials 8   # 12,000 posts of the built-in generator
     python benchmarks/study.py --quick          # an 800-post synthetic corpus, 3 trials, 2 epochs
 """
 
@@ -199,13 +200,23 @@ def render(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def builtin_corpus(posts: int, tmp: Path) -> tuple[str, str]:
+    """(label, path) of the built-in corpus, or of ``posts`` posts of its generator."""
+    if posts == BUILTIN_POSTS:
+        return "built-in 47k", ensure_corpus(str(REPO / BUILTIN_PATH), BUILTIN_POSTS)
+    path = tmp / f"synthetic-{posts}.csv"
+    write_corpus(path, n_posts=posts, seed=0)
+    return f"built-in generator, {posts:,} posts", str(path)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_POSTS} synthetic posts, 3 trials, 2 epochs")
     parser.add_argument("--kind", choices=("dense", "tfidf"), default="tfidf")
-    parser.add_argument("--posts", type=int, default=12000,
-                        help=f"posts of the built-in generator (default 12,000; {BUILTIN_POSTS} = the built-in corpus)")
-    parser.add_argument("--n-trials", type=int, default=8)
+    parser.add_argument("--posts", type=int, default=BUILTIN_POSTS,
+                        help=f"posts of the built-in generator (default {BUILTIN_POSTS}: the built-in corpus itself)")
+    parser.add_argument("--only", choices=("builtin", "robotics"), help="one corpus instead of both")
+    parser.add_argument("--n-trials", type=int, default=4)
     parser.add_argument("--max-epochs", type=int, default=4, help="both sides (the shipped specs: 30)")
     parser.add_argument("--json", action="store_true", help="the rows as JSON after the table")
     parser.add_argument("--naive-worker", type=int, help=argparse.SUPPRESS)
@@ -223,17 +234,14 @@ def main(argv=None) -> int:
             write_corpus(path, n_posts=QUICK_POSTS, seed=3)
             corpora = [(f"synthetic {QUICK_POSTS}", str(path))]
             args.n_trials, args.max_epochs = 3, 2
-        elif args.posts == BUILTIN_POSTS:
-            corpora = [("built-in 47k", ensure_corpus(str(REPO / BUILTIN_PATH), BUILTIN_POSTS))]
         else:
-            path = tmp / f"synthetic-{args.posts}.csv"
-            write_corpus(path, n_posts=args.posts, seed=0)
-            corpora = [(f"built-in generator, {args.posts:,} posts", str(path))]
-        if not args.quick:
-            if ROBOTICS.is_file():
+            corpora = [] if args.only == "robotics" else [builtin_corpus(args.posts, tmp)]
+            if args.only != "builtin" and ROBOTICS.is_file():
                 corpora.append(("robotics", str(ROBOTICS)))
-            else:
-                say(f"  robotics posts not found at {ROBOTICS}; built-in corpus only")
+            elif args.only != "builtin":
+                say(f"  robotics posts not found at {ROBOTICS}: skipped (they are shared data, not in the repo)")
+            if not corpora:
+                raise SystemExit("no corpus to run: --only robotics needs the robotics posts")
         for label, data in corpora:
             rows.append(compare_on(label, data, args.kind, args.n_trials, args.max_epochs, tmp, say))
     print(render(rows))

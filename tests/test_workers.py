@@ -5,11 +5,15 @@ workers and Ctrl-C on ``launch`` in test_crashes.py, real servers in test_servic
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import optuna
 import pytest
 
 from tagsearch.cli import main
-from tagsearch.workers import ProgressLine, parse_devices, worker_env
+from tagsearch.workers import Interrupts, ProgressLine, parse_devices, worker_env
 from tagsearch.search import Progress
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -118,3 +122,73 @@ def test_storage_proxy_mistakes_are_one_error_line(argv, message, monkeypatch, c
     assert main([a.format(port=port) for a in argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
+
+
+# ---------------------------------------------------------------------------------------------
+# A signal never lands inside a storage call (it would leave the trial RUNNING)
+
+
+class StubTrial:
+    number = 7
+
+    def __init__(self):
+        self.user_attrs = {}
+
+    def set_user_attr(self, key, value):
+        self.user_attrs[key] = value
+
+
+def storage_write(module: str, seconds: float):
+    """A function of module ``module`` that sends this process SIGINT, then works for ``seconds``."""
+    namespace = {"__name__": module, "os": os, "signal": signal, "time": time}
+    exec("def write(seconds):\n"
+         "    os.kill(os.getpid(), signal.SIGINT)\n"
+         "    end = time.monotonic() + seconds\n"
+         "    while time.monotonic() < end:\n"
+         "        pass\n"
+         "    return 'written'\n", namespace)
+    return namespace["write"]
+
+
+@pytest.fixture
+def interrupts():
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield Interrupts().install()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@pytest.mark.parametrize("module", ["sqlalchemy.engine.fake", "optuna.storages._rdb.fake", "redis.fake"])
+def test_a_signal_during_a_storage_write_interrupts_the_trial_after_the_write(interrupts, module):
+    done = []
+
+    def objective(trial):
+        done.append(storage_write(module, 0.3)(0.3))  # the signal arrives at its start
+        time.sleep(5)  # interrupted here, within REDELIVER_SECONDS
+        done.append("slept")
+
+    trial, start = StubTrial(), time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        interrupts.run(objective, trial)
+    assert done == ["written"] and time.monotonic() - start < 2
+    assert interrupts.interrupted == 7 and "interrupted" in trial.user_attrs["fail_reason"]
+
+
+def test_a_signal_in_our_own_code_interrupts_the_trial_at_once(interrupts):
+    done = []
+
+    def objective(trial):
+        done.append(storage_write("tagsearch.train", 0.3)(0.3))
+
+    with pytest.raises(KeyboardInterrupt):
+        interrupts.run(objective, StubTrial())
+    assert done == []
+
+
+def test_a_signal_between_trials_only_stops_the_next_one(interrupts):
+    storage_write("tagsearch.workers", 0.0)(0.0)
+    assert interrupts.stop_requested and interrupts.interrupted is None
+    with pytest.raises(KeyboardInterrupt):
+        interrupts.run(lambda trial: 1.0, StubTrial())

@@ -33,15 +33,16 @@ def load_corpus(spec: Spec | str | Path | data.DataConfig, path: str | None = No
 
 def train_one(spec: Spec | str | Path, corpus: data.Corpus | None = None, *, epochs: int | None = None,
               patience: int | None = None, early_stop: bool = True, device: str | None = None, on_epoch=None,
-              **params) -> TrainResult:
+              keep_features: bool = True, **params) -> TrainResult:
     """Train the spec's ``[defaults]`` overridden by ``params`` (checked like ``--param``).
     ``.model`` carries the best epoch's weights, ``.history`` one record per epoch;
-    ``on_epoch(epoch, record)`` runs after each epoch."""
+    ``on_epoch(epoch, record)`` runs after each epoch; ``keep_features=False`` frees the cached
+    features once the inputs are built (the next call on the same corpus builds them again)."""
     spec = _spec(spec)
     overrides = {name: coerce(name, value, "train_one") for name, value in params.items()}
     return train_config(corpus or load_corpus(spec), spec.params(overrides), max_epochs=epochs or spec.max_epochs,
                         patience=(patience or spec.patience) if early_stop else None, device=device or spec.device,
-                        metric=spec.metric, on_epoch=on_epoch)
+                        metric=spec.metric, on_epoch=on_epoch, keep_features=keep_features)
 
 
 def cmd_train(args) -> int:
@@ -58,7 +59,7 @@ def cmd_train(args) -> int:
                   f"{record['seconds']:.2f}s", flush=True)
 
     result = train_one(spec, corpus, epochs=args.epochs, patience=args.patience, early_stop=not args.no_early_stop,
-                       device=args.device, on_epoch=show, **overrides)
+                       device=args.device, on_epoch=show, keep_features=False, **overrides)
     record = summary_record(result, corpus, spec.params(overrides))
     if args.json:
         print(json.dumps(record))

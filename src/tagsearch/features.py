@@ -173,6 +173,7 @@ def per_texts(function, size: int = 2):
             hit = cache[key] = (corpus.texts, function(corpus, *args))
         return hit[1]
 
+    cached.cache_clear = cache.clear
     return cached
 
 
@@ -243,16 +244,20 @@ def hashed_ngrams(ids: np.ndarray, lengths: np.ndarray, word_ngrams: int, bucket
 
 def bag_arrays(ids: np.ndarray, lengths: np.ndarray, n_vocab: int, word_ngrams: int, buckets: int):
     """Every post's distinct table rows (vocabulary ids, then hashed n-grams at ``n_vocab + bucket``),
-    their number per post, and weights count/entries: a weighted sum is the post's mean bag."""
-    post = np.repeat(np.arange(len(lengths)), lengths)
-    gram_posts, gram_buckets = (hashed_ngrams(ids, lengths, word_ngrams, buckets) if word_ngrams > 1
-                                else (np.zeros(0, np.int64), np.zeros(0, np.int64)))
-    rows = np.concatenate([post, gram_posts])
-    cols = np.concatenate([ids, gram_buckets + n_vocab])
+    their number per post, and weights count/entries: a weighted sum is the post's mean bag.
+
+    The words' counts are built as CSR straight from the flat ids (they are already grouped by post):
+    no per-token row array and no COO conversion, which set a dense ``train``'s peak memory."""
     n_rows = n_vocab + (buckets if word_ngrams > 1 else 0)
-    counts = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(lengths), n_rows))
-    counts.sum_duplicates()
-    entries = lengths + np.bincount(gram_posts, minlength=len(lengths))
+    counts = bag_counts(ids, lengths, n_rows)
+    entries = np.asarray(lengths, dtype=np.int64)
+    if word_ngrams > 1:
+        gram_posts, gram_buckets = hashed_ngrams(ids, lengths, word_ngrams, buckets)
+        grams = sp.csr_matrix((np.ones(len(gram_posts), dtype=np.float32), (gram_posts, gram_buckets + n_vocab)),
+                              shape=counts.shape)
+        counts = (counts + grams).tocsr()
+        counts.sum_duplicates()
+        entries = entries + np.bincount(gram_posts, minlength=len(lengths))
     return bags_of(counts, np.maximum(entries, 1))
 
 
@@ -413,3 +418,11 @@ def text_inputs(state: dict, texts: list[str]):
     if state["kind"] == "dense":
         return encode_texts(texts, state)
     return CsrBatches(rebuilt_vectorizer(state).transform(texts).tocsr(), torch.zeros((len(texts), 0)))
+
+
+def clear_caches() -> None:
+    """Forget every cached feature (token streams, vocabularies, bags, n-gram counts, fitted TF-IDF)
+    and give their memory back: for a one-off training once its inputs are built."""
+    for cached in (token_stream, vocabulary, _bags, ngram_counts, fitted_tfidf):
+        cached.cache_clear()
+    give_back_freed_memory()

@@ -10,11 +10,18 @@ of a dense training step on the built-in corpus (BENCHMARKS.md).
 
 from __future__ import annotations
 
+import os
 import types
 
 import numba
 import numpy as np
 from numba import njit, prange
+
+# numba's own thread pool for the parallel loops, not OpenMP: torch runs on OpenMP, and a numba
+# OpenMP region in the process changed later 1-thread training results (a retrain no longer
+# reproduced its trial after tests/test_fastpath.py ran). A little slower: BENCHMARKS.md, "Dense epoch".
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
 
 
 def _lazy_adam_rows(param, exp_avg, exp_avg_sq, rows, grad, step_size, beta1, beta2, eps, decay):

@@ -382,12 +382,15 @@ def build(corpus: Corpus, params: dict, device: str | torch.device = "cpu"):
 
 
 def train_config(corpus: Corpus | list[Corpus], params: dict, *, max_epochs: int, patience: int | None,
-                 device: str = "auto", metric: str = "hamming_loss", on_epoch: EpochHook | None = None) -> TrainResult:
+                 device: str = "auto", metric: str = "hamming_loss", on_epoch: EpochHook | None = None,
+                 keep_features: bool = True) -> TrainResult:
     """Build inputs and model for ``params`` and train them (``tagsearch train``, ``retrain``); a list
-    of corpora (``data.cv_folds``) trains one model per fold, in lockstep."""
-    folds = corpus if isinstance(corpus, list) else [corpus]
-    return fit_folds([build(fold, params, device) for fold in folds], params, max_epochs=max_epochs,
-                     patience=patience, metric=metric, on_epoch=on_epoch)
+    of corpora (``data.cv_folds``) trains one model per fold, in lockstep. ``keep_features=False``
+    drops the feature caches once the inputs are built (a one-off training: less peak memory)."""
+    folds = [build(fold, params, device) for fold in (corpus if isinstance(corpus, list) else [corpus])]
+    if not keep_features:
+        features.clear_caches()
+    return fit_folds(folds, params, max_epochs=max_epochs, patience=patience, metric=metric, on_epoch=on_epoch)
 
 
 def summary_record(result: TrainResult, corpus: Corpus, params: dict) -> dict:

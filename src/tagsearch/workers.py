@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -36,6 +37,9 @@ MAX_CONSECUTIVE_FAILURES = 8
 KILL_AFTER_SECONDS = 30
 PLAIN_LINE_SECONDS = 5
 WORKER_INDEX_ENV = "TAGSEARCH_WORKER_INDEX"
+# Code a signal must not interrupt: a storage write stopped halfway leaves its trial RUNNING.
+STORAGE_MODULES = ("sqlalchemy", "sqlite3", "optuna.storages", "redis", "grpc", "tagsearch.storage")
+REDELIVER_SECONDS = 0.05
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,7 +95,8 @@ def open_early(url: str):
 class Interrupts:
     """A worker's Ctrl-C/SIGTERM state. A running trial is interrupted at once (FAIL with the reason,
     then queued again); between trials the worker just starts no further one. Never mid-ask, which
-    could strand a trial."""
+    could strand a trial, and never inside a storage call (a report, a heartbeat): the signal is
+    delivered again ``REDELIVER_SECONDS`` later, once the write is done."""
 
     def __init__(self):
         self.active = False  # inside a trial: a signal interrupts it
@@ -101,8 +106,12 @@ class Interrupts:
     def install(self) -> "Interrupts":
         def on_signal(signum, frame):
             self.stop_requested = True
-            if self.active:
-                raise KeyboardInterrupt
+            if not self.active:
+                return
+            if in_storage_call(frame):
+                threading.Timer(REDELIVER_SECONDS, os.kill, (os.getpid(), signum)).start()
+                return
+            raise KeyboardInterrupt
 
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, on_signal)
@@ -120,6 +129,18 @@ class Interrupts:
             raise
         finally:
             self.active = False
+
+
+def in_storage_call(frame) -> bool:
+    """Whether ``frame`` or a caller of it runs storage code (``STORAGE_MODULES``); not when
+    ``frame`` is an outage retry waiting between attempts (nothing is half-written then)."""
+    if frame is not None and frame.f_code is storages.retry_transient.__code__:
+        return False
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith(STORAGE_MODULES):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def worker_index() -> int:
