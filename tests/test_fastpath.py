@@ -286,6 +286,7 @@ def test_the_two_thread_kernels_equal_the_serial_ones():
     tables = rng.standard_normal((3, 500, 16)).astype(np.float32)
     f32 = np.float32
     for threads in (1, 2):
+        torch.set_num_threads(threads)  # as training calls them: with torch's thread count (kernels.py)
         adam, sgd = tables.copy(), tables[:2].copy()
         adam[2] = np.abs(adam[2])
         kernels.lazy_adam_rows(threads)(adam[0], adam[1], adam[2], rows, grad, f32(0.01), f32(0.9),
@@ -293,6 +294,7 @@ def test_the_two_thread_kernels_equal_the_serial_ones():
         kernels.lazy_sgd_rows(threads)(sgd[0], sgd[1], rows, grad, f32(0.1), f32(0.9), f32(1e-4))
         if threads == 1:
             serial = adam, sgd
+    torch.set_num_threads(1)  # conftest's setting
     np.testing.assert_array_equal(adam, serial[0])
     np.testing.assert_array_equal(sgd, serial[1])
 

@@ -10,18 +10,11 @@ of a dense training step on the built-in corpus (BENCHMARKS.md).
 
 from __future__ import annotations
 
-import os
 import types
 
 import numba
 import numpy as np
 from numba import njit, prange
-
-# numba's own thread pool for the parallel loops, not OpenMP: torch runs on OpenMP, and a numba
-# OpenMP region in the process changed later 1-thread training results (a retrain no longer
-# reproduced its trial after tests/test_fastpath.py ran). A little slower: BENCHMARKS.md, "Dense epoch".
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
 
 
 def _lazy_adam_rows(param, exp_avg, exp_avg_sq, rows, grad, step_size, beta1, beta2, eps, decay):
@@ -69,7 +62,9 @@ _PARALLEL = {f.__name__: njit(parallel=True, **_OPTIONS)(_renamed(f, "_parallel"
 
 def _for_threads(name: str, threads: int):
     """The loop compiled for ``threads`` (torch's thread count): serial for 1 (as under ``launch``
-    with one worker per core), else split over the rows by numba's thread pool."""
+    with one worker per core), else split over the rows by numba's thread pool. Pass torch's count:
+    numba's pool is OpenMP, like torch's, and a numba region wider than torch's setting changed
+    later 1-thread training results in the same process."""
     threads = min(threads, numba.config.NUMBA_NUM_THREADS)
     if threads <= 1:
         return _SERIAL[name]
