@@ -246,8 +246,8 @@ def bag_arrays(ids: np.ndarray, lengths: np.ndarray, n_vocab: int, word_ngrams: 
     """Every post's distinct table rows (vocabulary ids, then hashed n-grams at ``n_vocab + bucket``),
     their number per post, and weights count/entries: a weighted sum is the post's mean bag.
 
-    The words' counts are built as CSR straight from the flat ids (they are already grouped by post):
-    no per-token row array and no COO conversion, which set a dense ``train``'s peak memory."""
+    The words' counts are built as CSR straight from the flat ids (already grouped by post, so no
+    per-token row array and no COO conversion); hashed n-grams are added as a second matrix."""
     n_rows = n_vocab + (buckets if word_ngrams > 1 else 0)
     counts = bag_counts(ids, lengths, n_rows)
     entries = np.asarray(lengths, dtype=np.int64)
@@ -255,7 +255,7 @@ def bag_arrays(ids: np.ndarray, lengths: np.ndarray, n_vocab: int, word_ngrams: 
         gram_posts, gram_buckets = hashed_ngrams(ids, lengths, word_ngrams, buckets)
         grams = sp.csr_matrix((np.ones(len(gram_posts), dtype=np.float32), (gram_posts, gram_buckets + n_vocab)),
                               shape=counts.shape)
-        counts = (counts + grams).tocsr()
+        counts = counts + grams
         counts.sum_duplicates()
         entries = entries + np.bincount(gram_posts, minlength=len(lengths))
     return bags_of(counts, np.maximum(entries, 1))
