@@ -109,7 +109,9 @@ class Interrupts:
             if not self.active:
                 return
             if in_storage_call(frame):
-                threading.Timer(REDELIVER_SECONDS, os.kill, (os.getpid(), signum)).start()
+                again = threading.Timer(REDELIVER_SECONDS, os.kill, (os.getpid(), signum))
+                again.daemon = True  # never holds up the process's exit
+                again.start()
                 return
             raise KeyboardInterrupt
 
