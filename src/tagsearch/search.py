@@ -26,7 +26,6 @@ from .spec import ACTIVE_WHEN, PARAMS, Spec, is_active
 from .storage import masked, open_storage
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 DESCRIBE_WAIT_SECONDS = 10
 
 
