@@ -161,7 +161,7 @@ def interrupts():
 
 
 @pytest.mark.parametrize("module", ["sqlalchemy.engine.fake", "optuna.storages._rdb.fake", "redis.fake"])
-def test_a_signal_during_a_storage_write_interrupts_the_trial_after_the_write(interrupts, module):
+def test_a_signal_during_a_storage_write_interrupts_the_trial_after_it(interrupts, module):
     done = []
 
     def objective(trial):

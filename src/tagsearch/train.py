@@ -76,7 +76,8 @@ class LazyAdam(LazyRows):
     On the CPU the touched rows are updated in place by a compiled loop (``kernels.lazy_adam_rows``,
     split over the threads torch has): one read and one write of each row of the parameter and
     both moments. Elsewhere (CUDA) they are gathered into scratch buffers kept between steps,
-    updated by torch's fused Adam kernel, and scattered back (Adam's ε placement, which differs from SparseAdam's by ε·√(1-β₂ᵗ))."""
+    updated by torch's fused Adam kernel, and scattered back (Adam's ε placement, which differs
+    from SparseAdam's by ε·√(1-β₂ᵗ))."""
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0):
