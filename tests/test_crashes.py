@@ -36,14 +36,11 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = [pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
               pytest.mark.filterwarnings("ignore:Heartbeat of storage")]
 FAST_HEARTBEAT = {"TAGSEARCH_HEARTBEAT": "1", "TAGSEARCH_GRACE": "3"}
-MEDIAN_PRUNER = '[pruner]\nkind = "median"'
 
 
 def long_trials_spec(tmp_path: Path, tiny_csv: Path, url: str, name: str, epochs: int) -> Path:
     """Trials of ``epochs`` epochs that are never pruned or stopped early (so they can be hit mid-run)."""
-    spec = stress_spec(tmp_path / f"{name}.toml", tiny_csv, url, name, epochs=epochs, extra="")
-    spec.write_text(spec.read_text().replace(MEDIAN_PRUNER, '[pruner]\nkind = "none"'))
-    return spec
+    return stress_spec(tmp_path / f"{name}.toml", tiny_csv, url, name, epochs=epochs, extra="", pruner="none")
 
 
 def load_trials(url: str, name: str) -> list:
@@ -277,11 +274,8 @@ def cli(*args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
 
 def quick_spec(spec_factory, epochs: int, **kwargs):
     """The tiny test spec with ``epochs`` epochs and early-stopping patience as long."""
-    path = spec_factory("dense", **kwargs)
-    text = path.read_text().replace("max_epochs = 2", f"max_epochs = {epochs}").replace("patience = 2",
-                                                                                           f"patience = {epochs}")
-    path.write_text(text)
-    return path
+    return spec_factory("dense", edit=lambda raw: raw["training"].update(max_epochs=epochs, patience=epochs),
+                        **kwargs)
 
 
 def trials(url: str, name: str = "test-dense") -> list:

@@ -96,8 +96,7 @@ def test_an_outage_beyond_the_limit_ends_workers_with_one_error_and_the_next_wor
     logs = [tmp_path / f"w{i}.log" for i in (0, 1)]
     fast = {"TAGSEARCH_OUTAGE_LIMIT": "3", "TAGSEARCH_HEARTBEAT": "1", "TAGSEARCH_GRACE": "3"}
     try:
-        spec = stress_spec(tmp_path / "spec.toml", tiny_csv, db.url, db.name, epochs=400, extra="")
-        spec.write_text(spec.read_text().replace('[pruner]\nkind = "median"', '[pruner]\nkind = "none"'))
+        spec = stress_spec(tmp_path / "spec.toml", tiny_csv, db.url, db.name, epochs=400, extra="", pruner="none")
         processes = [start_worker(spec, log, "--n-trials", str(target), "--threads", "1", index=i, env=fast)
                      for i, log in enumerate(logs)]
         db.wait(lambda trials: sum(t.state == State.RUNNING and bool(t.intermediate_values) for t in trials) == 2,
@@ -113,8 +112,7 @@ def test_an_outage_beyond_the_limit_ends_workers_with_one_error_and_the_next_wor
         stranded = [t for t in db.trials() if t.state == State.RUNNING]
         assert len(stranded) == 2, [(t.number, t.state.name, t.user_attrs.get("fail_reason")) for t in db.trials()]
         db.relay.restore()
-        short = stress_spec(tmp_path / "short.toml", tiny_csv, db.url, db.name, epochs=2, extra="")
-        short.write_text(short.read_text().replace('[pruner]\nkind = "median"', '[pruner]\nkind = "none"'))
+        short = stress_spec(tmp_path / "short.toml", tiny_csv, db.url, db.name, epochs=2, extra="", pruner="none")
         last = start_worker(short, tmp_path / "w2.log", "--n-trials", str(target), "--threads", "1", index=2,
                             env=fast)
         processes.append(last)

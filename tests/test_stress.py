@@ -43,13 +43,16 @@ high = 64
 """
 
 
-def stress_spec(path: Path, data: Path, storage: str, name: str, epochs: int = 2, extra: str = VARYING_SPACE) -> Path:
-    """The tiny test spec with the varying search space, random sampling and ``epochs`` epochs."""
-    spec = write_spec(path, model="dense", data=data, storage=storage, name=name, extra=extra)
-    text = spec.read_text().replace("max_epochs = 2", f"max_epochs = {epochs}")
-    text = text.replace("patience = 2", f"patience = {epochs}").replace("n_startup_trials = 2", "n_startup_trials = 8")
-    spec.write_text(text)
-    return spec
+def stress_spec(path: Path, data: Path, storage: str, name: str, epochs: int = 2, extra: str = VARYING_SPACE,
+                pruner: str = "median") -> Path:
+    """The tiny test spec with the varying search space, random sampling, ``epochs`` epochs (as long a
+    patience) and the ``pruner`` kind ("none": trials run their epochs, so they can be hit mid-run)."""
+    def edit(raw: dict) -> None:
+        raw["training"].update(max_epochs=epochs, patience=epochs)
+        raw["sampler"]["n_startup_trials"] = 8
+        raw["pruner"]["kind"] = pruner
+
+    return write_spec(path, model="dense", data=data, storage=storage, name=name, extra=extra, edit=edit)
 
 
 def start_worker(spec: Path, log: Path, *args: str, index: int = 0, env: dict | None = None,
