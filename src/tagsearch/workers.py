@@ -13,6 +13,7 @@ and run here.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -171,6 +172,7 @@ def run_trials(study: optuna.Study, objective: search.Objective, target: int, ti
         with heartbeat.TrialHeartbeat(study, trial._trial_id):
             return interrupts.run(objective, trial)
 
+    gc.freeze()  # what exists now lives through every trial: the collection after each scans only the trial's own
     try:
         while not guard.tripped:
             if interrupts.stop_requested:
@@ -198,6 +200,7 @@ def run_trials(study: optuna.Study, objective: search.Objective, target: int, ti
             raise storages.gave_up from None
         raise
     finally:
+        gc.unfreeze()
         lock.close()
     log(f"stopping: {guard.limit} trials in a row failed; last reason: {guard.last_reason}")
     return 1
