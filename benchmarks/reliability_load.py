@@ -131,7 +131,7 @@ def run(mode: str, postgres: str, trials: int, workers: int, folder: Path, data:
     name = f"tagsearch-load-{mode}-{uuid.uuid4().hex[:8]}"
     folder = folder / mode
     folder.mkdir(parents=True)
-    proxy = None
+    proxy, proxy_exit = None, None
     url = postgres
     if mode == "proxy":
         proxy, url = start_proxy(postgres, folder / "proxy.log")
@@ -158,7 +158,7 @@ def run(mode: str, postgres: str, trials: int, workers: int, folder: Path, data:
                 p.kill()
         poller.close()
         if proxy is not None:
-            stop_proxy(proxy)
+            proxy_exit = stop_proxy(proxy)
     study = optuna.load_study(study_name=name, storage=open_storage(postgres))
     all_trials = study.get_trials(deepcopy=False)
     State = optuna.trial.TrialState
@@ -179,6 +179,7 @@ def run(mode: str, postgres: str, trials: int, workers: int, folder: Path, data:
         "storage_s_p95": round(per_trial[max(0, int(round(0.95 * len(per_trial))) - 1)], 4),
         "trials_timed": len(per_trial),
         "dashboard_polls": poller.polls, "dashboard_errors": poller.errors[:3],
+        "proxy_exit": proxy_exit,  # the proxy's exit code on SIGTERM (None: no proxy)
     }
     optuna.delete_study(study_name=name, storage=open_storage(postgres))
     return result

@@ -82,6 +82,7 @@ def test_a_five_second_database_cut_costs_a_pause_not_a_trial(kind, tmp_path, ti
         assert wait_all(processes, 150) == [0, 0], [log.read_text()[-3000:] for log in logs]
         study = optuna.load_study(study_name=db.name, storage=open_storage(db.direct))
         check_study(study, target)  # exact budget, no FAIL, nothing RUNNING, no duplicated numbers
+        assert study.user_attrs["model"] == "dense" and "fingerprint" in study.user_attrs
         text = "".join(log.read_text() for log in logs)
         assert "storage unreachable during" in text and "storage reachable again after" in text, text[-3000:]
         assert_clean_logs(logs)

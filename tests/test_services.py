@@ -1,6 +1,8 @@
-"""Scale-out on real servers: the same two-worker study against PostgreSQL, MariaDB/MySQL and a Redis
-journal, checked with the stress test's invariants (exact budget, no FAIL, no duplicated numbers,
-learning curves and user attributes on every finished trial).
+"""Scale-out on real servers: a two-worker study on a Redis journal, checked with the stress test's
+invariants (exact budget, no FAIL, no duplicated numbers, learning curves and user attributes on every
+finished trial), and eight workers through the gRPC storage proxy with PostgreSQL behind it. The same
+two-worker study on PostgreSQL and MariaDB/MySQL runs in test_outages.py, through a relay that cuts the
+connection mid-study.
 
 Each test skips, saying why, when its server does not answer on 127.0.0.1 (CI starts all three).
 Override the URLs with TAGSEARCH_TEST_POSTGRES / TAGSEARCH_TEST_MYSQL / TAGSEARCH_TEST_REDIS. Every
@@ -21,7 +23,7 @@ import optuna
 import pytest
 
 from tagsearch.storage import open_storage
-from test_stress import check_study, run_workers, start_proxy, stop_proxy, stress_spec
+from test_stress import check_study, run_workers, stress_spec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = [pytest.mark.services, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
@@ -79,8 +81,9 @@ def drop_redis_journal(url: str) -> None:
         client.close()
 
 
-def run_two_workers(url: str, tmp_path, tiny_csv, backend: str | None = None) -> optuna.Study:
-    """The study through ``url``; ``backend``: the database behind it (a proxy), for the cleanup."""
+@pytest.mark.timeout(240)
+def test_redis_journal(tmp_path, tiny_csv):
+    url = empty_redis_db(server_url("redis"))
     name = f"tagsearch-reliability-{uuid.uuid4().hex[:10]}"
     spec = stress_spec(tmp_path / "spec.toml", tiny_csv, url, name, epochs=2)
     try:
@@ -88,42 +91,6 @@ def run_two_workers(url: str, tmp_path, tiny_csv, backend: str | None = None) ->
         study = optuna.load_study(study_name=name, storage=open_storage(url))
         check_study(study, TARGET)
         assert study.user_attrs["model"] == "dense" and "fingerprint" in study.user_attrs
-        return study
-    finally:
-        storage = open_storage(backend or url)
-        if name in optuna.get_all_study_names(storage):
-            optuna.delete_study(study_name=name, storage=storage)
-
-
-@pytest.mark.timeout(240)
-def test_postgresql(tmp_path, tiny_csv):
-    run_two_workers(server_url("postgresql"), tmp_path, tiny_csv)
-
-
-@pytest.mark.timeout(240)
-def test_mysql(tmp_path, tiny_csv):
-    run_two_workers(server_url("mysql"), tmp_path, tiny_csv)
-
-
-@pytest.mark.timeout(240)
-def test_postgresql_through_the_grpc_storage_proxy(tmp_path, tiny_csv):
-    """A `tagsearch storage-proxy` on a free loopback port with PostgreSQL behind it; the workers
-    only know grpc://127.0.0.1:PORT. Stopped with SIGTERM afterwards: exit 0."""
-    backend = server_url("postgresql")
-    proxy, url = start_proxy(backend, tmp_path / "proxy.log")
-    try:
-        study = run_two_workers(url, tmp_path, tiny_csv, backend=backend)
-        assert type(study._storage).__name__ == "GrpcStorageProxy"
-    finally:
-        assert stop_proxy(proxy) == 0, (tmp_path / "proxy.log").read_text()
-    assert "storage proxy stopped" in (tmp_path / "proxy.log").read_text()
-
-
-@pytest.mark.timeout(240)
-def test_redis_journal(tmp_path, tiny_csv):
-    url = empty_redis_db(server_url("redis"))
-    try:
-        study = run_two_workers(url, tmp_path, tiny_csv)
         assert type(study._storage).__name__ == "JournalStorage"
     finally:
         drop_redis_journal(url)
@@ -145,3 +112,5 @@ def test_eight_workers_through_the_proxy_with_a_dashboard_polling(tmp_path, tiny
         (24, 0, 0, 0), result
     assert result["defaults_trials"] == 1 and result["numbers_contiguous"], result
     assert result["dashboard_polls"] > 0 and result["dashboard_errors"] == [], result
+    assert result["proxy_exit"] == 0, (tmp_path / "proxy" / "proxy.log").read_text()  # SIGTERM: a clean stop
+    assert "storage proxy stopped" in (tmp_path / "proxy" / "proxy.log").read_text()
