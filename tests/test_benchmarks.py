@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 
@@ -14,11 +12,13 @@ from conftest import REPO
 
 
 @pytest.mark.slow
-def test_study_benchmark_quick_runs_both_sides_to_the_same_budget():
-    done = subprocess.run([sys.executable, "benchmarks/study.py", "--quick", "--json"], cwd=REPO,
-                          capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
-    table, rows = done.stdout.rsplit("\n", 2)[0], json.loads(done.stdout.strip().splitlines()[-1])
+def test_study_benchmark_quick_runs_both_sides_to_the_same_budget(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import study  # in-process: its workers are subprocesses all the same
+
+    assert study.main(["--quick", "--json"]) == 0
+    out = capsys.readouterr().out
+    table, rows = out.rsplit("\n", 2)[0], json.loads(out.strip().splitlines()[-1])
     assert "| synthetic 800 (tfidf) | naive |" in table and "| synthetic 800 (tfidf) | tagsearch |" in table
     sides = rows[0]["sides"]
     assert sides["tagsearch"]["complete"] + sides["tagsearch"]["pruned"] == 3  # tagsearch's budget is exact

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
 import pytest
+import torch
 
 from tagsearch import demo
 from tagsearch.builtin import BUILTIN_POSTS
+from tagsearch.cli import main
 from tagsearch.spec import load_spec
 
 
@@ -36,7 +35,6 @@ def test_demo_data(tmp_path, monkeypatch, capsys):
 
 
 def test_demo_bad_data_is_one_error_line(tmp_path, monkeypatch, capsys):
-    from tagsearch.cli import main
 
     monkeypatch.chdir(tmp_path)
     assert main(["demo", "--data", "nope.csv"]) == 2
@@ -45,13 +43,16 @@ def test_demo_bad_data_is_one_error_line(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_demo_end_to_end(tmp_path):
-    """The whole demo on 400 posts: two studies, two results dirs, a comparison, a prediction."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-m", "tagsearch.cli", "demo", "--posts", "400", "--trials", "3",
-                          "--workers", "1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "tagsearch dashboard --storage sqlite:///storage/demo.db" in run.stdout
+def test_demo_end_to_end(tmp_path, monkeypatch, capsys):
+    """The whole demo on 400 posts: two studies, two results dirs, a comparison, a prediction. In-process
+    (its workers are subprocesses all the same): the pytest process has paid for the imports already."""
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    try:
+        assert main(["demo", "--posts", "400", "--trials", "3", "--workers", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)  # retrain sets its own; the next tests keep theirs
+    assert "tagsearch dashboard --storage sqlite:///storage/demo.db" in capsys.readouterr().out
     for model in ("dense", "tfidf"):
         folder = tmp_path / "results" / f"demo-{model}-400"
         for name in ("model.safetensors", "preprocessing.json", "config.json", "metrics.json", "report.md",
@@ -59,7 +60,5 @@ def test_demo_end_to_end(tmp_path):
             assert (folder / name).is_file(), name
         assert json.loads((folder / "config.json").read_text())["study"] == f"demo-{model}-400"
     assert "demo-dense-400" in (tmp_path / "results" / "compare.md").read_text()
-    predicted = subprocess.run([sys.executable, "-m", "tagsearch.cli", "predict", "results/demo-tfidf-400",
-                                "How do I select a div with jquery?"], cwd=tmp_path, env=env, capture_output=True,
-                               text=True, timeout=120)
-    assert predicted.returncode == 0 and len(predicted.stdout.splitlines()) == 1
+    assert main(["predict", "results/demo-tfidf-400", "How do I select a div with jquery?"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1
