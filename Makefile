@@ -5,6 +5,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # A bare `torch` requirement would pull the newest CUDA build (GBs); install the CPU wheel first.
 TORCH  ?= torch==2.13.0
+# Test processes (pytest-xdist): one keeps about 1.3 of 2 cores busy, two keep both busy; 0 = serial.
+TEST_WORKERS ?= 2
 
 .PHONY: install demo test test-fast bench clean
 
@@ -23,10 +25,10 @@ demo: $(STAMP)
 	$(VENV)/bin/tagsearch demo $(DEMO_ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow and not services and not browser" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) -m "not slow and not services and not browser" $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
