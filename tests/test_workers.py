@@ -5,6 +5,7 @@ workers and Ctrl-C on ``launch`` in test_crashes.py, real servers in test_servic
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import time
@@ -12,8 +13,11 @@ import time
 import optuna
 import pytest
 
+from tagsearch import search
 from tagsearch.cli import main
-from tagsearch.workers import Interrupts, ProgressLine, parse_devices, worker_env
+from tagsearch.data import load_corpus
+from tagsearch.spec import load_spec
+from tagsearch.workers import Interrupts, ProgressLine, parse_devices, run_trials, worker_env
 from tagsearch.search import Progress
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -192,3 +196,16 @@ def test_a_signal_between_trials_only_stops_the_next_one(interrupts):
     assert interrupts.stop_requested and interrupts.interrupted is None
     with pytest.raises(KeyboardInterrupt):
         interrupts.run(lambda trial: 1.0, StubTrial())
+
+
+def test_trials_run_with_the_earlier_heap_frozen_and_it_is_thawed_after(spec_factory, monkeypatch):
+    """The collection after each trial scans only what the trial made (the heap that existed before
+    the first trial is frozen), and nothing stays frozen once the worker's trials are over."""
+    frozen_at_release = []
+    monkeypatch.setattr(search, "release_memory", lambda: frozen_at_release.append(gc.get_freeze_count()))
+    spec = load_spec(spec_factory("tfidf", storage="sqlite:///:memory:"))
+    corpus = load_corpus(spec.data_config())
+    assert run_trials(search.open_study(spec, corpus), search.Objective(spec, corpus), 2,
+                      wait_for_running=False) == 0
+    assert len(frozen_at_release) == 2 and min(frozen_at_release) > 0
+    assert gc.get_freeze_count() == 0
