@@ -198,12 +198,12 @@ def test_a_signal_between_trials_only_stops_the_next_one(interrupts):
         interrupts.run(lambda trial: 1.0, StubTrial())
 
 
-def test_trials_run_with_the_earlier_heap_frozen_and_it_is_thawed_after(spec_factory, monkeypatch):
+def test_trials_run_with_the_earlier_heap_frozen_and_it_is_thawed_after(spec_factory, tmp_path, monkeypatch):
     """The collection after each trial scans only what the trial made (the heap that existed before
     the first trial is frozen), and nothing stays frozen once the worker's trials are over."""
     frozen_at_release = []
     monkeypatch.setattr(search, "release_memory", lambda: frozen_at_release.append(gc.get_freeze_count()))
-    spec = load_spec(spec_factory("tfidf", storage="sqlite:///:memory:"))
+    spec = load_spec(spec_factory("tfidf", storage=f"sqlite:///{tmp_path}/frozen.db"))
     corpus = load_corpus(spec.data_config())
     assert run_trials(search.open_study(spec, corpus), search.Objective(spec, corpus), 2,
                       wait_for_running=False) == 0

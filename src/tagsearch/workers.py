@@ -110,7 +110,10 @@ class Interrupts:
             if not self.active:
                 return
             if in_storage_call(frame):
-                again = threading.Timer(REDELIVER_SECONDS, os.kill, (os.getpid(), signum))
+                # to the main thread itself: a process-wide signal may land on another thread, and
+                # then a blocking call in the main thread (a sleep, a wait) is not interrupted
+                again = threading.Timer(REDELIVER_SECONDS, signal.pthread_kill,
+                                        (threading.main_thread().ident, signum))
                 again.daemon = True  # never holds up the process's exit
                 again.start()
                 return
