@@ -136,7 +136,7 @@ def storage_for(kind: str, tmp_path: Path, cleanup: list) -> str:
         from test_services import drop_redis_journal, empty_redis_db, server_url
 
         url = empty_redis_db(server_url("redis"))
-        cleanup.append(lambda: drop_redis_journal(url))
+        cleanup.append(lambda: drop_redis_journal(url, f"kill-{kind}"))
         return url
     assert kind == "grpc"
     proxy, url = start_proxy(f"sqlite:///{tmp_path}/behind-proxy.db", tmp_path / "proxy.log")

@@ -67,11 +67,14 @@ def empty_redis_db(url: str) -> str:
     pytest.skip(f"no empty database on the Redis server {base}")
 
 
-def drop_redis_journal(url: str) -> None:
-    """Remove the journal keys, but only when no other study lives in that journal."""
+def drop_redis_journal(url: str, name: str) -> None:
+    """Delete study ``name``, then remove the journal keys, but only when no other study lives there."""
     import redis
 
-    if optuna.get_all_study_names(open_storage(url)):
+    storage = open_storage(url)
+    if name in optuna.get_all_study_names(storage):
+        optuna.delete_study(study_name=name, storage=storage)
+    if optuna.get_all_study_names(storage):
         return
     client = redis.Redis.from_url(url, socket_timeout=5)
     try:
@@ -93,7 +96,7 @@ def test_redis_journal(tmp_path, tiny_csv):
         assert study.user_attrs["model"] == "dense" and "fingerprint" in study.user_attrs
         assert type(study._storage).__name__ == "JournalStorage"
     finally:
-        drop_redis_journal(url)
+        drop_redis_journal(url, name)
 
 
 @pytest.mark.slow
