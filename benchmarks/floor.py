@@ -42,9 +42,10 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO / "src"))
 
-from tagsearch import data, train  # noqa: E402
-from tagsearch.builtin import BUILTIN_PATH, BUILTIN_POSTS, ensure_corpus  # noqa: E402
-from tagsearch.spec import load_spec  # noqa: E402
+from tagsearch.data import corpus as data
+from tagsearch.learn import train  # noqa: E402
+from tagsearch.data.builtin import BUILTIN_PATH, BUILTIN_POSTS, ensure_corpus  # noqa: E402
+from tagsearch.study.spec import load_spec  # noqa: E402
 
 SPECS = {"dense": REPO / "studies" / "dense.toml", "tfidf": REPO / "studies" / "tfidf.toml"}
 ADAM_BYTES = 8 * 4  # per parameter per step: gradient write + read, parameter/m/v read + write

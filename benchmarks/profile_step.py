@@ -20,9 +20,10 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from tagsearch import data, train
-from tagsearch.builtin import BUILTIN_PATH, BUILTIN_POSTS, ensure_corpus
-from tagsearch.spec import load_spec, parse_overrides
+from tagsearch.data import corpus as data
+from tagsearch.learn import train
+from tagsearch.data.builtin import BUILTIN_PATH, BUILTIN_POSTS, ensure_corpus
+from tagsearch.study.spec import load_spec, parse_overrides
 
 REPO = Path(__file__).resolve().parent.parent
 

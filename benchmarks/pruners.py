@@ -21,8 +21,8 @@ import tomllib
 from pathlib import Path
 
 import search_bench
-from tagsearch.builtin import BUILTIN_PATH, BUILTIN_POSTS, ensure_corpus
-from tagsearch.specfile import save_spec
+from tagsearch.data.builtin import BUILTIN_PATH, BUILTIN_POSTS, ensure_corpus
+from tagsearch.study.specfile import save_spec
 
 
 def main() -> None:

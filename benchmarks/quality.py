@@ -32,10 +32,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from tagsearch import compare, data, results  # noqa: E402
-from tagsearch.builtin import BUILTIN_DATA  # noqa: E402
-from tagsearch.spec import load_spec  # noqa: E402
-from tagsearch.specfile import save_spec  # noqa: E402
+from tagsearch.results import compare
+from tagsearch.data import corpus as data
+from tagsearch.results import folder as results  # noqa: E402
+from tagsearch.data.builtin import BUILTIN_DATA  # noqa: E402
+from tagsearch.study.spec import load_spec  # noqa: E402
+from tagsearch.study.specfile import save_spec  # noqa: E402
 
 ROBOTICS = REPO.parent / "shared" / "data" / "stackexchange-robotics.csv"
 KINDS = ("dense", "tfidf")

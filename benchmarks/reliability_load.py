@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO / "tests"))
 TIMING_HOOK = """
 import json, os, sys, threading, time
 import optuna
-from tagsearch import storage
+from tagsearch.runtime import storage
 
 out = open(os.environ["TAGSEARCH_BENCH_TIMINGS"], "a")
 spent = [0.0]
@@ -126,7 +126,7 @@ def run(mode: str, postgres: str, trials: int, workers: int, folder: Path, data:
     from test_stress import start_proxy, stop_proxy
 
     import optuna
-    from tagsearch.storage import open_storage
+    from tagsearch.runtime.storage import open_storage
 
     name = f"tagsearch-load-{mode}-{uuid.uuid4().hex[:8]}"
     folder = folder / mode
@@ -194,7 +194,7 @@ def main() -> int:
     parser.add_argument("--modes", default="direct,proxy")
     parser.add_argument("--json", metavar="OUT")
     args = parser.parse_args()
-    from tagsearch.synth import write_corpus
+    from tagsearch.data.synth import write_corpus
 
     folder = Path(tempfile.mkdtemp(prefix="tagsearch-load-"))
     data = folder / "tiny.csv"

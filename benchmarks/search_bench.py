@@ -1,4 +1,4 @@
-"""run.py's search section (``--search``; needs ``tagsearch.workers``, the search layer).
+"""run.py's search section (``--search``; needs ``tagsearch.runtime.workers``, the search layer).
 
 1. Throughput: ``tagsearch launch --workers 2 --devices cpu`` (one thread per worker) against one
    ``tagsearch worker --threads 2``, each for the same wall-clock window on a fresh study of
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import optuna
 
-from tagsearch import search
-from tagsearch.builtin import BUILTIN_PATH, BUILTIN_POSTS, ensure_corpus
-from tagsearch.specfile import save_spec
+from tagsearch.study import search
+from tagsearch.data.builtin import BUILTIN_PATH, BUILTIN_POSTS, ensure_corpus
+from tagsearch.study.specfile import save_spec
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

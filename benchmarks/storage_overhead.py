@@ -17,10 +17,11 @@ from pathlib import Path
 
 import torch
 
-from tagsearch import search, workers
-from tagsearch.data import load_corpus
-from tagsearch.spec import load_spec
-from tagsearch.storage import open_storage
+from tagsearch.study import search
+from tagsearch.runtime import workers
+from tagsearch.data.corpus import load_corpus
+from tagsearch.study.spec import load_spec
+from tagsearch.runtime.storage import open_storage
 
 REPO = Path(__file__).resolve().parents[1]
 ROBOTICS = REPO.parent / "shared" / "data" / "stackexchange-robotics.csv"

@@ -50,10 +50,10 @@ REPO = HERE.parent
 sys.path[:0] = [str(REPO / "src"), str(HERE)]
 
 import seed_path  # noqa: E402
-from tagsearch.builtin import BUILTIN_PATH, BUILTIN_POSTS, ensure_corpus  # noqa: E402
-from tagsearch.spec import PARAMS  # noqa: E402
-from tagsearch.specfile import save_spec  # noqa: E402
-from tagsearch.synth import write_corpus  # noqa: E402
+from tagsearch.data.builtin import BUILTIN_PATH, BUILTIN_POSTS, ensure_corpus  # noqa: E402
+from tagsearch.study.spec import PARAMS  # noqa: E402
+from tagsearch.study.specfile import save_spec  # noqa: E402
+from tagsearch.data.synth import write_corpus  # noqa: E402
 
 ROBOTICS = REPO.parent / "shared" / "data" / "stackexchange-robotics.csv"
 NAIVE_KNOBS = ("embedding_dim", "hidden1", "hidden2", "dropout", "lr", "weight_decay", "batch_size",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tagsearch.specfile import save_spec
+from tagsearch.study.specfile import save_spec
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "stackexchange-robotics.csv"
@@ -39,7 +39,7 @@ def robotics_csv() -> Path:
 @pytest.fixture(scope="session")
 def tiny_csv(tmp_path_factory) -> Path:
     """600 synthetic posts in the Kaggle layout (Id, Title, Body, Tags)."""
-    from tagsearch.synth import write_corpus
+    from tagsearch.data.synth import write_corpus
 
     path = tmp_path_factory.mktemp("data") / "tiny.csv"
     write_corpus(path, n_posts=600, seed=1)

@@ -27,7 +27,7 @@ def test_readme_example_runs(tmp_path, tiny_csv, monkeypatch, capsys):
 
 def test_api_functions_are_what_the_commands_do(tmp_path, tiny_csv):
     import tagsearch as ts
-    from tagsearch.data import DataConfig, load_corpus
+    from tagsearch.data.corpus import DataConfig, load_corpus
 
     spec = ts.load_spec(write_spec(tmp_path / "s.toml", model="tfidf", data=tiny_csv))
     assert ts.load_corpus(spec) is load_corpus(DataConfig(path=str(tiny_csv)))  # same cached corpus

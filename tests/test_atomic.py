@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tagsearch import results
+from tagsearch.results import folder as results
 
 FILES = ("model.safetensors", "config.json", "metrics.json", "report.md")
 EXCHANGE_STEPS = ("writing", "written", "exchanged", "cleaned")
@@ -157,7 +157,7 @@ def test_an_error_while_writing_keeps_the_old_directory_and_no_temp(mode, tmp_pa
 
 
 def test_results_behind_a_symlink_are_listed_by_compare(monkeypatch, tmp_path):
-    from tagsearch import compare
+    from tagsearch.results import compare
 
     monkeypatch.setenv(results._FORCE_SYMLINK_ENV, "1")
     monkeypatch.chdir(tmp_path)

@@ -30,10 +30,10 @@ STUDY = "existing"
 @pytest.fixture(scope="module")
 def existing_study(tmp_path_factory, tiny_csv) -> Path:
     """A SQLite file holding study 'existing' (tfidf, one finished trial), written by tagsearch."""
-    from tagsearch import search
-    from tagsearch.data import load_corpus
-    from tagsearch.spec import load_spec
-    from tagsearch.workers import run_trials
+    from tagsearch.study import search
+    from tagsearch.data.corpus import load_corpus
+    from tagsearch.study.spec import load_spec
+    from tagsearch.runtime.workers import run_trials
 
     folder = tmp_path_factory.mktemp("existing")
     path = folder / "existing.db"

@@ -38,10 +38,10 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def study_url(tmp_path_factory, tiny_csv) -> str:
-    from tagsearch import search
-    from tagsearch.data import load_corpus
-    from tagsearch.spec import load_spec
-    from tagsearch.workers import run_trials
+    from tagsearch.study import search
+    from tagsearch.data.corpus import load_corpus
+    from tagsearch.study.spec import load_spec
+    from tagsearch.runtime.workers import run_trials
 
     folder = tmp_path_factory.mktemp("browser")
     url = f"sqlite:///{folder}/dash.db"

@@ -21,14 +21,16 @@ import optuna
 import pytest
 import torch
 
-from tagsearch import retrain as retrain_module
-from tagsearch import results, search, train
+from tagsearch.results import retrain as retrain_module
+from tagsearch.results import folder as results
+from tagsearch.study import search
+from tagsearch.learn import train
 from tagsearch.cli import main
-from tagsearch.data import load_corpus
+from tagsearch.data.corpus import load_corpus
 from tagsearch.errors import UserError
-from tagsearch.spec import load_spec
-from tagsearch import heartbeat
-from tagsearch.storage import artifact_dir, open_storage
+from tagsearch.study.spec import load_spec
+from tagsearch.runtime import heartbeat
+from tagsearch.runtime.storage import artifact_dir, open_storage
 from test_stress import (FINISHED, State, check_study, integrity, sqlite_file, start_proxy, start_worker, stop_all,
                          stop_proxy, stress_spec, wait_all)
 
@@ -412,7 +414,7 @@ def test_a_diverged_trial_keeps_its_learning_curve_and_the_search_moves_on(tmp_p
 
     monkeypatch.setattr(train, "train_epoch", second_epoch_diverges)
     study = search.open_study(spec, corpus, f"sqlite:///{tmp_path}/curve.db")
-    from tagsearch.workers import run_trials
+    from tagsearch.runtime.workers import run_trials
 
     assert run_trials(study, search.Objective(spec, corpus), target=2) == 0
     first = study.trials[0]
@@ -429,7 +431,7 @@ def test_a_diverged_trial_keeps_its_learning_curve_and_the_search_moves_on(tmp_p
 def finished_study(tmp_path_factory, tiny_csv):
     """A one-trial tfidf study (read-only for the tests below)."""
     from conftest import write_spec
-    from tagsearch.workers import run_trials
+    from tagsearch.runtime.workers import run_trials
 
     folder = tmp_path_factory.mktemp("retrain-crash")
     url = f"sqlite:///{folder}/studies.db"

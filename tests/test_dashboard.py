@@ -13,9 +13,9 @@ import urllib.request
 import optuna
 import pytest
 
-from tagsearch import dashboard
+from tagsearch.study import dashboard
 from tagsearch.cli import main
-from tagsearch.storage import open_storage
+from tagsearch.runtime.storage import open_storage
 
 
 def free_port() -> int:
@@ -103,10 +103,10 @@ def test_loopback_hosts(host, loopback):
 def test_dashboard_shows_the_metric_curves_and_threshold_variants(spec_factory, tmp_path):
     """A real tagsearch trial, read back through the dashboard's HTTP API: the objective's name is
     the study's metric, each trial has its learning curve and its threshold variants."""
-    from tagsearch import search
-    from tagsearch.data import load_corpus
-    from tagsearch.spec import load_spec
-    from tagsearch.workers import run_trials
+    from tagsearch.study import search
+    from tagsearch.data.corpus import load_corpus
+    from tagsearch.study.spec import load_spec
+    from tagsearch.runtime.workers import run_trials
 
     url = f"sqlite:///{tmp_path}/real.db"
     spec = load_spec(spec_factory("tfidf", storage=url))

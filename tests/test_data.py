@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tagsearch.data import (DataConfig, build_corpus, clean_texts, load_corpus, parse_tags,
+from tagsearch.data.corpus import (DataConfig, build_corpus, clean_texts, load_corpus, parse_tags,
                             read_table, seed_split)
-from tagsearch.builtin import BUILTIN_POSTS
+from tagsearch.data.builtin import BUILTIN_POSTS
 from tagsearch.errors import UserError
 
 POSTS = [

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from tagsearch import demo
-from tagsearch.builtin import BUILTIN_POSTS
+from tagsearch.data.builtin import BUILTIN_POSTS
 from tagsearch.cli import main
-from tagsearch.spec import load_spec
+from tagsearch.study.spec import load_spec
 
 
 @pytest.mark.parametrize("model", ["dense", "tfidf"])

@@ -17,7 +17,9 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from tagsearch import features, models, train
+from tagsearch.learn import features
+from tagsearch.learn import models
+from tagsearch.learn import train
 
 
 def random_bags(n_posts=7, vocab=11, max_len=9, seed=0):
@@ -97,7 +99,7 @@ def test_tfidf_equals_scikit_learn_vectorizer(max_features, min_df, ngram_max, s
     and matrix (columns in another order); max_features=3 cuts where frequencies do not tie."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    from tagsearch.data import Corpus
+    from tagsearch.data.corpus import Corpus
 
     texts = ["b a b c", "d e a", "f g a b", "c c h", "i a", "j k l b", "a m", "n o c", "", "p a b"]
     corpus = Corpus(texts=texts, labels=np.zeros((10, 1), dtype=np.uint8), tag_names=["t"],
@@ -134,7 +136,7 @@ def test_hashed_word_ngrams_skip_unknown_ids_and_stay_within_posts():
 
 
 def test_cleaning_all_posts_joined_equals_cleaning_each_post():
-    from tagsearch.data import _clean_one, clean_texts
+    from tagsearch.data.corpus import _clean_one, clean_texts
 
     posts = ["a &amp", "x b", "&notin", "in<b", "c>d</b> Ünï &#65;", None, float("nan"), "> v", "ΑΣ", "İ &lt;p&gt;",
              "<p>$(document).ready c# c++ asp.net. .net</p>", ""]
@@ -279,7 +281,7 @@ def test_lazy_sgd_equals_torch_sgd_on_the_rows_each_step_touches(in_place, monke
 
 def test_the_two_thread_kernels_equal_the_serial_ones():
     """``tagsearch train`` alone splits the lazy updates' rows over both cores; same result."""
-    from tagsearch import kernels
+    from tagsearch.learn import kernels
 
     rng = np.random.default_rng(0)
     rows, grad = np.sort(rng.choice(500, 200, replace=False)), rng.standard_normal((200, 16)).astype(np.float32)

@@ -12,8 +12,10 @@ BENCHMARKS = REPO / "benchmarks"
 
 
 def module_files() -> dict[str, object]:
-    files = {f"tagsearch.{p.stem}": p for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
-    files["tagsearch"] = PACKAGE / "__init__.py"
+    files = {}
+    for p in PACKAGE.rglob("*.py"):
+        parts = p.relative_to(PACKAGE.parent).with_suffix("").parts
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
     files.update({p.stem: p for p in BENCHMARKS.glob("*.py")})
     return files
 

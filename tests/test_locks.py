@@ -14,9 +14,10 @@ import uuid
 import optuna
 import pytest
 
-from tagsearch import locks, proxy
+from tagsearch.runtime import locks
+from tagsearch.runtime import proxy
 from tagsearch.errors import UserError
-from tagsearch.storage import StorageOutage
+from tagsearch.runtime.storage import StorageOutage
 from test_services import server_url
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
@@ -31,7 +32,7 @@ def free_port() -> int:
 @pytest.fixture(autouse=True)
 def fresh_outage_state(monkeypatch):
     """A worker process that waited out the outage limit fails fast from then on; tests start afresh."""
-    from tagsearch import storage
+    from tagsearch.runtime import storage
 
     monkeypatch.setattr(storage, "gave_up", None)
 

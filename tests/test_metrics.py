@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tagsearch import metrics
+from tagsearch.learn import metrics
 
 
 def noisy(n_posts: int = 400, n_tags: int = 4, seed: int = 0):
@@ -71,7 +71,7 @@ def test_threshold_variants_report_test_but_choose_on_validation():
 def test_small_validation_splits_cross_validate_over_training_and_validation(tiny_csv):
     """"auto": 3 folds below 2,000 validation posts; the folds cover training + validation once,
     never the test split, and each fold fits its features on its own training posts."""
-    from tagsearch.data import DataConfig, cv_folds, load_corpus, n_folds
+    from tagsearch.data.corpus import DataConfig, cv_folds, load_corpus, n_folds
 
     corpus = load_corpus(DataConfig(path=str(tiny_csv)))
     assert n_folds(corpus, "auto") == 3 and n_folds(corpus, 1) == 1
@@ -86,9 +86,9 @@ def test_small_validation_splits_cross_validate_over_training_and_validation(tin
 
 
 def test_cross_validated_training_pools_every_folds_predictions(tiny_csv):
-    from tagsearch import train
-    from tagsearch.data import DataConfig, cv_folds, load_corpus
-    from tagsearch.spec import SEED_DEFAULTS
+    from tagsearch.learn import train
+    from tagsearch.data.corpus import DataConfig, cv_folds, load_corpus
+    from tagsearch.study.spec import SEED_DEFAULTS
 
     corpus = load_corpus(DataConfig(path=str(tiny_csv)))
     params = {**SEED_DEFAULTS, "model": "tfidf", "hidden_layers": 0, "max_features": 300, "batch_size": 64}

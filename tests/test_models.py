@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from tagsearch import features, train
-from tagsearch.data import DataConfig, load_corpus
-from tagsearch.models import DenseTagger, TfidfTagger, build_model, count_parameters
-from tagsearch.spec import SEED_DEFAULTS
+from tagsearch.learn import features
+from tagsearch.learn import train
+from tagsearch.data.corpus import DataConfig, load_corpus
+from tagsearch.learn.models import DenseTagger, TfidfTagger, build_model, count_parameters
+from tagsearch.study.spec import SEED_DEFAULTS
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from relay import Relay
-from tagsearch.storage import open_storage
+from tagsearch.runtime.storage import open_storage
 from test_services import server_url
 from test_stress import FINISHED, State, assert_clean_logs, check_study, start_worker, stop_all, stress_spec, wait_all
 

@@ -12,11 +12,12 @@ import pandas as pd
 import pytest
 import torch
 
-from tagsearch import features, results
+from tagsearch.learn import features
+from tagsearch.results import folder as results
 from tagsearch.cli import main
-from tagsearch.data import DataConfig, load_corpus
-from tagsearch.metrics import summary
-from tagsearch.train import predict_logits, train_config
+from tagsearch.data.corpus import DataConfig, load_corpus
+from tagsearch.learn.metrics import summary
+from tagsearch.learn.train import predict_logits, train_config
 from test_retrain import shared_results
 
 POSTS = ["How do I select a div with jquery and hide it?", "NullPointerException in my android activity",
@@ -50,7 +51,7 @@ def tiny_corpus(tiny_csv):
 ])
 def test_round_trip_equals_in_memory_model(params, tiny_csv, tmp_path):
     """Probabilities from a saved-and-loaded model equal the trained model's on the test split."""
-    from tagsearch.spec import SEED_DEFAULTS
+    from tagsearch.study.spec import SEED_DEFAULTS
 
     corpus = tiny_corpus(tiny_csv)
     params = {**SEED_DEFAULTS, "hidden1": 8, "hidden2": 8, "batch_size": 64, **params}

@@ -9,12 +9,13 @@ import optuna
 import pytest
 
 from conftest import write_spec
-from tagsearch import retrain, search
+from tagsearch.results import retrain
+from tagsearch.study import search
 from tagsearch.cli import main
-from tagsearch.data import DataConfig, load_corpus
-from tagsearch.results import sha256
-from tagsearch.spec import load_spec
-from tagsearch.workers import run_trials
+from tagsearch.data.corpus import DataConfig, load_corpus
+from tagsearch.results.folder import sha256
+from tagsearch.study.spec import load_spec
+from tagsearch.runtime.workers import run_trials
 
 FILES = ["model.safetensors", "preprocessing.json", "config.json", "metrics.json", "report.md", "curves.png",
          "confusion.png", "f1.png", "optimization_history.png"]

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import optuna
 import pytest
 
-from tagsearch.storage import open_storage
+from tagsearch.runtime.storage import open_storage
 from test_stress import check_study, run_workers, stress_spec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

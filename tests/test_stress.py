@@ -292,7 +292,8 @@ import sys, time
 from pathlib import Path
 
 import optuna
-from tagsearch import search, workers
+from tagsearch.study import search
+from tagsearch.runtime import workers
 
 rendezvous = Path(sys.argv[1])
 search.DESCRIBE_WAIT_SECONDS = 1  # how long a joining worker waits for the creator to describe the study
@@ -339,7 +340,7 @@ def test_two_workers_creating_a_study_together_queue_the_defaults_once(tmp_path,
     rendezvous = tmp_path / "rendezvous"
     run_hooked_workers(tmp_path, CREATE_HOOK, lambda index: [str(rendezvous), str(index)], spec, target)
     assert len(list(rendezvous.glob("start-*"))) == 2  # the race was really run
-    from tagsearch.storage import open_storage
+    from tagsearch.runtime.storage import open_storage
 
     trials = optuna.load_study(study_name="new", storage=open_storage(url)).get_trials()
     defaults = [t.number for t in trials if t.user_attrs.get("config") == "defaults"]

@@ -1,4 +1,4 @@
-"""Tests for the synthetic StackExchange-like corpus generator (tagsearch.synth)."""
+"""Tests for the synthetic StackExchange-like corpus generator (tagsearch.data.synth)."""
 
 import re
 from collections import Counter
@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tagsearch.data import clean_texts
-from tagsearch.synth import SEED_TAGS, generate_posts, write_corpus
+from tagsearch.data.corpus import clean_texts
+from tagsearch.data.synth import SEED_TAGS, generate_posts, write_corpus
 
 TARGET_FRACTIONS = {
     "c#": 6682 / 30352, "java": 5321 / 30352, "php": 3701 / 30352, "javascript": 17541 / 30352,

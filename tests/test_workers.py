@@ -13,12 +13,12 @@ import time
 import optuna
 import pytest
 
-from tagsearch import search
+from tagsearch.study import search
 from tagsearch.cli import main
-from tagsearch.data import load_corpus
-from tagsearch.spec import load_spec
-from tagsearch.workers import Interrupts, ProgressLine, parse_devices, run_trials, worker_env
-from tagsearch.search import Progress
+from tagsearch.data.corpus import load_corpus
+from tagsearch.study.spec import load_spec
+from tagsearch.runtime.workers import Interrupts, ProgressLine, parse_devices, run_trials, worker_env
+from tagsearch.study.search import Progress
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 State = optuna.trial.TrialState
@@ -76,7 +76,8 @@ def test_progress_polls_and_the_dashboard_do_not_queue_for_sqlites_write_lock(tm
     import sqlite3
     import time
 
-    from tagsearch import search, storage
+    from tagsearch.study import search
+    from tagsearch.runtime import storage
 
     url = f"sqlite:///{tmp_path}/poll.db"
     study = optuna.create_study(storage=storage.open_storage(url), study_name="poll")
@@ -97,7 +98,7 @@ def test_progress_polls_and_the_dashboard_do_not_queue_for_sqlites_write_lock(tm
 
 
 def test_storage_proxy_on_all_interfaces_warns_first(monkeypatch, capsys):
-    from tagsearch import proxy
+    from tagsearch.runtime import proxy
 
     def refuse(*args):
         raise proxy.UserError("stop here (the test never opens the port)")
@@ -117,7 +118,7 @@ def test_storage_proxy_on_all_interfaces_warns_first(monkeypatch, capsys):
 def test_storage_proxy_mistakes_are_one_error_line(argv, message, monkeypatch, capsys):
     import socket
 
-    from tagsearch import storage
+    from tagsearch.runtime import storage
 
     monkeypatch.setattr(storage, "GRPC_CONNECT_SECONDS", 1)
     with socket.socket() as probe:
@@ -184,7 +185,7 @@ def test_a_signal_in_our_own_code_interrupts_the_trial_at_once(interrupts):
     done = []
 
     def objective(trial):
-        done.append(storage_write("tagsearch.train", 0.3)(0.3))
+        done.append(storage_write("tagsearch.learn.train", 0.3)(0.3))
 
     with pytest.raises(KeyboardInterrupt):
         interrupts.run(objective, StubTrial())
@@ -192,7 +193,7 @@ def test_a_signal_in_our_own_code_interrupts_the_trial_at_once(interrupts):
 
 
 def test_a_signal_between_trials_only_stops_the_next_one(interrupts):
-    storage_write("tagsearch.workers", 0.0)(0.0)
+    storage_write("tagsearch.runtime.workers", 0.0)(0.0)
     assert interrupts.stop_requested and interrupts.interrupted is None
     with pytest.raises(KeyboardInterrupt):
         interrupts.run(lambda trial: 1.0, StubTrial())

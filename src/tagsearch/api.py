@@ -10,12 +10,12 @@ from pathlib import Path
 
 import torch
 
-from . import data
-from .log import log
-from .predict import tag_posts  # noqa: F401  (part of the API)
-from .results import load as load_results  # noqa: F401  (part of the API)
-from .spec import Spec, coerce, load_spec, parse_overrides
-from .train import TrainResult, summary_record, train_config
+from tagsearch.data import corpus as data
+from tagsearch.log import log
+from tagsearch.results.predict import tag_posts  # noqa: F401  (part of the API)
+from tagsearch.results.folder import load as load_results  # noqa: F401  (part of the API)
+from tagsearch.study.spec import Spec, coerce, load_spec, parse_overrides
+from tagsearch.learn.train import TrainResult, summary_record, train_config
 
 
 def _spec(spec: Spec | str | Path) -> Spec:
@@ -75,7 +75,8 @@ def run_study(spec: Spec | str | Path, corpus: data.Corpus | None = None, *, n_t
               device: str | None = None):
     """Create the spec's study or join it (same storage, name and data) and run trials here, as one
     ``tagsearch worker`` does, until the whole study has ``n_trials`` finished ones. Returns it."""
-    from . import search, workers
+    from tagsearch.study import search
+    from tagsearch.runtime import workers
 
     spec = _spec(spec)
     corpus, url = corpus or load_corpus(spec), storage or spec.storage
@@ -91,7 +92,7 @@ def retrain_trial(spec: Spec | str | Path, trial: int | None = None, *, out: str
     """``tagsearch retrain``: retrain the best trial (or number ``trial``), evaluate it once on the
     test split, write the results directory (default ``results/<study>``) and return it. ``refit``:
     train again on training + validation first (default: the spec's ``[training] refit``)."""
-    from .retrain import cmd_retrain
+    from tagsearch.results.retrain import cmd_retrain
 
     spec, saved_threads = _spec(spec), torch.get_num_threads()  # retrain sets its own: give them back
     out = Path(out or Path("results") / (study_name or spec.name))

@@ -13,21 +13,21 @@ import argparse
 import importlib
 import sys
 
-from . import __version__
-from .builtin import BUILTIN_POSTS
-from .errors import UserError
+from tagsearch import __version__
+from tagsearch.data.builtin import BUILTIN_POSTS
+from tagsearch.errors import UserError
 
 # sub-command → (module, function); imported lazily so ``tagsearch train`` does not load optuna.
 COMMANDS = {
-    "synth": ("tagsearch.synth", "cmd_synth"),
+    "synth": ("tagsearch.data.synth", "cmd_synth"),
     "train": ("tagsearch.api", "cmd_train"),
-    "worker": ("tagsearch.workers", "cmd_worker"),
-    "launch": ("tagsearch.workers", "cmd_launch"),
-    "dashboard": ("tagsearch.dashboard", "cmd_dashboard"),
-    "storage-proxy": ("tagsearch.proxy", "cmd_storage_proxy"),
-    "retrain": ("tagsearch.retrain", "cmd_retrain"),
-    "predict": ("tagsearch.predict", "cmd_predict"),
-    "compare": ("tagsearch.compare", "cmd_compare"),
+    "worker": ("tagsearch.runtime.workers", "cmd_worker"),
+    "launch": ("tagsearch.runtime.workers", "cmd_launch"),
+    "dashboard": ("tagsearch.study.dashboard", "cmd_dashboard"),
+    "storage-proxy": ("tagsearch.runtime.proxy", "cmd_storage_proxy"),
+    "retrain": ("tagsearch.results.retrain", "cmd_retrain"),
+    "predict": ("tagsearch.results.predict", "cmd_predict"),
+    "compare": ("tagsearch.results.compare", "cmd_compare"),
     "demo": ("tagsearch.demo", "cmd_demo"),
 }
 

@@ -15,14 +15,14 @@ import tomllib
 from argparse import Namespace
 from pathlib import Path
 
-from .api import retrain_trial
-from .builtin import BUILTIN_DATA, BUILTIN_POSTS, ensure_corpus, synth_path
-from .compare import cmd_compare
-from .errors import UserError
-from .log import log
-from .spec import load_spec
-from .specfile import save_spec
-from .workers import cmd_launch
+from tagsearch.api import retrain_trial
+from tagsearch.data.builtin import BUILTIN_DATA, BUILTIN_POSTS, ensure_corpus, synth_path
+from tagsearch.results.compare import cmd_compare
+from tagsearch.errors import UserError
+from tagsearch.log import log
+from tagsearch.study.spec import load_spec
+from tagsearch.study.specfile import save_spec
+from tagsearch.runtime.workers import cmd_launch
 
 STORAGE = "sqlite:///storage/demo.db"
 SPEC_DIR = Path("storage")

@@ -11,9 +11,9 @@ from __future__ import annotations
 import ipaddress
 import sys
 
-from .errors import UserError
-from .spec import DEFAULT_STORAGE, load_spec
-from .storage import artifact_dir, artifact_store, masked, open_storage
+from tagsearch.errors import UserError
+from tagsearch.study.spec import DEFAULT_STORAGE, load_spec
+from tagsearch.runtime.storage import artifact_dir, artifact_store, masked, open_storage
 
 
 def cmd_dashboard(args) -> int:

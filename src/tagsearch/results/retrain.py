@@ -26,12 +26,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import features, metrics, plots, results
-from .data import Corpus, cv_folds, load_corpus, n_folds, resolve_data, train_and_val
-from .errors import UserError
-from .log import log
-from .spec import coerce, load_spec
-from .train import build_model, count_parameters, fit, predict_proba, train_config
+from tagsearch.learn import features
+from tagsearch.learn import metrics
+from tagsearch.results import plots
+from tagsearch.results import folder as results
+from tagsearch.data.corpus import Corpus, cv_folds, load_corpus, n_folds, resolve_data, train_and_val
+from tagsearch.errors import UserError
+from tagsearch.log import log
+from tagsearch.study.spec import coerce, load_spec
+from tagsearch.learn.train import build_model, count_parameters, fit, predict_proba, train_config
 
 # One CPU thread, like each search worker: these small per-batch products gain little from more, and
 # lose badly when the cores are busy (tfidf epoch on 2 busy cores: 3.9 s with 1 thread, 34-47 s with 2).
@@ -39,8 +42,8 @@ RETRAIN_THREADS = 1
 
 
 def cmd_retrain(args) -> int:
-    from . import search
-    from .storage import masked
+    from tagsearch.study import search
+    from tagsearch.runtime.storage import masked
 
     spec = load_spec(args.spec)
     data_config = resolve_data(spec, args)
@@ -220,7 +223,7 @@ def versions() -> dict:
     import optuna
     import sklearn
 
-    from . import __version__
+    from tagsearch import __version__
 
     return {"tagsearch": __version__, "torch": torch.__version__, "optuna": optuna.__version__,
             "sklearn": sklearn.__version__, "numpy": np.__version__}
@@ -323,7 +326,7 @@ def publish(study, trial, url: str, out: Path, evaluation: dict) -> int:
     from optuna.artifacts import upload_artifact
     from optuna_dashboard import save_note
 
-    from .storage import artifact_store
+    from tagsearch.runtime.storage import artifact_store
 
     store = artifact_store(url)
     files = sorted(out.glob("*.png")) + [out / results.METRICS, out / "report.md"]

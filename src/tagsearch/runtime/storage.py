@@ -24,8 +24,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .errors import UserError
-from .heartbeat import env_seconds
+from tagsearch.errors import UserError
+from tagsearch.runtime.heartbeat import env_seconds
 
 SQLITE_TIMEOUT_SECONDS = 300
 RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
@@ -294,7 +294,7 @@ def heartbeat_settings() -> dict:
 
     import optuna
 
-    from .heartbeat import heartbeat_timing, retry_once
+    from tagsearch.runtime.heartbeat import heartbeat_timing, retry_once
 
     interval, grace = heartbeat_timing()
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

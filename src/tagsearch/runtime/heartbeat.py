@@ -27,8 +27,8 @@ from datetime import datetime
 
 import optuna
 
-from .errors import UserError
-from .log import log
+from tagsearch.errors import UserError
+from tagsearch.log import log
 
 KEY = "tagsearch:heartbeat"
 MAX_RETRY = 1

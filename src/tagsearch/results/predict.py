@@ -13,9 +13,9 @@ import json
 import sys
 from pathlib import Path
 
-from . import results
-from .data import FORMATS, raw_texts, read_table
-from .errors import UserError
+from tagsearch.results import folder as results
+from tagsearch.data.corpus import FORMATS, raw_texts, read_table
+from tagsearch.errors import UserError
 
 NO_TAG = "-"
 

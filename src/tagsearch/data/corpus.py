@@ -30,9 +30,9 @@ import pyarrow as pa
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import MultiLabelBinarizer
 
-from .builtin import BUILTIN_PATH, BUILTIN_POSTS, ensure_corpus
-from .errors import UserError
-from .synth import SEED_TAGS  # the label ids 0..9 of the seed notebooks' ``Tag_Number`` column
+from tagsearch.data.builtin import BUILTIN_PATH, BUILTIN_POSTS, ensure_corpus
+from tagsearch.errors import UserError
+from tagsearch.data.synth import SEED_TAGS  # the label ids 0..9 of the seed notebooks' ``Tag_Number`` column
 
 TITLE_COLUMNS = ("Title", "title")
 BODY_COLUMNS = ("Body", "body", "content")

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 import optuna
 import torch
 
-from . import data, train
-from .data import Corpus
-from .errors import UserError
-from .spec import ACTIVE_WHEN, PARAMS, Spec, is_active
-from .storage import masked, open_storage
+from tagsearch.data import corpus as data
+from tagsearch.learn import train
+from tagsearch.data.corpus import Corpus
+from tagsearch.errors import UserError
+from tagsearch.study.spec import ACTIVE_WHEN, PARAMS, Spec, is_active
+from tagsearch.runtime.storage import masked, open_storage
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 DESCRIBE_WAIT_SECONDS = 10

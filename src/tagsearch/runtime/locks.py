@@ -26,9 +26,9 @@ import time
 import uuid
 from pathlib import Path
 
-from .log import log
-from .errors import UserError
-from .storage import local_path, proxy_address, retry_transient, scheme, with_driver
+from tagsearch.log import log
+from tagsearch.errors import UserError
+from tagsearch.runtime.storage import local_path, proxy_address, retry_transient, scheme, with_driver
 
 WAIT_LOG_SECONDS = 30
 LEASE_SECONDS = 30

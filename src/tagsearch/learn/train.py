@@ -19,9 +19,10 @@ import torch
 from torch import nn
 from torch.optim.adam import adam as adam_update  # Adam's functional form (the fused kernel)
 
-from . import features, metrics
-from .data import Corpus
-from .models import SparseLinear, build_model, count_parameters
+from tagsearch.learn import features
+from tagsearch.learn import metrics
+from tagsearch.data.corpus import Corpus
+from tagsearch.learn.models import SparseLinear, build_model, count_parameters
 
 EVAL_BATCH = 4096
 POS_WEIGHT_CLIP = 50.0
@@ -97,7 +98,7 @@ class LazyAdam(LazyRows):
 
     @staticmethod
     def _update_in_place(param, state, rows, values, group) -> None:
-        from . import kernels
+        from tagsearch.learn import kernels
 
         state["step"] += 1
         step, (beta1, beta2) = float(state["step"]), group["betas"]
@@ -150,7 +151,7 @@ class LazySGD(LazyRows):
         buffer, rows, values = state["momentum_buffer"], grad.indices()[0], grad.values()
         lr, momentum, weight_decay = group["lr"], group["momentum"], group["weight_decay"]
         if in_place_kernel(param):
-            from . import kernels
+            from tagsearch.learn import kernels
 
             f32 = np.float32
             kernels.lazy_sgd_rows(torch.get_num_threads())(param.detach().numpy(), buffer.numpy(), rows.numpy(),

@@ -20,10 +20,10 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .builtin import BUILTIN_DATA, BUILTIN_PATH
-from .data import DataConfig
-from .errors import UserError
-from .metrics import DIRECTIONS
+from tagsearch.data.builtin import BUILTIN_DATA, BUILTIN_PATH
+from tagsearch.data.corpus import DataConfig
+from tagsearch.errors import UserError
+from tagsearch.learn.metrics import DIRECTIONS
 
 MODELS = ("dense", "tfidf")
 POS_WEIGHT_SCHEMES = ("seed", "neg_pos", "none")

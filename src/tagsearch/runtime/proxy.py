@@ -18,16 +18,16 @@ import sys
 import threading
 import time
 
-from .log import log
-from .errors import UserError
-from .locks import SERVICE, address
-from .storage import JOURNAL_SCHEMES, PROXY_SCHEMES, masked, open_storage, scheme
+from tagsearch.log import log
+from tagsearch.errors import UserError
+from tagsearch.runtime.locks import SERVICE, address
+from tagsearch.runtime.storage import JOURNAL_SCHEMES, PROXY_SCHEMES, masked, open_storage, scheme
 
 PROXY_THREADS = 32
 
 
 def cmd_storage_proxy(args) -> int:
-    from .dashboard import is_loopback
+    from tagsearch.study.dashboard import is_loopback
 
     kind = scheme(args.storage)
     if kind in JOURNAL_SCHEMES + PROXY_SCHEMES:

@@ -35,7 +35,7 @@ import scipy.sparse as sp
 import torch
 from sklearn.feature_extraction.text import TfidfTransformer, TfidfVectorizer
 
-from .data import Corpus, give_back_freed_memory
+from tagsearch.data.corpus import Corpus, give_back_freed_memory
 
 UNKNOWN = "<unk>"
 # torch flags sparse CSR as beta on every construction; we only use its stable sparse × dense product.

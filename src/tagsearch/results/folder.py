@@ -31,11 +31,11 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from . import features
-from .data import clean_texts
-from .errors import UserError
-from .models import build_model
-from .train import predict_proba
+from tagsearch.learn import features
+from tagsearch.data.corpus import clean_texts
+from tagsearch.errors import UserError
+from tagsearch.learn.models import build_model
+from tagsearch.learn.train import predict_proba
 
 FORMAT = 1
 WEIGHTS = "model.safetensors"

