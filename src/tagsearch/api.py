@@ -27,8 +27,7 @@ def load_corpus(spec: Spec | str | Path | data.DataConfig, path: str | None = No
     commands do (the built-in corpus is generated on first use); or of a ``DataConfig``."""
     if isinstance(spec, data.DataConfig):
         return data.load_corpus(spec)
-    options = Namespace(data=path, text_columns=None, tags_column=None, top_k=None)
-    return data.load_corpus(data.resolve_data(_spec(spec), options))
+    return data.load_corpus(data.resolve_data(_spec(spec), data.DataOptions(path)))
 
 
 def train_one(spec: Spec | str | Path, corpus: data.Corpus | None = None, *, epochs: int | None = None,
@@ -49,7 +48,7 @@ def cmd_train(args) -> int:
     spec, overrides = load_spec(args.spec), parse_overrides(args.param)
     if args.threads:
         torch.set_num_threads(args.threads)
-    corpus = data.load_corpus(data.resolve_data(spec, args))
+    corpus = data.load_corpus(data.resolve_data(spec, data.DataOptions(args.data, tuple(args.text_columns or ()), args.tags_column, args.top_k)))
     log(f"data: {corpus.source}: {corpus.summary()}")
 
     def show(epoch, record):

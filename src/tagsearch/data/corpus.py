@@ -83,12 +83,23 @@ class DataConfig:
                 "top_k": self.top_k}
 
 
-def resolve_data(spec, args) -> DataConfig:
-    """The spec's data config with the command line's overrides (``args``: any object with ``data``,
-    ``text_columns``, ``tags_column`` and ``top_k``); generates the built-in corpus if needed."""
-    config = spec.data_config(getattr(args, "data", None))
-    changes = {k: v for k, v in {"text_columns": tuple(args.text_columns or ()) or None,
-                                 "tags_column": args.tags_column, "top_k": args.top_k}.items() if v}
+@dataclass(frozen=True)
+class DataOptions:
+    """What a user may say about the data on top of a spec's ``[data]`` (the commands' ``--data``,
+    ``--text-column``, ``--tags-column`` and ``--top-k``); None / empty keeps the spec's."""
+
+    path: str | None = None
+    text_columns: tuple[str, ...] = ()
+    tags_column: str | None = None
+    top_k: int | None = None
+
+
+def resolve_data(spec, options: DataOptions | None = None) -> DataConfig:
+    """The spec's data config with ``options`` applied; generates the built-in corpus if needed."""
+    options = options or DataOptions()
+    config = spec.data_config(options.path)
+    changes = {k: v for k, v in {"text_columns": tuple(options.text_columns) or None,
+                                 "tags_column": options.tags_column, "top_k": options.top_k}.items() if v}
     config = dataclasses.replace(config, **changes)
     if Path(config.path) == Path(BUILTIN_PATH):
         ensure_corpus(config.path, BUILTIN_POSTS)

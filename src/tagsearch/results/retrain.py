@@ -30,7 +30,7 @@ from tagsearch.learn import features
 from tagsearch.learn import metrics
 from tagsearch.results import plots
 from tagsearch.results import folder as results
-from tagsearch.data.corpus import Corpus, cv_folds, load_corpus, n_folds, resolve_data, train_and_val
+from tagsearch.data.corpus import Corpus, cv_folds, load_corpus, n_folds, DataOptions, resolve_data, train_and_val
 from tagsearch.errors import UserError
 from tagsearch.log import log
 from tagsearch.study.spec import coerce, load_spec
@@ -46,7 +46,7 @@ def cmd_retrain(args) -> int:
     from tagsearch.runtime.storage import masked
 
     spec = load_spec(args.spec)
-    data_config = resolve_data(spec, args)
+    data_config = resolve_data(spec, DataOptions(args.data, tuple(args.text_columns or ()), args.tags_column, args.top_k))
     url = args.storage or spec.storage
     study = search.load_study(spec, url, args.study_name)
     trial = pick_trial(study, args.trial)

@@ -26,7 +26,7 @@ import optuna
 
 from tagsearch.runtime import heartbeat
 from tagsearch.study import search
-from tagsearch.data.corpus import load_corpus, resolve_data
+from tagsearch.data.corpus import DataOptions, load_corpus, resolve_data
 from tagsearch.errors import UserError
 from tagsearch.runtime.locks import BudgetLock
 from tagsearch.log import log
@@ -59,7 +59,7 @@ def cmd_worker(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    corpus = load_corpus(resolve_data(spec, args))
+    corpus = load_corpus(resolve_data(spec, DataOptions(args.data, tuple(args.text_columns or ()), args.tags_column, args.top_k)))
     study = open_study(spec, corpus, url, args.study_name, seed_offset=worker_index(), storage=store)
     objective = search.Objective(spec, corpus, device=args.device)
     interrupts = Interrupts().install()
@@ -265,7 +265,7 @@ def cmd_launch(args) -> int:
     devices = parse_devices(args.devices)
     url, target = args.storage or spec.storage, args.n_trials or spec.n_trials
     store = open_early(url)
-    config = resolve_data(spec, args)
+    config = resolve_data(spec, DataOptions(args.data, tuple(args.text_columns or ()), args.tags_column, args.top_k))
     corpus = load_corpus(config)
     study = open_study(spec, corpus, url, args.study_name, storage=store)  # trial 0 before any child
     log(f"data: {corpus.source}: {corpus.summary()}")
