@@ -98,7 +98,8 @@ def _optuna_figure(plot, study, path: Path, **kwargs) -> str:
 
     with matplotlib.rc_context(), warnings.catch_warnings():  # optuna switches the global style to ggplot
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        ax = plot(study, target_name="val Hamming loss", **kwargs)
+        target = (study.metric_names or ["objective value"])[0]  # val_<metric>, named when the study was created
+        ax = plot(study, target_name=target, **kwargs)
         ax.figure.set_size_inches(7, 4)
         return _save(ax.figure, path)
 

@@ -1,6 +1,7 @@
 """``tagsearch dashboard``: optuna-dashboard on a study storage and its artifact folder.
 
-Each trial's intermediate values are its learning curve (validation Hamming loss per epoch); its
+Each trial's intermediate values are its learning curve (the study's validation metric per epoch,
+``[study] metric``: Hamming loss unless the spec names another); its
 user attributes hold the metrics (micro/macro/per-class F1, epochs, seconds, parameters, device,
 worker, the full parameter dict, and why it was pruned or failed). Loopback by default: the
 dashboard can edit and delete studies, so anything else gets a warning.
