@@ -2,17 +2,18 @@
 
 For each data set (the built-in corpus, and the robotics posts when ``../shared`` is present):
 
-1. ``tagsearch launch`` each shipped spec (``studies/dense.toml``, ``studies/tfidf.toml``) on a
-   fresh SQLite study with ``--workers W --timeout BUDGET/2`` (no new trial starts after it);
-2. ``tagsearch retrain`` each study's best trial, and the seed's defaults (trial 0 of a one-trial
-   study of the same spec without pruner: in the study itself the pruner may stop it), once with
-   ``--no-refit`` and once with ``--refit`` (training + validation), to measure the refit;
+1. launch each shipped spec (``studies/dense.toml``, ``studies/tfidf.toml``) on a fresh SQLite
+   study with W workers and a timeout of BUDGET/2 (no new trial starts after it);
+2. retrain (``retrain_trial``, in this process) each study's best trial, and the seed's defaults
+   (trial 0 of a one-trial study of the same spec without pruner, run here by ``run_study``: in the
+   study itself the pruner may stop it), once without and once with ``refit`` (training +
+   validation), to measure the refit;
 3. the winner: the better of the two studies' best trials by *validation* value of the metric;
 4. the tuned baseline of ``tagsearch compare`` (``compare.fit_baseline``), without and with refit.
 
 Prints a Markdown table of test micro-F1 and test Hamming loss, without and with refit, and the
-validation value that chose, for every row; ``--json`` prints the rows as JSON too. Every command
-it runs must succeed.
+validation value that chose, for every row; ``--json`` prints the rows as JSON too. Every step
+must succeed. It calls the library (the Python API), as a notebook would.
 
     python benchmarks/quality.py                      # both data sets, 600 s per data set
     python benchmarks/quality.py --budget 120 --only robotics
@@ -21,6 +22,8 @@ it runs must succeed.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import shutil
 import subprocess
@@ -29,11 +32,14 @@ import time
 import tomllib
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from tagsearch.results import compare
-from tagsearch.data import corpus as data
+import tagsearch as ts  # noqa: E402
+from tagsearch.data import corpus as data  # noqa: E402
+from tagsearch.results import compare  # noqa: E402
 from tagsearch.results import folder as results  # noqa: E402
 from tagsearch.data.builtin import BUILTIN_DATA  # noqa: E402
 from tagsearch.study.spec import load_spec  # noqa: E402
@@ -43,12 +49,24 @@ ROBOTICS = REPO.parent / "shared" / "data" / "stackexchange-robotics.csv"
 KINDS = ("dense", "tfidf")
 
 
-def tagsearch(*argv: str) -> None:
-    """Run a tagsearch command as a user would; a failure stops the benchmark with its output."""
-    command = [sys.executable, "-m", "tagsearch.cli", *argv]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+def launch(spec: str, *, data: str, storage: str, study_name: str, workers: int, timeout: float) -> None:
+    """``tagsearch launch`` on CPU workers; a failure stops the benchmark with its output."""
+    # TODO(merge): study.workers.launch(spec, data=data_options, storage=..., study_name=..., workers=..., devices="cpu", n_trials=10000, timeout=...)
+    argv = ["launch", spec, "--data", data, "--storage", storage, "--study-name", study_name, "--workers",
+            str(workers), "--devices", "cpu", "--timeout", str(timeout), "--n-trials", "10000"]
+    done = subprocess.run([sys.executable, "-m", "tagsearch.cli", *argv], cwd=REPO, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"failed ({done.returncode}): {' '.join(argv)}\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
+
+
+def quietly(function, *args, **kwargs):
+    """``function(...)`` with its terminal output kept back (shown if it fails)."""
+    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()) as err:
+        try:
+            return function(*args, **kwargs)
+        except BaseException:
+            sys.__stderr__.write(out.getvalue()[-2000:] + err.getvalue()[-4000:])
+            raise
 
 
 def study_counts(url: str, name: str) -> dict:
@@ -71,24 +89,22 @@ def run_data_set(label: str, path: str, args, work: Path) -> list[dict]:
     for kind in KINDS:
         name, spec = f"quality-{label}-{kind}", f"studies/{kind}.toml"
         start = time.perf_counter()
-        tagsearch("launch", spec, "--data", path, "--storage", url, "--study-name", name, "--workers",
-                  str(args.workers), "--devices", "cpu", "--timeout", str(args.budget / len(KINDS)),
-                  "--n-trials", "10000")
+        launch(spec, data=path, storage=url, study_name=name, workers=args.workers, timeout=args.budget / len(KINDS))
         seconds = time.perf_counter() - start
         counts = study_counts(url, name)
         print(f"  {label} {kind}: {seconds:.0f} s, {counts}", flush=True)
         defaults_spec = save_spec({**tomllib.loads((REPO / spec).read_text()), "pruner": {"kind": "none"}},
                                   work / f"{kind}-defaults.toml")
-        tagsearch("worker", str(defaults_spec), "--data", path, "--storage", url, "--study-name", f"{name}-defaults",
-                  "--n-trials", "1", "--threads", "1")
-        for which, study, spec_path in (("best", name, spec), ("defaults", f"{name}-defaults", str(defaults_spec))):
+        torch.set_num_threads(1)  # as `tagsearch worker --threads 1`
+        quietly(ts.run_study, defaults_spec, ts.load_corpus(defaults_spec, path), n_trials=1, storage=url,
+                study_name=f"{name}-defaults")
+        for which, study, spec_path in (("best", name, REPO / spec), ("defaults", f"{name}-defaults", defaults_spec)):
             row = {"data": label, "row": f"{kind}: {'study best' if which == 'best' else 'seed defaults (trial 0)'}",
                    "study_seconds": round(seconds, 1), **counts}
-            for refit in ("--no-refit", "--refit"):
-                out = work / "results" / f"{name}-{which}{refit[1:]}"
-                tagsearch("retrain", spec_path, "--data", path, "--storage", url, "--study-name", study, "--out",
-                          str(out), refit)
-                row.update(figures(out, "_refit" if refit == "--refit" else ""))
+            for refit in (False, True):
+                out = work / "results" / f"{name}-{which}{'refit' if refit else 'no-refit'}"
+                quietly(ts.retrain_trial, spec_path, data=path, storage=url, study_name=study, out=out, refit=refit)
+                row.update(figures(out, "_refit" if refit else ""))
             rows.append(row)
             if which == "best":
                 bests[kind] = row
@@ -123,6 +139,9 @@ def main() -> int:
     parser.add_argument("--work", default="/tmp/tagsearch-quality", help="scratch folder (emptied first)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # its handler writes past `quietly`
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)

@@ -72,7 +72,7 @@ def test_dashboard_serves_the_study(study_url, tmp_path):
 
 def test_public_host_warns_and_prints_the_url(study_url, monkeypatch, capsys):
     served = []
-    monkeypatch.setattr(dashboard, "serve", lambda storage, store, host, port: served.append((host, port)) or 0)
+    monkeypatch.setattr(dashboard, "run_server", lambda storage, store, host, port: served.append((host, port)))
     assert main(["dashboard", "--storage", study_url, "--host", "0.0.0.0", "--port", "9999"]) == 0
     err = capsys.readouterr().err
     assert served == [("0.0.0.0", 9999)] and "warning: serving on 0.0.0.0" in err
@@ -80,7 +80,7 @@ def test_public_host_warns_and_prints_the_url(study_url, monkeypatch, capsys):
 
 
 def test_storage_from_the_spec(spec_factory, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(dashboard, "serve", lambda *args: 0)
+    monkeypatch.setattr(dashboard, "run_server", lambda *args: None)
     url = f"sqlite:///{tmp_path}/from-spec.db"
     open_storage(url)
     assert main(["dashboard", str(spec_factory(storage=url))]) == 0

@@ -1,8 +1,9 @@
 """tagsearch: hyperparameter studies for multi-label StackExchange taggers. The Python API for
-notebooks (``load_spec``, ``load_corpus``, ``train_one``, ...) is in api.py; README, "Python API"."""
+notebooks is in api.py (README, "Python API"): the functions the commands call."""
 
 __version__ = "0.1.0"
-__all__ = ["load_spec", "load_corpus", "train_one", "run_study", "retrain_trial", "load_results", "tag_posts"]
+__all__ = ["load_spec", "load_corpus", "write_corpus", "train_one", "run_study", "retrain_trial", "load_results",
+           "read_posts", "tag_posts", "compare", "serve_dashboard", "run_demo"]
 
 
 def __getattr__(name: str):

@@ -1,10 +1,11 @@
-"""The ``tagsearch`` command line: argument parsing and dispatch, nothing else.
-
-Each sub-command's work lives in its own module (``train`` → api.py, beside the Python API's
-``train_one``, ``data synth`` → synth.py, ``worker``/``launch`` → workers.py, ``dashboard`` →
-dashboard.py, ``retrain`` → retrain.py, ``predict`` → predict.py, ``compare`` → compare.py,
-``demo`` → demo.py). A ``UserError`` anywhere ends the program with one ``error:`` line on stderr
-and exit code 2.
+"""The ``tagsearch`` command line: argument parsing, and per command a small function that turns
+the parsed arguments into keyword arguments for one library function (the Python API, api.py) and
+prints what it returns. ``train`` → ``api.train_one``, ``data synth`` → ``data.synth.write_corpus``,
+``dashboard`` → ``study.dashboard.serve``, ``retrain`` → ``results.retrain.retrain_trial``,
+``predict`` → ``results.predict.tag_posts``, ``compare`` → ``results.compare.compare``, ``demo`` →
+``demo.run_demo``; ``worker``/``launch`` → runtime/workers.py, ``storage-proxy`` → runtime/proxy.py.
+Libraries are imported inside the functions, so ``tagsearch --version`` loads neither torch nor
+optuna. A ``UserError`` anywhere ends the program with one ``error:`` line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -16,21 +17,6 @@ import sys
 from tagsearch import __version__
 from tagsearch.data.builtin import BUILTIN_POSTS
 from tagsearch.errors import UserError
-
-# sub-command → (module, function); imported lazily so ``tagsearch train`` does not load optuna.
-COMMANDS = {
-    "synth": ("tagsearch.data.synth", "cmd_synth"),
-    "train": ("tagsearch.api", "cmd_train"),
-    "worker": ("tagsearch.runtime.workers", "cmd_worker"),
-    "launch": ("tagsearch.runtime.workers", "cmd_launch"),
-    "dashboard": ("tagsearch.study.dashboard", "cmd_dashboard"),
-    "storage-proxy": ("tagsearch.runtime.proxy", "cmd_storage_proxy"),
-    "retrain": ("tagsearch.results.retrain", "cmd_retrain"),
-    "predict": ("tagsearch.results.predict", "cmd_predict"),
-    "compare": ("tagsearch.results.compare", "cmd_compare"),
-    "demo": ("tagsearch.demo", "cmd_demo"),
-}
-
 
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one ``error:`` line (exit 2) like every other mistake."""
@@ -167,11 +153,136 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+# ---------------------------------------------------------------------------------------------
+# Commands: parsed arguments → keyword arguments → one library call → output
+
+
+def data_options(args: argparse.Namespace):
+    """``--data``, ``--text-column``, ``--tags-column`` and ``--top-k`` as ``DataOptions``."""
+    from tagsearch.data.corpus import DataOptions
+
+    return DataOptions(args.data, tuple(args.text_columns or ()), args.tags_column, args.top_k)
+
+
+def synth_command(args: argparse.Namespace) -> int:
+    from tagsearch.data.synth import write_corpus
+    from tagsearch.log import log
+
+    try:
+        count = write_corpus(args.out, n_posts=args.posts, seed=args.seed)
+    except (ValueError, OSError) as exc:
+        raise UserError(str(exc)) from None
+    log(f"wrote {count} synthetic posts to {args.out}")
+    return 0
+
+
+def train_command(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from tagsearch import api
+    from tagsearch.learn.train import summary_record
+    from tagsearch.log import log
+    from tagsearch.study.spec import parse_overrides
+
+    spec, overrides = api.load_spec(args.spec), parse_overrides(args.param)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    corpus = api.load_corpus(spec, data_options(args))
+    log(f"data: {corpus.source}: {corpus.summary()}")
+
+    def show(epoch, record):
+        print(f"epoch {epoch:3d}  loss {record['train_loss']:.4f}  val_hamming {record['val_hamming_loss']:.4f}  "
+              f"val_micro_f1 {record['val_micro_f1']:.4f}  ({record['thresholds']} thresholds)  "
+              f"{record['seconds']:.2f}s", flush=True)
+
+    result = api.train_one(spec, corpus, epochs=args.epochs, patience=args.patience,
+                           early_stop=not args.no_early_stop, device=args.device,
+                           on_epoch=None if args.json else show, keep_features=False, **overrides)
+    record = summary_record(result, corpus, spec.params(overrides))
+    if args.json:
+        print(json.dumps(record))
+    else:
+        print(f"best epoch {record['best_epoch']} by val {record['metric']}: val_hamming "
+              f"{record['best_val_hamming_loss']:.4f}  "
+              f"val_micro_f1 {record['val_micro_f1']:.4f}  val_macro_f1 {record['val_macro_f1']:.4f}")
+    return 0
+
+
+def dashboard_command(args: argparse.Namespace) -> int:
+    from tagsearch.study.dashboard import serve
+
+    serve(args.spec, storage=args.storage, host=args.host, port=args.port)
+    return 0
+
+
+def retrain_command(args: argparse.Namespace) -> int:
+    from tagsearch.results.retrain import retrain_trial
+
+    retrain_trial(args.spec, trial=args.trial, out=args.out, data=data_options(args), storage=args.storage,
+                  study_name=args.study_name, device=args.device, threads=args.threads, refit=args.refit)
+    return 0
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    import json
+
+    from tagsearch.results.folder import load
+    from tagsearch.results.predict import NO_TAG, read_posts, tag_posts
+
+    loaded = load(args.results)
+    for post in tag_posts(loaded, read_posts(args.texts, args.file, sys.stdin)):
+        if args.json:
+            print(json.dumps({"tags": post["tags"], "scores": {t: round(p, 6) for t, p in post["scores"].items()}}))
+        else:
+            print(" ".join(post["tags"]) or NO_TAG)
+    return 0
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    from tagsearch.results.compare import compare
+
+    print(compare(args.results, out=args.out).read_text(encoding="utf-8"), end="")
+    return 0
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    from tagsearch.demo import STORAGE, run_demo
+
+    run = run_demo(data=args.data, trials=args.trials, timeout=args.timeout, posts=args.posts, workers=args.workers)
+    print(run.comparison.read_text(encoding="utf-8"), end="")
+    minutes, seconds = divmod(int(run.seconds), 60)
+    print(f"\ndemo done in {minutes}m{seconds:02d}s")
+    print(f"  results:   {', '.join(f'{f}/' for f in run.folders)} (report.md in each), {run.comparison}")
+    print(f"  try:       tagsearch predict {run.folders[-1]} \"How do I bind a click handler with jQuery?\"")
+    print(f"  dashboard: tagsearch dashboard --storage {STORAGE}   (then open http://127.0.0.1:8080/dashboard/)")
+    return 0
+
+
+# sub-command → its function here, or (module, function) imported lazily and called with the namespace.
+COMMANDS = {
+    "synth": synth_command,
+    "train": train_command,
+    "worker": ("tagsearch.runtime.workers", "cmd_worker"),
+    "launch": ("tagsearch.runtime.workers", "cmd_launch"),
+    "dashboard": dashboard_command,
+    "storage-proxy": ("tagsearch.runtime.proxy", "cmd_storage_proxy"),
+    "retrain": retrain_command,
+    "predict": predict_command,
+    "compare": compare_command,
+    "demo": demo_command,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
-        module, function = COMMANDS[args.command]
-        return getattr(importlib.import_module(module), function)(args) or 0
+        command = COMMANDS[args.command]
+        if isinstance(command, tuple):
+            module, function = command
+            command = getattr(importlib.import_module(module), function)
+        return command(args) or 0
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -4,7 +4,7 @@
 2. Write demo specs under storage/ from studies/dense.toml and studies/tfidf.toml: fewer trials and
    epochs, a median pruner that starts after two trials (so pruning shows), storage
    ``sqlite:///storage/demo.db``.
-3. Run both studies with ``tagsearch launch``'s command function (W worker processes each).
+3. Run both studies as ``tagsearch launch`` does (W worker processes each).
 4. Retrain both best trials into results/<study>/ and compare them with the linear baseline.
 """
 
@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import time
 import tomllib
-from argparse import Namespace
+from dataclasses import dataclass
 from pathlib import Path
 
-from tagsearch.api import retrain_trial
 from tagsearch.data.builtin import BUILTIN_DATA, BUILTIN_POSTS, ensure_corpus, synth_path
-from tagsearch.results.compare import cmd_compare
 from tagsearch.errors import UserError
 from tagsearch.log import log
+from tagsearch.results.compare import compare
+from tagsearch.results.retrain import retrain_trial
 from tagsearch.study.spec import load_spec
 from tagsearch.study.specfile import save_spec
-from tagsearch.runtime.workers import cmd_launch
 
 STORAGE = "sqlite:///storage/demo.db"
 SPEC_DIR = Path("storage")
@@ -32,26 +31,33 @@ TIMEOUT = 120.0  # seconds per study (no new trial starts after it)
 PRUNER = {"kind": "median", "n_startup_trials": 2, "n_warmup_steps": 0, "patience": 0}
 
 
-def cmd_demo(args) -> int:
+@dataclass
+class Demo:
+    """What a demo run left: the results directories, the comparison file, and how long it took."""
+
+    folders: list[Path]
+    comparison: Path
+    seconds: float
+
+
+def run_demo(*, data: str | None = None, trials: int = 16, timeout: float | None = None, posts: int = BUILTIN_POSTS,
+             workers: int = 2) -> Demo:
+    """``tagsearch demo``: both studies on ``data`` (default: the built-in corpus of ``posts``
+    posts), ``trials`` trials each on ``workers`` worker processes, their best trials retrained,
+    and the comparison with the baseline in results/compare.md."""
     start = time.monotonic()
-    data, suffix = demo_data(args.data, args.posts)
+    path, suffix = demo_data(data, posts)
     folders = []
     for model in MODELS:
         name = f"demo-{model}{suffix}"
-        spec_path = write_demo_spec(model, name, data, args.trials)
-        log(f"\n== {name}: {args.trials} trials, {args.workers} worker(s), at most {EPOCHS} epochs each ==")
-        run_study(spec_path, args.trials, args.workers, args.timeout or TIMEOUT)
+        spec_path = write_demo_spec(model, name, path, trials)
+        log(f"\n== {name}: {trials} trials, {workers} worker(s), at most {EPOCHS} epochs each ==")
+        run_study(spec_path, trials, workers, timeout or TIMEOUT)
         log(f"\n== {name}: retraining the best trial and evaluating it on the test split ==")
-        folders.append(f"results/{name}")
-        retrain_trial(spec_path, out=folders[-1])
+        folders.append(retrain_trial(spec_path, out=Path("results") / name))
     log("\n== comparing with a TF-IDF + LogisticRegression baseline ==")
-    cmd_compare(Namespace(results=folders, out="results/compare.md"))
-    minutes, seconds = divmod(int(time.monotonic() - start), 60)
-    print(f"\ndemo done in {minutes}m{seconds:02d}s")
-    print(f"  results:   {', '.join(f + '/' for f in folders)} (report.md in each), results/compare.md")
-    print(f"  try:       tagsearch predict {folders[-1]} \"How do I bind a click handler with jQuery?\"")
-    print(f"  dashboard: tagsearch dashboard --storage {STORAGE}   (then open http://127.0.0.1:8080/dashboard/)")
-    return 0
+    comparison = compare(folders, out="results/compare.md")
+    return Demo(folders, comparison, time.monotonic() - start)
 
 
 def demo_data(path: str | None, posts: int) -> tuple[str, str]:
@@ -102,11 +108,21 @@ def write_demo_spec(model: str, name: str, data: str, trials: int) -> Path:
 
 def run_study(spec_path: Path, trials: int, workers: int, timeout: float) -> None:
     """``tagsearch launch``: W worker processes and one live progress line."""
-    code = cmd_launch(Namespace(spec=str(spec_path), workers=workers, devices="cpu", n_trials=trials, timeout=timeout,
-                                data=None, text_columns=None, tags_column=None, top_k=None, storage=None,
-                                study_name=None))
+    code = _launch(spec_path, workers=workers, n_trials=trials, timeout=timeout)
     if code == 130:
         raise KeyboardInterrupt
     if code != 0:
         raise UserError(f"the study of {spec_path} failed (tagsearch launch exited with {code}); see its "
                         f"messages above and the worker logs in storage/demo-logs/")
+
+
+def _launch(spec_path: Path, *, workers: int, n_trials: int, timeout: float) -> int:
+    """The launch of one demo study, on CPU workers; its exit code."""
+    from types import SimpleNamespace
+
+    from tagsearch.runtime.workers import cmd_launch
+
+    # TODO(merge): study.workers.launch(spec_path, workers=workers, devices="cpu", n_trials=n_trials, timeout=timeout)
+    return cmd_launch(SimpleNamespace(spec=str(spec_path), workers=workers, devices="cpu", n_trials=n_trials,
+                                      timeout=timeout, data=None, text_columns=None, tags_column=None, top_k=None,
+                                      storage=None, study_name=None))

@@ -35,7 +35,6 @@ import pandas as pd
 from scipy.optimize import nnls
 
 from tagsearch.errors import UserError
-from tagsearch.log import log
 
 __all__ = ["SEED_TAGS", "SEED_COUNTS", "SEED_N_POSTS", "generate_posts", "write_corpus"]
 
@@ -552,12 +551,3 @@ def write_corpus(path: str | os.PathLike, n_posts: int, seed: int = 0) -> int:
     generate_posts(n, seed).to_csv(path, index=False)
     return n
 
-
-def cmd_synth(args) -> int:
-    """``tagsearch data synth --out PATH [--posts N] [--seed S]``."""
-    try:
-        count = write_corpus(args.out, n_posts=args.posts, seed=args.seed)
-    except (ValueError, OSError) as exc:
-        raise UserError(str(exc)) from None
-    log(f"wrote {count} synthetic posts to {args.out}")
-    return 0

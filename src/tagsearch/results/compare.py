@@ -36,8 +36,18 @@ HEADERS = ["results", "model", "data", "metric", "validation", "thresholds", "te
            "test macro-F1", "parameters", "train s", "params"]
 
 
-def cmd_compare(args) -> int:
-    folders = [Path(f) for f in args.results] or default_folders()
+def compare(folders: list[str | Path] | None = None, *, out: str | Path = "results/compare.md") -> Path:
+    """``tagsearch compare``: the results directories ``folders`` (default: every ``results/*/``
+    with a config.json) and a tuned baseline per data set, as a Markdown table written to ``out``;
+    returns ``out``."""
+    text = comparison([Path(f) for f in folders or ()] or default_folders())
+    write_text(Path(out), text)
+    log(f"wrote {out}")
+    return Path(out)
+
+
+def comparison(folders: list[Path]) -> str:
+    """The Markdown table: one group per (data fingerprint, metric), each with its baseline row."""
     entries = [load_entry(folder) for folder in folders]
     groups, notes = [], []
     for key in dict.fromkeys((e["config"]["fingerprint"], e["metrics"]["metric"]) for e in entries):
@@ -46,11 +56,7 @@ def cmd_compare(args) -> int:
         refit = any(e["config"].get("refit") for e in group)
         line = baseline_row(group[0]["config"], key[1], refit, group[0]["metrics"].get("folds", 1), notes)
         groups.append((key[1], rows + ([line] if line else [])))
-    text = render(groups, notes)
-    print(text, end="")
-    write_text(Path(args.out), text)
-    log(f"wrote {args.out}")
-    return 0
+    return render(groups, notes)
 
 
 def default_folders() -> list[Path]:

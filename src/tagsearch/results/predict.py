@@ -2,15 +2,13 @@
 
 Posts come from the TEXT arguments, or ``--file`` (a table such as a CSV with a text column, read
 like training data; any other file is one post per line), or stdin (one post per line). Each post is
-cleaned exactly as the training data was. Output: one line per post with its predicted tags
+cleaned exactly as the training data was. Output (cli.py prints it): one line per post with its predicted tags
 (``-`` when none), or with ``--json`` one JSON object per line: ``{"tags": [...], "scores": {tag:
 probability}}``. Loading uses JSON and safetensors only (see results.py).
 """
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 from tagsearch.results import folder as results
@@ -18,15 +16,6 @@ from tagsearch.data.corpus import FORMATS, raw_texts, read_table
 from tagsearch.errors import UserError
 
 NO_TAG = "-"
-
-
-def cmd_predict(args) -> int:
-    for post in tag_posts(results.load(args.results), read_posts(args.texts, args.file, sys.stdin)):
-        if args.json:
-            print(json.dumps({"tags": post["tags"], "scores": {t: round(p, 6) for t, p in post["scores"].items()}}))
-        else:
-            print(" ".join(post["tags"]) or NO_TAG)
-    return 0
 
 
 def tag_posts(loaded: results.Results | str | Path, texts: list[str]) -> list[dict]:

@@ -33,7 +33,7 @@ from tagsearch.results import folder as results
 from tagsearch.data.corpus import Corpus, cv_folds, load_corpus, n_folds, DataOptions, resolve_data, train_and_val
 from tagsearch.errors import UserError
 from tagsearch.log import log
-from tagsearch.study.spec import coerce, load_spec
+from tagsearch.study.spec import Spec, coerce, load_spec
 from tagsearch.learn.train import build_model, count_parameters, fit, predict_proba, train_config
 
 # One CPU thread, like each search worker: these small per-batch products gain little from more, and
@@ -41,41 +41,52 @@ from tagsearch.learn.train import build_model, count_parameters, fit, predict_pr
 RETRAIN_THREADS = 1
 
 
-def cmd_retrain(args) -> int:
+def retrain_trial(spec: Spec | str | Path, *, trial: int | None = None, out: str | Path | None = None,
+                  data: DataOptions | str | None = None, storage: str | None = None, study_name: str | None = None,
+                  device: str | None = None, threads: int | None = None, refit: bool | None = None) -> Path:
+    """``tagsearch retrain``: retrain the best trial (or number ``trial``), evaluate it once on the
+    test split, write the results directory (default ``results/<study>``) and return it. ``data``:
+    overrides of the spec's ``[data]`` (a path alone, or ``DataOptions``); ``threads``: torch CPU
+    threads while it runs (default 1); ``refit``: train again on training + validation first
+    (default: the spec's ``[training] refit``)."""
     from tagsearch.study import search
     from tagsearch.runtime.storage import masked
 
-    spec = load_spec(args.spec)
-    data_config = resolve_data(spec, DataOptions(args.data, tuple(args.text_columns or ()), args.tags_column, args.top_k))
-    url = args.storage or spec.storage
-    study = search.load_study(spec, url, args.study_name)
-    trial = pick_trial(study, args.trial)
+    spec = spec if isinstance(spec, Spec) else load_spec(spec)
+    data_config = resolve_data(spec, data if isinstance(data, DataOptions) else DataOptions(data))
+    url = storage or spec.storage
+    study = search.load_study(spec, url, study_name)
+    chosen = pick_trial(study, trial)
     corpus = load_corpus(data_config)
     search.check_fingerprint(study, corpus)
-    params = trial_params(spec, trial)
-    out = Path(args.out or Path("results") / study.study_name)
+    params = trial_params(spec, chosen)
+    out = Path(out or Path("results") / study.study_name)
     if out.exists() and not out.is_dir():
         raise UserError(f"results path {str(out)!r} is a file; expected a directory (or nothing) there")
-    epochs = int(trial.user_attrs.get("best_epoch") or spec.max_epochs)
-    torch.set_num_threads(getattr(args, "threads", None) or RETRAIN_THREADS)
+    epochs = int(chosen.user_attrs.get("best_epoch") or spec.max_epochs)
     folds = n_folds(corpus, spec.folds)
-    refit = spec.refit if getattr(args, "refit", None) is None else args.refit
-    log(f"retraining trial {trial.number} of study {study.study_name!r} ({params['model']}) on "
+    refit = spec.refit if refit is None else refit
+    log(f"retraining trial {chosen.number} of study {study.study_name!r} ({params['model']}) on "
         f"{corpus.source}: up to {epochs} epoch(s), patience {spec.patience}, metric {spec.metric}"
         f"{f', {folds}-fold cross-validation' if folds > 1 else ''}"
         f"{', then a refit on training + validation' if refit else ''}")
-    run = retrain(corpus, params, epochs, spec.patience, args.device or spec.device, spec.metric, refit, folds)
-    evaluation = evaluate(run, corpus, params, spec.metric)
-    info = {"study": study.study_name, "storage": masked(url), "trial": trial.number, "trial_value": trial.value,
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or RETRAIN_THREADS)
+    try:
+        run = retrain(corpus, params, epochs, spec.patience, device or spec.device, spec.metric, refit, folds)
+        evaluation = evaluate(run, corpus, params, spec.metric)
+    finally:
+        torch.set_num_threads(saved_threads)  # a caller's threads are its own
+    info = {"study": study.study_name, "storage": masked(url), "trial": chosen.number, "trial_value": chosen.value,
             "data": data_record(data_config), "max_epochs": epochs, "patience": spec.patience,
             "metric": spec.metric, "refit": refit, "folds": folds}
     with results.atomic_dir(out) as folder:
         write_results(folder, run, evaluation, corpus, params, info)
         write_plots(folder, run, evaluation, corpus, study)
         (folder / "report.md").write_text(report_markdown(folder, evaluation, info, run), encoding="utf-8")
-    uploaded = publish(study, trial, url, out, evaluation)
+    uploaded = publish(study, chosen, url, out, evaluation)
     print_summary(out, evaluation, info, run, uploaded)
-    return 0
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,37 +11,41 @@ from __future__ import annotations
 
 import ipaddress
 import sys
+from pathlib import Path
 
 from tagsearch.errors import UserError
 from tagsearch.study.spec import DEFAULT_STORAGE, load_spec
 from tagsearch.runtime.storage import artifact_dir, artifact_store, masked, open_storage
 
 
-def cmd_dashboard(args) -> int:
-    url = args.storage or (load_spec(args.spec).storage if args.spec else DEFAULT_STORAGE)
-    if not 1 <= args.port <= 65535:
-        raise UserError(f"--port {args.port} is out of range; expected 1..65535")
-    storage = open_storage(url, create=False, read_only=True)  # browsing never takes SQLite's write lock
+def serve(spec: str | Path | None = None, *, storage: str | None = None, host: str = "127.0.0.1",
+          port: int = 8080) -> None:
+    """``tagsearch dashboard``: serve the study storage ``storage`` (default: the spec's, else the
+    default storage) until Ctrl-C. The storage must exist: browsing never creates one."""
+    url = storage or (load_spec(spec).storage if spec else DEFAULT_STORAGE)
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port {port} is out of range; expected 1..65535")
+    opened = open_storage(url, create=False, read_only=True)  # browsing never takes SQLite's write lock
     store = artifact_store(url)
-    if not is_loopback(args.host):
-        print(f"warning: serving on {args.host}, reachable from other machines; the dashboard has no login and "
+    if not is_loopback(host):
+        print(f"warning: serving on {host}, reachable from other machines; the dashboard has no login and "
               f"can delete studies (use --host 127.0.0.1 to keep it local)", file=sys.stderr)
-    print(f"optuna-dashboard for {masked(url)} (artifacts in {artifact_dir(url)}) at {url_for(args.host, args.port)}",
+    print(f"optuna-dashboard for {masked(url)} (artifacts in {artifact_dir(url)}) at {url_for(host, port)}",
           file=sys.stderr, flush=True)
-    return serve(storage, store, args.host, args.port)
+    run_server(opened, store, host, port)
 
 
-def serve(storage, store, host: str, port: int) -> int:
-    from optuna_dashboard import run_server
+def run_server(storage, store, host: str, port: int) -> None:
+    """optuna-dashboard's server on an opened storage and artifact store, until Ctrl-C."""
+    from optuna_dashboard import run_server as run_dashboard
 
     try:
-        run_server(storage, host=host, port=port, artifact_store=store)
+        run_dashboard(storage, host=host, port=port, artifact_store=store)
     except OSError as exc:
         raise UserError(f"cannot serve on {host}:{port}: {exc.strerror or exc}; "
                         f"expected a free port (try another --port)") from None
     except KeyboardInterrupt:
         pass
-    return 0
 
 
 def is_loopback(host: str) -> bool:
