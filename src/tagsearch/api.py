@@ -35,8 +35,8 @@ def train_one(spec: Spec | str | Path, corpus: data.Corpus | None = None, *, epo
               keep_features: bool = True, **params) -> TrainResult:
     """Train the spec's ``[defaults]`` overridden by ``params`` (checked like ``--param``).
     ``.model`` carries the best epoch's weights, ``.history`` one record per epoch;
-    ``on_epoch(epoch, record)`` runs after each epoch; ``keep_features=False`` frees the cached
-    features once the inputs are built (the next call on the same corpus builds them again)."""
+    ``on_epoch(epoch, record)`` runs after each epoch (a ``train.EpochRecord``); ``keep_features=False``
+    frees the encoded features once the inputs are built (``.featurizers`` then cannot give test inputs)."""
     spec = _spec(spec)
     overrides = {name: coerce(name, value, "train_one") for name, value in params.items()}
     return train_config(corpus or load_corpus(spec), spec.params(overrides), max_epochs=epochs or spec.max_epochs,
@@ -53,9 +53,9 @@ def cmd_train(args) -> int:
 
     def show(epoch, record):
         if not args.json:
-            print(f"epoch {epoch:3d}  loss {record['train_loss']:.4f}  val_hamming {record['val_hamming_loss']:.4f}  "
-                  f"val_micro_f1 {record['val_micro_f1']:.4f}  ({record['thresholds']} thresholds)  "
-                  f"{record['seconds']:.2f}s", flush=True)
+            print(f"epoch {epoch:3d}  loss {record.train_loss:.4f}  val_hamming {record.value('hamming_loss'):.4f}  "
+                  f"val_micro_f1 {record.value('micro_f1'):.4f}  ({record.thresholds} thresholds)  "
+                  f"{record.seconds:.2f}s", flush=True)
 
     result = train_one(spec, corpus, epochs=args.epochs, patience=args.patience, early_stop=not args.no_early_stop,
                        device=args.device, on_epoch=show, keep_features=False, **overrides)
