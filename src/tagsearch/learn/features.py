@@ -589,4 +589,8 @@ def featurizer_for(params: dict) -> Featurizer:
 
 def featurizer_from_state(state: dict) -> Featurizer:
     """The fitted featurizer ``Featurizer.state`` saved (``preprocessing.json``)."""
-    return featurizer_class(state.get("kind")).from_state(state)
+    try:
+        return featurizer_class(state.get("kind")).from_state(state)
+    except KeyError as missing:
+        raise UserError(f"saved {state.get('kind')} features lack {missing}; expected a preprocessing.json written "
+                        f"by 'tagsearch retrain'") from None
