@@ -509,7 +509,8 @@ class TfidfFeatures(Featurizer):
     SETTINGS = ("max_features", "min_df", "ngram_max", "sublinear_tf")
 
     def __init__(self, max_features: int = 0, min_df: int = 1, ngram_max: int = 1, sublinear_tf: bool = False):
-        self.max_features, self.min_df, self.ngram_max, self.sublinear_tf = max_features, min_df, ngram_max, sublinear_tf
+        self.max_features, self.min_df = max_features, min_df
+        self.ngram_max, self.sublinear_tf = ngram_max, sublinear_tf
 
     def fit(self, texts: list[str]) -> "TfidfFeatures":
         stream = split_tokens(texts)

@@ -215,6 +215,7 @@ def threshold_variants(y_val, p_val, y_test, p_test, tags: list[str], metric: st
     """Validation and test figures of every threshold variant, and the choice made on validation
     alone (``choose_thresholds``). The test figures are reported, never used to choose."""
     choice = choose_thresholds(y_val, p_val, metric, fixed)
-    variants = {v: VariantFigures(th, choice.scores[v], report(y_val, p_val, th, tags), report(y_test, p_test, th, tags))
+    variants = {v: VariantFigures(th, choice.scores[v], report(y_val, p_val, th, tags),
+                                  report(y_test, p_test, th, tags))
                 for v, th in choice.all_thresholds.items()}
     return variants, choice

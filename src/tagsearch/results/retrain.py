@@ -36,7 +36,8 @@ from tagsearch.data.corpus import Corpus, cv_folds, load_corpus, n_folds, DataOp
 from tagsearch.errors import UserError
 from tagsearch.log import log
 from tagsearch.study.spec import coerce, load_spec
-from tagsearch.learn.train import EpochRecord, TrainResult, build_model, count_parameters, fit, predict_proba, train_config
+from tagsearch.learn.train import (EpochRecord, TrainResult, build_model, count_parameters, fit, predict_proba,
+                                   train_config)
 
 # One CPU thread, like each search worker: these small per-batch products gain little from more, and
 # lose badly when the cores are busy (tfidf epoch on 2 busy cores: 3.9 s with 1 thread, 34-47 s with 2).
@@ -149,7 +150,8 @@ def retrain(corpus: Corpus, params: dict, epochs: int, patience: int, device: st
               time.perf_counter() - start)
     if refit:
         whole = train_and_val(corpus)
-        run.final, run.final_posts = [refit_model(whole, params, result.best_epoch, run.device, cache)], len(whole.train_idx)
+        run.final = [refit_model(whole, params, result.best_epoch, run.device, cache)]
+        run.final_posts = len(whole.train_idx)
         run.refit_seconds = time.perf_counter() - start - run.seconds
     return run
 
@@ -307,8 +309,8 @@ def write_plots(folder: Path, run: Run, evaluation: Evaluation, corpus: Corpus, 
     names = [
         plots.plot_curves(run.result.history, run.result.metric, folder / "curves.png"),
         plots.plot_confusion(evaluation.y_test, evaluation.y_pred, corpus.tag_names, folder / "confusion.png"),
-        plots.plot_f1({variant_label(evaluation, v): evaluation.variants[v].test["per_class"] for v in metrics.VARIANTS},
-                      folder / "f1.png"),
+        plots.plot_f1({variant_label(evaluation, v): evaluation.variants[v].test["per_class"]
+                       for v in metrics.VARIANTS}, folder / "f1.png"),
         plots.plot_history(study, folder / "optimization_history.png", notes),
         plots.plot_importances(study, folder / "param_importances.png", notes),
     ]
