@@ -82,7 +82,7 @@ def step_bytes(model: torch.nn.Module, inputs, kind: str) -> dict:
 
 
 def floor(corpus: data.Corpus, kind: str, params: dict, bandwidth: float, epochs: int = 3) -> dict:
-    model, train_data, val_data = train.build(corpus, params, "cpu")
+    model, train_data, val_data, _ = train.build(corpus, params, "cpu")
     steps = [step_bytes(model, inputs, kind) for inputs, targets in train_data.batches(params["batch_size"])
              if len(targets) >= 2]
     runner = train.Trainee.start(model, train_data, val_data, params)

@@ -97,7 +97,7 @@ def main() -> None:
     params = spec.params(overrides)
     path = args.data or ensure_corpus(str(REPO / BUILTIN_PATH), BUILTIN_POSTS)
     corpus = data.load_corpus(data.DataConfig(path=path))
-    model, train_data, _ = train.build(corpus, params, "cpu")
+    model, train_data, *_ = train.build(corpus, params, "cpu")
     criterion = torch.nn.BCEWithLogitsLoss(pos_weight=train.pos_weight(corpus.labels[corpus.train_idx],
                                                                        params["pos_weight"]))
     optimizers = train.make_optimizers(model, params)

@@ -114,9 +114,9 @@ def run_data_set(label: str, path: str, args, work: Path) -> list[dict]:
     rows.append({**win, "row": f"winner on validation ({win['row'].split(':')[0]})"})
     corpus = data.load_corpus(data.resolve_data(load_spec(REPO / "studies" / "tfidf.toml"), data.DataOptions(path)))
     base, refit = (compare.fit_baseline(corpus, metric, refit=r) for r in (False, True))
-    rows.append({"data": label, "row": f"tuned baseline (C={base['C']:g})", "validation": base["validation_value"],
-                 "test_micro_f1": base["micro_f1"], "test_hamming_loss": base["hamming_loss"],
-                 "test_micro_f1_refit": refit["micro_f1"], "test_hamming_loss_refit": refit["hamming_loss"]})
+    rows.append({"data": label, "row": f"tuned baseline (C={base.C:g})", "validation": base.validation_value,
+                 "test_micro_f1": base.micro_f1, "test_hamming_loss": base.hamming_loss,
+                 "test_micro_f1_refit": refit.micro_f1, "test_hamming_loss_refit": refit.hamming_loss})
     return rows
 
 

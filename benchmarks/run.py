@@ -108,8 +108,9 @@ def ours_prepare(path: str, kind: str) -> float:
     config = data.DataConfig(path=path)
     corpus = data.build_corpus(data.read_table(path), config)
     params = seed_params(kind)
-    features.model_inputs(corpus, params, "train")
-    features.model_inputs(corpus, params, "val")
+    featurizer = features.featurizer_for(params).fit_corpus(corpus)
+    featurizer.inputs(corpus, "train")
+    featurizer.inputs(corpus, "val")
     return time.perf_counter() - start
 
 
@@ -132,12 +133,13 @@ def bench_prepare(path: str, kind: str, repeats: int) -> dict:
     for _ in range(repeats):
         ref.append(reference_prepare(path, kind))
         ours.append(ours_prepare(path, kind))
-    params = seed_params(kind)
+    params, cache = seed_params(kind), features.FeatureCache()  # a worker's cache, as the objective keeps one
 
     def load_and_encode() -> None:
         corpus = data.load_corpus(data.DataConfig(path=path))
-        features.model_inputs(corpus, params, "train")
-        features.model_inputs(corpus, params, "val")
+        featurizer = cache.fitted(features.featurizer_for(params), corpus)
+        featurizer.inputs(corpus, "train")
+        featurizer.inputs(corpus, "val")
 
     load_and_encode()  # the first trial fills the caches
     start = time.perf_counter()
@@ -199,7 +201,7 @@ def alternate(corpus: data.Corpus, kind: str, epochs: int, threads: int, referen
     params = {**seed_params(kind), "seed": seed}
     reference = reference_trainer(corpus, kind, seed)
     same_threads = reference_trainer(corpus, kind, seed) if threads != reference_threads else None
-    model, train_data, val_data = train.build(corpus, params, "cpu")
+    model, train_data, val_data, _ = train.build(corpus, params, "cpu")
     records = {"reference": [], "same_threads": []}
 
     def run_reference_epochs(epoch: int, record: dict) -> None:
@@ -209,14 +211,14 @@ def alternate(corpus: data.Corpus, kind: str, epochs: int, threads: int, referen
         records["same_threads"].append(same_threads.epoch() if same_threads else records["reference"][-1])
         ref, same = records["reference"][-1], records["same_threads"][-1]
         say(f"    seed {seed} epoch {epoch}: reference {ref['seconds']:6.2f}s ({reference_threads} threads), "
-            f"{same['seconds']:5.2f}s ({threads});  tagsearch {record['seconds']:5.2f}s ({threads});  val Hamming "
+            f"{same['seconds']:5.2f}s ({threads});  tagsearch {record.seconds:5.2f}s ({threads});  val Hamming "
             f"reference {ref['val_hamming_loss']:.4f}, {same['val_hamming_loss']:.4f};  "
-            f"tagsearch {record['val_hamming_loss']:.4f}")
+            f"tagsearch {record.value('hamming_loss'):.4f}")
 
     set_threads(threads)
     result = train.fit(model, train_data, val_data, params, max_epochs=epochs, patience=None,
                        on_epoch=run_reference_epochs)
-    return {**records, "ours": result.history}
+    return {**records, "ours": [r.to_json() for r in result.history]}
 
 
 def steady_seconds(runs: list[dict], side: str) -> float:

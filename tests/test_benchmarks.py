@@ -26,9 +26,6 @@ def test_study_benchmark_quick_runs_both_sides_to_the_same_budget(monkeypatch, c
     for side in sides.values():
         assert side["complete"] >= 1 and 0 < side["best"] < 1
     assert sides["naive"]["time_to_quality"] is not None  # the naive side reaches its own best
-    if sides["tagsearch"]["time_to_quality"] is not None:
-        assert math.isclose(rows[0]["time_to_quality_ratio"],
-                            sides["naive"]["time_to_quality"] / sides["tagsearch"]["time_to_quality"])
 
 
 def test_floor_counts_the_bytes_of_both_optimizer_semantics(tiny_csv, monkeypatch):
@@ -42,7 +39,6 @@ def test_floor_counts_the_bytes_of_both_optimizer_semantics(tiny_csv, monkeypatc
                   "batch_size": 16}
         row = floor.floor(corpus, kind, params, bandwidth, epochs=1)
         assert row["steps"] == math.ceil(len(corpus.train_idx) / params["batch_size"])
-        assert row["floor_exact"] == pytest.approx(row["bytes_per_step_exact"] * row["steps"] / bandwidth)
         assert row["epoch_seconds"] > 0 and row["ratio_exact"] > 0
         if kind == "tfidf":  # the lazy update touches fewer first-layer rows than the whole layer
             assert row["bytes_per_step_lazy"] < row["bytes_per_step_exact"]

@@ -105,20 +105,22 @@ def test_tfidf_equals_scikit_learn_vectorizer(max_features, min_df, ngram_max, s
     corpus = Corpus(texts=texts, labels=np.zeros((10, 1), dtype=np.uint8), tag_names=["t"],
                     train_idx=np.arange(7), val_idx=np.array([7, 8]), test_idx=np.array([9]), fingerprint="x",
                     source="test")
-    tfidf = features.fitted_tfidf(corpus, max_features, min_df, ngram_max, sublinear_tf)
+    tfidf = features.TfidfFeatures(max_features, min_df, ngram_max, sublinear_tf).fit_corpus(corpus)
+    matrix = tfidf.encoded_.matrix
     expected_vectorizer = TfidfVectorizer(lowercase=False, token_pattern=r"\S+", ngram_range=(1, ngram_max),
                                           min_df=min_df, max_features=max_features or None,
                                           sublinear_tf=sublinear_tf, dtype=np.float32).fit(texts[:7])
     names = expected_vectorizer.get_feature_names_out().tolist()
-    assert sorted(tfidf.vocabulary) == names
-    order = [tfidf.vocabulary.index(name) for name in names]
-    np.testing.assert_allclose(tfidf.transformer.idf_[order], expected_vectorizer.idf_, rtol=1e-7)
+    assert sorted(tfidf.vocabulary_) == names
+    order = [tfidf.vocabulary_.index(name) for name in names]
+    np.testing.assert_allclose(tfidf.idf_[order], expected_vectorizer.idf_, rtol=1e-7)
     expected = expected_vectorizer.transform(texts).toarray()
-    np.testing.assert_allclose(tfidf.matrix.toarray()[:, order], expected, rtol=1e-6, atol=1e-7)
-    assert tfidf.matrix.dtype == np.float32
-    rebuilt = features.rebuilt_vectorizer(tfidf.state(features.tfidf_settings(
-        {"max_features": max_features, "min_df": min_df, "ngram_max": ngram_max, "sublinear_tf": sublinear_tf})))
-    assert abs(rebuilt.transform(texts) - tfidf.matrix).max() < 1e-7  # predict time equals train time
+    np.testing.assert_allclose(matrix.toarray()[:, order], expected, rtol=1e-6, atol=1e-7)
+    assert matrix.dtype == np.float32
+    alone = features.TfidfFeatures(max_features, min_df, ngram_max, sublinear_tf).fit(texts[:7])  # sklearn style
+    assert sorted(alone.vocabulary_) == names
+    np.testing.assert_allclose(alone.idf_[[alone.vocabulary_.index(n) for n in names]], expected_vectorizer.idf_,
+                               rtol=1e-7)
 
 
 def test_hashed_word_ngrams_skip_unknown_ids_and_stay_within_posts():

@@ -48,15 +48,15 @@ def test_cross_fitting_never_scores_thresholds_on_the_posts_they_were_fitted_on(
 def test_choice_is_honest_and_prefers_the_simpler_variant_on_ties():
     y = np.array([[1, 0], [0, 1], [1, 1], [0, 0]] * 5, dtype=np.uint8)
     perfect = y * 0.8 + 0.1  # 0.9 / 0.1: every variant is perfect → the fixed 0.5 stays
-    assert metrics.choose_thresholds(y, perfect, "micro_f1")["chosen"] == "fixed"
+    assert metrics.choose_thresholds(y, perfect, "micro_f1").chosen == "fixed"
     low = y * 0.2 + 0.05  # positives at 0.25: a fitted threshold is needed, one is enough
     choice = metrics.choose_thresholds(y, low, "hamming_loss")
-    assert choice["chosen"] == "global" and choice["value"] == 0.0
+    assert choice.chosen == "global" and choice.value == 0.0
     y, probs = noisy(seed=2)  # per-tag shifts: per-tag wins even when judged on unseen halves
     choice = metrics.choose_thresholds(y, probs, "hamming_loss")
-    assert choice["chosen"] == "per_tag"
-    flattering = metrics.summary(y, (probs >= np.asarray(choice["thresholds"])).astype(np.uint8))["hamming_loss"]
-    assert choice["value"] >= flattering  # fitted and scored on the same posts looks better than it is
+    assert choice.chosen == "per_tag"
+    flattering = metrics.summary(y, (probs >= np.asarray(choice.thresholds)).astype(np.uint8))["hamming_loss"]
+    assert choice.value >= flattering  # fitted and scored on the same posts looks better than it is
 
 
 def test_threshold_variants_report_test_but_choose_on_validation():
@@ -65,7 +65,7 @@ def test_threshold_variants_report_test_but_choose_on_validation():
     variants, choice = metrics.threshold_variants(y, probs, y_test, 1 - p_test, ["a", "b", "c", "d"], "micro_f1")
     assert set(variants) == set(metrics.VARIANTS)
     assert choice == metrics.choose_thresholds(y, probs, "micro_f1")  # test data played no part
-    assert variants[choice["chosen"]]["cross_fitted_validation"] == choice["value"]
+    assert variants[choice.chosen].cross_fitted_validation == choice.value
 
 
 def test_small_validation_splits_cross_validate_over_training_and_validation(tiny_csv):
@@ -94,5 +94,6 @@ def test_cross_validated_training_pools_every_folds_predictions(tiny_csv):
     params = {**SEED_DEFAULTS, "model": "tfidf", "hidden_layers": 0, "max_features": 300, "batch_size": 64}
     result = train.train_config(cv_folds(corpus, 3, 0), params, max_epochs=2, patience=None, device="cpu")
     assert len(result.models) == 3 and len(result.val_labels) == len(corpus.train_idx) + len(corpus.val_idx)
-    value = metrics.choose_thresholds(result.val_labels, result.val_probs, "hamming_loss")["value"]
-    assert value == result.best_value == result.history[result.best_epoch - 1]["val_hamming_loss"]
+    value = metrics.choose_thresholds(result.val_labels, result.val_probs, "hamming_loss").value
+    assert value == result.best_value == result.history[result.best_epoch - 1].value("hamming_loss")
+    assert result.best.to_json()["val_hamming_loss"] == value  # the JSON record (metrics.json's history)

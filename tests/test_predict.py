@@ -56,11 +56,12 @@ def test_round_trip_equals_in_memory_model(params, tiny_csv, tmp_path):
     corpus = tiny_corpus(tiny_csv)
     params = {**SEED_DEFAULTS, "hidden1": 8, "hidden2": 8, "batch_size": 64, **params}
     result = train_config(corpus, params, max_epochs=1, patience=None, device="cpu")
-    expected = torch.sigmoid(predict_logits(result.model, features.model_inputs(corpus, params, "test"))).numpy()
-    digests = results.save_model(tmp_path, result.model, features.preprocessing_state(corpus, params))
+    featurizer = result.featurizers[0]
+    expected = torch.sigmoid(predict_logits(result.model, featurizer.inputs(corpus, "test"))).numpy()
+    digests = results.save_model(tmp_path, result.model, featurizer.state())
     results.write_json(tmp_path / "config.json", {
         "format": results.FORMAT, "params": params, "tags": corpus.tag_names, "thresholds": [0.5] * 10,
-        "input_size": features.input_size(corpus, params), "sha256": digests})
+        "input_size": featurizer.input_size, "sha256": digests})
     loaded = results.load(tmp_path)
     got = loaded.probabilities([corpus.texts[i] for i in corpus.test_idx], cleaned=True)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
@@ -72,11 +73,10 @@ def test_tfidf_rebuilt_from_saved_state_equals_training_transform(settings, tiny
     train-time features for the same text to 1e-7."""
     corpus = tiny_corpus(tiny_csv)
     max_features, min_df, ngram_max, sublinear = settings
-    params = {"model": "tfidf", "max_features": max_features, "min_df": min_df, "ngram_max": ngram_max,
-              "sublinear_tf": sublinear}
-    state = json.loads(json.dumps(features.preprocessing_state(corpus, params)))  # through JSON, as saved
-    expected = features.fitted_tfidf(corpus, max_features, min_df, ngram_max, sublinear).matrix
-    got = features.rebuilt_vectorizer(state).transform(corpus.texts)
+    fitted = features.TfidfFeatures(max_features, min_df, ngram_max, sublinear).fit_corpus(corpus)
+    state = json.loads(json.dumps(fitted.state()))  # through JSON, as saved
+    expected = fitted.encoded_.matrix
+    got = features.featurizer_from_state(state).transform(corpus.texts).matrix
     assert got.shape == expected.shape
     assert abs(got - expected).max() < 1e-7
     assert (got != 0).nnz == (expected != 0).nnz

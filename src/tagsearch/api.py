@@ -36,10 +36,10 @@ def load_corpus(spec: Spec | str | Path | data.DataConfig,
 def train_one(spec: Spec | str | Path, corpus: data.Corpus | None = None, *, epochs: int | None = None,
               patience: int | None = None, early_stop: bool = True, device: str | None = None, on_epoch=None,
               keep_features: bool = True, **params) -> TrainResult:
-    """``tagsearch train``: the spec's ``[defaults]`` overridden by ``params`` (checked like
-    ``--param``). ``.model`` carries the best epoch's weights, ``.history`` one record per epoch;
-    ``on_epoch(epoch, record)`` runs after each epoch; ``keep_features=False`` frees the cached
-    features once the inputs are built (the next call on the same corpus builds them again)."""
+    """``tagsearch train``: the spec's ``[defaults]`` overridden by ``params`` (checked like ``--param``).
+    ``.model`` carries the best epoch's weights, ``.history`` one record per epoch;
+    ``on_epoch(epoch, record)`` runs after each epoch (a ``train.EpochRecord``); ``keep_features=False``
+    frees the encoded features once the inputs are built (``.featurizers`` then cannot give test inputs)."""
     spec = _spec(spec)
     overrides = {name: coerce(name, value, "train_one") for name, value in params.items()}
     return train_config(corpus or load_corpus(spec), spec.params(overrides), max_epochs=epochs or spec.max_epochs,

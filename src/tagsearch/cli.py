@@ -193,9 +193,9 @@ def train_command(args: argparse.Namespace) -> int:
     log(f"data: {corpus.source}: {corpus.summary()}")
 
     def show(epoch, record):
-        print(f"epoch {epoch:3d}  loss {record['train_loss']:.4f}  val_hamming {record['val_hamming_loss']:.4f}  "
-              f"val_micro_f1 {record['val_micro_f1']:.4f}  ({record['thresholds']} thresholds)  "
-              f"{record['seconds']:.2f}s", flush=True)
+        print(f"epoch {epoch:3d}  loss {record.train_loss:.4f}  val_hamming {record.value('hamming_loss'):.4f}  "
+              f"val_micro_f1 {record.value('micro_f1'):.4f}  ({record.thresholds} thresholds)  "
+              f"{record.seconds:.2f}s", flush=True)
 
     result = api.train_one(spec, corpus, epochs=args.epochs, patience=args.patience,
                            early_stop=not args.no_early_stop, device=args.device,

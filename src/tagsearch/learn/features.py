@@ -1,31 +1,47 @@
-"""Turn a ``Corpus`` into model inputs, once, and serve shuffled batches without Python loops.
+"""Featurizers: posts → model inputs, fitted on training posts; batches served without Python loops.
 
-Every post's tokens are dictionary-encoded once (``token_stream``, in Arrow); both models start
-from those integer codes and never tokenise the text again.
+A featurizer is fitted scikit-learn style and saved as plain data:
 
-Dense model: each post is its *distinct* table rows — vocabulary ids and, with ``word_ngrams`` > 1,
-hashed word n-grams (fastText's buckets, rows after the vocabulary) — with weights count/entries,
-whose weighted sum is the post's mean embedding; all posts' entries live flat in one tensor with
-per-post start/length, so a batch is a contiguous slice of a per-epoch permuted copy and the bag
-product gets ``(ids, offsets, weights)`` directly.
+- ``fit(texts) -> self`` learns from training posts; ``transform(texts)`` gives their batches
+  (``BagBatches``, ``CsrBatches`` or ``DenseBatches``, with no labels);
+- ``input_kind`` says what its batches hold, and so which first layer the model needs
+  (``models.build_model``): ``"bags"`` (table rows with weights), ``"sparse"`` (CSR rows) or
+  ``"dense"`` (float32 rows); ``input_size`` is the table's rows or the rows' width;
+- ``state()`` is what ``preprocessing.json`` saves, and ``from_state(state)`` what ``predict`` loads;
+- ``fit_corpus(corpus, cache)`` fits on the corpus's training split and encodes every post of the
+  corpus once (``encoded_``); ``inputs(corpus, split)`` then slices a split's batches out of it.
 
-TF-IDF model: n-grams of 1..``ngram_max`` codes counted into one posts × n-grams CSR matrix, the
-columns kept as ``TfidfVectorizer(min_df, max_features)`` keeps them (fitted on the training
-split), weighted by scikit-learn's ``TfidfTransformer``; a batch is a row slice of a per-epoch
-permuted copy, handed to torch as a sparse CSR tensor (never densified). At prediction time the
-same transform is a ``TfidfVectorizer`` rebuilt from the saved n-grams and idf
-(``rebuilt_vectorizer``).
+``FEATURIZERS`` maps ``params["model"]`` (and a saved state's ``kind``) to the class: a new
+representation is one more class registered there. The base ``fit_corpus`` is ``fit`` on the
+training texts + ``transform`` of every text; the two below override it to start from a
+``FeatureCache``'s token stream:
 
-Expensive state is cached per process: the token stream per corpus, the vocabulary per
-``min_freq``, the bags per ``(min_freq, word_ngrams, buckets)``, the n-gram counts per
-``ngram_max`` and the fitted TF-IDF per its four settings.
+Dense bags (``DenseBags``): each post is its *distinct* table rows — vocabulary ids and, with
+``word_ngrams`` > 1, hashed word n-grams (fastText's buckets, rows after the vocabulary) — with
+weights count/entries, whose weighted sum is the post's mean embedding; all posts' entries live flat
+in one tensor with per-post start/length, so a batch is a contiguous slice of a per-epoch permuted
+copy and the bag product gets ``(ids, offsets, weights)`` directly.
+
+TF-IDF (``TfidfFeatures``): n-grams of 1..``ngram_max`` codes counted into one posts × n-grams CSR
+matrix, the columns kept as ``TfidfVectorizer(min_df, max_features)`` keeps them (fitted on the
+training split), weighted by scikit-learn's ``TfidfTransformer``; a batch is a row slice of a
+per-epoch permuted copy, handed to torch as a sparse CSR tensor (never densified). ``transform``
+is a ``TfidfVectorizer`` rebuilt from the saved n-grams and idf (``rebuilt_vectorizer``).
+
+What a study's trials share lives in a ``FeatureCache`` its caller owns (the objective keeps one
+for its worker's trials): every post's tokens, dictionary-encoded once per data fingerprint
+(``split_tokens``, in Arrow; the cross-validation folds of a corpus share them, and so the n-gram
+counts), the vocabularies, and the fitted featurizers keyed by the fingerprint, the training
+posts and the featurizer's settings.
 """
 
 from __future__ import annotations
 
-import functools
+import hashlib
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Callable, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -36,6 +52,7 @@ import torch
 from sklearn.feature_extraction.text import TfidfTransformer, TfidfVectorizer
 
 from tagsearch.data.corpus import Corpus, give_back_freed_memory
+from tagsearch.errors import UserError
 
 UNKNOWN = "<unk>"
 # torch flags sparse CSR as beta on every construction; we only use its stable sparse × dense product.
@@ -46,11 +63,11 @@ torch.sparse.check_sparse_tensor_invariants.disable()
 
 
 # ---------------------------------------------------------------------------------------------
-# Batching
+# Batching: one split's rows + labels; ``take`` selects posts, ``batches`` serves them shuffled
 
 
 class BagBatches:
-    """One split for the dense model: each post as its distinct token ids with weights count/length
+    """One split for the bag model: each post as its distinct token ids with weights count/length
     (a weighted sum of them is the post's mean bag), flat, with per-post entry counts, + labels.
 
     ``BagBatches(tokens, lengths, labels)`` takes the posts' raw token ids and deduplicates them;
@@ -69,6 +86,14 @@ class BagBatches:
     def to(self, device) -> "BagBatches":
         return BagBatches(self.tokens.to(device), self.lengths.to(device), self.labels.to(device),
                           self.weights.to(device))
+
+    def take(self, indices: np.ndarray) -> "BagBatches":
+        """The posts ``indices``, in that order (one gather of their entries)."""
+        order = torch.as_tensor(indices, dtype=torch.int64, device=self.lengths.device)
+        lengths = self.lengths[order]
+        n_entries = int(lengths.sum())
+        entries = permuted_entries(self.starts[order], torch.cumsum(lengths, 0) - lengths, lengths, n_entries)
+        return BagBatches(self.tokens[entries], lengths, self.labels[order], self.weights[entries])
 
     def batches(self, batch_size: int, order: torch.Tensor | None = None):
         """Yield ``((ids, offsets, weights), labels)``; ``order`` permutes the posts (one gather per epoch)."""
@@ -116,16 +141,21 @@ def bags_of(counts: sp.csr_matrix, lengths: np.ndarray) -> tuple[np.ndarray, np.
 
 
 class CsrBatches:
-    """One split for the TF-IDF model: a CSR matrix + labels; batches are sparse row slices."""
+    """One split for a sparse-input model: a CSR matrix + labels; batches are sparse row slices."""
 
     def __init__(self, matrix: sp.csr_matrix, labels: torch.Tensor, device="cpu"):
-        self.matrix, self.labels, self.device = matrix.astype(np.float32), labels, torch.device(device)
+        self.matrix, self.labels = matrix.astype(np.float32, copy=False), labels
+        self.device = torch.device(device)
 
     def __len__(self) -> int:
         return self.matrix.shape[0]
 
     def to(self, device) -> "CsrBatches":
         return CsrBatches(self.matrix, self.labels.to(device), device)
+
+    def take(self, indices: np.ndarray) -> "CsrBatches":
+        return CsrBatches(self.matrix[indices], self.labels[torch.as_tensor(indices, device=self.labels.device)],
+                          self.device)
 
     def batches(self, batch_size: int, order: torch.Tensor | None = None):
         matrix, labels = self.matrix, self.labels
@@ -144,8 +174,40 @@ class CsrBatches:
             yield rows, labels[lo:hi]
 
 
+class DenseBatches:
+    """One split for a dense-input model: a (posts, width) float32 tensor + labels; a batch is a
+    contiguous slice of a per-epoch permuted copy."""
+
+    def __init__(self, rows: torch.Tensor | np.ndarray, labels: torch.Tensor):
+        self.rows = torch.as_tensor(rows, dtype=torch.float32)
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def to(self, device) -> "DenseBatches":
+        return DenseBatches(self.rows.to(device), self.labels.to(device))
+
+    def take(self, indices: np.ndarray) -> "DenseBatches":
+        order = torch.as_tensor(indices, dtype=torch.int64, device=self.rows.device)
+        return DenseBatches(self.rows[order], self.labels[order])
+
+    def batches(self, batch_size: int, order: torch.Tensor | None = None):
+        rows, labels = (self.rows, self.labels) if order is None else (self.rows[order], self.labels[order])
+        for lo in range(0, len(rows), batch_size):
+            yield rows[lo:lo + batch_size], labels[lo:lo + batch_size]
+
+
+def no_labels(n_posts: int) -> torch.Tensor:
+    return torch.zeros((n_posts, 0))
+
+
+def all_labels(corpus: Corpus) -> torch.Tensor:
+    return torch.from_numpy(corpus.labels.astype(np.float32))
+
+
 # ---------------------------------------------------------------------------------------------
-# Dense model: token stream and vocabulary
+# Tokens, and the cache a study's trials share
 
 
 @dataclass
@@ -155,33 +217,6 @@ class TokenStream:
     codes: np.ndarray  # int64, concatenated tokens of every post
     lengths: np.ndarray  # int64, tokens per post
     uniques: np.ndarray  # object array of token strings
-
-
-def per_texts(function, size: int = 2):
-    """Cache the last ``size`` results of ``function(corpus, *args)`` by the corpus's texts, not the
-    corpus: the fold corpora of a cross-validated study (``data.cv_folds``) share their texts, so
-    they share the token stream and the n-gram counts instead of evicting each other's."""
-    cache: dict = {}
-
-    @functools.wraps(function)
-    def cached(corpus: Corpus, *args):
-        key = (id(corpus.texts), args)
-        hit = cache.get(key)
-        if hit is None or hit[0] is not corpus.texts:  # (an id can be reused once its list is gone)
-            while len(cache) >= size:
-                cache.pop(next(iter(cache)))
-            hit = cache[key] = (corpus.texts, function(corpus, *args))
-        return hit[1]
-
-    cached.cache_clear = cache.clear
-    return cached
-
-
-@per_texts
-def token_stream(corpus: Corpus) -> TokenStream:
-    stream = split_tokens(corpus.texts)
-    give_back_freed_memory()  # Arrow's split and dictionary encoding: freed, but kept by its allocator
-    return stream
 
 
 def split_tokens(texts: list[str]) -> TokenStream:
@@ -199,21 +234,132 @@ def split_tokens(texts: list[str]) -> TokenStream:
                        uniques=encoded.dictionary.to_numpy(zero_copy_only=False).astype(object))
 
 
-def _split_token_mask(stream: TokenStream, indices: np.ndarray) -> np.ndarray:
+def training_digest(corpus: Corpus) -> str:
+    """Names the corpus's training posts (its folds and ``train_and_val`` share the fingerprint)."""
+    return hashlib.sha1(np.ascontiguousarray(corpus.train_idx, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+class FeatureCache:
+    """Features that several trainings on one data set share, owned by whoever runs them (a study's
+    objective keeps one for all its trials; a one-off training uses a fresh one). Entries are
+    keyed by what they are computed from — the data fingerprint, the training posts
+    (``training_digest``), the settings — never by object identity; each kind keeps its ``KEEP``
+    most recently used entries."""
+
+    KEEP = {"tokens": 2, "ngrams": 2, "vocabulary": 8, "fitted": 8}
+
+    def __init__(self):
+        self._entries: dict[str, OrderedDict] = {}
+
+    def get(self, kind: str, key: tuple, compute: Callable[[], object]):
+        """The entry ``key`` of ``kind``, computed by ``compute()`` when absent."""
+        entries = self._entries.setdefault(kind, OrderedDict())
+        if key in entries:
+            entries.move_to_end(key)
+            return entries[key]
+        value = compute()
+        while len(entries) >= self.KEEP.get(kind, 4):
+            entries.popitem(last=False)
+        entries[key] = value
+        return value
+
+    def tokens(self, corpus: Corpus) -> TokenStream:
+        """Every post's tokens, encoded once per data set (the folds of a corpus share its texts)."""
+        def compute() -> TokenStream:
+            stream = split_tokens(corpus.texts)
+            give_back_freed_memory()  # Arrow's split and dictionary encoding: freed, but kept by its allocator
+            return stream
+
+        return self.get("tokens", (corpus.fingerprint,), compute)
+
+    def fitted(self, featurizer: "Featurizer", corpus: Corpus) -> "Featurizer":
+        """``featurizer`` fitted on ``corpus``'s training split (``fit_corpus``), or the equal one
+        fitted on the same posts before."""
+        key = (featurizer.kind, tuple(sorted(featurizer.settings().items())), corpus.fingerprint,
+               training_digest(corpus))
+        return self.get("fitted", key, lambda: featurizer.fit_corpus(corpus, self))
+
+    def clear(self) -> None:
+        """Forget every entry and give its memory back (a one-off training once its inputs are built)."""
+        self._entries.clear()
+        give_back_freed_memory()
+
+
+# ---------------------------------------------------------------------------------------------
+# Featurizers
+
+
+class Featurizer:
+    """Posts → model inputs, fitted on training posts (see the module docstring). A subclass sets
+    ``kind``, ``input_kind`` and ``SETTINGS`` (its constructor's arguments, taken from the trial's
+    parameters) and implements ``fit``, ``transform``, ``input_size``, ``state``, ``from_state``."""
+
+    kind: ClassVar[str]
+    input_kind: ClassVar[str]  # "bags" | "sparse" | "dense": the batches' type, the model's first layer
+    SETTINGS: ClassVar[tuple[str, ...]]
+    encoded_ = None  # every post of the corpus fitted on, as batches (fit_corpus)
+    encoded_on_: str | None = None  # that corpus's fingerprint
+
+    @classmethod
+    def from_params(cls, params: dict) -> "Featurizer":
+        return cls(**{name: params[name] for name in cls.SETTINGS if name in params})
+
+    def settings(self) -> dict:
+        return {name: getattr(self, name) for name in self.SETTINGS}
+
+    def fit(self, texts: list[str]) -> "Featurizer":
+        raise NotImplementedError
+
+    def transform(self, texts: list[str]):
+        """Batches of ``texts`` (already cleaned), without labels."""
+        raise NotImplementedError
+
+    @property
+    def input_size(self) -> int:
+        raise NotImplementedError
+
+    def state(self) -> dict:
+        raise NotImplementedError
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Featurizer":
+        raise NotImplementedError
+
+    def fit_corpus(self, corpus: Corpus, cache: FeatureCache | None = None) -> "Featurizer":
+        """Fit on ``corpus``'s training posts and encode all its posts once (``encoded_``)."""
+        self.fit([corpus.texts[i] for i in corpus.train_idx])
+        self._encoded(self.transform(corpus.texts), corpus)
+        return self
+
+    def _encoded(self, batches, corpus: Corpus) -> None:
+        batches.labels = all_labels(corpus)
+        self.encoded_, self.encoded_on_ = batches, corpus.fingerprint
+
+    def inputs(self, corpus: Corpus, split: str):
+        """The batches of ``corpus``'s ``split`` ("train", "val" or "test"), with their labels, from
+        the posts ``fit_corpus`` encoded (its folds and ``train_and_val`` share them)."""
+        if self.encoded_ is None or self.encoded_on_ != corpus.fingerprint:
+            raise ValueError(f"this {self.kind} featurizer encoded data {self.encoded_on_}, not {corpus.fingerprint}; "
+                             f"expected fit_corpus on that corpus first")
+        return self.encoded_.take(corpus.split_indices(split))
+
+    def forget_encoding(self) -> None:
+        """Drop the encoded posts (their batches are built): ``inputs`` needs ``fit_corpus`` again."""
+        self.encoded_ = self.encoded_on_ = None
+
+
+def vocabulary_of(stream: TokenStream, posts: np.ndarray, min_freq: int) -> list[str]:
+    """Tokens of ``posts`` seen at least ``min_freq`` times, most frequent first; id 0 = unknown."""
     per_post = np.zeros(len(stream.lengths), dtype=bool)
-    per_post[indices] = True
-    return np.repeat(per_post, stream.lengths)
-
-
-@functools.lru_cache(maxsize=8)
-def vocabulary(corpus: Corpus, min_freq: int) -> list[str]:
-    """Training-split tokens seen at least ``min_freq`` times, most frequent first; id 0 = unknown."""
-    stream = token_stream(corpus)
-    train_codes = stream.codes[_split_token_mask(stream, corpus.train_idx)]
-    counts = np.bincount(train_codes, minlength=len(stream.uniques))
+    per_post[posts] = True
+    counts = np.bincount(stream.codes[np.repeat(per_post, stream.lengths)], minlength=len(stream.uniques))
     kept = np.flatnonzero(counts >= min_freq)
     kept = kept[np.lexsort((kept, -counts[kept]))]
     return [UNKNOWN] + stream.uniques[kept].tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+# Dense bags
 
 
 def ids_of(uniques: np.ndarray, vocab: list[str]) -> np.ndarray:
@@ -261,51 +407,63 @@ def bag_arrays(ids: np.ndarray, lengths: np.ndarray, n_vocab: int, word_ngrams: 
     return bags_of(counts, np.maximum(entries, 1))
 
 
-@functools.lru_cache(maxsize=8)
-def _bags(corpus: Corpus, min_freq: int, word_ngrams: int, buckets: int):
-    stream = token_stream(corpus)
-    vocab = vocabulary(corpus, min_freq)
-    return bag_arrays(ids_of(stream.uniques, vocab)[stream.codes], stream.lengths, len(vocab), word_ngrams,
-                      buckets)
+class DenseBags(Featurizer):
+    """Posts → bags of vocabulary ids (tokens seen ``min_freq`` times in training) and, with
+    ``word_ngrams`` > 1, of hashed word n-grams in ``buckets`` extra table rows."""
 
+    kind, input_kind = "dense", "bags"
+    SETTINGS = ("min_freq", "word_ngrams", "buckets")
 
-def table_rows(corpus: Corpus, params: dict) -> int:
-    """Rows of the dense model's embedding table: the vocabulary, plus the n-gram buckets."""
-    extra = params["buckets"] if params.get("word_ngrams", 1) > 1 else 0
-    return len(vocabulary(corpus, params["min_freq"])) + extra
+    def __init__(self, min_freq: int = 1, word_ngrams: int = 1, buckets: int = 1):
+        self.min_freq, self.word_ngrams, self.buckets = min_freq, word_ngrams, buckets
 
+    def fit(self, texts: list[str]) -> "DenseBags":
+        """The vocabulary of ``texts`` (equal counts: first seen first; ``fit_corpus``: first seen in the corpus)."""
+        stream = split_tokens(texts)
+        self.vocabulary_ = vocabulary_of(stream, np.arange(len(texts)), self.min_freq)
+        return self
 
-def bag_split(corpus: Corpus, params: dict, split: str) -> BagBatches:
-    ids, lengths, weights = _bags(corpus, params["min_freq"], params.get("word_ngrams", 1), params["buckets"])
-    indices = corpus.split_indices(split)
-    in_split = np.zeros(len(lengths), dtype=bool)
-    in_split[indices] = True
-    entries = np.repeat(in_split, lengths)
-    return BagBatches(torch.from_numpy(ids[entries]), torch.from_numpy(lengths[indices]),
-                      torch.from_numpy(corpus.labels[indices].astype(np.float32)),
-                      torch.from_numpy(weights[entries]))
+    def fit_corpus(self, corpus: Corpus, cache: FeatureCache | None = None) -> "DenseBags":
+        cache = FeatureCache() if cache is None else cache
+        stream = cache.tokens(corpus)
+        self.vocabulary_ = cache.get("vocabulary", (corpus.fingerprint, training_digest(corpus), self.min_freq),
+                                     lambda: vocabulary_of(stream, corpus.train_idx, self.min_freq))
+        self._encoded(self._bags(stream), corpus)
+        return self
 
+    def transform(self, texts: list[str]) -> BagBatches:
+        return self._bags(split_tokens(texts))
 
-def encode_texts(texts: list[str], state: dict) -> BagBatches:
-    """Encode already-cleaned texts with a saved vocabulary and n-gram settings (prediction time)."""
-    stream = split_tokens(texts)
-    vocab = state["vocabulary"]
-    ids = ids_of(stream.uniques, vocab)[stream.codes]
-    bags = bag_arrays(ids, stream.lengths, len(vocab), state.get("word_ngrams", 1), state.get("buckets", 1))
-    labels = torch.zeros((len(texts), 0))
-    return BagBatches(*(torch.from_numpy(a) for a in bags[:2]), labels, torch.from_numpy(bags[2]))
+    def _bags(self, stream: TokenStream) -> BagBatches:
+        ids = ids_of(stream.uniques, self.vocabulary_)[stream.codes]
+        tokens, lengths, weights = bag_arrays(ids, stream.lengths, len(self.vocabulary_), self.word_ngrams,
+                                              self.buckets)
+        return BagBatches(torch.from_numpy(tokens), torch.from_numpy(lengths), no_labels(len(lengths)),
+                          torch.from_numpy(weights))
+
+    @property
+    def input_size(self) -> int:
+        """Rows of the embedding table: the vocabulary, plus the n-gram buckets."""
+        return len(self.vocabulary_) + (self.buckets if self.word_ngrams > 1 else 0)
+
+    def state(self) -> dict:
+        return {"kind": self.kind, **self.settings(), "vocabulary": self.vocabulary_}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "DenseBags":
+        featurizer = cls(state.get("min_freq", 1), state.get("word_ngrams", 1), state.get("buckets", 1))
+        featurizer.vocabulary_ = state["vocabulary"]
+        return featurizer
 
 
 # ---------------------------------------------------------------------------------------------
-# TF-IDF model: n-gram counts from the token stream, then scikit-learn's TfidfTransformer
+# TF-IDF: n-gram counts from the token stream, then scikit-learn's TfidfTransformer
 
 
-@per_texts
-def ngram_counts(corpus: Corpus, ngram_max: int) -> tuple[sp.csr_matrix, np.ndarray]:
-    """Posts × n-grams (1..``ngram_max`` tokens) count matrix over every n-gram of the corpus, and
-    the n-grams' strings (tokens joined by a space, as scikit-learn's analyzer writes them). Built
-    from integer codes of the token stream, so the text is never tokenised again."""
-    stream = token_stream(corpus)
+def ngram_counts(stream: TokenStream, ngram_max: int) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Posts × n-grams (1..``ngram_max`` tokens) count matrix over every n-gram of the stream, and
+    the n-grams' keys (``ngram_strings`` spells them). Built from the stream's integer codes, so
+    the text is never tokenised again."""
     n_codes = np.int64(len(stream.uniques) + 1)
     post = np.repeat(np.arange(len(stream.lengths)), stream.lengths)
     posts, keys, key = [post], [stream.codes], stream.codes.copy()
@@ -323,12 +481,12 @@ def ngram_counts(corpus: Corpus, ngram_max: int) -> tuple[sp.csr_matrix, np.ndar
     return counts, uniques
 
 
-def ngram_strings(corpus: Corpus, ngram_max: int, columns: np.ndarray) -> list[str]:
-    """The strings of the n-gram ``columns`` of ``ngram_counts``."""
-    stream, (_, uniques) = token_stream(corpus), ngram_counts(corpus, ngram_max)
+def ngram_strings(stream: TokenStream, ngram_max: int, keys: np.ndarray) -> list[str]:
+    """The n-grams ``keys`` of ``ngram_counts`` as strings (tokens joined by a space, as
+    scikit-learn's analyzer writes them)."""
     n_codes = np.int64(len(stream.uniques) + 1)
     strings = []
-    for key in uniques[columns].tolist():
+    for key in keys.tolist():
         order = 1
         while order < ngram_max and key >= n_codes ** (order + 1):
             order += 1
@@ -341,43 +499,69 @@ def ngram_strings(corpus: Corpus, ngram_max: int, columns: np.ndarray) -> list[s
     return strings
 
 
-@dataclass
-class Tfidf:
-    """A fitted TF-IDF representation: the n-gram strings (column order), the fitted
-    ``TfidfTransformer`` and the transformed matrix of every post."""
+class TfidfFeatures(Featurizer):
+    """Posts → TF-IDF rows, fitted on training posts as ``TfidfVectorizer(ngram_range=(1,
+    ngram_max), min_df, max_features (0 = all), sublinear_tf)`` would fit it: n-grams seen in at
+    least ``min_df`` training posts, the ``max_features`` most frequent of them; smoothed idf,
+    unit rows."""
 
-    vocabulary: list[str]
-    transformer: TfidfTransformer
-    matrix: sp.csr_matrix
+    kind, input_kind = "tfidf", "sparse"
+    SETTINGS = ("max_features", "min_df", "ngram_max", "sublinear_tf")
 
-    def state(self, settings: dict) -> dict:
-        return {"kind": "tfidf", **settings, "norm": "l2", "vocabulary": self.vocabulary,
-                "idf": [float(v) for v in self.transformer.idf_]}
+    def __init__(self, max_features: int = 0, min_df: int = 1, ngram_max: int = 1, sublinear_tf: bool = False):
+        self.max_features, self.min_df = max_features, min_df
+        self.ngram_max, self.sublinear_tf = ngram_max, sublinear_tf
 
+    def fit(self, texts: list[str]) -> "TfidfFeatures":
+        stream = split_tokens(texts)
+        self._fit(stream, *ngram_counts(stream, self.ngram_max), np.arange(len(texts)))
+        return self
 
-def tfidf_settings(params: dict) -> dict:
-    return {k: params[k] for k in ("max_features", "min_df", "ngram_max", "sublinear_tf")}
+    def fit_corpus(self, corpus: Corpus, cache: FeatureCache | None = None) -> "TfidfFeatures":
+        cache = FeatureCache() if cache is None else cache
+        stream = cache.tokens(corpus)
+        counts, keys = cache.get("ngrams", (corpus.fingerprint, self.ngram_max),
+                                 lambda: ngram_counts(stream, self.ngram_max))
+        self._encoded(CsrBatches(self._fit(stream, counts, keys, corpus.train_idx), no_labels(len(corpus.texts))),
+                      corpus)
+        return self
 
+    def _fit(self, stream: TokenStream, counts: sp.csr_matrix, keys: np.ndarray, train: np.ndarray) -> sp.csr_matrix:
+        """Fit on the ``train`` rows of ``counts``; returns every row transformed."""
+        train_counts = counts[train]
+        df = np.bincount(train_counts.indices, minlength=counts.shape[1])
+        kept = np.flatnonzero(df >= self.min_df)
+        if self.max_features and len(kept) > self.max_features:
+            frequency = np.asarray(train_counts[:, kept].sum(axis=0)).ravel()
+            kept = np.sort(kept[np.argsort(-frequency, kind="stable")[:self.max_features]])
+        counts = counts[:, kept]
+        transformer = TfidfTransformer(sublinear_tf=self.sublinear_tf).fit(counts[train])
+        self.vocabulary_, self.idf_ = ngram_strings(stream, self.ngram_max, keys[kept]), transformer.idf_
+        self._vectorizer = None
+        return transformer.transform(counts).tocsr()
 
-@functools.lru_cache(maxsize=4)
-def fitted_tfidf(corpus: Corpus, max_features: int, min_df: int, ngram_max: int, sublinear_tf: bool) -> Tfidf:
-    """TF-IDF fitted on the training split as ``TfidfVectorizer(ngram_range=(1, ngram_max),
-    min_df, max_features (0 = all), sublinear_tf)`` would fit it: n-grams seen in at least
-    ``min_df`` training posts, the ``max_features`` most frequent of them; smoothed idf, unit rows."""
-    counts, _ = ngram_counts(corpus, ngram_max)
-    train = counts[corpus.train_idx]
-    df = np.bincount(train.indices, minlength=counts.shape[1])
-    kept = np.flatnonzero(df >= min_df)
-    if max_features and len(kept) > max_features:
-        frequency = np.asarray(train[:, kept].sum(axis=0)).ravel()
-        kept = np.sort(kept[np.argsort(-frequency, kind="stable")[:max_features]])
-    counts = counts[:, kept]
-    transformer = TfidfTransformer(sublinear_tf=sublinear_tf).fit(counts[corpus.train_idx])
-    return Tfidf(ngram_strings(corpus, ngram_max, kept), transformer, transformer.transform(counts).tocsr())
+    def transform(self, texts: list[str]) -> CsrBatches:
+        if getattr(self, "_vectorizer", None) is None:
+            self._vectorizer = rebuilt_vectorizer(self.state())
+        return CsrBatches(self._vectorizer.transform(texts).tocsr(), no_labels(len(texts)))
+
+    @property
+    def input_size(self) -> int:
+        return len(self.vocabulary_)
+
+    def state(self) -> dict:
+        return {"kind": self.kind, **self.settings(), "norm": "l2", "vocabulary": self.vocabulary_,
+                "idf": [float(v) for v in self.idf_]}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "TfidfFeatures":
+        featurizer = cls(**{name: state[name] for name in cls.SETTINGS})
+        featurizer.vocabulary_, featurizer.idf_ = state["vocabulary"], np.asarray(state["idf"], dtype=np.float64)
+        return featurizer
 
 
 def rebuilt_vectorizer(state: dict) -> TfidfVectorizer:
-    """The training-time TF-IDF rebuilt from saved state (``Tfidf.state``), without refitting."""
+    """The training-time TF-IDF rebuilt from saved state (``TfidfFeatures.state``), without refitting."""
     vectorizer = TfidfVectorizer(lowercase=False, token_pattern=r"\S+", ngram_range=(1, state["ngram_max"]),
                                  sublinear_tf=state["sublinear_tf"], vocabulary=state["vocabulary"],
                                  dtype=np.float32)
@@ -385,44 +569,29 @@ def rebuilt_vectorizer(state: dict) -> TfidfVectorizer:
     return vectorizer
 
 
-def csr_split(corpus: Corpus, params: dict, split: str) -> CsrBatches:
-    matrix = fitted_tfidf(corpus, **tfidf_settings(params)).matrix
-    indices = corpus.split_indices(split)
-    return CsrBatches(matrix[indices], torch.from_numpy(corpus.labels[indices].astype(np.float32)))
+# ---------------------------------------------------------------------------------------------
+# Registry
 
 
-def model_inputs(corpus: Corpus, params: dict, split: str):
-    """The batches for ``split`` in the representation ``params['model']`` needs."""
-    if params["model"] == "dense":
-        return bag_split(corpus, params, split)
-    return csr_split(corpus, params, split)
+FEATURIZERS: dict[str, type[Featurizer]] = {"dense": DenseBags, "tfidf": TfidfFeatures}
 
 
-def input_size(corpus: Corpus, params: dict) -> int:
-    """Rows of the embedding table (dense) or number of TF-IDF features (tfidf)."""
-    if params["model"] == "dense":
-        return table_rows(corpus, params)
-    return len(fitted_tfidf(corpus, **tfidf_settings(params)).vocabulary)
+def featurizer_class(kind: str) -> type[Featurizer]:
+    try:
+        return FEATURIZERS[kind]
+    except KeyError:
+        raise UserError(f"unknown features kind {kind!r}; expected one of {', '.join(FEATURIZERS)}") from None
 
 
-def preprocessing_state(corpus: Corpus, params: dict) -> dict:
-    """What turns cleaned text into model inputs, as JSON-able data (fitted on the training split)."""
-    if params["model"] == "dense":
-        return {"kind": "dense", "min_freq": params["min_freq"], "word_ngrams": params.get("word_ngrams", 1),
-                "buckets": params["buckets"], "vocabulary": vocabulary(corpus, params["min_freq"])}
-    return fitted_tfidf(corpus, **tfidf_settings(params)).state(tfidf_settings(params))
+def featurizer_for(params: dict) -> Featurizer:
+    """The (unfitted) featurizer of ``params["model"]``, with its settings from ``params``."""
+    return featurizer_class(params["model"]).from_params(params)
 
 
-def text_inputs(state: dict, texts: list[str]):
-    """Batches for already-cleaned ``texts`` in the representation a saved model takes."""
-    if state["kind"] == "dense":
-        return encode_texts(texts, state)
-    return CsrBatches(rebuilt_vectorizer(state).transform(texts).tocsr(), torch.zeros((len(texts), 0)))
-
-
-def clear_caches() -> None:
-    """Forget every cached feature (token streams, vocabularies, bags, n-gram counts, fitted TF-IDF)
-    and give their memory back: for a one-off training once its inputs are built."""
-    for cached in (token_stream, vocabulary, _bags, ngram_counts, fitted_tfidf):
-        cached.cache_clear()
-    give_back_freed_memory()
+def featurizer_from_state(state: dict) -> Featurizer:
+    """The fitted featurizer ``Featurizer.state`` saved (``preprocessing.json``)."""
+    try:
+        return featurizer_class(state.get("kind")).from_state(state)
+    except KeyError as missing:
+        raise UserError(f"saved {state.get('kind')} features lack {missing}; expected a preprocessing.json written "
+                        f"by 'tagsearch retrain'") from None

@@ -19,6 +19,9 @@ all use this one rule (``choose_thresholds``).
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import numpy as np
 from sklearn.metrics import f1_score, hamming_loss, precision_recall_fscore_support
 
@@ -29,6 +32,11 @@ CROSS_FIT_SEED = 0
 HOW_FITTED = ("variants fixed (the threshold parameter), global and per-tag (fitted on validation for the "
               "metric); chosen by the metric cross-fitted on two halves of validation (thresholds fitted on "
               "one half, scored on the other); final thresholds fitted on all of validation")
+
+
+def val_key(metric: str) -> str:
+    """A validation figure's name in epoch records, trial attributes and JSON: ``val_<metric>``."""
+    return f"val_{metric}"
 
 
 def summary(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
@@ -148,14 +156,30 @@ def cross_fitted(y_true: np.ndarray, probs: np.ndarray, metric: str, variant: st
     return pred
 
 
-def choose_thresholds(y_true: np.ndarray, probs: np.ndarray, metric: str, fixed: float = 0.5) -> dict:
-    """The threshold rule shared by the search, ``retrain`` and ``compare``.
+@dataclass(frozen=True)
+class ThresholdChoice:
+    """What ``choose_thresholds`` chose for ``metric``: the ``chosen`` variant, its cross-fitted
+    validation ``value`` (the honest one), its ``thresholds`` fitted on all of validation; every
+    variant's cross-fitted score (``scores``) and thresholds (``all_thresholds``); the three
+    metrics (``summary``) and the per-tag F1 of the chosen variant's cross-fitted predictions."""
 
-    Returns ``{"chosen", "value", "thresholds", "scores", "all_thresholds", "summary", "per_tag_f1"}``:
-    the variant with the best cross-fitted validation ``metric``, that score (the honest validation
-    value), its thresholds fitted on all of ``probs``, every variant's cross-fitted score and
-    thresholds, and the three metrics and the per-tag F1 of the chosen variant's cross-fitted
-    predictions."""
+    metric: str
+    chosen: str
+    value: float
+    thresholds: list[float]
+    scores: dict[str, float]
+    all_thresholds: dict[str, list[float]]
+    summary: dict[str, float]
+    per_tag_f1: list[float]
+
+    def val_figures(self, digits: int | None = None) -> dict[str, float]:
+        """``{"val_hamming_loss": ..., "val_micro_f1": ..., "val_macro_f1": ...}``, rounded to ``digits``."""
+        return {val_key(k): v if digits is None else round(v, digits) for k, v in self.summary.items()}
+
+
+def choose_thresholds(y_true: np.ndarray, probs: np.ndarray, metric: str, fixed: float = 0.5) -> ThresholdChoice:
+    """The threshold rule shared by the search, ``retrain`` and ``compare``: the variant with the
+    best cross-fitted validation ``metric`` (see ``ThresholdChoice``)."""
     y_true = np.asarray(y_true, dtype=np.uint8)
     predictions = {v: cross_fitted(y_true, probs, metric, v, fixed) for v in VARIANTS}
     summaries = {v: summary(y_true, p) for v, p in predictions.items()}
@@ -166,16 +190,32 @@ def choose_thresholds(y_true: np.ndarray, probs: np.ndarray, metric: str, fixed:
     thresholds = {v: [round(float(t), 6) for t in fit_thresholds(y_true, probs, metric, v, fixed)]
                   for v in VARIANTS}
     per_tag_f1 = f1_score(y_true, predictions[chosen], average=None, zero_division=0)
-    return {"chosen": chosen, "value": summaries[chosen][metric], "thresholds": thresholds[chosen],
-            "scores": {v: s[metric] for v, s in summaries.items()}, "all_thresholds": thresholds,
-            "summary": summaries[chosen], "per_tag_f1": [round(float(f), 4) for f in per_tag_f1]}
+    return ThresholdChoice(metric=metric, chosen=chosen, value=summaries[chosen][metric],
+                           thresholds=thresholds[chosen], scores={v: s[metric] for v, s in summaries.items()},
+                           all_thresholds=thresholds, summary=summaries[chosen],
+                           per_tag_f1=[round(float(f), 4) for f in per_tag_f1])
 
 
-def threshold_variants(y_val, p_val, y_test, p_test, tags: list[str], metric: str, fixed: float = 0.5):
+@dataclass(frozen=True)
+class VariantFigures:
+    """One threshold variant: its thresholds, its cross-fitted validation value, and ``report``'s
+    figures on validation and on test."""
+
+    thresholds: list[float]
+    cross_fitted_validation: float
+    validation: dict
+    test: dict
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def threshold_variants(y_val, p_val, y_test, p_test, tags: list[str], metric: str,
+                       fixed: float = 0.5) -> tuple[dict[str, VariantFigures], ThresholdChoice]:
     """Validation and test figures of every threshold variant, and the choice made on validation
     alone (``choose_thresholds``). The test figures are reported, never used to choose."""
     choice = choose_thresholds(y_val, p_val, metric, fixed)
-    variants = {v: {"thresholds": th, "cross_fitted_validation": choice["scores"][v],
-                    "validation": report(y_val, p_val, th, tags), "test": report(y_test, p_test, th, tags)}
-                for v, th in choice["all_thresholds"].items()}
+    variants = {v: VariantFigures(th, choice.scores[v], report(y_val, p_val, th, tags),
+                                  report(y_test, p_test, th, tags))
+                for v, th in choice.all_thresholds.items()}
     return variants, choice

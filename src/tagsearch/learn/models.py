@@ -1,9 +1,12 @@
-"""The two taggers. Both end in the same MLP head (0, 1 or 2 hidden blocks) and output one logit per tag.
+"""The taggers, one per kind of input a featurizer gives (``features.Featurizer.input_kind``). All
+end in the same MLP head (0, 1 or 2 hidden blocks) and output one logit per tag.
 
-- ``DenseTagger``: a weighted bag sum over an ``EmbeddingBag`` table of the vocabulary and, with
-  ``word_ngrams`` > 1, hashed word n-gram buckets (fastText's trick) → head.
-- ``TfidfTagger``: the head applied straight to a sparse CSR batch of TF-IDF rows (its first layer,
-  ``SparseLinear``, multiplies sparse × dense, so the corpus is never densified).
+- ``DenseTagger`` (``"bags"``): a weighted bag sum over an ``EmbeddingBag`` table of the vocabulary
+  and, with ``word_ngrams`` > 1, hashed word n-gram buckets (fastText's trick) → head.
+- ``TfidfTagger`` (``"sparse"``): the head applied straight to a sparse CSR batch of rows such as
+  TF-IDF's (its first layer, ``SparseLinear``, multiplies sparse × dense, so the corpus is never
+  densified).
+- ``VectorTagger`` (``"dense"``): the head applied to dense float rows (e.g. sentence embeddings).
 
 Probabilities are ``sigmoid(logits)``; a tag is predicted when its probability ≥ threshold.
 
@@ -168,7 +171,7 @@ class MLPHead(nn.Module):
 class DenseTagger(nn.Module):
     """Weighted bag sum over the vocabulary (and hashed word n-grams) → head."""
 
-    kind = "dense"
+    input_kind = "bags"
 
     def __init__(self, n_rows: int, params: dict, n_tags: int):
         super().__init__()
@@ -181,7 +184,9 @@ class DenseTagger(nn.Module):
 
 
 class TfidfTagger(nn.Module):
-    kind = "tfidf"
+    """The head over sparse CSR rows (``CsrBatches``)."""
+
+    input_kind = "sparse"
 
     def __init__(self, n_features: int, params: dict, n_tags: int):
         super().__init__()
@@ -191,17 +196,30 @@ class TfidfTagger(nn.Module):
         return self.head(rows)
 
 
-def build_model(params: dict, input_size: int, n_tags: int) -> nn.Module:
-    """The model ``params['model']`` names, seeded by ``params['seed']``. ``input_size``: rows of
-    the embedding table (dense) or TF-IDF features (tfidf). Parameters saved before hidden_layers
-    existed had two blocks."""
+class VectorTagger(nn.Module):
+    """The head over dense float rows (``DenseBatches``)."""
+
+    input_kind = "dense"
+
+    def __init__(self, n_features: int, params: dict, n_tags: int):
+        super().__init__()
+        self.head = MLPHead(n_features, params, n_tags)
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.head(rows)
+
+
+TAGGERS = {tagger.input_kind: tagger for tagger in (DenseTagger, TfidfTagger, VectorTagger)}
+
+
+def build_model(params: dict, input_size: int, n_tags: int, input_kind: str) -> nn.Module:
+    """The tagger for a featurizer's ``input_kind`` ("bags", "sparse", "dense") and ``input_size``
+    (rows of the embedding table, or the width of a row), seeded by ``params['seed']``. Parameters
+    saved before hidden_layers existed had two blocks."""
+    if input_kind not in TAGGERS:
+        raise ValueError(f"input_kind must be one of {', '.join(TAGGERS)}, got {input_kind!r}")
     torch.manual_seed(params["seed"])
-    params = {"hidden_layers": 2, **params}
-    if params["model"] == "dense":
-        return DenseTagger(input_size, params, n_tags)
-    if params["model"] == "tfidf":
-        return TfidfTagger(input_size, params, n_tags)
-    raise ValueError(f"model must be 'dense' or 'tfidf', got {params['model']!r}")
+    return TAGGERS[input_kind](input_size, {"hidden_layers": 2, **params}, n_tags)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -3,8 +3,9 @@ row-sparse gradients of the embedding table and of TF-IDF's first layer), clippi
 stopping on the study's validation metric (Hamming loss by default), and a per-epoch hook for the
 search layer.
 
-``build`` makes the model and its inputs, ``fit`` trains them; ``train_config`` is both in one call
-(``tagsearch train``, ``retrain``).
+``build`` fits the parameters' featurizer and makes the model and its inputs, ``fit`` trains them;
+``train_config`` is both in one call (``tagsearch train``, ``retrain``). Each epoch leaves an
+``EpochRecord``; ``summary_record`` is the JSON ``tagsearch train --json`` prints.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -22,6 +23,8 @@ from torch.optim.adam import adam as adam_update  # Adam's functional form (the 
 from tagsearch.learn import features
 from tagsearch.learn import metrics
 from tagsearch.data.corpus import Corpus
+from tagsearch.learn.features import FeatureCache, Featurizer
+from tagsearch.learn.metrics import ThresholdChoice, val_key
 from tagsearch.learn.models import SparseLinear, build_model, count_parameters
 
 EVAL_BATCH = 4096
@@ -259,28 +262,59 @@ def predict_proba(model: nn.Module, data) -> np.ndarray:
 
 
 @dataclass
+class EpochRecord:
+    """One epoch: the mean training loss and its seconds; when validating, the validation loss,
+    the three metrics at the thresholds chosen this epoch (``val``, cross-fitted), that variant's
+    name (``thresholds``) and the best epoch and value so far."""
+
+    epoch: int
+    train_loss: float
+    seconds: float = 0.0
+    val_loss: float | None = None
+    val: dict[str, float] | None = None  # metric name -> cross-fitted value
+    thresholds: str | None = None
+    best_epoch: int | None = None
+    best_value: float | None = None
+
+    def value(self, metric: str) -> float:
+        """This epoch's validation ``metric``."""
+        return self.val[metric]
+
+    def to_json(self) -> dict:
+        """``{"epoch", "train_loss", "val_<metric>"..., "val_loss", "thresholds", "best_epoch",
+        "best_value", "seconds"}`` (metrics.json's training history)."""
+        record = {"epoch": self.epoch, "train_loss": self.train_loss}
+        if self.val is not None:
+            record.update({val_key(k): v for k, v in self.val.items()}, val_loss=self.val_loss,
+                          thresholds=self.thresholds, best_epoch=self.best_epoch, best_value=self.best_value)
+        record["seconds"] = self.seconds
+        return record
+
+
+@dataclass
 class TrainResult:
     model: nn.Module  # the first (usually only) model, with its best epoch's weights
     metric: str = "hamming_loss"
-    history: list[dict] = field(default_factory=list)
+    history: list[EpochRecord] = field(default_factory=list)
     best_epoch: int = 0
     best_value: float = float("nan")
-    thresholds: dict | None = None  # metrics.choose_thresholds at the best epoch
+    thresholds: ThresholdChoice | None = None  # at the best epoch
     val_labels: np.ndarray | None = None  # the validation posts at the best epoch (all folds pooled)
     val_probs: np.ndarray | None = None
     stopped_early: bool = False
     models: list[nn.Module] = field(default_factory=list)
+    featurizers: list[Featurizer] = field(default_factory=list)  # each model's, fitted (train_config)
 
     @property
     def epochs_run(self) -> int:
         return len(self.history)
 
     @property
-    def best(self) -> dict:
+    def best(self) -> EpochRecord:
         return self.history[self.best_epoch - 1]
 
 
-EpochHook = Callable[[int, dict], None]
+EpochHook = Callable[[int, EpochRecord], None]
 
 
 @dataclass
@@ -337,29 +371,29 @@ def fit(model, train_data, val_data, params: dict, *, max_epochs: int, patience:
 
 def fit_folds(folds: list[tuple], params: dict, *, max_epochs: int, patience: int | None,
               metric: str = "hamming_loss", on_epoch: EpochHook | None = None) -> TrainResult:
-    """``fit`` for one or more ``(model, train_data, val_data)``: cross-validation folds train in
+    """``fit`` for one or more ``(model, train_data, val_data)`` (or ``Built``): cross-validation folds train in
     lockstep, and each epoch their validation predictions are pooled — every post predicted by the
     model that did not train on it — and scored once, so the metric, early stopping and the pruner
     see all folds' posts."""
-    runs = [Trainee.start(model, train_data, val_data, params) for model, train_data, val_data in folds]
+    runs = [Trainee.start(model, train_data, val_data, params) for model, train_data, val_data, *_ in folds]
     validating = all(run.val_data is not None for run in runs)
-    result = TrainResult(runs[0].model, metric, best_value=metrics.worst(metric), models=[r.model for r in runs])
+    result = TrainResult(runs[0].model, metric, best_value=metrics.worst(metric), models=[r.model for r in runs],
+                         featurizers=[fold.featurizer for fold in folds if isinstance(fold, Built)])
     best_states = None
     for epoch in range(1, max_epochs + 1):
         start = time.perf_counter()
-        record = {"epoch": epoch, "train_loss": float(np.mean([run.epoch(params) for run in runs]))}
+        record = EpochRecord(epoch, float(np.mean([run.epoch(params) for run in runs])))
         if validating:
             losses, labels, probs = zip(*(run.validate() for run in runs))
             labels, probs = np.concatenate(labels), np.concatenate(probs)
             choice = metrics.choose_thresholds(labels, probs, metric, params["threshold"])
-            record.update({f"val_{k}": v for k, v in choice["summary"].items()}, val_loss=float(np.mean(losses)),
-                          thresholds=choice["chosen"])
-            if metrics.better(metric, choice["value"], result.best_value):
-                result.best_epoch, result.best_value, result.thresholds = epoch, choice["value"], choice
+            if metrics.better(metric, choice.value, result.best_value):
+                result.best_epoch, result.best_value, result.thresholds = epoch, choice.value, choice
                 result.val_labels, result.val_probs = labels, probs
                 best_states = [kept(r.model, old) for r, old in zip(runs, best_states or [None] * len(runs))]
-            record.update(best_epoch=result.best_epoch, best_value=result.best_value)
-        record["seconds"] = time.perf_counter() - start
+            record.val_loss, record.val, record.thresholds = float(np.mean(losses)), choice.summary, choice.chosen
+            record.best_epoch, record.best_value = result.best_epoch, result.best_value
+        record.seconds = time.perf_counter() - start
         result.history.append(record)
         if on_epoch is not None:
             on_epoch(epoch, record)
@@ -374,30 +408,47 @@ def fit_folds(folds: list[tuple], params: dict, *, max_epochs: int, patience: in
     return result
 
 
-def build(corpus: Corpus, params: dict, device: str | torch.device = "cpu"):
-    """The model for ``params`` and its training and validation inputs, on ``device``."""
+class Built(NamedTuple):
+    """A model ready to train: its training and validation batches, and the featurizer that made them."""
+
+    model: nn.Module
+    train_data: object
+    val_data: object
+    featurizer: Featurizer
+
+
+def build(corpus: Corpus, params: dict, device: str | torch.device = "cpu", cache: FeatureCache | None = None) -> Built:
+    """The model for ``params`` and its training and validation inputs, on ``device``: the
+    parameters' featurizer fitted on ``corpus``'s training split (through ``cache`` when given: a
+    study's trials share it), the model's first layer as the featurizer's ``input_kind`` needs."""
     device = pick_device(device) if isinstance(device, str) else device
-    train_data = features.model_inputs(corpus, params, "train").to(device)
-    val_data = features.model_inputs(corpus, params, "val").to(device)
-    model = build_model(params, features.input_size(corpus, params), len(corpus.tag_names)).to(device)
-    return model, train_data, val_data
+    featurizer = (FeatureCache() if cache is None else cache).fitted(features.featurizer_for(params), corpus)
+    train_data = featurizer.inputs(corpus, "train").to(device)
+    val_data = featurizer.inputs(corpus, "val").to(device)
+    model = build_model(params, featurizer.input_size, len(corpus.tag_names), featurizer.input_kind).to(device)
+    return Built(model, train_data, val_data, featurizer)
 
 
 def train_config(corpus: Corpus | list[Corpus], params: dict, *, max_epochs: int, patience: int | None,
                  device: str = "auto", metric: str = "hamming_loss", on_epoch: EpochHook | None = None,
-                 keep_features: bool = True) -> TrainResult:
+                 keep_features: bool = True, cache: FeatureCache | None = None) -> TrainResult:
     """Build inputs and model for ``params`` and train them (``tagsearch train``, ``retrain``); a list
-    of corpora (``data.cv_folds``) trains one model per fold, in lockstep. ``keep_features=False``
-    drops the feature caches once the inputs are built (a one-off training: less peak memory)."""
-    folds = [build(fold, params, device) for fold in (corpus if isinstance(corpus, list) else [corpus])]
+    of corpora (``data.cv_folds``) trains one model per fold, in lockstep, sharing ``cache`` (a fresh
+    one by default). The result's ``featurizers`` keep every post encoded (``inputs(corpus, "test")``)
+    unless ``keep_features=False``, which drops that and the cache once the inputs are built (a
+    one-off training: less peak memory)."""
+    cache = FeatureCache() if cache is None else cache
+    folds = [build(fold, params, device, cache) for fold in (corpus if isinstance(corpus, list) else [corpus])]
     if not keep_features:
-        features.clear_caches()
+        for fold in folds:
+            fold.featurizer.forget_encoding()
+        cache.clear()
     return fit_folds(folds, params, max_epochs=max_epochs, patience=patience, metric=metric, on_epoch=on_epoch)
 
 
 def summary_record(result: TrainResult, corpus: Corpus, params: dict) -> dict:
     """The JSON-able record ``tagsearch train --json`` prints."""
-    best, metric = result.best, result.metric
+    best, metric, history = result.best, result.metric, result.history
     return {
         "model": params["model"],
         "params": params,
@@ -405,16 +456,16 @@ def summary_record(result: TrainResult, corpus: Corpus, params: dict) -> dict:
         "epochs_run": result.epochs_run,
         "best_epoch": result.best_epoch,
         "stopped_early": result.stopped_early,
-        "epoch_seconds": [round(r["seconds"], 4) for r in result.history],
-        "train_loss": [r["train_loss"] for r in result.history],
-        "val_loss": [r["val_loss"] for r in result.history],
-        f"val_{metric}": [r[f"val_{metric}"] for r in result.history],
-        "val_hamming_loss": [r["val_hamming_loss"] for r in result.history],
-        f"best_val_{metric}": result.best_value,
-        "best_val_hamming_loss": best["val_hamming_loss"],
-        "val_micro_f1": best["val_micro_f1"],
-        "val_macro_f1": best["val_macro_f1"],
-        "thresholds": result.thresholds["chosen"],
+        "epoch_seconds": [round(r.seconds, 4) for r in history],
+        "train_loss": [r.train_loss for r in history],
+        "val_loss": [r.val_loss for r in history],
+        val_key(metric): [r.value(metric) for r in history],
+        "val_hamming_loss": [r.value("hamming_loss") for r in history],
+        f"best_{val_key(metric)}": result.best_value,
+        "best_val_hamming_loss": best.value("hamming_loss"),
+        "val_micro_f1": best.value("micro_f1"),
+        "val_macro_f1": best.value("macro_f1"),
+        "thresholds": result.thresholds.chosen,
         "parameters": count_parameters(result.model),
         "train_posts": len(corpus.train_idx),
         "val_posts": len(corpus.val_idx),

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tagsearch.learn import features
 from tagsearch.learn import metrics
+from tagsearch.learn.features import FeatureCache, TfidfFeatures
 from tagsearch.results import folder as results
 from tagsearch.data.corpus import DataConfig, cv_folds, load_corpus, train_and_val
 from tagsearch.errors import UserError
@@ -94,16 +95,38 @@ def data_label(config: dict) -> str:
     return f"{Path(config['data']['path']).name} [{config['fingerprint'][:8]}]"
 
 
-def result_row(entry: dict) -> list:
+@dataclass(frozen=True)
+class Row:
+    """One line of the table, as numbers; ``cells`` formats it."""
+
+    name: str
+    model: str
+    data: str
+    metric: str
+    validation: float  # the study's metric on validation, cross-fitted: what picks the winner
+    thresholds: str
+    test_hamming_loss: float
+    test_micro_f1: float
+    test_macro_f1: float
+    parameters: int
+    seconds: float
+    params: str
+
+    def cells(self) -> list[str]:
+        return [self.name, self.model, self.data, self.metric, f"{self.validation:.4f}",
+                self.thresholds.replace("_", "-"), f"{self.test_hamming_loss:.4f}", f"{self.test_micro_f1:.4f}",
+                f"{self.test_macro_f1:.4f}", f"{self.parameters:,}", f"{self.seconds:.1f}", self.params]
+
+
+def result_row(entry: dict) -> Row:
     config, figures = entry["config"], entry["metrics"]
-    return [entry["folder"].name, config["model"], data_label(config), figures["metric"],
-            f"{figures['validation_value']:.4f}", config["threshold_choice"].replace("_", "-"),
-            f"{figures['test_hamming_loss']:.4f}", f"{figures['test_micro_f1']:.4f}",
-            f"{figures['test_macro_f1']:.4f}", f"{config['parameters']:,}", f"{config['train_seconds']:.1f}",
-            format_params(config["params"]) + (", refit" if config.get("refit") else "")]
+    return Row(entry["folder"].name, config["model"], data_label(config), figures["metric"],
+               figures["validation_value"], config["threshold_choice"], figures["test_hamming_loss"],
+               figures["test_micro_f1"], figures["test_macro_f1"], config["parameters"], config["train_seconds"],
+               format_params(config["params"]) + (", refit" if config.get("refit") else ""))
 
 
-def baseline_row(config: dict, metric: str, refit: bool, folds: int, notes: list[str]) -> list | None:
+def baseline_row(config: dict, metric: str, refit: bool, folds: int, notes: list[str]) -> Row | None:
     """The baseline on the data ``config`` was trained on, or None (with a note) if that data is gone."""
     data = config["data"]
     try:
@@ -116,11 +139,10 @@ def baseline_row(config: dict, metric: str, refit: bool, folds: int, notes: list
                      f"{corpus.fingerprint} (the file changed since the retrain)")
         return None
     log(f"fitting the baseline on {corpus.source} ({len(corpus.train_idx)} training posts) ...")
-    figures = fit_baseline(corpus, metric, refit, folds)
-    return [BASELINE_NAME, "linear", data_label(config), metric, f"{figures['validation_value']:.4f}",
-            figures["chosen"].replace("_", "-"), f"{figures['hamming_loss']:.4f}", f"{figures['micro_f1']:.4f}",
-            f"{figures['macro_f1']:.4f}", f"{figures['parameters']:,}", f"{figures['seconds']:.1f}",
-            f"C={figures['C']:g}" + (", refit" if refit else "")]
+    base = fit_baseline(corpus, metric, refit, folds)
+    return Row(BASELINE_NAME, "linear", data_label(config), metric, base.validation_value, base.chosen,
+               base.hamming_loss, base.micro_f1, base.macro_f1, base.parameters, base.seconds,
+               f"C={base.C:g}" + (", refit" if refit else ""))
 
 
 def logistic_regression(matrix, labels, C: float):
@@ -135,66 +157,81 @@ def logistic_regression(matrix, labels, C: float):
         return classifier.fit(matrix, labels)
 
 
-def fit_baseline(corpus, metric: str, refit: bool = False, folds: int | str = "auto") -> dict:
+@dataclass(frozen=True)
+class Baseline:
+    """The tuned baseline: its threshold variant and cross-fitted validation value, its C, its test
+    figures (at the chosen thresholds), its parameters and the seconds it took."""
+
+    chosen: str
+    validation_value: float
+    C: float
+    hamming_loss: float
+    micro_f1: float
+    macro_f1: float
+    parameters: int
+    seconds: float
+
+
+def fit_baseline(corpus, metric: str, refit: bool = False, folds: int | str = "auto") -> Baseline:
     """TF-IDF (fitted on each training split) + one-vs-rest LogisticRegression, C and thresholds
     chosen on validation for ``metric`` exactly as for the networks — the same folds
     (``data.n_folds``) — then, with ``refit`` or folds, refit on training + validation."""
     start = time.perf_counter()
-    splits = cv_folds(corpus, folds)
+    splits, cache = cv_folds(corpus, folds), FeatureCache()  # the folds share the n-gram counts
+    tfidf = [cache.fitted(TfidfFeatures(**BASELINE_TFIDF), split) for split in splits]
     y_val = np.concatenate([corpus.labels[s.val_idx] for s in splits])
     best = None
     for C in BASELINE_C:
         models, p_val = [], []
-        for split in splits:
-            matrix = features.fitted_tfidf(split, **BASELINE_TFIDF).matrix
-            models.append((logistic_regression(matrix[split.train_idx], corpus.labels[split.train_idx], C), split))
-            p_val.append(models[-1][0].predict_proba(matrix[split.val_idx]))
-        value = metrics.choose_thresholds(y_val, np.concatenate(p_val), metric)["value"]
+        for split, featurizer in zip(splits, tfidf):
+            model = logistic_regression(featurizer.inputs(split, "train").matrix, corpus.labels[split.train_idx], C)
+            models.append((model, featurizer))
+            p_val.append(model.predict_proba(featurizer.inputs(split, "val").matrix))
+        value = metrics.choose_thresholds(y_val, np.concatenate(p_val), metric).value
         if best is None or metrics.better(metric, value, best[0]):
             best = (value, C, models, np.concatenate(p_val))
     _, C, final, p_val = best  # final: what predicts (mean probability), as for the networks
     if refit:
         whole = train_and_val(corpus)
-        final = [(logistic_regression(features.fitted_tfidf(whole, **BASELINE_TFIDF).matrix[whole.train_idx],
-                                      corpus.labels[whole.train_idx], C), whole)]
+        featurizer = cache.fitted(TfidfFeatures(**BASELINE_TFIDF), whole)
+        final = [(logistic_regression(featurizer.inputs(whole, "train").matrix, corpus.labels[whole.train_idx], C),
+                  featurizer)]
     seconds = time.perf_counter() - start
-    p_test = np.mean([model.predict_proba(features.fitted_tfidf(fitted_on, **BASELINE_TFIDF).matrix[corpus.test_idx])
-                      for model, fitted_on in final], axis=0)
+    p_test = np.mean([model.predict_proba(featurizer.inputs(corpus, "test").matrix) for model, featurizer in final],
+                     axis=0)
     variants, choice = metrics.threshold_variants(y_val, p_val, corpus.labels[corpus.test_idx], p_test,
                                                   corpus.tag_names, metric)
-    test = variants[choice["chosen"]]["test"]
-    n_parameters = sum((features.fitted_tfidf(fitted_on, **BASELINE_TFIDF).matrix.shape[1] + 1) * len(corpus.tag_names)
-                       for _, fitted_on in final)
-    return {"chosen": choice["chosen"], "validation_value": choice["value"], "C": C,
-            "hamming_loss": test["hamming_loss"], "micro_f1": test["micro_f1"], "macro_f1": test["macro_f1"],
-            "parameters": n_parameters, "seconds": seconds}
+    test = variants[choice.chosen].test
+    n_parameters = sum((featurizer.input_size + 1) * len(corpus.tag_names) for _, featurizer in final)
+    return Baseline(choice.chosen, choice.value, C, test["hamming_loss"], test["micro_f1"], test["macro_f1"],
+                    n_parameters, seconds)
 
 
 # ---------------------------------------------------------------------------------------------
 # Output
 
 
-def winner(rows: list[list], metric: str) -> list:
+def winner(rows: list[Row], metric: str) -> Row:
     """The row with the best validation value of ``metric`` (a tie: the first listed)."""
     best = rows[0]
     for row in rows[1:]:
-        if metrics.better(metric, float(row[4]), float(best[4])):
+        if metrics.better(metric, row.validation, best.validation):
             best = row
     return best
 
 
-def render(groups: list[tuple[str, list[list]]], notes: list[str]) -> str:
+def render(groups: list[tuple[str, list[Row]]], notes: list[str]) -> str:
     lines = ["# Dense or sparse? Chosen on validation, reported on test", ""]
     for metric, rows in groups:
         best = winner(rows, metric)
-        networks = [r for r in rows if r[0] != BASELINE_NAME]
-        lines += [results.markdown_table(HEADERS, rows), "",
-                  f"Winner on validation {metric}: **{best[0]}** ({best[4]}; test Hamming {best[6]}, "
-                  f"micro-F1 {best[7]})."]
-        if best[0] == BASELINE_NAME and networks:
+        networks = [r for r in rows if r.name != BASELINE_NAME]
+        lines += [results.markdown_table(HEADERS, [r.cells() for r in rows]), "",
+                  f"Winner on validation {metric}: **{best.name}** ({best.validation:.4f}; test Hamming "
+                  f"{best.test_hamming_loss:.4f}, micro-F1 {best.test_micro_f1:.4f})."]
+        if best.name == BASELINE_NAME and networks:
             top = winner(networks, metric)
             lines.append(f"The tuned baseline beats every searched network on validation; the best network is "
-                         f"{top[0]} ({top[4]}).")
+                         f"{top.name} ({top.validation:.4f}).")
         lines.append("")
     lines += [
         "- validation: the study's metric on the validation split, thresholds cross-fitted on two halves of it "

@@ -3,7 +3,7 @@
 Layout (written by ``tagsearch retrain``, read by ``predict`` and ``compare``)::
 
     model.safetensors    the weights (safetensors: tensors only, nothing that runs code on load)
-    preprocessing.json   dense: the vocabulary; tfidf: vocabulary (column order), idf, settings
+    preprocessing.json   the fitted featurizer's state (``features.Featurizer.state``; an ensemble: its members')
     config.json          params, tags, thresholds, data, study/trial, versions, sha256 of both files
     metrics.json         validation and test figures (see retrain.py)
     *.png, report.md     plots and a short report
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from tagsearch.learn import features
+from tagsearch.learn.features import Featurizer, featurizer_from_state
 from tagsearch.data.corpus import clean_texts
 from tagsearch.errors import UserError
 from tagsearch.learn.models import build_model
@@ -307,12 +307,12 @@ def verified(folder: Path, name: str, config: dict) -> Path:
 
 @dataclass
 class Results:
-    """A loaded results directory: the model(s) in eval mode, their preprocessing and thresholds
-    (an ensemble of fold models predicts their mean probability)."""
+    """A loaded results directory: the model(s) in eval mode, their fitted featurizers and the
+    thresholds (an ensemble of fold models predicts their mean probability)."""
 
     path: Path
     config: dict
-    states: list[dict]
+    featurizers: list[Featurizer]
     models: list[nn.Module]
 
     @property
@@ -332,8 +332,8 @@ class Results:
         if not texts:
             return np.zeros((0, len(self.tag_names)), dtype=np.float32)
         texts = list(texts) if cleaned else clean_texts(texts)
-        return np.mean([predict_proba(model, features.text_inputs(state, texts))
-                        for model, state in zip(self.models, self.states)], axis=0)
+        return np.mean([predict_proba(model, featurizer.transform(texts))
+                        for model, featurizer in zip(self.models, self.featurizers)], axis=0)
 
     def predict(self, texts: list[str], cleaned: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """0/1 predictions at the saved thresholds, and the probabilities."""
@@ -351,23 +351,24 @@ def load(folder: str | os.PathLike) -> Results:
     state = read_json(verified(folder, PREPROCESSING, config), "preprocessing file")
     weights = verified(folder, WEIGHTS, config)
     members = state["members"] if state.get("kind") == "ensemble" else [state]
+    featurizers = [featurizer_from_state(member) for member in members]
     sizes = config.get("input_sizes", [config["input_size"]])
     try:
+        if len(featurizers) != len(sizes):
+            raise ValueError(f"{len(featurizers)} preprocessing states for {len(sizes)} models")
         tensors = load_file(str(weights))
         models = []
-        for k, size in enumerate(sizes):
+        for k, (size, featurizer) in enumerate(zip(sizes, featurizers)):
             prefix = f"member{k}." if len(sizes) > 1 else ""
-            model = build_model(config["params"], size, len(config["tags"]))
+            model = build_model(config["params"], size, len(config["tags"]), featurizer.input_kind)
             model.load_state_dict({n[len(prefix):]: t for n, t in tensors.items() if n.startswith(prefix)},
                                   strict=True)
             models.append(model.eval())
-        if len(members) != len(models):
-            raise ValueError(f"{len(members)} preprocessing states for {len(models)} models")
     except (SafetensorError, RuntimeError, KeyError, ValueError) as exc:
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"cannot load the weights {str(weights)!r} into a {config['params'].get('model')!r} "
                         f"model: {first_line}") from None
-    return Results(folder, config, members, models)
+    return Results(folder, config, featurizers, models)
 
 
 def markdown_table(headers: list[str], rows: list[list]) -> str:

@@ -27,15 +27,15 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
-def plot_curves(history: list[dict], metric: str, path: Path) -> str:
-    """Training/validation loss and the study's validation metric per epoch."""
-    epochs = [r["epoch"] for r in history]
+def plot_curves(history: list, metric: str, path: Path) -> str:
+    """Training/validation loss and the study's validation metric per epoch (``train.EpochRecord``s)."""
+    epochs = [r.epoch for r in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    left.plot(epochs, [r["train_loss"] for r in history], "o-", label="training")
-    left.plot(epochs, [r["val_loss"] for r in history], "s-", label="validation")
+    left.plot(epochs, [r.train_loss for r in history], "o-", label="training")
+    left.plot(epochs, [r.val_loss for r in history], "s-", label="validation")
     left.set(title="BCE loss", xlabel="epoch", ylabel="loss")
     left.legend()
-    right.plot(epochs, [r[f"val_{metric}"] for r in history], "s-", color="tab:orange", label="validation")
+    right.plot(epochs, [r.value(metric) for r in history], "s-", color="tab:orange", label="validation")
     right.set(title=metric, xlabel="epoch", ylabel=metric)
     right.legend()
     for ax in (left, right):

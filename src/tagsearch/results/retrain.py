@@ -28,13 +28,16 @@ import torch
 
 from tagsearch.learn import features
 from tagsearch.learn import metrics
+from tagsearch.learn.features import FeatureCache, Featurizer
+from tagsearch.learn.metrics import ThresholdChoice, VariantFigures, val_key
 from tagsearch.results import plots
 from tagsearch.results import folder as results
 from tagsearch.data.corpus import Corpus, cv_folds, load_corpus, n_folds, DataOptions, resolve_data, train_and_val
 from tagsearch.errors import UserError
 from tagsearch.log import log
 from tagsearch.study.spec import Spec, coerce, load_spec
-from tagsearch.learn.train import build_model, count_parameters, fit, predict_proba, train_config
+from tagsearch.learn.train import (EpochRecord, TrainResult, build_model, count_parameters, fit, predict_proba,
+                                   train_config)
 
 # One CPU thread, like each search worker: these small per-batch products gain little from more, and
 # lose badly when the cores are busy (tfidf epoch on 2 busy cores: 3.9 s with 1 thread, 34-47 s with 2).
@@ -77,13 +80,11 @@ def retrain_trial(spec: Spec | str | Path, *, trial: int | None = None, out: str
         evaluation = evaluate(run, corpus, params, spec.metric)
     finally:
         torch.set_num_threads(saved_threads)  # a caller's threads are its own
-    info = {"study": study.study_name, "storage": masked(url), "trial": chosen.number, "trial_value": chosen.value,
-            "data": data_record(data_config), "max_epochs": epochs, "patience": spec.patience,
-            "metric": spec.metric, "refit": refit, "folds": folds}
+    info = RunInfo(study=study.study_name, storage=masked(url), trial=chosen.number, trial_value=chosen.value,
+                   data=data_record(data_config), max_epochs=epochs, patience=spec.patience,
+                   metric=spec.metric, refit=refit, folds=folds)
     with results.atomic_dir(out) as folder:
-        write_results(folder, run, evaluation, corpus, params, info)
-        write_plots(folder, run, evaluation, corpus, study)
-        (folder / "report.md").write_text(report_markdown(folder, evaluation, info, run), encoding="utf-8")
+        write_results(folder, run, evaluation, corpus, params, info, study)
     uploaded = publish(study, chosen, url, out, evaluation)
     print_summary(out, evaluation, info, run, uploaded)
     return out
@@ -123,12 +124,14 @@ def trial_params(spec, trial) -> dict:
 
 @dataclasses.dataclass
 class Run:
-    """A retrained model and what it took. ``final`` is what predicts, as (model, the corpus its
-    features were fitted on) pairs whose probabilities are averaged: the refit model (training +
-    validation), else the fold models of a cross-validated trial, else the training-split model."""
+    """A retrained model and what it took. ``final`` is what predicts, as (model, its fitted
+    featurizer) pairs whose probabilities are averaged: the refit model (training + validation),
+    else the fold models of a cross-validated trial, else the training-split model;
+    ``final_posts`` the number of posts their featurizers and models were fitted on (each)."""
 
-    result: object  # train.TrainResult of the trial's evaluation: validation predictions and thresholds
-    final: list[tuple[torch.nn.Module, Corpus]]
+    result: TrainResult  # the trial's evaluation: validation predictions and thresholds
+    final: list[tuple[torch.nn.Module, Featurizer]]
+    final_posts: int
     device: torch.device
     seconds: float
     refit_seconds: float | None = None
@@ -144,77 +147,117 @@ def retrain(corpus: Corpus, params: dict, epochs: int, patience: int, device: st
             refit: bool = False, folds: int = 1) -> Run:
     """Train as the trial did (on the training split, or on each of ``folds`` cross-validation
     folds), then optionally refit on training + validation."""
-    splits = cv_folds(corpus, folds)
-    def show(epoch, record):
-        log(f"  epoch {epoch:3d}  loss {record['train_loss']:.4f}  val_{metric} {record[f'val_{metric}']:.4f}  "
-            f"({record['thresholds']} thresholds)  {record['seconds']:.1f}s")
+    splits, cache = cv_folds(corpus, folds), FeatureCache()  # the folds and the refit share the token stream
+
+    def show(epoch: int, record: EpochRecord) -> None:
+        log(f"  epoch {epoch:3d}  loss {record.train_loss:.4f}  {val_key(metric)} {record.value(metric):.4f}  "
+            f"({record.thresholds} thresholds)  {record.seconds:.1f}s")
 
     start = time.perf_counter()
     result = train_config(splits, params, max_epochs=epochs, patience=patience, device=device, metric=metric,
-                          on_epoch=show)
+                          on_epoch=show, cache=cache)
     device = next(result.model.parameters()).device
-    run = Run(result, list(zip(result.models, splits)), device, time.perf_counter() - start)
+    run = Run(result, list(zip(result.models, result.featurizers)), len(splits[0].train_idx), device,
+              time.perf_counter() - start)
     if refit:
         whole = train_and_val(corpus)
-        run.final = [(refit_model(whole, params, result.best_epoch, run.device), whole)]
+        run.final = [refit_model(whole, params, result.best_epoch, run.device, cache)]
+        run.final_posts = len(whole.train_idx)
         run.refit_seconds = time.perf_counter() - start - run.seconds
     return run
 
 
-def refit_model(whole: Corpus, params: dict, epochs: int, device) -> torch.nn.Module:
-    """The configuration trained on ``whole``'s training posts for exactly ``epochs`` epochs."""
+def refit_model(whole: Corpus, params: dict, epochs: int, device,
+                cache: FeatureCache | None = None) -> tuple[torch.nn.Module, Featurizer]:
+    """The configuration trained on ``whole``'s training posts for exactly ``epochs`` epochs, and its featurizer."""
     log(f"  refit on training + validation ({len(whole.train_idx)} posts) for {epochs} epoch(s)")
-    model = build_model(params, features.input_size(whole, params), len(whole.tag_names)).to(device)
-    fit(model, features.model_inputs(whole, params, "train").to(device), None, params, max_epochs=epochs,
-        patience=None)
-    return model
+    featurizer = (FeatureCache() if cache is None else cache).fitted(features.featurizer_for(params), whole)
+    model = build_model(params, featurizer.input_size, len(whole.tag_names), featurizer.input_kind).to(device)
+    fit(model, featurizer.inputs(whole, "train").to(device), None, params, max_epochs=epochs, patience=None)
+    return model, featurizer
 
 
 # ---------------------------------------------------------------------------------------------
 # Evaluation
 
 
-def evaluate(run: Run, corpus: Corpus, params: dict, metric: str) -> dict:
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """What was retrained, and how: recorded in config.json, metrics.json and the report."""
+
+    study: str
+    storage: str
+    trial: int
+    trial_value: float
+    data: dict
+    max_epochs: int
+    patience: int | None
+    metric: str
+    refit: bool
+    folds: int
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """Every threshold variant's figures (validation and test) and the choice made on validation;
+    the test labels and the chosen variant's predictions of them."""
+
+    variants: dict[str, VariantFigures]
+    choice: ThresholdChoice
+    y_test: np.ndarray
+    y_pred: np.ndarray
+
+    @property
+    def chosen(self) -> str:
+        return self.choice.chosen
+
+    @property
+    def figures(self) -> VariantFigures:
+        return self.variants[self.choice.chosen]
+
+
+def evaluate(run: Run, corpus: Corpus, params: dict, metric: str) -> Evaluation:
     """Every threshold variant on validation (the predictions the trial was judged by: the
     training-split model's, or every fold's pooled) and on test (the final model), and the choice
     made on validation."""
     y_val, p_val = run.result.val_labels, run.result.val_probs
-    p_test = np.mean([predict_proba(model, features.model_inputs(fitted_on, params, "test").to(run.device))
-                      for model, fitted_on in run.final], axis=0)
+    p_test = np.mean([predict_proba(model, featurizer.inputs(corpus, "test").to(run.device))
+                      for model, featurizer in run.final], axis=0)
     y_test = corpus.labels[corpus.test_idx]
     variants, choice = metrics.threshold_variants(y_val, p_val, y_test, p_test, corpus.tag_names, metric,
                                                   params["threshold"])
-    y_pred = (p_test >= np.asarray(variants[choice["chosen"]]["thresholds"])).astype(np.uint8)
-    return {"variants": variants, "chosen": choice["chosen"], "validation_value": choice["value"],
-            "validation": choice["summary"], "y_test": y_test, "y_pred": y_pred}
+    y_pred = (p_test >= np.asarray(variants[choice.chosen].thresholds)).astype(np.uint8)
+    return Evaluation(variants, choice, y_test, y_pred)
 
 
-def metrics_record(evaluation: dict, run: Run, corpus: Corpus, info: dict) -> dict:
+def metrics_record(evaluation: Evaluation, run: Run, corpus: Corpus, info: RunInfo, plot_names: list[str],
+                   plot_notes: list[str]) -> dict:
     """metrics.json: the metric, the chosen variant's test figures and its honest (cross-fitted)
-    validation figures, every variant, how thresholds were fitted, training and refit."""
-    chosen = evaluation["variants"][evaluation["chosen"]]
-    test = chosen["test"]
+    validation figures, every variant, how thresholds were fitted, training and refit, the plots
+    (and why any study plot is missing)."""
+    chosen, choice = evaluation.figures, evaluation.choice
+    test = chosen.test
     return {
-        "metric": info["metric"], "validation_value": evaluation["validation_value"],
+        "metric": info.metric, "validation_value": choice.value,
         "test_hamming_loss": test["hamming_loss"], "test_micro_f1": test["micro_f1"],
         "test_macro_f1": test["macro_f1"], "per_class": test["per_class"],
-        "validation": {**evaluation["validation"], "per_class": chosen["validation"]["per_class"],
+        "validation": {**choice.summary, "per_class": chosen.validation["per_class"],
                        "note": "hamming_loss, micro_f1, macro_f1: cross-fitted (honest); per_class: at the final "
                                "thresholds, fitted on these posts"},
-        "thresholds": {"chosen": evaluation["chosen"], "how_fitted": metrics.HOW_FITTED, "metric": info["metric"],
-                       "cross_fitted_scores": {v: f["cross_fitted_validation"]
-                                               for v, f in evaluation["variants"].items()}},
-        "threshold_variants": evaluation["variants"],
+        "thresholds": {"chosen": choice.chosen, "how_fitted": metrics.HOW_FITTED, "metric": info.metric,
+                       "cross_fitted_scores": {v: f.cross_fitted_validation for v, f in evaluation.variants.items()}},
+        "threshold_variants": {v: f.to_json() for v, f in evaluation.variants.items()},
         "training": {"best_epoch": run.result.best_epoch, "epochs_run": run.result.epochs_run,
-                     "max_epochs": info["max_epochs"], "patience": info["patience"],
+                     "max_epochs": info.max_epochs, "patience": info.patience,
                      "stopped_early": run.result.stopped_early, "train_seconds": round(run.seconds, 3),
-                     "history": run.result.history},
-        "folds": info["folds"],
+                     "history": [r.to_json() for r in run.result.history]},
+        "folds": info.folds,
         "final_model": run.final_model,
-        "refit": {"done": info["refit"], "posts": len(run.final[0][1].train_idx), "epochs": run.result.best_epoch,
+        "refit": {"done": info.refit, "posts": run.final_posts, "epochs": run.result.best_epoch,
                   "seconds": None if run.refit_seconds is None else round(run.refit_seconds, 3)},
         "posts": {"train": len(corpus.train_idx), "val": len(corpus.val_idx), "test": len(corpus.test_idx)},
-        "study": info["study"], "trial": info["trial"],
+        "study": info.study, "trial": info.trial,
+        "plots": plot_names, "plot_notes": plot_notes,
     }
 
 
@@ -240,92 +283,94 @@ def versions() -> dict:
             "sklearn": sklearn.__version__, "numpy": np.__version__}
 
 
-def write_results(folder: Path, run: Run, evaluation: dict, corpus: Corpus, params: dict, info: dict) -> None:
+def write_results(folder: Path, run: Run, evaluation: Evaluation, corpus: Corpus, params: dict, info: RunInfo,
+                  study) -> None:
+    """The model, its preprocessing, config.json, the plots, metrics.json and report.md."""
     models = [model for model, _ in run.final]
-    states = [features.preprocessing_state(fitted_on, params) for _, fitted_on in run.final]
+    states = [featurizer.state() for _, featurizer in run.final]
     digests = results.save_model(folder, models if len(models) > 1 else models[0],
                                  states if len(states) > 1 else states[0])
-    variants = evaluation["variants"]
+    variants, choice = evaluation.variants, evaluation.choice
     config = {
         "format": results.FORMAT, "model": params["model"], "params": params, "tags": corpus.tag_names,
-        "metric": info["metric"], "validation_value": evaluation["validation_value"], "refit": info["refit"],
-        "thresholds": variants[evaluation["chosen"]]["thresholds"], "threshold_choice": evaluation["chosen"],
-        "threshold_criterion": metrics.HOW_FITTED, "global_threshold": variants["global"]["thresholds"][0],
-        "per_tag_thresholds": variants["per_tag"]["thresholds"],
-        "input_size": features.input_size(run.final[0][1], params),
-        "input_sizes": [features.input_size(fitted_on, params) for _, fitted_on in run.final],
+        "metric": info.metric, "validation_value": choice.value, "refit": info.refit,
+        "thresholds": evaluation.figures.thresholds, "threshold_choice": choice.chosen,
+        "threshold_criterion": metrics.HOW_FITTED, "global_threshold": variants["global"].thresholds[0],
+        "per_tag_thresholds": variants["per_tag"].thresholds,
+        "input_size": run.final[0][1].input_size,
+        "input_sizes": [featurizer.input_size for _, featurizer in run.final],
         "final_model": run.final_model, "parameters": sum(count_parameters(m) for m in models),
         "weights": results.WEIGHTS, "preprocessing": results.PREPROCESSING, "sha256": digests,
-        "fingerprint": corpus.fingerprint, "data": info["data"], "study": info["study"],
-        "storage": info["storage"], "trial": info["trial"], "trial_value": info["trial_value"],
+        "fingerprint": corpus.fingerprint, "data": info.data, "study": info.study,
+        "storage": info.storage, "trial": info.trial, "trial_value": info.trial_value,
         "best_epoch": run.result.best_epoch, "epochs_run": run.result.epochs_run,
         "train_seconds": round(run.seconds, 3), "versions": versions(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     results.write_json(folder / results.CONFIG, config)
-    results.write_json(folder / results.METRICS, metrics_record(evaluation, run, corpus, info))
-
-
-def write_plots(folder: Path, run: Run, evaluation: dict, corpus: Corpus, study) -> None:
-    """The PNGs; skipped study plots leave a reason in metrics.json (``plot_notes``)."""
     notes: list[str] = []
-    variants = evaluation["variants"]
+    plot_names = write_plots(folder, run, evaluation, corpus, study, notes)
+    record = metrics_record(evaluation, run, corpus, info, plot_names, notes)
+    results.write_json(folder / results.METRICS, record)
+    (folder / "report.md").write_text(report_markdown(record, evaluation, info, run), encoding="utf-8")
+
+
+def write_plots(folder: Path, run: Run, evaluation: Evaluation, corpus: Corpus, study, notes: list[str]) -> list[str]:
+    """The PNGs written; a skipped study plot leaves a reason in ``notes`` (metrics.json's ``plot_notes``)."""
     names = [
         plots.plot_curves(run.result.history, run.result.metric, folder / "curves.png"),
-        plots.plot_confusion(evaluation["y_test"], evaluation["y_pred"], corpus.tag_names, folder / "confusion.png"),
-        plots.plot_f1({variant_label(evaluation, v): variants[v]["test"]["per_class"] for v in metrics.VARIANTS},
-                      folder / "f1.png"),
+        plots.plot_confusion(evaluation.y_test, evaluation.y_pred, corpus.tag_names, folder / "confusion.png"),
+        plots.plot_f1({variant_label(evaluation, v): evaluation.variants[v].test["per_class"]
+                       for v in metrics.VARIANTS}, folder / "f1.png"),
         plots.plot_history(study, folder / "optimization_history.png", notes),
         plots.plot_importances(study, folder / "param_importances.png", notes),
     ]
-    record = results.read_json(folder / results.METRICS, "metrics file")
-    record["plots"], record["plot_notes"] = [n for n in names if n], notes
-    results.write_json(folder / results.METRICS, record)
+    return [n for n in names if n]
 
 
 # ---------------------------------------------------------------------------------------------
 # Report, dashboard, terminal
 
 
-def variant_label(evaluation: dict, name: str) -> str:
-    label = "per-tag" if name == "per_tag" else f"{name} {evaluation['variants'][name]['thresholds'][0]:.2f}"
-    return label + (" (chosen)" if name == evaluation["chosen"] else "")
+def variant_label(evaluation: Evaluation, name: str) -> str:
+    label = "per-tag" if name == "per_tag" else f"{name} {evaluation.variants[name].thresholds[0]:.2f}"
+    return label + (" (chosen)" if name == evaluation.chosen else "")
 
 
-def summary_table(evaluation: dict) -> str:
+def summary_table(evaluation: Evaluation) -> str:
     """Each variant: its cross-fitted validation value (what chose it), then its test figures."""
-    rows = [[variant_label(evaluation, name), f"{figures['cross_fitted_validation']:.4f}",
-             f"{figures['test']['hamming_loss']:.4f}", f"{figures['test']['micro_f1']:.4f}",
-             f"{figures['test']['macro_f1']:.4f}"] for name, figures in evaluation["variants"].items()]
+    rows = [[variant_label(evaluation, name), f"{figures.cross_fitted_validation:.4f}",
+             f"{figures.test['hamming_loss']:.4f}", f"{figures.test['micro_f1']:.4f}",
+             f"{figures.test['macro_f1']:.4f}"] for name, figures in evaluation.variants.items()]
     return results.markdown_table(["thresholds", "validation (cross-fitted)", "test Hamming loss", "test micro-F1",
                                    "test macro-F1"], rows)
 
 
-def per_class_table(evaluation: dict) -> str:
+def per_class_table(evaluation: Evaluation) -> str:
     rows = [[r["label"], f"{r['threshold']:.2f}", f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}",
-             str(r["support"])] for r in evaluation["variants"][evaluation["chosen"]]["test"]["per_class"]]
+             str(r["support"])] for r in evaluation.figures.test["per_class"]]
     return results.markdown_table(["tag", "threshold", "precision", "recall", "F1", "support"], rows)
 
 
-def report_markdown(folder: Path, evaluation: dict, info: dict, run: Run) -> str:
-    record = results.read_json(folder / results.METRICS, "metrics file")
+def report_markdown(record: dict, evaluation: Evaluation, info: RunInfo, run: Run) -> str:
+    """report.md, from metrics.json's ``record``."""
     captions = {"curves.png": "Training and validation curves", "confusion.png": "Per-class confusion (test)",
                 "f1.png": "Per-class F1 (test)", "optimization_history.png": "Optimization history",
                 "param_importances.png": "Parameter importances"}
     images = "\n\n".join(f"![{captions[name]}]({name})" for name in record["plots"])
     notes = "".join(f"\n- {note}" for note in record["plot_notes"])
-    return (f"# {info['study']}: trial {info['trial']} retrained\n\n"
-            f"Data `{info['data']['path']}`: {record['posts']['train']} train / {record['posts']['val']} validation "
+    return (f"# {info.study}: trial {info.trial} retrained\n\n"
+            f"Data `{info.data['path']}`: {record['posts']['train']} train / {record['posts']['val']} validation "
             f"/ {record['posts']['test']} test posts. Retrained for {run.result.epochs_run} epoch(s) "
-            f"(at most {info['max_epochs']}, patience {info['patience']}); weights of epoch "
-            f"{run.result.best_epoch}, the best validation {info['metric']}"
-            f"{'; then refit on training + validation for as many epochs' if info['refit'] else ''}. Predictions "
-            f"use the **{evaluation['chosen'].replace('_', '-')}** thresholds ({metrics.HOW_FITTED}).\n\n"
+            f"(at most {info.max_epochs}, patience {info.patience}); weights of epoch "
+            f"{run.result.best_epoch}, the best validation {info.metric}"
+            f"{'; then refit on training + validation for as many epochs' if info.refit else ''}. Predictions "
+            f"use the **{evaluation.chosen.replace('_', '-')}** thresholds ({metrics.HOW_FITTED}).\n\n"
             f"{summary_table(evaluation)}\n\n## Per class (test, chosen thresholds)\n\n"
             f"{per_class_table(evaluation)}\n\n## Plots\n\n{images}\n{notes}\n")
 
 
-def publish(study, trial, url: str, out: Path, evaluation: dict) -> int:
+def publish(study, trial, url: str, out: Path, evaluation: Evaluation) -> int:
     """Upload the plots, metrics and report as artifacts and write the trial's dashboard note.
 
     Optuna refuses to change a finished trial (``UpdateFinishedTrialError``), so the artifacts go to
@@ -352,15 +397,14 @@ def publish(study, trial, url: str, out: Path, evaluation: dict) -> int:
     return len(files)
 
 
-def print_summary(out: Path, evaluation: dict, info: dict, run: Run, uploaded: int) -> None:
-    variants, chosen = evaluation["variants"], evaluation["chosen"]
-    test = variants[chosen]["test"]
-    print(f"trial {info['trial']} of {info['study']!r}: {run.result.epochs_run} epoch(s) in {run.seconds:.1f}s, "
+def print_summary(out: Path, evaluation: Evaluation, info: RunInfo, run: Run, uploaded: int) -> None:
+    test = evaluation.figures.test
+    print(f"trial {info.trial} of {info.study!r}: {run.result.epochs_run} epoch(s) in {run.seconds:.1f}s, "
           f"weights of epoch {run.result.best_epoch}")
-    scores = ", ".join(f"{v.replace('_', '-')} {f['cross_fitted_validation']:.4f}" for v, f in variants.items())
-    print(f"thresholds: {chosen.replace('_', '-')} (cross-fitted validation {info['metric']}: {scores})"
-          f"{'; predictions by the model refit on training + validation' if info['refit'] else ''}")
+    scores = ", ".join(f"{v.replace('_', '-')} {f.cross_fitted_validation:.4f}" for v, f in evaluation.variants.items())
+    print(f"thresholds: {evaluation.chosen.replace('_', '-')} (cross-fitted validation {info.metric}: {scores})"
+          f"{'; predictions by the model refit on training + validation' if info.refit else ''}")
     print(f"test: Hamming loss {test['hamming_loss']:.4f}  micro-F1 {test['micro_f1']:.4f}  "
           f"macro-F1 {test['macro_f1']:.4f}")
-    print(f"wrote {out}/ ({uploaded} artifacts uploaded to study {info['study']!r}; browse them with "
-          f"'tagsearch dashboard --storage {info['storage']}')")
+    print(f"wrote {out}/ ({uploaded} artifacts uploaded to study {info.study!r}; browse them with "
+          f"'tagsearch dashboard --storage {info.storage}')")

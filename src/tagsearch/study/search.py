@@ -21,6 +21,8 @@ import torch
 
 from tagsearch.data import corpus as data
 from tagsearch.learn import train
+from tagsearch.learn.features import FeatureCache
+from tagsearch.learn.metrics import val_key
 from tagsearch.data.corpus import Corpus
 from tagsearch.errors import UserError
 from tagsearch.study.spec import ACTIVE_WHEN, PARAMS, Spec, is_active
@@ -115,6 +117,7 @@ class Objective:
         self.max_epochs = max_epochs or spec.max_epochs
         self.device_name = describe_device(self.device)
         self.folds = data.cv_folds(corpus, spec.folds)
+        self.features = FeatureCache()  # this worker's trials share token streams and fitted featurizers
 
     def __call__(self, trial: optuna.Trial) -> float:
         try:
@@ -132,15 +135,16 @@ class Objective:
         params = suggest(trial, self.spec)
         set_user_attrs(trial, params=params, model=params["model"], device=self.device_name, metric=metric,
                        worker=f"{socket.gethostname()}:{os.getpid()}")
-        folds = [train.build(fold, params, self.device) for fold in self.folds]  # (model, train, val) each
+        folds = [train.build(fold, params, self.device, self.features) for fold in self.folds]
         curve: list[dict] = []  # per epoch: losses, the metric, the best epoch so far
 
-        def report_and_prune(epoch: int, record: dict) -> None:
-            curve.append({k: round(record[k], 6) for k in ("train_loss", "val_loss", f"val_{metric}", "best_epoch")})
-            trial.report(record[f"val_{metric}"], epoch)
+        def report_and_prune(epoch: int, record: train.EpochRecord) -> None:
+            value = record.value(metric)
+            curve.append(curve_point(record, metric))
+            trial.report(value, epoch)
             if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {epoch}: val_{metric} {record[f'val_{metric}']:.4f} "
-                                         f"(best {record['best_value']:.4f} at epoch {record['best_epoch']}) is "
+                raise optuna.TrialPruned(f"pruned at epoch {epoch}: {val_key(metric)} {value:.4f} "
+                                         f"(best {record.best_value:.4f} at epoch {record.best_epoch}) is "
                                          f"not promising next to the other trials at this epoch")
 
         try:
@@ -155,11 +159,16 @@ class Objective:
                        stopped_early=result.stopped_early, learning_curve=curve,
                        train_seconds=round(time.perf_counter() - start, 3),
                        parameters=train.count_parameters(result.model), folds=len(self.folds),
-                       threshold_choice=choice["chosen"],
-                       thresholds=choice["thresholds"], threshold_scores=choice["scores"],
-                       val_per_class_f1=dict(zip(self.corpus.tag_names, choice["per_tag_f1"])),
-                       **{f"val_{k}": round(v, 6) for k, v in choice["summary"].items()})
+                       threshold_choice=choice.chosen, thresholds=choice.thresholds, threshold_scores=choice.scores,
+                       val_per_class_f1=dict(zip(self.corpus.tag_names, choice.per_tag_f1)),
+                       **choice.val_figures(digits=6))
         return result.best_value
+
+
+def curve_point(record: train.EpochRecord, metric: str) -> dict:
+    """One epoch of the ``learning_curve`` user attribute: losses, the metric, the best epoch so far."""
+    return {"train_loss": round(record.train_loss, 6), "val_loss": round(record.val_loss, 6),
+            val_key(metric): round(record.value(metric), 6), "best_epoch": record.best_epoch}
 
 
 def set_user_attrs(trial: optuna.Trial, **attrs) -> None:
