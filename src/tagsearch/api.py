@@ -15,7 +15,7 @@ from tagsearch.results.predict import read_posts, tag_posts  # noqa: F401  (part
 from tagsearch.results.retrain import retrain_trial  # noqa: F401  (part of the API: `tagsearch retrain`)
 from tagsearch.study.dashboard import serve as serve_dashboard  # noqa: F401  (part of the API: `tagsearch dashboard`)
 from tagsearch.study.spec import Spec, coerce, load_spec
-from tagsearch.learn.train import TrainResult, train_config
+from tagsearch.learn.train import TrainResult, pick_device, train_config
 
 
 def _spec(spec: Spec | str | Path) -> Spec:
@@ -40,11 +40,16 @@ def train_one(spec: Spec | str | Path, corpus: data.Corpus | None = None, *, epo
     ``.model`` carries the best epoch's weights, ``.history`` one record per epoch;
     ``on_epoch(epoch, record)`` runs after each epoch (a ``train.EpochRecord``); ``keep_features=False``
     frees the encoded features once the inputs are built (``.featurizers`` then cannot give test inputs)."""
+    from tagsearch.learn.features import FeatureCache
+    from tagsearch.study.search import embedding_dir
+
     spec = _spec(spec)
     overrides = {name: coerce(name, value, "train_one") for name, value in params.items()}
+    device = device or spec.device
+    cache = FeatureCache(embedding_dir(spec.storage), str(pick_device(device)))  # the study's stored encodings
     return train_config(corpus or load_corpus(spec), spec.params(overrides), max_epochs=epochs or spec.max_epochs,
-                        patience=(patience or spec.patience) if early_stop else None, device=device or spec.device,
-                        metric=spec.metric, on_epoch=on_epoch, keep_features=keep_features)
+                        patience=(patience or spec.patience) if early_stop else None, device=device,
+                        metric=spec.metric, on_epoch=on_epoch, keep_features=keep_features, cache=cache)
 
 
 def run_study(spec: Spec | str | Path, corpus: data.Corpus | None = None, *, n_trials: int | None = None,

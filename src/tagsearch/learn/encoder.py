@@ -55,7 +55,7 @@ def resolve_model(name: str) -> tuple[str, str]:
     if path.is_dir():
         return str(path.resolve()), f"{name} (local directory)"
     if name.startswith(("/", ".", "~")) or path.exists():
-        raise UserError(f"encoder model directory {name} does not exist; {_HINT}")
+        raise UserError(f"encoder model {name} is not a directory; {_HINT}")
     repo_id = name if "/" in name else f"sentence-transformers/{name}"
     try:
         from huggingface_hub import snapshot_download
@@ -138,29 +138,33 @@ def _load(path: str, device: str, max_seq_length: int):
     return model
 
 
-class EncoderFeatures:
-    """Posts → L2-normalised sentence embeddings (float32, n × dim), a featurizer in sklearn style."""
-
-    kind = "encoder"
+class SentenceEncoder:
+    """A frozen sentence encoder: posts → L2-normalised embeddings (float32, n × dim). ``fit``
+    resolves the model and hashes its weights; the model itself loads on the first encoding (a
+    corpus already in the ``EmbeddingCache`` never needs it). ``learn.features.Embeddings`` is the
+    featurizer around it."""
 
     def __init__(self, model: str = DEFAULT_MODEL, max_seq_length: int = 256, batch_size: int = 64,
-                 device: str = "cpu", cache_dir: str | os.PathLike | None = None):
-        self.model = model
-        self.max_seq_length = max_seq_length
-        self.batch_size = batch_size
-        self.device = device
-        self.cache_dir = cache_dir
+                 device: str = "cpu"):
+        self.model, self.max_seq_length, self.batch_size, self.device = model, max_seq_length, batch_size, device
 
-    def fit(self, texts=None) -> "EncoderFeatures":
-        """Load the model (nothing is learned from ``texts``; the argument is for the sklearn API)."""
-        path, self.description_ = resolve_model(self.model)
-        self.path_ = path
-        self.weights_hash_ = weights_hash(path)
-        self.encoder_ = _load(path, self.device, self.max_seq_length)
-        dimension = getattr(self.encoder_, "get_embedding_dimension", None) or \
-            self.encoder_.get_sentence_embedding_dimension
-        self.dim_ = int(dimension())
+    def fit(self, texts=None) -> "SentenceEncoder":
+        """Resolve the model and hash its weights (nothing is learned from ``texts``)."""
+        self.path_, self.description_ = resolve_model(self.model)
+        self.weights_hash_ = weights_hash(self.path_)
         return self
+
+    @property
+    def encoder_(self):
+        return _load(self.path_, self.device, self.max_seq_length)
+
+    @property
+    def dim_(self) -> int:
+        if getattr(self, "_dim", None) is None:
+            encoder = self.encoder_
+            dimension = getattr(encoder, "get_embedding_dimension", None) or encoder.get_sentence_embedding_dimension
+            self._dim = int(dimension())
+        return self._dim
 
     def transform(self, texts) -> np.ndarray:
         """Encode ``texts``, longest first over the whole corpus, in chunks for progress lines.
@@ -169,18 +173,16 @@ class EncoderFeatures:
         first makes the chunks' batches those of one big call (least padding). Posts are cut at
         ``max_seq_length * 8`` characters: more never adds a token within max_seq_length (the
         robotics posts need at most 5.9 characters a token), and it spares tokenizing huge bodies."""
-        if not hasattr(self, "encoder_"):
-            raise RuntimeError("EncoderFeatures.transform before fit")
-        limit = self.max_seq_length * CHARS_PER_TOKEN
+        encoder, limit = self.encoder_, self.max_seq_length * CHARS_PER_TOKEN
         texts = [str(text)[:limit] for text in texts]
         order = np.argsort([-len(text) for text in texts], kind="stable")
         embeddings = np.empty((len(texts), self.dim_), dtype=np.float32)
         started = last = time.monotonic()
         for start in range(0, len(texts), CHUNK):
             chunk = order[start:start + CHUNK]
-            embeddings[chunk] = self.encoder_.encode(
-                [texts[i] for i in chunk], batch_size=self.batch_size, convert_to_numpy=True,
-                normalize_embeddings=True, show_progress_bar=False)
+            embeddings[chunk] = encoder.encode([texts[i] for i in chunk], batch_size=self.batch_size,
+                                               convert_to_numpy=True, normalize_embeddings=True,
+                                               show_progress_bar=False)
             now = time.monotonic()
             if now - last >= PROGRESS_EVERY:
                 last = now
@@ -191,42 +193,35 @@ class EncoderFeatures:
             log(f"encoded {len(texts)} posts in {elapsed:.1f} s ({len(texts) / elapsed:.1f} posts/s)")
         return embeddings
 
-    def transform_corpus(self, texts, fingerprint: str) -> np.ndarray:
-        """``transform`` through the shared ``EmbeddingCache`` when ``cache_dir`` is set.
-
-        ``fingerprint`` identifies the posts (``tagsearch.data`` computes one per corpus)."""
-        if self.cache_dir is None:
+    def transform_corpus(self, texts, fingerprint: str, directory: str | os.PathLike | None) -> np.ndarray:
+        """``transform`` through the host's ``EmbeddingCache`` in ``directory`` (None: no cache):
+        one worker encodes, the others wait and read. ``fingerprint`` names the posts."""
+        if directory is None:
             return self.transform(texts)
         texts = list(texts)
         key = {"kind": "encoder-embeddings", "version": ENCODING_VERSION, "model": self.model,
                "weights_hash": self.weights_hash_, "max_seq_length": self.max_seq_length,
                "fingerprint": fingerprint, "n_posts": len(texts)}
-        embeddings = EmbeddingCache(self.cache_dir).get_or_compute(key, lambda: self.transform(texts))
-        if embeddings.shape != (len(texts), self.dim_):
-            raise UserError(f"cached embeddings have shape {embeddings.shape}, expected "
-                            f"({len(texts)}, {self.dim_}); delete {self.cache_dir} and rerun")
+        embeddings = EmbeddingCache(directory).get_or_compute(key, lambda: self.transform(texts))
+        if embeddings.ndim != 2 or len(embeddings) != len(texts):
+            raise UserError(f"cached embeddings have shape {embeddings.shape}, expected {len(texts)} rows; "
+                            f"delete {directory} and rerun")
+        self._dim = embeddings.shape[1]
         return embeddings
 
     def state(self) -> dict:
         """What a saved tagger records: enough to reload the same model and refuse another."""
-        return {"kind": self.kind, "model": self.model, "weights_hash": self.weights_hash_,
-                "max_seq_length": self.max_seq_length, "dim": self.dim_}
+        return {"model": self.model, "weights_hash": self.weights_hash_, "max_seq_length": self.max_seq_length,
+                "dim": self.dim_}
 
     @classmethod
-    def from_state(cls, state: dict, device: str = "cpu", cache_dir=None,
-                   model: str | None = None) -> "EncoderFeatures":
-        """The fitted featurizer of a saved tagger; ``model`` points at the model elsewhere.
-
-        Refuses weights other than those the tagger was trained on: the head would read
-        embeddings of another space and predict nonsense without any error."""
-        if state.get("kind") != cls.kind:
-            raise UserError(f"saved features are {state.get('kind')!r}, not {cls.kind!r}")
-        features = cls(model=model or state["model"], max_seq_length=int(state["max_seq_length"]),
-                       device=device, cache_dir=cache_dir)
-        path, _ = resolve_model(features.model)
-        found = weights_hash(path)
-        if found != state["weights_hash"]:
-            raise UserError(f"encoder model {features.model!r} ({path}) has weights {found}, but this "
-                            f"tagger was trained with weights {state['weights_hash']}; point at the "
-                            f"original model, e.g. --param encoder=/path/to/model")
-        return features.fit()
+    def from_state(cls, state: dict, device: str = "cpu") -> "SentenceEncoder":
+        """The encoder of a saved tagger. Refuses weights other than those it was trained on: the
+        head would read embeddings of another space and predict nonsense without any error."""
+        encoder = cls(state["model"], int(state["max_seq_length"]), device=device).fit()
+        if encoder.weights_hash_ != state["weights_hash"]:
+            raise UserError(f"encoder model {encoder.model!r} ({encoder.path_}) has weights {encoder.weights_hash_}, "
+                            f"but this tagger was trained with weights {state['weights_hash']}; expected the "
+                            f"original model (a local directory holding it: {_HINT.split(', e.g. ')[0]})")
+        encoder._dim = int(state["dim"])
+        return encoder

@@ -21,42 +21,54 @@ from pathlib import Path
 import numpy as np
 
 from tagsearch.learn import metrics
-from tagsearch.learn.features import FeatureCache, TfidfFeatures
+from tagsearch.learn.features import EncoderTfidf, FeatureCache, Featurizer, TfidfFeatures
 from tagsearch.results import folder as results
 from tagsearch.data.corpus import DataConfig, cv_folds, load_corpus, train_and_val
 from tagsearch.errors import UserError
 from tagsearch.log import log
-from tagsearch.study.spec import PARAMS, is_active
+from tagsearch.study.search import embedding_dir
+from tagsearch.study.spec import DEFAULT_ENCODER, PARAMS, is_active
 
 RESULTS_ROOT = Path("results")
 BASELINE_TFIDF = {"max_features": 0, "min_df": 2, "ngram_max": 2, "sublinear_tf": True}
 BASELINE_C = (1.0, 4.0, 16.0)
 BASELINE_NAME = "baseline: TF-IDF + LogisticRegression"
+ENCODER_BASELINE_NAME = "baseline: TF-IDF ⊕ encoder + LogisticRegression"
+BASELINE_WEIGHTS = (0.5, 1.0)  # the encoder block's weight beside the unit TF-IDF row, chosen on validation
+BASELINES = {"tfidf": BASELINE_NAME, "encoder_tfidf": ENCODER_BASELINE_NAME}
 HIDDEN_PARAMS = ("model", "seed", "clip_value")
 HEADERS = ["results", "model", "data", "metric", "validation", "thresholds", "test Hamming", "test micro-F1",
            "test macro-F1", "parameters", "train s", "params"]
 
 
-def compare(folders: list[str | Path] | None = None, *, out: str | Path = "results/compare.md") -> Path:
+def compare(folders: list[str | Path] | None = None, *, out: str | Path = "results/compare.md",
+            encoder_baseline: bool = True) -> Path:
     """``tagsearch compare``: the results directories ``folders`` (default: every ``results/*/``
-    with a config.json) and a tuned baseline per data set, as a Markdown table written to ``out``;
-    returns ``out``."""
-    text = comparison([Path(f) for f in folders or ()] or default_folders())
+    with a config.json) and the tuned baselines per data set (TF-IDF + logistic regression, and
+    with ``encoder_baseline`` TF-IDF ⊕ a sentence encoder's embedding + logistic regression, where
+    the encoder can be loaded), as a Markdown table written to ``out``; returns ``out``."""
+    text = comparison([Path(f) for f in folders or ()] or default_folders(), encoder_baseline)
     write_text(Path(out), text)
     log(f"wrote {out}")
     return Path(out)
 
 
-def comparison(folders: list[Path]) -> str:
-    """The Markdown table: one group per (data fingerprint, metric), each with its baseline row."""
+def comparison(folders: list[Path], encoder_baseline: bool = True) -> str:
+    """The Markdown table: one group per (data fingerprint, metric), each with its baseline rows."""
     entries = [load_entry(folder) for folder in folders]
     groups, notes = [], []
     for key in dict.fromkeys((e["config"]["fingerprint"], e["metrics"]["metric"]) for e in entries):
         group = [e for e in entries if (e["config"]["fingerprint"], e["metrics"]["metric"]) == key]
         rows = [result_row(e) for e in group]
         refit = any(e["config"].get("refit") for e in group)
-        line = baseline_row(group[0]["config"], key[1], refit, group[0]["metrics"].get("folds", 1), notes)
-        groups.append((key[1], rows + ([line] if line else [])))
+        kinds = ("tfidf", "encoder_tfidf") if encoder_baseline else ("tfidf",)
+        encoder = next((e["config"]["params"]["encoder"] for e in group if e["config"]["model"].startswith("encoder")),
+                       DEFAULT_ENCODER)
+        for kind in kinds:
+            line = baseline_row(group[0]["config"], key[1], refit, group[0]["metrics"].get("folds", 1), notes,
+                                kind, encoder)
+            rows += [line] if line else []
+        groups.append((key[1], rows))
     return render(groups, notes)
 
 
@@ -126,8 +138,10 @@ def result_row(entry: dict) -> Row:
                format_params(config["params"]) + (", refit" if config.get("refit") else ""))
 
 
-def baseline_row(config: dict, metric: str, refit: bool, folds: int, notes: list[str]) -> Row | None:
-    """The baseline on the data ``config`` was trained on, or None (with a note) if that data is gone."""
+def baseline_row(config: dict, metric: str, refit: bool, folds: int, notes: list[str], kind: str = "tfidf",
+                 encoder: str = DEFAULT_ENCODER) -> Row | None:
+    """The ``kind`` baseline on the data ``config`` was trained on, or None (with a note) if that
+    data is gone or the encoder cannot be loaded."""
     data = config["data"]
     try:
         corpus = load_corpus(DataConfig(**{**data, "text_columns": tuple(data["text_columns"])}))
@@ -138,11 +152,16 @@ def baseline_row(config: dict, metric: str, refit: bool, folds: int, notes: list
         notes.append(f"no baseline for {data_label(config)}: {data['path']} now has fingerprint "
                      f"{corpus.fingerprint} (the file changed since the retrain)")
         return None
-    log(f"fitting the baseline on {corpus.source} ({len(corpus.train_idx)} training posts) ...")
-    base = fit_baseline(corpus, metric, refit, folds)
-    return Row(BASELINE_NAME, "linear", data_label(config), metric, base.validation_value, base.chosen,
+    log(f"fitting the {BASELINES[kind]!r} on {corpus.source} ({len(corpus.train_idx)} training posts) ...")
+    try:
+        base = fit_baseline(corpus, metric, refit, folds, kind, encoder, embedding_dir(config.get("storage", "")))
+    except UserError as exc:  # the encoder cannot be loaded here: the table still has the other rows
+        notes.append(f"no {BASELINES[kind]!r} for {data_label(config)}: {exc}")
+        return None
+    weight = "" if base.encoder_weight is None else f", {encoder} weight={base.encoder_weight:g}"
+    return Row(BASELINES[kind], "linear", data_label(config), metric, base.validation_value, base.chosen,
                base.hamming_loss, base.micro_f1, base.macro_f1, base.parameters, base.seconds,
-               f"C={base.C:g}" + (", refit" if refit else ""))
+               f"C={base.C:g}{weight}" + (", refit" if refit else ""))
 
 
 def logistic_regression(matrix, labels, C: float):
@@ -170,30 +189,42 @@ class Baseline:
     macro_f1: float
     parameters: int
     seconds: float
+    encoder_weight: float | None = None  # the encoder baseline's chosen weight
 
 
-def fit_baseline(corpus, metric: str, refit: bool = False, folds: int | str = "auto") -> Baseline:
-    """TF-IDF (fitted on each training split) + one-vs-rest LogisticRegression, C and thresholds
-    chosen on validation for ``metric`` exactly as for the networks — the same folds
-    (``data.n_folds``) — then, with ``refit`` or folds, refit on training + validation."""
+def baseline_features(kind: str, encoder: str = DEFAULT_ENCODER) -> list[Featurizer]:
+    """The featurizers a ``kind`` baseline chooses among on validation (with C)."""
+    if kind == "tfidf":
+        return [TfidfFeatures(**BASELINE_TFIDF)]
+    return [EncoderTfidf(**BASELINE_TFIDF, encoder=encoder, encoder_weight=w) for w in BASELINE_WEIGHTS]
+
+
+def fit_baseline(corpus, metric: str, refit: bool = False, folds: int | str = "auto", kind: str = "tfidf",
+                 encoder: str = DEFAULT_ENCODER, embedding_dir: str | None = None) -> Baseline:
+    """TF-IDF (fitted on each training split; ``kind`` "encoder_tfidf": beside the ``encoder``'s
+    embedding, its weight chosen too) + one-vs-rest LogisticRegression, C and thresholds chosen on
+    validation for ``metric`` exactly as for the networks — the same folds (``data.n_folds``) —
+    then, with ``refit``, refit on training + validation (else the fold models' mean predicts)."""
     start = time.perf_counter()
-    splits, cache = cv_folds(corpus, folds), FeatureCache()  # the folds share the n-gram counts
-    tfidf = [cache.fitted(TfidfFeatures(**BASELINE_TFIDF), split) for split in splits]
+    splits = cv_folds(corpus, folds)
+    cache = FeatureCache(embedding_dir)  # the folds share the n-gram counts and the encoding
     y_val = np.concatenate([corpus.labels[s.val_idx] for s in splits])
     best = None
-    for C in BASELINE_C:
-        models, p_val = [], []
-        for split, featurizer in zip(splits, tfidf):
-            model = logistic_regression(featurizer.inputs(split, "train").matrix, corpus.labels[split.train_idx], C)
-            models.append((model, featurizer))
-            p_val.append(model.predict_proba(featurizer.inputs(split, "val").matrix))
-        value = metrics.choose_thresholds(y_val, np.concatenate(p_val), metric).value
-        if best is None or metrics.better(metric, value, best[0]):
-            best = (value, C, models, np.concatenate(p_val))
-    _, C, final, p_val = best  # final: what predicts (mean probability), as for the networks
+    for candidate in baseline_features(kind, encoder):
+        fitted = [cache.fitted(candidate, split) for split in splits]
+        for C in BASELINE_C:
+            models, p_val = [], []
+            for split, featurizer in zip(splits, fitted):
+                model = logistic_regression(featurizer.inputs(split, "train").matrix, corpus.labels[split.train_idx], C)
+                models.append((model, featurizer))
+                p_val.append(model.predict_proba(featurizer.inputs(split, "val").matrix))
+            value = metrics.choose_thresholds(y_val, np.concatenate(p_val), metric).value
+            if best is None or metrics.better(metric, value, best[0]):
+                best = (value, C, models, np.concatenate(p_val), candidate)
+    _, C, final, p_val, chosen = best  # final: what predicts (mean probability), as for the networks
     if refit:
         whole = train_and_val(corpus)
-        featurizer = cache.fitted(TfidfFeatures(**BASELINE_TFIDF), whole)
+        featurizer = cache.fitted(chosen, whole)
         final = [(logistic_regression(featurizer.inputs(whole, "train").matrix, corpus.labels[whole.train_idx], C),
                   featurizer)]
     seconds = time.perf_counter() - start
@@ -204,7 +235,7 @@ def fit_baseline(corpus, metric: str, refit: bool = False, folds: int | str = "a
     test = variants[choice.chosen].test
     n_parameters = sum((featurizer.input_size + 1) * len(corpus.tag_names) for _, featurizer in final)
     return Baseline(choice.chosen, choice.value, C, test["hamming_loss"], test["micro_f1"], test["macro_f1"],
-                    n_parameters, seconds)
+                    n_parameters, seconds, getattr(chosen, "encoder_weight", None))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,14 +252,14 @@ def winner(rows: list[Row], metric: str) -> Row:
 
 
 def render(groups: list[tuple[str, list[Row]]], notes: list[str]) -> str:
-    lines = ["# Dense or sparse? Chosen on validation, reported on test", ""]
+    lines = ["# Which tagger? Chosen on validation, reported on test", ""]
     for metric, rows in groups:
         best = winner(rows, metric)
-        networks = [r for r in rows if r.name != BASELINE_NAME]
+        networks = [r for r in rows if r.name not in BASELINES.values()]
         lines += [results.markdown_table(HEADERS, [r.cells() for r in rows]), "",
                   f"Winner on validation {metric}: **{best.name}** ({best.validation:.4f}; test Hamming "
                   f"{best.test_hamming_loss:.4f}, micro-F1 {best.test_micro_f1:.4f})."]
-        if best.name == BASELINE_NAME and networks:
+        if best.name in BASELINES.values() and networks:
             top = winner(networks, metric)
             lines.append(f"The tuned baseline beats every searched network on validation; the best network is "
                          f"{top.name} ({top.validation:.4f}).")
@@ -243,6 +274,9 @@ def render(groups: list[tuple[str, list[Row]]], notes: list[str]) -> str:
         f"limit) fitted on the training split + one-vs-rest LogisticRegression (liblinear), C picked from "
         f"{', '.join(f'{c:g}' for c in BASELINE_C)} on validation; refit on training + validation when the "
         "networks were.",
+        f"- encoder baseline: the same TF-IDF beside a frozen sentence encoder's L2-normalised embedding of each "
+        f"post (the networks' encoder, else {DEFAULT_ENCODER}) times a weight picked from "
+        f"{', '.join(f'{w:g}' for w in BASELINE_WEIGHTS)} with C on validation: what a practitioner writes next.",
         "- train s: retrain wall time (networks) or vectorizer + fit time (baseline), on this machine.",
     ]
     lines += [f"- {note}" for note in notes]

@@ -36,8 +36,8 @@ from tagsearch.data.corpus import Corpus, cv_folds, load_corpus, n_folds, DataOp
 from tagsearch.errors import UserError
 from tagsearch.log import log
 from tagsearch.study.spec import Spec, coerce, load_spec
-from tagsearch.learn.train import (EpochRecord, TrainResult, build_model, count_parameters, fit, predict_proba,
-                                   train_config)
+from tagsearch.learn.train import (EpochRecord, TrainResult, build_model, count_parameters, fit, pick_device,
+                                   predict_proba, train_config)
 
 # One CPU thread, like each search worker: these small per-batch products gain little from more, and
 # lose badly when the cores are busy (tfidf epoch on 2 busy cores: 3.9 s with 1 thread, 34-47 s with 2).
@@ -76,7 +76,8 @@ def retrain_trial(spec: Spec | str | Path, *, trial: int | None = None, out: str
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads or RETRAIN_THREADS)
     try:
-        run = retrain(corpus, params, epochs, spec.patience, device or spec.device, spec.metric, refit, folds)
+        run = retrain(corpus, params, epochs, spec.patience, device or spec.device, spec.metric, refit, folds,
+                      search.embedding_dir(url))
         evaluation = evaluate(run, corpus, params, spec.metric)
     finally:
         torch.set_num_threads(saved_threads)  # a caller's threads are its own
@@ -144,10 +145,13 @@ class Run:
 
 
 def retrain(corpus: Corpus, params: dict, epochs: int, patience: int, device: str, metric: str = "hamming_loss",
-            refit: bool = False, folds: int = 1) -> Run:
+            refit: bool = False, folds: int = 1, embedding_dir: str | None = None) -> Run:
     """Train as the trial did (on the training split, or on each of ``folds`` cross-validation
-    folds), then optionally refit on training + validation."""
-    splits, cache = cv_folds(corpus, folds), FeatureCache()  # the folds and the refit share the token stream
+    folds), then optionally refit on training + validation. ``embedding_dir``: the study's stored
+    encodings (an encoder model reuses them instead of encoding the posts again)."""
+    splits = cv_folds(corpus, folds)
+    # the folds and the refit share the token stream and the encoding
+    cache = FeatureCache(embedding_dir, str(pick_device(device)))
 
     def show(epoch: int, record: EpochRecord) -> None:
         log(f"  epoch {epoch:3d}  loss {record.train_loss:.4f}  {val_key(metric)} {record.value(metric):.4f}  "

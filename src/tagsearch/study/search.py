@@ -15,6 +15,7 @@ import socket
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import optuna
 import torch
@@ -26,7 +27,7 @@ from tagsearch.learn.metrics import val_key
 from tagsearch.data.corpus import Corpus
 from tagsearch.errors import UserError
 from tagsearch.study.spec import ACTIVE_WHEN, PARAMS, Spec, is_active
-from tagsearch.runtime.storage import masked, open_storage
+from tagsearch.runtime.storage import local_path, masked, open_storage
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 DESCRIBE_WAIT_SECONDS = 10
@@ -84,11 +85,12 @@ def check_space(spec: Spec) -> None:
 
 def suggest(trial: optuna.Trial, spec: Spec) -> dict:
     """The complete parameter dict: the spec's defaults overlaid with this trial's suggestions. A
-    parameter that cannot matter (``hidden2`` of a 1-layer head, ``buckets`` without n-grams) is
-    not suggested; its default stays in the dict, unused."""
+    parameter that cannot matter (``hidden2`` of a 1-layer head, ``buckets`` without n-grams, a
+    TF-IDF setting when the trial's ``model`` is dense) is not suggested; its default stays in the
+    dict, unused."""
     params = dict(spec.defaults)
     parents = {parent for parent, _ in ACTIVE_WHEN.values()}
-    for name in sorted(spec.search, key=lambda n: n not in parents):  # what others depend on first
+    for name in sorted(spec.search, key=lambda n: (n != "model", n not in parents)):  # what others depend on first
         space = spec.search[name]
         if not is_active(name, params):
             continue
@@ -111,13 +113,15 @@ class Objective:
     """Suggest → build → train, reporting each epoch to the pruner → record → return the best
     validation value of the study's metric. (Ctrl-C and SIGTERM are ``workers.Interrupts``'.)"""
 
-    def __init__(self, spec: Spec, corpus: Corpus, device: str | None = None, max_epochs: int | None = None):
+    def __init__(self, spec: Spec, corpus: Corpus, device: str | None = None, max_epochs: int | None = None,
+                 storage: str | None = None):
         self.spec, self.corpus = spec, corpus
         self.device = device or spec.device
         self.max_epochs = max_epochs or spec.max_epochs
         self.device_name = describe_device(self.device)
         self.folds = data.cv_folds(corpus, spec.folds)
-        self.features = FeatureCache()  # this worker's trials share token streams and fitted featurizers
+        # this worker's trials share token streams, fitted featurizers and the host's encodings
+        self.features = FeatureCache(embedding_dir(storage or spec.storage), str(train.pick_device(self.device)))
 
     def __call__(self, trial: optuna.Trial) -> float:
         try:
@@ -169,6 +173,13 @@ def curve_point(record: train.EpochRecord, metric: str) -> dict:
     """One epoch of the ``learning_curve`` user attribute: losses, the metric, the best epoch so far."""
     return {"train_loss": round(record.train_loss, 6), "val_loss": round(record.val_loss, 6),
             val_key(metric): round(record.value(metric), 6), "best_epoch": record.best_epoch}
+
+
+def embedding_dir(storage_url: str) -> str:
+    """Where encoders' embeddings of a corpus persist on this host, shared by its workers: beside a
+    local storage file (``storage/x.db`` → ``storage/embeddings``), else ``storage/embeddings``."""
+    path = local_path(storage_url)
+    return str((Path("storage") if path is None else path.parent) / "embeddings")
 
 
 def set_user_attrs(trial: optuna.Trial, **attrs) -> None:

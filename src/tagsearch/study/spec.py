@@ -25,7 +25,10 @@ from tagsearch.data.corpus import DataConfig
 from tagsearch.errors import UserError
 from tagsearch.learn.metrics import DIRECTIONS
 
-MODELS = ("dense", "tfidf")
+MODELS = ("dense", "tfidf", "encoder", "encoder_tfidf")
+TFIDF_MODELS = ("tfidf", "encoder_tfidf")  # models whose features include TF-IDF
+ENCODER_MODELS = ("encoder", "encoder_tfidf")  # models whose features include a pretrained encoder's embeddings
+DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 POS_WEIGHT_SCHEMES = ("seed", "neg_pos", "none")
 OPTIMIZERS = ("adamw", "sgd")
 DEFAULT_STORAGE = "sqlite:///storage/tagsearch.db"
@@ -42,7 +45,7 @@ class Param:
 
 
 PARAMS: dict[str, Param] = {
-    "model": Param(str, lambda v: v in MODELS, "one of dense, tfidf"),
+    "model": Param(str, lambda v: v in MODELS, "one of " + ", ".join(MODELS)),
     "embedding_dim": Param(int, lambda v: v >= 1, "an integer >= 1", ("dense",)),
     "hidden_layers": Param(int, lambda v: 0 <= v <= 2, "an integer in [0, 2]"),
     "hidden1": Param(int, lambda v: v >= 1, "an integer >= 1"),
@@ -57,10 +60,14 @@ PARAMS: dict[str, Param] = {
     "min_freq": Param(int, lambda v: v >= 1, "an integer >= 1", ("dense",)),
     "word_ngrams": Param(int, lambda v: 1 <= v <= 3, "an integer in [1, 3]", ("dense",)),
     "buckets": Param(int, lambda v: v >= 1, "an integer >= 1", ("dense",)),
-    "max_features": Param(int, lambda v: v >= 0, "an integer >= 0 (0 = no limit)", ("tfidf",)),
-    "min_df": Param(int, lambda v: v >= 1, "an integer >= 1", ("tfidf",)),
-    "ngram_max": Param(int, lambda v: 1 <= v <= 3, "an integer in [1, 3]", ("tfidf",)),
-    "sublinear_tf": Param(bool, lambda v: True, "true or false", ("tfidf",)),
+    "max_features": Param(int, lambda v: v >= 0, "an integer >= 0 (0 = no limit)", TFIDF_MODELS),
+    "min_df": Param(int, lambda v: v >= 1, "an integer >= 1", TFIDF_MODELS),
+    "ngram_max": Param(int, lambda v: 1 <= v <= 3, "an integer in [1, 3]", TFIDF_MODELS),
+    "sublinear_tf": Param(bool, lambda v: True, "true or false", TFIDF_MODELS),
+    "encoder": Param(str, lambda v: bool(v.strip()), "a sentence-transformers model name or local directory",
+                     ENCODER_MODELS),
+    "max_seq_length": Param(int, lambda v: 8 <= v <= 512, "an integer in [8, 512]", ENCODER_MODELS),
+    "encoder_weight": Param(float, lambda v: 0 < v <= 10, "a number in (0, 10]", ("encoder_tfidf",)),
     "pos_weight": Param(str, lambda v: v in POS_WEIGHT_SCHEMES, "one of seed, neg_pos, none"),
     "clip_value": Param(float, lambda v: v > 0, "a number > 0"),
     "seed": Param(int, lambda v: True, "an integer"),
@@ -73,6 +80,7 @@ SEED_DEFAULTS = {
     "min_freq": 1, "word_ngrams": 1,
     "buckets": 262144, "max_features": 5000, "min_df": 1, "ngram_max": 1, "sublinear_tf": False,
     "pos_weight": "seed", "clip_value": 10.0, "seed": 42,
+    "encoder": DEFAULT_ENCODER, "max_seq_length": 256, "encoder_weight": 0.5,
 }
 
 # A hyperparameter that only matters when another one has certain values: (parameter, those values).
@@ -82,7 +90,10 @@ ACTIVE_WHEN = {"hidden1": ("hidden_layers", (1, 2)), "dropout": ("hidden_layers"
 
 
 def is_active(name: str, params: dict) -> bool:
-    """Whether hyperparameter ``name`` changes the model given the other ``params``."""
+    """Whether hyperparameter ``name`` changes the model given the other ``params`` (its model's,
+    and its parent's value where it has one)."""
+    if params.get("model", SEED_DEFAULTS["model"]) not in PARAMS[name].models:
+        return False
     if name not in ACTIVE_WHEN:
         return True
     parent, values = ACTIVE_WHEN[name]
@@ -243,7 +254,7 @@ def parse_spec(raw: dict, where: str = "spec") -> Spec:
                 metric=metric, n_trials=study.get("n_trials", 20),
                 timeout=study.get("timeout"), sampler=raw.get("sampler", {}), pruner=raw.get("pruner", {}),
                 data=raw.get("data", {}), training=raw.get("training", {}), defaults=defaults,
-                search={k: _check_search(k, v, defaults["model"], f"{where} [search.{k}]")
+                search={k: _check_search(k, v, _models(raw, defaults), f"{where} [search.{k}]")
                         for k, v in raw.get("search", {}).items()})
     _check_choices(spec, where)
     return spec
@@ -285,17 +296,27 @@ def _check_choices(spec: Spec, where: str) -> None:
         raise UserError(f"{where} [data]: {exc}") from None
 
 
-def _check_search(name: str, entry, model: str, where: str) -> dict:
-    if name not in PARAMS or name in ("model", "seed"):
+def _models(raw: dict, defaults: dict) -> tuple[str, ...]:
+    """The models a spec's trials may build: ``[search.model]``'s choices, else the default's."""
+    choices = raw.get("search", {}).get("model", {})
+    listed = choices.get("choices") if isinstance(choices, dict) else None
+    return tuple(m for m in listed if m in MODELS) if isinstance(listed, list) else (defaults["model"],)
+
+
+def _check_search(name: str, entry, models: tuple[str, ...], where: str) -> dict:
+    if name not in PARAMS or name in ("seed", "encoder"):
         raise UserError(f"{where}: {name!r} cannot be searched; expected one of "
-                        f"{', '.join(k for k in PARAMS if k not in ('model', 'seed'))}")
+                        f"{', '.join(k for k in PARAMS if k not in ('seed', 'encoder'))}")
+    if name == "model" and (not isinstance(entry, dict) or set(entry) != {"choices"}):
+        raise UserError(f"{where}: the model is searched by choices = [...] over {', '.join(MODELS)}; got {entry!r}")
     if not isinstance(entry, dict):
         raise UserError(f"{where}: expected a table with low/high or choices, got {entry!r}")
     unknown = set(entry) - SEARCH_KEYS
     if unknown:
         raise UserError(f"{where}: unknown key {sorted(unknown)[0]!r}; expected some of {', '.join(sorted(SEARCH_KEYS))}")
-    if model not in PARAMS[name].models:
-        raise UserError(f"{where}: {name!r} does not apply to model {model!r}")
+    if not set(models) & set(PARAMS[name].models):
+        raise UserError(f"{where}: {name!r} does not apply to model {' or '.join(map(repr, models))}; it applies to "
+                        f"{', '.join(PARAMS[name].models)}")
     if "choices" in entry:
         choices = entry["choices"]
         if not isinstance(choices, list) or not choices or set(entry) != {"choices"}:
