@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from tagsearch.study import search
-from tagsearch.runtime import workers
+from tagsearch.runtime import trials as workers
 from tagsearch.data.corpus import load_corpus
 from tagsearch.study.spec import load_spec
 from tagsearch.runtime.storage import open_storage

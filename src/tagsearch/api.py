@@ -75,7 +75,7 @@ def run_study(spec: Spec | str | Path, corpus: data.Corpus | None = None, *, n_t
     """Create the spec's study or join it (same storage, name and data) and run trials here, as one
     ``tagsearch worker`` does, until the whole study has ``n_trials`` finished ones. Returns it."""
     from tagsearch.study import search
-    from tagsearch.runtime import workers
+    from tagsearch.runtime import trials as workers
 
     spec = _spec(spec)
     corpus, url = corpus or load_corpus(spec), storage or spec.storage

@@ -21,15 +21,41 @@ from tagsearch.errors import UserError
 COMMANDS = {
     "synth": ("tagsearch.data.synth", "cmd_synth"),
     "train": ("tagsearch.api", "cmd_train"),
-    "worker": ("tagsearch.runtime.workers", "cmd_worker"),
-    "launch": ("tagsearch.runtime.workers", "cmd_launch"),
+    "worker": ("tagsearch.cli", "_worker"),
+    "launch": ("tagsearch.cli", "_launch"),
     "dashboard": ("tagsearch.study.dashboard", "cmd_dashboard"),
-    "storage-proxy": ("tagsearch.runtime.proxy", "cmd_storage_proxy"),
+    "storage-proxy": ("tagsearch.cli", "_storage_proxy"),
     "retrain": ("tagsearch.results.retrain", "cmd_retrain"),
     "predict": ("tagsearch.results.predict", "cmd_predict"),
     "compare": ("tagsearch.results.compare", "cmd_compare"),
     "demo": ("tagsearch.demo", "cmd_demo"),
 }
+
+
+def _data(args):
+    from tagsearch.data.corpus import DataOptions
+
+    return DataOptions(args.data, tuple(args.text_columns or ()), args.tags_column, args.top_k)
+
+
+def _worker(args) -> int:
+    from tagsearch.study.workers import run_worker
+
+    return run_worker(args.spec, data=_data(args), storage=args.storage, study_name=args.study_name,
+                      n_trials=args.n_trials, timeout=args.timeout, device=args.device, threads=args.threads)
+
+
+def _launch(args) -> int:
+    from tagsearch.study.workers import launch
+
+    return launch(args.spec, data=_data(args), storage=args.storage, study_name=args.study_name,
+                  workers=args.workers, devices=args.devices, n_trials=args.n_trials, timeout=args.timeout)
+
+
+def _storage_proxy(args) -> int:
+    from tagsearch.runtime.proxy import serve
+
+    return serve(args.storage, host=args.host, port=args.port)
 
 
 class Parser(argparse.ArgumentParser):

@@ -22,7 +22,7 @@ from tagsearch.errors import UserError
 from tagsearch.log import log
 from tagsearch.study.spec import load_spec
 from tagsearch.study.specfile import save_spec
-from tagsearch.runtime.workers import cmd_launch
+from tagsearch.study.workers import launch
 
 STORAGE = "sqlite:///storage/demo.db"
 SPEC_DIR = Path("storage")
@@ -102,9 +102,7 @@ def write_demo_spec(model: str, name: str, data: str, trials: int) -> Path:
 
 def run_study(spec_path: Path, trials: int, workers: int, timeout: float) -> None:
     """``tagsearch launch``: W worker processes and one live progress line."""
-    code = cmd_launch(Namespace(spec=str(spec_path), workers=workers, devices="cpu", n_trials=trials, timeout=timeout,
-                                data=None, text_columns=None, tags_column=None, top_k=None, storage=None,
-                                study_name=None))
+    code = launch(str(spec_path), workers=workers, devices="cpu", n_trials=trials, timeout=timeout)
     if code == 130:
         raise KeyboardInterrupt
     if code != 0:
