@@ -4,9 +4,8 @@ torch. Run as ``python tests/stub_worker.py worker|launch --storage URL --study-
 
 The objective suggests ``x`` and ``size``, reports ``--epochs`` epochs (each sleeps
 ``--epoch-seconds`` × size / 4, so trials vary in length) and returns the best reported value. Told
-through files in ``--control DIR``: ``hang`` (while it exists, a trial that reported its first epoch
-keeps running, reporting nothing more, until killed or the file goes) and ``fail`` (the next epoch
-raises). The study is created under the budget lock with a [defaults] trial queued first, as
+through a file in ``--control DIR``: ``hang`` (while it exists, a trial goes on past its epochs,
+reporting one more every 0.2 s, until killed or the file goes). The study is created under the budget lock with a [defaults] trial queued first, as
 ``tagsearch worker`` creates one.
 """
 
@@ -31,6 +30,7 @@ from tagsearch.runtime.storage import open_storage, outages_of
 from tagsearch.runtime.trials import run_trials
 
 DEFAULTS = {"x": 0.5, "size": 1}
+HANG_EPOCH_SECONDS = 0.2
 ATTRS = ("params", "worker", "epochs_run", "best_epoch")  # what every finished stub trial carries
 
 
@@ -45,19 +45,15 @@ class StubObjective:
         x, size = trial.suggest_float("x", 0.0, 1.0), trial.suggest_categorical("size", [1, 2, 4, 8])
         trial.set_user_attr("params", {"x": x, "size": size})
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        best = None
-        for epoch in range(1, self.epochs + 1):
-            time.sleep(self.epoch_seconds * size / 4)
-            if self.told("fail"):
-                trial.set_user_attr("fail_reason", "RuntimeError: told to fail")
-                raise RuntimeError("told to fail")
+        best, epoch = None, 0
+        while epoch < self.epochs or self.told("hang"):
+            epoch += 1
+            time.sleep(self.epoch_seconds * size / 4 if epoch <= self.epochs else HANG_EPOCH_SECONDS)
             value = (x - 0.3) ** 2 + 1.0 / (epoch + size)
             trial.report(value, epoch)
             if best is None or value < best[0]:
                 best = (value, epoch)
-            while self.told("hang"):
-                time.sleep(0.05)
-        trial.set_user_attr("epochs_run", self.epochs)
+        trial.set_user_attr("epochs_run", epoch)
         trial.set_user_attr("best_epoch", best[1])
         return best[0]
 
