@@ -51,7 +51,7 @@ KINDS = ("dense", "tfidf")
 
 def launch(spec: str, *, data: str, storage: str, study_name: str, workers: int, timeout: float) -> None:
     """``tagsearch launch`` on CPU workers; a failure stops the benchmark with its output."""
-    # TODO(merge): study.workers.launch(spec, data=data_options, storage=..., study_name=..., workers=..., devices="cpu", n_trials=10000, timeout=...)
+    # a process of its own, as a user runs it: launch takes over the terminal's signals for its workers
     argv = ["launch", spec, "--data", data, "--storage", storage, "--study-name", study_name, "--workers",
             str(workers), "--devices", "cpu", "--timeout", str(timeout), "--n-trials", "10000"]
     done = subprocess.run([sys.executable, "-m", "tagsearch.cli", *argv], cwd=REPO, capture_output=True, text=True)

@@ -10,7 +10,9 @@ lock's tries included, from the end of one trial to the end of the next), median
     .venv/bin/python benchmarks/reliability_load.py [--trials 200] [--workers 8]
         [--postgres postgresql+psycopg2://postgres@127.0.0.1:5432/test] [--modes direct,proxy] [--json OUT]
 
-Each run uses a study of its own (deleted afterwards).
+Each run uses a study of its own (deleted afterwards). The tests (tests/test_services.py) run it at
+test size with ``stub=True``: the workers are tests/stub_worker.py (the same runtime, a stub
+objective without torch) instead of ``tagsearch worker``.
 """
 
 from __future__ import annotations
@@ -31,29 +33,30 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-# Runs inside each worker: time every storage call of the main thread (all go through
-# storage.retry_transient) and write one line per trial: its number and its storage seconds.
+# Runs inside each worker: time every storage call of the main thread (on a server storage all go
+# through outages.Outages.call, budget lock tries included) and write one line per trial: its number
+# and its storage seconds. Then runs the worker: ``hook.py MODULE ARGS`` calls MODULE.main(ARGS).
 TIMING_HOOK = """
-import json, os, sys, threading, time
+import importlib, json, os, sys, threading, time
 import optuna
-from tagsearch.runtime import storage
+from tagsearch.runtime.outages import Outages
 
 out = open(os.environ["TAGSEARCH_BENCH_TIMINGS"], "a")
 spent = [0.0]
-real_retry = storage.retry_transient
+real_call = Outages.call
 
 
-def timed(what, function, *args, **kwargs):
+def timed(self, what, function, *args, **kwargs):
     if threading.current_thread() is not threading.main_thread():
-        return real_retry(what, function, *args, **kwargs)
+        return real_call(self, what, function, *args, **kwargs)
     start = time.perf_counter()
     try:
-        return real_retry(what, function, *args, **kwargs)
+        return real_call(self, what, function, *args, **kwargs)
     finally:
         spent[0] += time.perf_counter() - start
 
 
-storage.retry_transient = timed
+Outages.call = timed
 real_optimize = optuna.study.Study.optimize
 
 
@@ -67,9 +70,7 @@ def optimize(self, *args, **kwargs):
 
 
 optuna.study.Study.optimize = optimize
-from tagsearch.cli import main
-
-sys.exit(main(sys.argv[1:]))
+sys.exit(importlib.import_module(sys.argv[1]).main(sys.argv[2:]))
 """
 
 
@@ -121,7 +122,7 @@ class DashboardPoller:
         self.process.wait(timeout=30)
 
 
-def run(mode: str, postgres: str, trials: int, workers: int, folder: Path, data: Path) -> dict:
+def run(mode: str, postgres: str, trials: int, workers: int, folder: Path, data: Path, stub: bool = False) -> dict:
     from conftest import write_spec
     from test_stress import start_proxy, stop_proxy
 
@@ -141,14 +142,18 @@ def run(mode: str, postgres: str, trials: int, workers: int, folder: Path, data:
     hook.write_text(TIMING_HOOK)
     timings = folder / "timings.jsonl"
     poller = DashboardPoller(url, name, folder)
+    worker = (["stub_worker", "worker", "--storage", url, "--study-name", name, "--n-trials", str(trials),
+               "--epochs", "1", "--epoch-seconds", "0.2"] if stub else
+              ["tagsearch.cli", "worker", str(spec), "--n-trials", str(trials), "--threads", "1"])
+    tests = str(REPO / "tests")
     processes, start = [], time.monotonic()
     try:
         for index in range(workers):
             env = {**os.environ, "OMP_NUM_THREADS": "1", "TAGSEARCH_WORKER_INDEX": str(index),
-                   "TAGSEARCH_BENCH_TIMINGS": str(timings)}
+                   "TAGSEARCH_BENCH_TIMINGS": str(timings),
+                   "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))}
             with open(folder / f"worker{index}.log", "w") as handle:
-                processes.append(subprocess.Popen([sys.executable, str(hook), "worker", str(spec), "--n-trials",
-                                                   str(trials), "--threads", "1"], env=env, stdout=handle,
+                processes.append(subprocess.Popen([sys.executable, str(hook), *worker], env=env, stdout=handle,
                                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
         codes = [p.wait(timeout=3600) for p in processes]
         wall = time.monotonic() - start

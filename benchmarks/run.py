@@ -15,7 +15,7 @@ Sections (each figure is reference vs tagsearch, measured in this one run, alter
    the copy bandwidth, the floor per epoch and tagsearch's ratio to it);
 3. whole process: ``seed_path.py`` and ``tagsearch train … --no-early-stop`` as child processes,
    alternating, wall time and each child's peak resident memory;
-4. search (only when ``tagsearch.runtime.workers`` exists): ``tagsearch launch`` throughput, 2 workers × 1
+4. search (only when ``tagsearch.study.workers`` exists): ``tagsearch launch`` throughput, 2 workers × 1
    thread vs 1 worker × 2 threads, and pruning on vs off (total epochs trained).
 
 Threads. The reference runs as the notebooks ran, with torch's default thread count (one per core:
@@ -282,12 +282,12 @@ def bench_whole(path: str, kind: str, epochs: int, threads: int, repeats: int, r
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. Search (the search layer's section: filled in only when tagsearch.runtime.workers exists)
+# 4. Search (the search layer's section: filled in only when tagsearch.study.workers exists)
 
 
 def bench_search(args) -> dict | None:
-    if importlib.util.find_spec("tagsearch.runtime.workers") is None:
-        say("skipped: tagsearch.runtime.workers does not exist yet")
+    if importlib.util.find_spec("tagsearch.study.workers") is None:
+        say("skipped: tagsearch.study.workers does not exist yet")
         return None
     import search_bench  # benchmarks/search_bench.py: launch throughput and pruning
 

@@ -1,4 +1,4 @@
-"""run.py's search section (``--search``; needs ``tagsearch.runtime.workers``, the search layer).
+"""run.py's search section (``--search``; needs ``tagsearch.study.workers``, the search layer).
 
 1. Throughput: ``tagsearch launch --workers 2 --devices cpu`` (one thread per worker) against one
    ``tagsearch worker --threads 2``, each for the same wall-clock window on a fresh study of

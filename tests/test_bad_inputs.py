@@ -33,7 +33,7 @@ def existing_study(tmp_path_factory, tiny_csv) -> Path:
     from tagsearch.study import search
     from tagsearch.data.corpus import load_corpus
     from tagsearch.study.spec import load_spec
-    from tagsearch.runtime.workers import run_trials
+    from tagsearch.runtime.trials import run_trials
 
     folder = tmp_path_factory.mktemp("existing")
     path = folder / "existing.db"

@@ -41,7 +41,7 @@ def study_url(tmp_path_factory, tiny_csv) -> str:
     from tagsearch.study import search
     from tagsearch.data.corpus import load_corpus
     from tagsearch.study.spec import load_spec
-    from tagsearch.runtime.workers import run_trials
+    from tagsearch.runtime.trials import run_trials
 
     folder = tmp_path_factory.mktemp("browser")
     url = f"sqlite:///{folder}/dash.db"

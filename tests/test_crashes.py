@@ -1,11 +1,13 @@
-"""Crashes: SIGKILLed workers, a hard double Ctrl-C on ``launch``, trials that raise inside training
-(NaN loss, CUDA out of memory), and ``retrain`` interrupted while writing its results directory.
+"""Crashes: SIGKILLed workers, Ctrl-C and a hard double Ctrl-C on ``launch``, trials that raise inside
+training (NaN loss, CUDA out of memory), and ``retrain`` interrupted while writing its results
+directory.
 
-A killed worker under ``launch`` and a single Ctrl-C, and the harder variants: two crashes in a row
-(the retry of a killed trial is itself killed, and is not retried a second time), and a double
-Ctrl-C that SIGKILLs every worker mid-trial so that only the heartbeat machinery can recover the
-trials on the next ``launch``. The same recovery on journal files, Redis journals and the gRPC
-proxy, which have no Optuna heartbeats (tagsearch's own, heartbeat.py).
+The process tests run the real runtime around a stub objective (tests/stub_worker.py, no torch):
+killed workers, including the retry of a killed trial killed again (not retried a second time), and
+a double Ctrl-C that SIGKILLs every worker mid-trial so that only the heartbeat machinery can recover
+the trials on the next ``launch``; the same recovery on journal files, Redis journals and the gRPC
+proxy, which have no Optuna heartbeats (tagsearch's own, heartbeat.py). One ``tagsearch launch`` of
+the real objective on a tiny corpus has a worker SIGKILLed mid-trial.
 """
 
 from __future__ import annotations
@@ -29,10 +31,10 @@ from tagsearch.cli import main
 from tagsearch.data.corpus import load_corpus
 from tagsearch.errors import UserError
 from tagsearch.study.spec import load_spec
-from tagsearch.runtime import heartbeat
+from tagsearch.runtime import _optuna, heartbeat
 from tagsearch.runtime.storage import artifact_dir, open_storage
-from test_stress import (FINISHED, State, check_study, integrity, sqlite_file, start_proxy, start_worker, stop_all,
-                         stop_proxy, stress_spec, wait_all)
+from test_stress import (COMPLETE_ATTRS, FINISHED, State, check_study, integrity, sqlite_file, start_proxy,
+                         start_stub, stop_all, stop_proxy, wait_all)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = [pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
@@ -40,15 +42,10 @@ pytestmark = [pytest.mark.filterwarnings("ignore::optuna.exceptions.Experimental
 FAST_HEARTBEAT = {"TAGSEARCH_HEARTBEAT": "1", "TAGSEARCH_GRACE": "3"}
 
 
-def long_trials_spec(tmp_path: Path, tiny_csv: Path, url: str, name: str, epochs: int) -> Path:
-    """Trials of ``epochs`` epochs that are never pruned or stopped early (so they can be hit mid-run)."""
-    return stress_spec(tmp_path / f"{name}.toml", tiny_csv, url, name, epochs=epochs, extra="", pruner="none")
-
-
 def load_trials(url: str, name: str) -> list:
     try:
         return optuna.load_study(study_name=name, storage=open_storage(url)).get_trials(deepcopy=False)
-    except KeyError:  # not created yet
+    except (KeyError, UserError):  # not created yet
         return []
 
 
@@ -65,16 +62,6 @@ def wait_for(condition, seconds: float, what: str):
     raise AssertionError(f"timed out after {seconds}s waiting for {what}")
 
 
-def running(url: str, name: str, pids, where=lambda t: True):
-    """A RUNNING trial of one of ``pids`` that has reported at least one epoch and passes ``where``."""
-    for trial in load_trials(url, name):
-        worker = trial.user_attrs.get("worker", ":")
-        if trial.state == State.RUNNING and trial.intermediate_values and where(trial) \
-                and int(worker.rsplit(":", 1)[1] or 0) in pids:
-            return trial
-    return None
-
-
 def pid_of(trial) -> int:
     return int(trial.user_attrs["worker"].rsplit(":", 1)[1])
 
@@ -87,46 +74,89 @@ def alive(pid: int) -> bool:
     return True
 
 
+def running(url: str, name: str, where=lambda t: True) -> list:
+    """The RUNNING trials of live workers that have reported an epoch and pass ``where``."""
+    return [t for t in load_trials(url, name) if t.state == State.RUNNING and t.intermediate_values
+            and "worker" in t.user_attrs and alive(pid_of(t)) and where(t)]
+
+
+def beating(url: str, trial) -> bool:
+    """Whether Optuna's heartbeat table has a row for ``trial`` (SQLite): a trial killed before its
+    first heartbeat is never found stale (Optuna lists only trials with one)."""
+    import sqlite3
+
+    with sqlite3.connect(sqlite_file(url)) as connection:
+        return connection.execute("SELECT 1 FROM trial_heartbeats WHERE trial_id = ?",
+                                  (_optuna.trial_id(trial),)).fetchone() is not None
+
+
+def hanging(tmp_path: Path) -> Path:
+    """A control folder telling stub trials to hang after their first epoch (until the file goes)."""
+    control = tmp_path / "control"
+    control.mkdir(exist_ok=True)
+    (control / "hang").touch()
+    return control
+
+
 # ---------------------------------------------------------------------------------------------
-# SIGKILL
+# SIGKILL and a hard double Ctrl-C (stub objective)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_two_sigkills_in_a_row_each_trial_is_retried_once_and_the_budget_is_met(tmp_path, tiny_csv):
-    """Kill the worker of a running trial X: X becomes FAIL after the grace period and is queued again
-    with the same parameters. Kill the worker running that retry too: the retry becomes FAIL and is
-    NOT queued a third time (max_retry=1). The surviving workers still finish the budget exactly."""
-    url, name, target = f"sqlite:///{tmp_path}/kill.db", "kill", 4
-    spec = long_trials_spec(tmp_path, tiny_csv, url, name, epochs=25)
-    args = ("--n-trials", str(target), "--threads", "1")
-    processes = []
+def test_killed_workers_and_a_hard_double_ctrl_c_each_lost_trial_is_retried_once_and_the_budget_met(tmp_path):
+    """Under ``launch`` (4 workers, budget 2, trials that hang after an epoch): kill the worker of a
+    running trial X: X becomes FAIL after the grace period and is queued again with the same
+    parameters. Kill the worker running that retry too: the retry becomes FAIL and is NOT queued a
+    third time (max_retry=1). Then a second signal before the first was forwarded (Ctrl-C then
+    SIGTERM; two SIGINTs sent at once would merge into one): launch SIGKILLs its workers, leaving
+    their trials RUNNING with a dead heartbeat; no worker survives. The next launch fails those
+    trials, reruns each once with the same parameters, and reaches the budget exactly."""
+    url, name, target = f"sqlite:///{tmp_path}/kill.db", "kill", 2
+    control = hanging(tmp_path)
+    first = start_stub(tmp_path / "launch1.log", "launch", url, name, target, "--workers", "4",
+                       "--control", str(control), env=FAST_HEARTBEAT)
     try:
-        processes += [start_worker(spec, tmp_path / f"w{i}.log", *args, index=i, env=FAST_HEARTBEAT) for i in (0, 1)]
-        pids = {p.pid: p for p in processes}
-        first = wait_for(lambda: running(url, name, pids), 150, "a trial to report an epoch")
-        os.kill(pid_of(first), signal.SIGKILL)
-        processes.append(start_worker(spec, tmp_path / "w2.log", *args, index=2, env=FAST_HEARTBEAT))
-        pids = {p.pid: p for p in processes if p.poll() is None}
-        retry = wait_for(lambda: running(url, name, pids, lambda t: t.system_attrs.get("failed_trial") == first.number),
-                         150, f"the retry of trial {first.number} to report an epoch")
+        x = wait_for(lambda: running(url, name, lambda t: beating(url, t)), 120, "a trial to report an epoch")[0]
+        os.kill(pid_of(x), signal.SIGKILL)
+        retry = wait_for(lambda: running(url, name, lambda t: t.system_attrs.get("failed_trial") == x.number
+                                         and beating(url, t)), 120, f"the retry of trial {x.number} to beat")[0]
         os.kill(pid_of(retry), signal.SIGKILL)
-        survivors = [p for p in processes if p.poll() is None and p.pid != pid_of(retry)]
-        assert survivors, "no worker left to finish the study"
-        assert wait_all(survivors, 150) == [0] * len(survivors)
+        wait_for(lambda: len(running(url, name)) == 2 and load_trials(url, name)[retry.number].state == State.FAIL,
+                 120, "the retry failed and two trials of live workers running")
+        first.send_signal(signal.SIGINT)
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=60) == 130
     finally:
-        stop_all(processes)
-    killed = sorted(p.returncode for p in processes if p.returncode != 0)
-    assert killed == [-signal.SIGKILL] * 2, [p.returncode for p in processes]
+        stop_all([first])
+    output = (tmp_path / "launch1.log").read_text()
+    assert "interrupted" in output and "Traceback" not in output, output
+    stranded = [t for t in load_trials(url, name) if t.state == State.RUNNING]
+    assert len(stranded) == 2, [t.state for t in load_trials(url, name)]
+    assert not [pid_of(t) for t in stranded if alive(pid_of(t))], "a worker outlived launch"
+
+    (control / "hang").unlink()  # resume with trials that finish
+    second = start_stub(tmp_path / "launch2.log", "launch", url, name, target, "--workers", "2",
+                        env=FAST_HEARTBEAT)
+    try:
+        assert second.wait(timeout=120) == 0, (tmp_path / "launch2.log").read_text()
+    finally:
+        stop_all([second])
+    output = (tmp_path / "launch2.log").read_text()
+    assert f"{target}/{target} finished" in output and "Traceback" not in output, output
 
     study = optuna.load_study(study_name=name, storage=url)
-    trials = check_study(study, target, allowed_fail=2, defaults_finished=0 if first.number == 0 else 1)
+    trials = check_study(study, target, allowed_fail=4, defaults_finished=0 if x.number == 0 else 1)
     by_number = {t.number: t for t in trials}
-    assert by_number[first.number].state == State.FAIL
-    assert by_number[retry.number].state == State.FAIL
-    copies = [t for t in trials if t.system_attrs.get("failed_trial") == first.number]
+    assert by_number[x.number].user_attrs["fail_reason"].startswith("worker lost: no heartbeat")
+    assert "not queued again" in by_number[retry.number].user_attrs["fail_reason"]
+    copies = [t for t in trials if t.system_attrs.get("failed_trial") == x.number]
     assert [t.number for t in copies] == [retry.number], "trial retried more than once"
-    assert retry.params == first.params and retry.system_attrs["retry_history"] == [first.number]
+    assert retry.params == x.params and retry.system_attrs["retry_history"] == [x.number]
+    for lost in stranded:
+        assert by_number[lost.number].state == State.FAIL
+        reruns = [t for t in trials if t.user_attrs.get("retry_of") == lost.number]
+        assert len(reruns) == 1 and reruns[0].params == lost.params and reruns[0].state in FINISHED
     assert integrity(sqlite_file(url)) == "ok"
 
 
@@ -149,18 +179,19 @@ def storage_for(kind: str, tmp_path: Path, cleanup: list) -> str:
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("kind", ["journal", "grpc", pytest.param("redis", marks=pytest.mark.services)])
-def test_sigkill_mid_trial_is_recovered_on_storages_without_optuna_heartbeats(kind, tmp_path, tiny_csv):
+def test_sigkill_mid_trial_is_recovered_on_storages_without_optuna_heartbeats(kind, tmp_path):
     """Journal file, Redis journal, gRPC proxy: the killed worker's trial becomes FAIL once its
     heartbeat (a trial system attribute) is older than the grace period, with the same fail_reason
     as on RDB storages; it is rerun once with the same parameters and the budget is met exactly."""
     cleanup, processes, name, target = [], [], f"kill-{kind}", 1  # the survivor waits, then reruns trial 0
     try:
         url = storage_for(kind, tmp_path, cleanup)
-        spec = long_trials_spec(tmp_path, tiny_csv, url, name, epochs=40)
-        args = ("--n-trials", str(target), "--threads", "1")
-        processes += [start_worker(spec, tmp_path / f"w{i}.log", *args, index=i, env=FAST_HEARTBEAT) for i in (0, 1)]
-        victim = wait_for(lambda: running(url, name, {p.pid for p in processes}), 120, "a trial to report an epoch")
+        control = hanging(tmp_path)
+        processes += [start_stub(tmp_path / f"w{i}.log", "worker", url, name, target, "--control", str(control),
+                                 index=i, env=FAST_HEARTBEAT) for i in (0, 1)]
+        victim = wait_for(lambda: running(url, name), 120, "a trial to report an epoch")[0]
         os.kill(pid_of(victim), signal.SIGKILL)
+        (control / "hang").unlink()  # the rerun finishes
         survivors = [p for p in processes if p.pid != pid_of(victim)]
         assert wait_all(survivors, 120) == [0], [(tmp_path / f"w{i}.log").read_text()[-2000:] for i in (0, 1)]
         study = optuna.load_study(study_name=name, storage=open_storage(url))
@@ -171,7 +202,7 @@ def test_sigkill_mid_trial_is_recovered_on_storages_without_optuna_heartbeats(ki
         assert isinstance(dead.system_attrs.get(heartbeat.KEY), float)  # it was beating while alive
         reruns = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
         assert len(reruns) == 1 and reruns[0].params == dead.params and reruns[0].state in FINISHED
-        assert "fail_reason" not in reruns[0].user_attrs
+        assert "fail_reason" not in reruns[0].user_attrs and reruns[0].user_attrs["retry_of"] == victim.number
         assert "Traceback" not in (tmp_path / "w0.log").read_text() + (tmp_path / "w1.log").read_text()
     finally:
         stop_all(processes)
@@ -188,17 +219,18 @@ def test_stale_trials_fail_with_a_reason_and_are_retried_once(kind, tmp_path, mo
     monkeypatch.setenv("TAGSEARCH_GRACE", "2")
     url = f"{kind}:///{tmp_path}/stale.{kind}"
     study = optuna.create_study(storage=open_storage(url), study_name="stale")
+    storage, ids = _optuna.study_storage(study), _optuna.trial_id
     fresh, old = study.ask(), study.ask()
     for trial in (fresh, old):
         trial.suggest_float("lr", 1e-4, 1e-1, log=True)
         trial.set_user_attr("worker", "host:1")
     if kind == "journal":
-        study._storage.set_trial_system_attr(old._trial_id, heartbeat.KEY, time.time() - 60)
-        study._storage.set_trial_system_attr(fresh._trial_id, heartbeat.KEY, time.time())
+        storage.set_trial_system_attr(ids(old), heartbeat.KEY, time.time() - 60)
+        storage.set_trial_system_attr(ids(fresh), heartbeat.KEY, time.time())
     else:  # Optuna's heartbeat table (whole seconds on SQLite): the old one beat once and stopped
-        study._storage.record_heartbeat(old._trial_id)
-        time.sleep(3.2)
-        study._storage.record_heartbeat(fresh._trial_id)
+        storage.record_heartbeat(ids(old))
+        wait_for(lambda: heartbeat.stale_trial_ids(study, 2) == [ids(old)], 30, "the old heartbeat to go stale")
+        storage.record_heartbeat(ids(fresh))
     assert heartbeat.fail_stale_trials(study) == [old.number]
     trials = study.get_trials()
     assert [t.state for t in trials] == [State.RUNNING, State.FAIL, State.WAITING]
@@ -208,8 +240,8 @@ def test_stale_trials_fail_with_a_reason_and_are_retried_once(kind, tmp_path, mo
     assert retry.number == 2 and retry.params == old.params and "fail_reason" not in retry.user_attrs
     if kind == "sqlite":
         return  # the rest is storage-independent (and slow on SQLite's whole-second clock)
-    study._storage.set_trial_system_attr(retry._trial_id, heartbeat.KEY, time.time() - 60)
-    study._storage.set_trial_system_attr(fresh._trial_id, heartbeat.KEY, time.time())
+    storage.set_trial_system_attr(ids(retry), heartbeat.KEY, time.time() - 60)
+    storage.set_trial_system_attr(ids(fresh), heartbeat.KEY, time.time())
     assert heartbeat.fail_stale_trials(study) == [2]
     trials = study.get_trials()
     assert [t.state for t in trials] == [State.RUNNING, State.FAIL, State.FAIL]
@@ -217,54 +249,45 @@ def test_stale_trials_fail_with_a_reason_and_are_retried_once(kind, tmp_path, mo
 
 
 # ---------------------------------------------------------------------------------------------
-# Ctrl-C on launch
+# Ctrl-C on launch (stub objective)
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)
-def test_second_signal_kills_the_workers_and_the_next_launch_recovers_their_trials(tmp_path, tiny_csv):
-    """A second signal before the first was forwarded (Ctrl-C then SIGTERM: two SIGINTs sent at once
-    would merge into one pending signal): launch SIGKILLs its workers, leaving their trials RUNNING
-    with a dead heartbeat. No worker survives. The next launch fails those trials, reruns each once with the
-    same parameters, and reaches the budget exactly."""
-    url, name, target = f"sqlite:///{tmp_path}/hard.db", "hard", 3
-    spec = long_trials_spec(tmp_path, tiny_csv, url, name, epochs=200)
-    args = ("--workers", "2", "--devices", "cpu", "--n-trials", str(target))
-    first = start_worker(spec, tmp_path / "launch1.log", *args, command="launch", env=FAST_HEARTBEAT)
+@pytest.mark.timeout(180)
+def test_launch_forwards_ctrl_c_and_a_rerun_resumes(tmp_path):
+    url, name, target = f"sqlite:///{tmp_path}/launch.db", "ctrl-c", 4
+    control = hanging(tmp_path)  # the signal lands mid-trial
+    launch = start_stub(tmp_path / "launch1.log", "launch", url, name, target, "--workers", "2",
+                        "--control", str(control))
     try:
-        wait_for(lambda: sum(t.state == State.RUNNING and bool(t.intermediate_values)
-                             for t in load_trials(url, name)) == 2, 150, "both workers to be mid-trial")
-        first.send_signal(signal.SIGINT)
-        first.send_signal(signal.SIGTERM)
-        assert first.wait(timeout=60) == 130
+        wait_for(lambda: len(running(url, name)) == 2, 120, "both workers mid-trial")
+        launch.send_signal(signal.SIGINT)
+        assert launch.wait(timeout=60) == 130
     finally:
-        stop_all([first])
+        stop_all([launch])
     output = (tmp_path / "launch1.log").read_text()
     assert "interrupted" in output and "Traceback" not in output, output
-    stranded = [t for t in load_trials(url, name) if t.state == State.RUNNING]
-    assert len(stranded) == 2, [t.state for t in load_trials(url, name)]
-    assert not [pid_of(t) for t in stranded if alive(pid_of(t))], "a worker outlived launch"
+    stopped = load_trials(url, name)
+    assert not any(t.state == State.RUNNING for t in stopped)
+    interrupted = [t for t in stopped if t.state == State.FAIL]
+    assert interrupted and all("interrupted" in t.user_attrs["fail_reason"] for t in interrupted)
+    queued = [t for t in stopped if t.state == State.WAITING]
+    assert {t.user_attrs["retry_of"] for t in queued} == {t.number for t in interrupted}
 
-    # Resume with short trials: the stranded trials are failed by heartbeat and rerun once each.
-    spec = long_trials_spec(tmp_path, tiny_csv, url, name, epochs=2)
-    second = start_worker(spec, tmp_path / "launch2.log", *args, command="launch", env=FAST_HEARTBEAT)
+    (control / "hang").unlink()
+    rerun = start_stub(tmp_path / "launch2.log", "launch", url, name, target, "--workers", "2")
     try:
-        assert second.wait(timeout=180) == 0, (tmp_path / "launch2.log").read_text()
+        assert rerun.wait(timeout=120) == 0, (tmp_path / "launch2.log").read_text()
     finally:
-        stop_all([second])
+        stop_all([rerun])
     output = (tmp_path / "launch2.log").read_text()
-    assert f"{target}/{target} finished" in output and "Traceback" not in output, output
-    study = optuna.load_study(study_name=name, storage=url)
-    trials = check_study(study, target, allowed_fail=len(stranded))
-    for lost in stranded:
-        assert study.trials[lost.number].state == State.FAIL
-        reruns = [t for t in trials if t.system_attrs.get("failed_trial") == lost.number]
-        assert len(reruns) == 1 and reruns[0].params == lost.params and reruns[0].state in FINISHED
-    assert integrity(sqlite_file(url)) == "ok"
+    assert f"{target}/{target} finished" in output and "launched 2 worker(s) on cpu" in output, output
+    check_study(optuna.load_study(study_name=name, storage=url), target, allowed_fail=len(interrupted))
+    assert (tmp_path / "launch-logs" / f"{name}-worker0.log").is_file()
 
 
 # ---------------------------------------------------------------------------------------------
-# Under launch (moved from test_workers.py)
+# The real objective under launch, one worker SIGKILLed
 
 
 def cli(*args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
@@ -274,74 +297,27 @@ def cli(*args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
-def quick_spec(spec_factory, epochs: int, **kwargs):
-    """The tiny test spec with ``epochs`` epochs and early-stopping patience as long."""
-    return spec_factory("dense", edit=lambda raw: raw["training"].update(max_epochs=epochs, patience=epochs),
-                        **kwargs)
-
-
-def trials(url: str, name: str = "test-dense") -> list:
-    return optuna.load_study(study_name=name, storage=open_storage(url)).get_trials()
-
-
-def running_with_an_epoch(url: str, number: int | None = None):
-    """The first RUNNING trial (numbered ``number``) that has reported an epoch, else None."""
-    try:
-        return next((t for t in trials(url) if t.state == State.RUNNING and t.intermediate_values
-                     and number in (None, t.number)), None)
-    except (KeyError, UserError):  # the study (or its file) is not created yet
-        return None
-
-
 @pytest.mark.slow
-def test_killed_worker_trial_is_failed_retried_and_the_budget_met(spec_factory, tmp_path):
-    """SIGKILL the worker running trial 0: the other marks it FAIL (heartbeat), reruns its parameters,
-    and the study still reaches its budget; launch reports the crash with a non-zero exit."""
+def test_launch_of_the_real_objective_with_a_killed_worker(spec_factory, tmp_path):
+    """``tagsearch launch`` on a tiny corpus, 2 workers: SIGKILL the worker running trial 0; the
+    other marks it FAIL (heartbeat), reruns its parameters, and the study reaches its budget with
+    every finished trial complete (learning curve, metrics, user attributes); launch reports the
+    crash with a non-zero exit."""
     url, target = f"sqlite:///{tmp_path}/kill.db", 3
-    spec = quick_spec(spec_factory, epochs=12, storage=url)
-    launch = cli("launch", str(spec), "--workers", "2", "--n-trials", str(target),
-                 env={"TAGSEARCH_HEARTBEAT": "1", "TAGSEARCH_GRACE": "3"})
-    victim = wait_for(lambda: (tmp_path / "kill.db").exists() and running_with_an_epoch(url, number=0), 120,
-                      "trial 0 to report an epoch")
-    os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+    spec = spec_factory("dense", storage=url, edit=lambda raw: raw["training"].update(max_epochs=12, patience=12))
+    launch = cli("launch", str(spec), "--workers", "2", "--n-trials", str(target), env=FAST_HEARTBEAT)
+    victim = wait_for(lambda: running(url, "test-dense", lambda t: t.number == 0 and beating(url, t)), 120,
+                      "trial 0 to report an epoch")[0]
+    os.kill(pid_of(victim), signal.SIGKILL)
     output = launch.communicate(timeout=300)[0]
     assert launch.returncode == 1 and "exited with code -9" in output, output
-    done = trials(url)
+    assert "launched 2 worker(s) on cpu" in output and f"{target}/{target} finished" in output, output
+    study = optuna.load_study(study_name="test-dense", storage=url)
+    done = check_study(study, target, allowed_fail=1, complete_attrs=COMPLETE_ATTRS)
     assert done[0].state == State.FAIL and done[0].user_attrs["fail_reason"].startswith("worker lost: no heartbeat")
     retry = [t for t in done if t.system_attrs.get("failed_trial") == 0]
-    assert len(retry) == 1 and retry[0].params == done[0].params
-    assert retry[0].state in (State.COMPLETE, State.PRUNED)
-    assert sum(t.state in (State.COMPLETE, State.PRUNED) for t in done) == target
-    assert not any(t.state == State.RUNNING for t in done)
-
-
-@pytest.mark.slow
-def test_launch_forwards_ctrl_c_and_a_rerun_resumes(spec_factory, tmp_path):
-    url, target = f"sqlite:///{tmp_path}/launch.db", 4
-    spec = quick_spec(spec_factory, epochs=300, storage=url)  # long trials: the signal lands mid-trial
-    launch = cli("launch", str(spec), "--workers", "2", "--n-trials", str(target))
-    wait_for(lambda: (tmp_path / "launch.db").exists() and running_with_an_epoch(url), 120, "a running trial")
-    launch.send_signal(signal.SIGINT)
-    output = launch.communicate(timeout=60)[0]
-    assert launch.returncode == 130 and "interrupted" in output, output
-    assert "Traceback" not in output
-    stopped = trials(url)
-    assert not any(t.state == State.RUNNING for t in stopped)
-    interrupted = [t for t in stopped if t.state == State.FAIL]
-    assert interrupted and all("interrupted" in t.user_attrs["fail_reason"] for t in interrupted)
-    queued = [t for t in stopped if t.state == State.WAITING]
-    assert {t.user_attrs["retry_of"] for t in queued} == {t.number for t in interrupted}
-
-    spec = quick_spec(spec_factory, epochs=2, storage=url)
-    rerun = cli("launch", str(spec), "--workers", "2", "--n-trials", str(target))
-    output = rerun.communicate(timeout=300)[0]
-    assert rerun.returncode == 0, output
-    assert f"{target}/{target} finished" in output and "launched 2 worker(s) on cpu" in output
-    done = trials(url)
-    assert sum(t.state in (State.COMPLETE, State.PRUNED) for t in done) == target
-    assert not any(t.state in (State.RUNNING, State.WAITING) for t in done)
-    defaults = [t for t in done if t.user_attrs.get("config") == "defaults" and t.state != State.FAIL]
-    assert len(defaults) == 1 and (tmp_path / "launch-logs" / "test-dense-worker0.log").is_file()
+    assert len(retry) == 1 and retry[0].params == done[0].params and retry[0].state in FINISHED
+    assert (tmp_path / "kill-logs" / "test-dense-worker1.log").is_file()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,7 +390,7 @@ def test_a_diverged_trial_keeps_its_learning_curve_and_the_search_moves_on(tmp_p
 
     monkeypatch.setattr(train, "train_epoch", second_epoch_diverges)
     study = search.open_study(spec, corpus, f"sqlite:///{tmp_path}/curve.db")
-    from tagsearch.runtime.workers import run_trials
+    from tagsearch.runtime.trials import run_trials
 
     assert run_trials(study, search.Objective(spec, corpus), target=2) == 0
     first = study.trials[0]
@@ -431,7 +407,7 @@ def test_a_diverged_trial_keeps_its_learning_curve_and_the_search_moves_on(tmp_p
 def finished_study(tmp_path_factory, tiny_csv):
     """A one-trial tfidf study (read-only for the tests below)."""
     from conftest import write_spec
-    from tagsearch.runtime.workers import run_trials
+    from tagsearch.runtime.trials import run_trials
 
     folder = tmp_path_factory.mktemp("retrain-crash")
     url = f"sqlite:///{folder}/studies.db"

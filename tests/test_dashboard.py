@@ -106,7 +106,7 @@ def test_dashboard_shows_the_metric_curves_and_threshold_variants(spec_factory, 
     from tagsearch.study import search
     from tagsearch.data.corpus import load_corpus
     from tagsearch.study.spec import load_spec
-    from tagsearch.runtime.workers import run_trials
+    from tagsearch.runtime.trials import run_trials
 
     url = f"sqlite:///{tmp_path}/real.db"
     spec = load_spec(spec_factory("tfidf", storage=url))

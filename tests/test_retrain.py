@@ -15,7 +15,7 @@ from tagsearch.cli import main
 from tagsearch.data.corpus import DataConfig, load_corpus
 from tagsearch.results.folder import sha256
 from tagsearch.study.spec import load_spec
-from tagsearch.runtime.workers import run_trials
+from tagsearch.runtime.trials import run_trials
 
 FILES = ["model.safetensors", "preprocessing.json", "config.json", "metrics.json", "report.md", "curves.png",
          "confusion.png", "f1.png", "optimization_history.png"]

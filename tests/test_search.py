@@ -14,7 +14,8 @@ from tagsearch.cli import main
 from tagsearch.data.corpus import load_corpus
 from tagsearch.errors import UserError
 from tagsearch.study.spec import load_spec
-from tagsearch.runtime.workers import requeue, run_trials
+from tagsearch.runtime.retries import requeue_interrupted as requeue
+from tagsearch.runtime.trials import run_trials
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = [pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
@@ -197,7 +198,7 @@ def test_a_worker_whose_trials_keep_failing_stops_with_an_error(study_setup, mon
         raise RuntimeError("CUDA out of memory")
 
     monkeypatch.setattr(train, "fit_folds", broken)
-    monkeypatch.setattr("tagsearch.runtime.workers.MAX_CONSECUTIVE_FAILURES", 2)
+    monkeypatch.setattr("tagsearch.runtime.trials.MAX_CONSECUTIVE_FAILURES", 2)
     study = search.open_study(spec, corpus, url)
     assert run_trials(study, search.Objective(spec, corpus), target=5) == 1
     assert search.progress(study).failed == 2

@@ -2,7 +2,7 @@
 invariants (exact budget, no FAIL, no duplicated numbers, learning curves and user attributes on every
 finished trial), and eight workers through the gRPC storage proxy with PostgreSQL behind it. The same
 two-worker study on PostgreSQL and MariaDB/MySQL runs in test_outages.py, through a relay that cuts the
-connection mid-study.
+connection mid-study. The workers are the real runtime around a stub objective (tests/stub_worker.py).
 
 Each test skips, saying why, when its server does not answer on 127.0.0.1 (CI starts all three).
 Override the URLs with TAGSEARCH_TEST_POSTGRES / TAGSEARCH_TEST_MYSQL / TAGSEARCH_TEST_REDIS. Every
@@ -22,8 +22,9 @@ from urllib.parse import urlsplit
 import optuna
 import pytest
 
+from tagsearch.runtime import _optuna
 from tagsearch.runtime.storage import open_storage
-from test_stress import check_study, run_workers, stress_spec
+from test_stress import check_study, run_workers
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = [pytest.mark.services, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
@@ -85,16 +86,14 @@ def drop_redis_journal(url: str, name: str) -> None:
 
 
 @pytest.mark.timeout(240)
-def test_redis_journal(tmp_path, tiny_csv):
+def test_redis_journal(tmp_path):
     url = empty_redis_db(server_url("redis"))
     name = f"tagsearch-reliability-{uuid.uuid4().hex[:10]}"
-    spec = stress_spec(tmp_path / "spec.toml", tiny_csv, url, name, epochs=2)
     try:
-        run_workers(spec, tmp_path, WORKERS, TARGET, seconds=200)
+        run_workers(tmp_path, url, name, WORKERS, TARGET, 200)
         study = optuna.load_study(study_name=name, storage=open_storage(url))
         check_study(study, TARGET)
-        assert study.user_attrs["model"] == "dense" and "fingerprint" in study.user_attrs
-        assert type(study._storage).__name__ == "JournalStorage"
+        assert type(_optuna.study_storage(study).inner).__name__ == "JournalStorage"
     finally:
         drop_redis_journal(url, name)
 
@@ -109,7 +108,7 @@ def test_eight_workers_through_the_proxy_with_a_dashboard_polling(tmp_path, tiny
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from reliability_load import run  # noqa: E402  (a benchmark script, not a package)
 
-    result = run("proxy", postgres, trials=24, workers=8, folder=tmp_path, data=tiny_csv)
+    result = run("proxy", postgres, trials=24, workers=8, folder=tmp_path, data=tiny_csv, stub=True)
     assert result["exit_codes"] == [0] * 8, result
     assert (result["finished"], result["fail"], result["duplicated_numbers"], result["running_or_waiting"]) == \
         (24, 0, 0, 0), result

@@ -11,7 +11,6 @@ optuna. A ``UserError`` anywhere ends the program with one ``error:`` line on st
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 from tagsearch import __version__
@@ -210,6 +209,26 @@ def train_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def worker_command(args: argparse.Namespace) -> int:
+    from tagsearch.study.workers import run_worker
+
+    return run_worker(args.spec, data=data_options(args), storage=args.storage, study_name=args.study_name,
+                      n_trials=args.n_trials, timeout=args.timeout, device=args.device, threads=args.threads)
+
+
+def launch_command(args: argparse.Namespace) -> int:
+    from tagsearch.study.workers import launch
+
+    return launch(args.spec, data=data_options(args), storage=args.storage, study_name=args.study_name,
+                  workers=args.workers, devices=args.devices, n_trials=args.n_trials, timeout=args.timeout)
+
+
+def storage_proxy_command(args: argparse.Namespace) -> int:
+    from tagsearch.runtime.proxy import serve
+
+    return serve(args.storage, host=args.host, port=args.port)
+
+
 def dashboard_command(args: argparse.Namespace) -> int:
     from tagsearch.study.dashboard import serve
 
@@ -260,14 +279,14 @@ def demo_command(args: argparse.Namespace) -> int:
     return 0
 
 
-# sub-command → its function here, or (module, function) imported lazily and called with the namespace.
+# sub-command → its function here (each imports what it needs: ``tagsearch --version`` loads no torch).
 COMMANDS = {
     "synth": synth_command,
     "train": train_command,
-    "worker": ("tagsearch.runtime.workers", "cmd_worker"),
-    "launch": ("tagsearch.runtime.workers", "cmd_launch"),
+    "worker": worker_command,
+    "launch": launch_command,
     "dashboard": dashboard_command,
-    "storage-proxy": ("tagsearch.runtime.proxy", "cmd_storage_proxy"),
+    "storage-proxy": storage_proxy_command,
     "retrain": retrain_command,
     "predict": predict_command,
     "compare": compare_command,
@@ -278,11 +297,7 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
-        command = COMMANDS[args.command]
-        if isinstance(command, tuple):
-            module, function = command
-            command = getattr(importlib.import_module(module), function)
-        return command(args) or 0
+        return COMMANDS[args.command](args) or 0
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

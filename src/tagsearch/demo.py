@@ -22,6 +22,7 @@ from tagsearch.results.compare import compare
 from tagsearch.results.retrain import retrain_trial
 from tagsearch.study.spec import load_spec
 from tagsearch.study.specfile import save_spec
+from tagsearch.study.workers import launch
 
 STORAGE = "sqlite:///storage/demo.db"
 SPEC_DIR = Path("storage")
@@ -108,21 +109,9 @@ def write_demo_spec(model: str, name: str, data: str, trials: int) -> Path:
 
 def run_study(spec_path: Path, trials: int, workers: int, timeout: float) -> None:
     """``tagsearch launch``: W worker processes and one live progress line."""
-    code = _launch(spec_path, workers=workers, n_trials=trials, timeout=timeout)
+    code = launch(str(spec_path), workers=workers, devices="cpu", n_trials=trials, timeout=timeout)
     if code == 130:
         raise KeyboardInterrupt
     if code != 0:
         raise UserError(f"the study of {spec_path} failed (tagsearch launch exited with {code}); see its "
                         f"messages above and the worker logs in storage/demo-logs/")
-
-
-def _launch(spec_path: Path, *, workers: int, n_trials: int, timeout: float) -> int:
-    """The launch of one demo study, on CPU workers; its exit code."""
-    from types import SimpleNamespace
-
-    from tagsearch.runtime.workers import cmd_launch
-
-    # TODO(merge): study.workers.launch(spec_path, workers=workers, devices="cpu", n_trials=n_trials, timeout=timeout)
-    return cmd_launch(SimpleNamespace(spec=str(spec_path), workers=workers, devices="cpu", n_trials=n_trials,
-                                      timeout=timeout, data=None, text_columns=None, tags_column=None, top_k=None,
-                                      storage=None, study_name=None))

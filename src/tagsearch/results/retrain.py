@@ -386,6 +386,7 @@ def publish(study, trial, url: str, out: Path, evaluation: Evaluation) -> int:
     from optuna.artifacts import upload_artifact
     from optuna_dashboard import save_note
 
+    from tagsearch.runtime._optuna import live_trial
     from tagsearch.runtime.storage import artifact_store
 
     store = artifact_store(url)
@@ -394,7 +395,7 @@ def publish(study, trial, url: str, out: Path, evaluation: Evaluation) -> int:
         for path in files:
             named = shutil.copyfile(path, Path(tmp) / f"trial{trial.number}-{path.name}")
             upload_artifact(artifact_store=store, file_path=str(named), study_or_trial=study)
-    live = optuna.trial.Trial(study, trial._trial_id)  # save_note takes a Study or a Trial handle
+    live = live_trial(study, trial)  # save_note takes a Study or a Trial handle
     save_note(live, f"## Retrained on the test split\n\nResults directory: `{out}`; plots and metrics are "
                     f"the study's artifacts `trial{trial.number}-*`.\n\n{summary_table(evaluation)}"
                     f"\n\n### Per class (test, chosen thresholds)\n\n{per_class_table(evaluation)}\n")

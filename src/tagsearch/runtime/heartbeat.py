@@ -8,10 +8,10 @@ Any worker, through the storage API alone, can then tell a slow trial from a dea
 whose newest heartbeat (or start, before its first) is older than ``TAGSEARCH_GRACE`` seconds is dead.
 
 ``fail_stale_trials`` is the one rule for all storages (RDB ones read Optuna's own heartbeat table):
-the trial gets ``fail_reason`` = ``STALE_REASON``, becomes FAIL, and ``retry_once`` queues a copy
-(WAITING, same parameters, ``failed_trial`` / ``retry_history`` system attributes as Optuna's
-``RetryHeartbeatStaleTrialCallback``, ``max_retry = 1``). Workers call it under the study's budget
-lock, so two workers never fail the same trial or queue it twice.
+the trial gets ``fail_reason`` = ``STALE_REASON``, becomes FAIL, and ``retries.requeue`` queues a
+copy (the same bookkeeping as for an interrupted trial; at most ``MAX_RETRY`` = 1 retry for a lost
+worker). Workers call it under the study's budget lock, so two workers never fail the same trial or
+queue it twice.
 
 Heartbeats of different machines are compared with this machine's clock: keep hosts NTP-synced
 (skew must stay well below the grace period).
@@ -29,18 +29,17 @@ import optuna
 
 from tagsearch.errors import UserError
 from tagsearch.log import log
+from tagsearch.runtime import _optuna
+from tagsearch.runtime.retries import HEARTBEAT_KEY as KEY
+from tagsearch.runtime.retries import MAX_RETRY, may_retry_lost, requeue
 
-KEY = "tagsearch:heartbeat"
-MAX_RETRY = 1
 STALE_REASON = ("worker lost: no heartbeat for more than {grace} s (killed, or its machine or connection died); "
                 "{what}")
 
 
 def native(storage) -> bool:
     """Whether Optuna's own heartbeats cover ``storage`` (RDBStorage with an interval)."""
-    from optuna.storages._heartbeat import is_heartbeat_enabled
-
-    return is_heartbeat_enabled(storage)
+    return _optuna.heartbeat_enabled(storage)
 
 
 class TrialHeartbeat:
@@ -49,7 +48,7 @@ class TrialHeartbeat:
     retried at the next beat; it never disturbs the trial."""
 
     def __init__(self, study: optuna.Study, trial_id: int, interval: float | None = None):
-        self.storage, self.trial_id = study._storage, trial_id
+        self.storage, self.trial_id = _optuna.study_storage(study), trial_id
         self.interval = interval or heartbeat_timing()[0]
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -95,14 +94,14 @@ def last_sign_of_life(trial: optuna.trial.FrozenTrial) -> float | None:
 
 
 def stale_trial_ids(study: optuna.Study, grace: float) -> list[int]:
-    storage = study._storage
+    storage = _optuna.study_storage(study)
     if native(storage):
-        return list(storage._get_stale_trial_ids(study._study_id))
+        return _optuna.stale_trial_ids(storage, _optuna.study_id(study))
     now, stale = time.time(), []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         seen = last_sign_of_life(trial)
         if seen is not None and now - seen > grace:
-            stale.append(trial._trial_id)
+            stale.append(_optuna.trial_id(trial))
     return stale
 
 
@@ -110,14 +109,13 @@ def fail_stale_trials(study: optuna.Study) -> list[int]:
     """Fail the RUNNING trials of dead workers with ``fail_reason`` and queue each again once.
     Returns the numbers of the trials failed here."""
     _, grace = heartbeat_timing()
-    storage, failed = study._storage, []
+    storage, failed = _optuna.study_storage(study), []
     for trial_id in stale_trial_ids(study, grace):
         trial = storage.get_trial(trial_id)
         if trial.state != optuna.trial.TrialState.RUNNING:
             continue
-        retried = len(trial.system_attrs.get("retry_history", [])) >= MAX_RETRY
-        what = (f"already a retry (max_retry={MAX_RETRY}), not queued again" if retried
-                else "queued again once with the same parameters")
+        what = ("queued again once with the same parameters" if may_retry_lost(trial)
+                else f"already a retry (max_retry={MAX_RETRY}), not queued again")
         try:
             storage.set_trial_user_attr(trial_id, "fail_reason", STALE_REASON.format(grace=grace, what=what))
             if not storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL):
@@ -127,22 +125,8 @@ def fail_stale_trials(study: optuna.Study) -> list[int]:
         failed.append(trial.number)
         log(f"trial {trial.number} failed: its worker {trial.user_attrs.get('worker', '?')} sent no heartbeat for "
             f"more than {grace} s; {what}")
-        retry_once(study, copy.deepcopy(storage.get_trial(trial_id)))
+        requeue(study, copy.deepcopy(storage.get_trial(trial_id)), lost=True)
     return failed
-
-
-def retry_once(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """Queue a failed trial again (WAITING, same parameters) unless it is a retry already; the
-    system attributes match Optuna's RetryHeartbeatStaleTrialCallback. Also Optuna's
-    ``heartbeat_stale_trial_callback`` for RDB storages (their trials come without a reason)."""
-    history = list(trial.system_attrs.get("retry_history", [])) + [trial.number]
-    if len(history) > MAX_RETRY:
-        return
-    system_attrs = {"failed_trial": trial.number, **trial.system_attrs, "retry_history": history}
-    system_attrs.pop(KEY, None)
-    study.add_trial(optuna.create_trial(
-        state=optuna.trial.TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-        user_attrs={k: v for k, v in trial.user_attrs.items() if k != "fail_reason"}, system_attrs=system_attrs))
 
 
 HEARTBEAT_SECONDS = 30

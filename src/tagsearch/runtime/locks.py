@@ -28,7 +28,8 @@ from pathlib import Path
 
 from tagsearch.log import log
 from tagsearch.errors import UserError
-from tagsearch.runtime.storage import local_path, proxy_address, retry_transient, scheme, with_driver
+from tagsearch.runtime.outages import Outages
+from tagsearch.runtime.storage import local_path, proxy_address, scheme, with_driver
 
 WAIT_LOG_SECONDS = 30
 LEASE_SECONDS = 30
@@ -46,11 +47,13 @@ def holder_id() -> str:
 
 
 class BudgetLock:
-    """The lock of ``study_name`` on the storage ``url`` (None: no other worker, no lock)."""
+    """The lock of ``study_name`` on the storage ``url`` (None: no other worker, no lock).
+    ``outages``: the outage state of the worker's storage, so that a worker that waited out the
+    limit on either fails fast on both (default: a fresh one)."""
 
-    def __init__(self, url: str | None, study_name: str):
+    def __init__(self, url: str | None, study_name: str, outages: Outages | None = None):
         self.held, self.study_name = False, study_name
-        self._impl = None if url is None else _make(url, study_name)
+        self._impl = None if url is None else _make(url, study_name, outages or Outages())
 
     def acquire(self) -> None:
         if not self.held and self._impl is not None:
@@ -76,16 +79,16 @@ class BudgetLock:
         self.release()
 
 
-def _make(url: str, study_name: str):
+def _make(url: str, study_name: str, outages: Outages):
     kind, path, key = scheme(url), local_path(url), lock_key(study_name)
     if path is not None:
         return FileLock(path.with_name(f"{path.name}.budget-lock"))
     if kind in ("postgresql", "mysql"):
-        return AdvisoryLock(url, kind, key)
+        return AdvisoryLock(url, kind, key, outages)
     if kind in ("redis", "rediss"):
-        return RedisLeaseLock(url, f"tagsearch:budget-lock:{key}")
+        return RedisLeaseLock(url, f"tagsearch:budget-lock:{key}", outages)
     if kind == "grpc":
-        return GrpcLeaseLock(url, f"budget-lock:{key}")
+        return GrpcLeaseLock(url, f"budget-lock:{key}", outages)
     return None  # SQLite in memory: one process, nothing to share
 
 
@@ -122,12 +125,12 @@ class FileLock:
 class AdvisoryLock:
     """A server-side named lock on a connection of its own (AUTOCOMMIT, no pool): the server frees
     it when that connection ends, i.e. when the worker dies. A connection lost while waiting is
-    reopened (outage rules of ``retry_transient``)."""
+    reopened (outage rules of ``outages``)."""
 
-    def __init__(self, url: str, kind: str, key: int):
+    def __init__(self, url: str, kind: str, key: int, outages: Outages | None = None):
         import sqlalchemy
 
-        self.kind, self.key, self.connection = kind, key, None
+        self.kind, self.key, self.connection, self.outages = kind, key, None, outages or Outages()
         self.engine = sqlalchemy.create_engine(with_driver(url), poolclass=sqlalchemy.pool.NullPool)
         self.what = f"the budget lock ({'pg_advisory_lock' if kind == 'postgresql' else 'GET_LOCK'} {key})"
 
@@ -152,7 +155,7 @@ class AdvisoryLock:
 
     def acquire(self) -> None:
         waiting = Waiting(self.what)
-        while not retry_transient(self.what, self._try):
+        while not self.outages.call(self.what, self._try):
             waiting()
 
     def release(self) -> None:
@@ -185,15 +188,15 @@ class LeaseLock:
 
     what = "the budget lock"
 
-    def __init__(self):
-        self.holder = holder_id()
+    def __init__(self, outages: Outages | None = None):
+        self.holder, self.outages = holder_id(), outages or Outages()
         self.lost = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def acquire(self) -> None:
         waiting = Waiting(self.what)
-        while not retry_transient(self.what, self._try):
+        while not self.outages.call(self.what, self._try):
             waiting()
         self.lost, self._stop = False, threading.Event()
         self._thread = threading.Thread(target=self._keep_alive, args=(self._stop,), daemon=True,
@@ -219,7 +222,7 @@ class LeaseLock:
             self._thread.join(timeout=5)
             self._thread = None
         try:
-            retry_transient(f"releasing {self.what}", self._drop)
+            self.outages.call(f"releasing {self.what}", self._drop)
         except UserError as exc:  # unreachable for long: the lease frees it
             log(f"{exc}; the lease frees it within {LEASE_SECONDS} s")
 
@@ -231,10 +234,10 @@ class RedisLeaseLock(LeaseLock):
     RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
     DROP = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
-    def __init__(self, url: str, name: str):
+    def __init__(self, url: str, name: str, outages: Outages | None = None):
         import redis
 
-        super().__init__()
+        super().__init__(outages)
         self.client, self.name = redis.Redis.from_url(url, socket_timeout=10), name
         self.what = f"the budget lock (Redis key {name})"
 
@@ -261,10 +264,10 @@ def address(host: str, port: int) -> str:
 class GrpcLeaseLock(LeaseLock):
     """The budget lock kept by the storage proxy (see ``Leases``)."""
 
-    def __init__(self, url: str, name: str):
+    def __init__(self, url: str, name: str, outages: Outages | None = None):
         import grpc
 
-        super().__init__()
+        super().__init__(outages)
         host, port = proxy_address(url)
         self.channel = grpc.insecure_channel(address(host, port))
         self.name, self.url = name, url

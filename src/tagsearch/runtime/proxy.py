@@ -12,6 +12,7 @@ gets a warning.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import signal
 import sys
@@ -20,30 +21,31 @@ import time
 
 from tagsearch.log import log
 from tagsearch.errors import UserError
+from tagsearch.runtime._optuna import grpc_server
 from tagsearch.runtime.locks import SERVICE, address
 from tagsearch.runtime.storage import JOURNAL_SCHEMES, PROXY_SCHEMES, masked, open_storage, scheme
 
 PROXY_THREADS = 32
 
 
-def cmd_storage_proxy(args) -> int:
-    from tagsearch.study.dashboard import is_loopback
-
-    kind = scheme(args.storage)
+def serve(storage: str, host: str = "127.0.0.1", port: int = 13000) -> int:
+    """``tagsearch storage-proxy``: serve the database ``storage`` (a URL) on ``host:port`` until
+    SIGINT/SIGTERM; 0 after a clean stop."""
+    kind = scheme(storage)
     if kind in JOURNAL_SCHEMES + PROXY_SCHEMES:
         raise UserError(f"storage-proxy serves a relational database (postgresql://, mysql://, sqlite://); "
-                        f"{masked(args.storage)!r} is a {kind} storage, which Optuna's gRPC proxy does not "
+                        f"{masked(storage)!r} is a {kind} storage, which Optuna's gRPC proxy does not "
                         f"support (optuna/optuna#6084); point workers at it directly instead")
-    if not 1 <= args.port <= 65535:
-        raise UserError(f"--port {args.port} is out of range; expected 1..65535")
-    storage = open_storage(args.storage)
-    if not is_loopback(args.host):
-        print(f"warning: serving on {args.host}, reachable from other machines; the storage proxy has no "
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port {port} is out of range; expected 1..65535")
+    database = open_storage(storage)
+    if not is_loopback(host):
+        print(f"warning: serving on {host}, reachable from other machines; the storage proxy has no "
               f"login or encryption and can delete studies (use --host 127.0.0.1, or a private network)",
               file=sys.stderr)
-    server = make_server(storage, args.host, args.port)
-    log(f"storage proxy for {masked(args.storage)} at grpc://{address(args.host, args.port)} "
-        f"(workers: --storage grpc://{address(args.host, args.port)}); Ctrl-C stops it")
+    server = make_server(database, host, port)
+    log(f"storage proxy for {masked(storage)} at grpc://{address(host, port)} "
+        f"(workers: --storage grpc://{address(host, port)}); Ctrl-C stops it")
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -54,6 +56,15 @@ def cmd_storage_proxy(args) -> int:
     return 0
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def make_server(storage, host: str, port: int):
     """Optuna's proxy service for ``storage`` (cached like ``optuna.storages.get_storage``) plus the
     lock service, bound to ``host:port`` (a UserError when the port is taken)."""
@@ -61,11 +72,10 @@ def make_server(storage, host: str, port: int):
 
     import grpc
     import optuna
-    from optuna.storages._grpc.server import make_server as optuna_server
 
     storage = optuna.storages.get_storage(storage)  # RDBStorage → _CachedStorage, as Optuna advises
     try:
-        server = optuna_server(storage, host, port, ThreadPoolExecutor(max_workers=PROXY_THREADS))
+        server = grpc_server(storage, host, port, ThreadPoolExecutor(max_workers=PROXY_THREADS))
     except RuntimeError as exc:  # grpc: "Failed to bind to address"
         raise UserError(f"cannot serve on {address(host, port)}: {exc}; expected a free port") from None
     leases = Leases()

@@ -11,7 +11,7 @@ Supported URLs (see ``studies/README.md``)::
 
 Relational storages get Optuna's heartbeats: a trial whose worker died (SIGKILL, lost machine)
 becomes FAIL once its heartbeat is older than the grace period, the next worker to start a trial
-notices, and it is queued again once with the same parameters (``heartbeat.retry_once``). The
+notices, and it is queued again once with the same parameters (``retries.requeue``). The
 interval and grace period come from ``TAGSEARCH_HEARTBEAT`` / ``TAGSEARCH_GRACE`` (seconds).
 Storages without Optuna heartbeats (journals, the gRPC proxy) get the same recovery from
 ``heartbeat.py``: a timestamp written as a trial system attribute, read through the storage API.
@@ -21,11 +21,16 @@ Every failure to open a storage is a ``UserError`` (passwords masked), never a t
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
+import optuna
+
 from tagsearch.errors import UserError
-from tagsearch.runtime.heartbeat import env_seconds
+from tagsearch.runtime import _optuna
+from tagsearch.runtime.interrupts import storage_call
+from tagsearch.runtime.outages import Outages, StorageOutage, describe, is_transient, say  # noqa: F401  (StorageOutage: part of this module's API)
 
 SQLITE_TIMEOUT_SECONDS = 300
 RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
@@ -104,7 +109,9 @@ def open_storage(url: str, create: bool = True, read_only: bool = False, retry: 
     instead of a new empty storage (for commands that only read studies). ``read_only``: for
     progress polls and the dashboard: SQLite transactions start deferred, so reading never takes
     the write lock the workers queue for (WAL readers do not block writers). ``retry``: calls to a
-    database server or proxy ride out outages (``retrying``); opening it still fails at once."""
+    database server or proxy ride out outages (``outages.Outages``); opening it still fails at once.
+    Every storage but a plain read-only one comes as a ``WorkerStorage``, whose calls a signal
+    never interrupts."""
     kind = scheme(url)
     path = local_path(url)
     if path is not None:
@@ -127,17 +134,18 @@ def open_storage(url: str, create: bool = True, read_only: bool = False, retry: 
     except Exception as exc:  # driver/network errors of SQLAlchemy, psycopg2, pymysql, redis
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"cannot open storage {masked(url)!r}: {type(exc).__name__}: {first_line}") from None
-    if not (retry and kind in SERVER_SCHEMES):
-        return storage
-    if kind in RDB_SCHEMES:
+    retried = retry and kind in SERVER_SCHEMES
+    if read_only and not retried:
+        return storage  # the dashboard's: optuna-dashboard looks for an RDBStorage
+    if retried and kind in RDB_SCHEMES:
         import logging
 
         # A connection cut by an outage cannot be reset when it goes back to the pool; SQLAlchemy
         # then discards it (the retry opens a new one) but logs the failed ROLLBACK with a traceback.
         logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)
     # Optuna wraps an RDBStorage in its _CachedStorage (finished trials read once, not per call);
-    # the retrying wrapper would hide the RDBStorage from it, so wrap the cache, not the storage.
-    return retrying(optuna_cached(storage))
+    # a wrapper would hide the RDBStorage from it, so the wrapper wraps the cache, not the storage.
+    return worker_storage(storage, Outages() if retried else None)
 
 
 # SQLAlchemy's default driver for a bare scheme, and the one tagsearch[scale] installs instead.
@@ -160,7 +168,6 @@ def with_driver(url: str) -> str:
 def _journal_storage(url: str, kind: str, path: Path | None):
     import warnings
 
-    import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend, JournalRedisBackend
 
@@ -190,7 +197,6 @@ def _grpc_storage(url: str):
     import warnings
 
     import grpc
-    import optuna
     from optuna.storages import GrpcStorageProxy
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -207,7 +213,6 @@ def _grpc_storage(url: str):
 
 def _rdb_storage(url: str, kind: str, attempts: int = 3, read_only: bool = False):
     """RDBStorage with heartbeats; retried because workers creating the tables at once can race."""
-    import optuna
     import sqlalchemy
     import sqlalchemy.exc
 
@@ -263,229 +268,132 @@ def _use_wal(engine) -> None:
         pass
 
 
-def count_trials(study, states: tuple) -> int:
-    """How many of the study's trials are in ``states``: one COUNT query on relational storages
-    (Optuna's get_n_trials loads every trial with all its attributes, which a worker would do under
-    the budget lock before each trial), the storage API elsewhere."""
-    storage = getattr(study._storage, "inner", study._storage)
-    if not hasattr(storage, "scoped_session"):
-        return study._storage.get_n_trials(study._study_id, state=states)
-
-    def count() -> int:
-        import sqlalchemy
-        from optuna.storages._rdb import models
-
-        session = storage.scoped_session()
-        try:
-            return session.query(sqlalchemy.func.count(models.TrialModel.trial_id)).filter(
-                models.TrialModel.study_id == study._study_id, models.TrialModel.state.in_(states)).scalar()
-        finally:
-            session.rollback()
-            session.close()
-
-    return retry_transient("count_trials", count)
-
-
 def heartbeat_settings() -> dict:
-    """RDBStorage keyword arguments for heartbeats and retrying trials of dead workers once
-    (``heartbeat.retry_once``: Optuna's RetryHeartbeatStaleTrialCallback(max_retry=1) without
-    copying the dead trial's ``fail_reason`` onto its retry)."""
+    """RDBStorage keyword arguments for heartbeats and queueing trials of dead workers again once
+    (``retries.requeue_lost``, the same rule as ``heartbeat.fail_stale_trials``)."""
     import warnings
 
-    import optuna
-
-    from tagsearch.runtime.heartbeat import heartbeat_timing, retry_once
+    from tagsearch.runtime.heartbeat import heartbeat_timing
+    from tagsearch.runtime.retries import requeue_lost
 
     interval, grace = heartbeat_timing()
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    return {"heartbeat_interval": interval, "grace_period": grace, "heartbeat_stale_trial_callback": retry_once}
-
-
-# ---------------------------------------------------------------------------------------------
-# Database outages
-
-OUTAGE_LIMIT_SECONDS = 120
-BACKOFF_SECONDS = (0.5, 8.0)
-
-
-class StorageOutage(UserError):
-    """The storage stayed unreachable for longer than TAGSEARCH_OUTAGE_LIMIT seconds."""
-
-
-def outage_limit() -> int:
-    return env_seconds("TAGSEARCH_OUTAGE_LIMIT", OUTAGE_LIMIT_SECONDS)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """A lost or refused connection (database restarted, network cut, proxy down): worth retrying.
-    Not: a bad query, a constraint, a missing study, a user mistake. Optuna's RDBStorage wraps every
-    SQLAlchemy error, a dropped connection included, in a StorageInternalError ("invalid data in the
-    commit"), so the cause chain is searched."""
-    seen = 0
-    while exc is not None and seen < 5:
-        if _transient(exc):
-            return True
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
-    return False
-
-
-def _transient(exc: BaseException) -> bool:
-    import sqlalchemy.exc
-
-    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
-        return True
-    if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
-        return True  # connection refused/closed/reset, server gone away; SQLite: database is locked
-    if isinstance(exc, (ConnectionError, TimeoutError)):
-        return True
-    module = type(exc).__module__
-    if module.startswith("redis"):
-        import redis.exceptions
-
-        return isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                                redis.exceptions.BusyLoadingError))
-    if module.startswith("grpc") and hasattr(exc, "code"):
-        import grpc
-
-        code = exc.code()
-        details = exc.details() or "" if hasattr(exc, "details") else ""
-        return code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) or (
-            code == grpc.StatusCode.UNKNOWN and any(word in details for word in (
-                "OperationalError", "InterfaceError", "ConnectionError", "connection")))
-    return False
-
-
-def retry_transient(what: str, function, *args, limit: float | None = None, **kwargs):
-    """``function(*args, **kwargs)``, retried with exponential backoff (0.5 s → 8 s) while it fails
-    with a transient error, one log line per try; a ``StorageOutage`` once the failures have lasted
-    ``limit`` seconds (TAGSEARCH_OUTAGE_LIMIT, default 120)."""
-    global gave_up
-    limit = outage_limit() if limit is None else limit
-    start, pause = None, BACKOFF_SECONDS[0]
-    while True:
-        try:
-            result = function(*args, **kwargs)
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            now = time.monotonic()
-            start = now if start is None else start
-            reason = _reason(exc)
-            if gave_up is not None:
-                raise gave_up from None  # this process already waited out the limit: fail fast now
-            if now - start >= limit:
-                gave_up = StorageOutage(f"the storage was unreachable for {now - start:.0f} s (limit "
-                                        f"TAGSEARCH_OUTAGE_LIMIT={limit:g} s) during {what}: {reason}; the study "
-                                        f"is consistent: rerun the worker once the database is back")
-                raise gave_up from None
-            _log(f"storage unreachable during {what} ({reason}); retry in {pause:.1f} s "
-                 f"(down {now - start:.0f} s, giving up after {limit:g} s)")
-            time.sleep(pause)
-            pause = min(pause * 2, BACKOFF_SECONDS[1])
-            continue
-        if start is not None:
-            _log(f"storage reachable again after {time.monotonic() - start:.1f} s ({what})")
-        return result
-
-
-gave_up: StorageOutage | None = None  # set once an outage outlasted the limit in this process
-
-
-def _reason(exc: BaseException) -> str:
-    """The root cause of a (wrapped) storage error, in one line."""
-    while exc.__cause__ is not None and type(exc).__name__ == "StorageInternalError":
-        exc = exc.__cause__
-    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
+    return {"heartbeat_interval": interval, "grace_period": grace, "heartbeat_stale_trial_callback": requeue_lost}
 
 
 def optuna_cached(storage):
     """``storage`` as ``optuna.create_study`` would use it (RDBStorage → _CachedStorage)."""
-    import optuna
-
     return optuna.storages.get_storage(storage)
 
 
-def retrying(storage):
-    """``storage`` with every call retried through transient errors (``retry_transient``); one for
-    every worker's server storage, so a database restart or a network cut of a few seconds costs
-    a pause, not a trial. Idempotent calls are simply repeated; a state change whose first attempt
-    was applied but not acknowledged is recognised (UpdateFinishedTrialError on the retry while the
-    trial already has the requested state) and counts as done."""
-    from optuna.storages._heartbeat import BaseHeartbeat
-
-    global _retrying_classes
-    if _retrying_classes is None:
-        _retrying_classes = _make_retrying_classes()
-    plain, beating = _retrying_classes
-    return (beating if isinstance(storage, BaseHeartbeat) else plain)(storage)
+# ---------------------------------------------------------------------------------------------
+# The storage a worker uses
 
 
-_retrying_classes = None
+class Forwarded:
+    """A ``WorkerStorage`` method: the wrapped storage's method of the same name, called through
+    ``WorkerStorage.call``."""
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, storage, owner=None):
+        if storage is None:
+            return self
+        return functools.partial(storage.call, self.name, getattr(storage.inner, self.name))
 
 
-def _make_retrying_classes():
-    from optuna.storages import BaseStorage
-    from optuna.storages._heartbeat import BaseHeartbeat
+class WorkerStorage(optuna.storages.BaseStorage):
+    """A storage with every call marked for the signal handler (``interrupts.storage_call``: a
+    signal never lands inside a write) and, given ``outages``, retried through transient errors: a
+    database restart or a network cut of a few seconds costs a pause, not a trial. Idempotent calls
+    are simply repeated; a state change whose first attempt was applied but not acknowledged is
+    recognised (UpdateFinishedTrialError on the retry while the trial already has the requested
+    state) and counts as done."""
 
-    class Retrying(BaseStorage):
-        def __init__(self, inner):
-            self.inner = inner
+    def __init__(self, inner, outages: Outages | None = None):
+        self.inner, self.outages = inner, outages
 
-        def __getattr__(self, name):  # engine, url, ... of the wrapped storage
-            return getattr(self.__dict__["inner"], name)
+    def __getattr__(self, name):  # engine, url, ... of the wrapped storage
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
 
-        def set_trial_state_values(self, trial_id, state, values=None):
-            from optuna.exceptions import UpdateFinishedTrialError
+    def call(self, what: str, function, *args, **kwargs):
+        if self.outages is not None:
+            return self.outages.call(what, function, *args, **kwargs)
+        with storage_call():
+            return function(*args, **kwargs)
 
-            attempts = []
+    def set_trial_state_values(self, trial_id, state, values=None):
+        attempts = []
 
-            def once():
-                attempts.append(1)
-                try:
-                    return self.inner.set_trial_state_values(trial_id, state, values)
-                except UpdateFinishedTrialError:
-                    if len(attempts) > 1 and self.inner.get_trial(trial_id).state == state:
-                        return True  # our first attempt was applied; its answer was lost
-                    raise
+        def once():
+            attempts.append(1)
+            try:
+                return self.inner.set_trial_state_values(trial_id, state, values)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                if len(attempts) > 1 and self.inner.get_trial(trial_id).state == state:
+                    return True  # our first attempt was applied; its answer was lost
+                raise
 
-            return retry_transient(f"set_trial_state_values({state.name})", once)
+        return self.call(f"set_trial_state_values({state.name})", once)
 
-    def wrap(name):
-        def method(self, *args, **kwargs):
-            return retry_transient(name, getattr(self.inner, name), *args, **kwargs)
-
-        method.__name__ = name
-        return method
-
-    for name in dir(BaseStorage):
-        if not name.startswith("_") and callable(getattr(BaseStorage, name)) and name not in Retrying.__dict__:
-            setattr(Retrying, name, wrap(name))
-    Retrying.__abstractmethods__ = frozenset()
-
-    class RetryingHeartbeat(Retrying, BaseHeartbeat):
-        def record_heartbeat(self, trial_id):
-            try:  # Optuna's heartbeat thread: log and go on (an exception would kill the thread)
-                self.inner.record_heartbeat(trial_id)
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                _log(f"heartbeat of trial id {trial_id} not recorded ({_reason(exc)}); next beat in "
-                     f"{self.inner.get_heartbeat_interval()} s")
-
-        def _get_stale_trial_ids(self, study_id):
-            return retry_transient("_get_stale_trial_ids", self.inner._get_stale_trial_ids, study_id)
-
-        def get_heartbeat_interval(self):
-            return self.inner.get_heartbeat_interval()
-
-        def get_heartbeat_stale_trial_callback(self):
-            return self.inner.get_heartbeat_stale_trial_callback()
-
-    RetryingHeartbeat.__abstractmethods__ = frozenset()
-    return Retrying, RetryingHeartbeat
+    # Every other public method of optuna.storages.BaseStorage (tests/test_runtime.py checks the list).
+    check_trial_is_updatable = Forwarded()
+    create_new_study = Forwarded()
+    create_new_trial = Forwarded()
+    delete_study = Forwarded()
+    get_all_studies = Forwarded()
+    get_all_trials = Forwarded()
+    get_best_trial = Forwarded()
+    get_n_trials = Forwarded()
+    get_study_directions = Forwarded()
+    get_study_id_from_name = Forwarded()
+    get_study_name_from_id = Forwarded()
+    get_study_system_attrs = Forwarded()
+    get_study_user_attrs = Forwarded()
+    get_trial = Forwarded()
+    get_trial_id_from_study_id_trial_number = Forwarded()
+    get_trial_number_from_id = Forwarded()
+    get_trial_param = Forwarded()
+    get_trial_params = Forwarded()
+    get_trial_system_attrs = Forwarded()
+    get_trial_user_attrs = Forwarded()
+    remove_session = Forwarded()
+    set_study_system_attr = Forwarded()
+    set_study_user_attr = Forwarded()
+    set_trial_intermediate_value = Forwarded()
+    set_trial_param = Forwarded()
+    set_trial_system_attr = Forwarded()
+    set_trial_user_attr = Forwarded()
 
 
-def _log(message: str) -> None:
-    import sys
+class WorkerHeartbeatStorage(WorkerStorage, _optuna.ForwardingHeartbeat):
+    """``WorkerStorage`` of a storage with Optuna's heartbeats (RDB), which it keeps working."""
 
-    print(message, file=sys.stderr, flush=True)
+    def record_heartbeat(self, trial_id):
+        if self.outages is None:
+            return self.inner.record_heartbeat(trial_id)
+        try:  # Optuna's heartbeat thread: log and go on (an exception would kill the thread)
+            self.inner.record_heartbeat(trial_id)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            say(f"heartbeat of trial id {trial_id} not recorded ({describe(exc)}); next beat in "
+                f"{self.inner.get_heartbeat_interval()} s")
+
+    def stale_trial_ids(self, study_id):
+        return self.call("_get_stale_trial_ids", _optuna.stale_trial_ids, self.inner, study_id)
+
+
+def worker_storage(storage, outages: Outages | None = None) -> WorkerStorage:
+    """``storage`` (as Optuna caches it) in the wrapper that fits it."""
+    storage = optuna_cached(storage)
+    kind = WorkerHeartbeatStorage if _optuna.has_heartbeat(storage) else WorkerStorage
+    return kind(storage, outages)
+
+
+def outages_of(storage) -> Outages | None:
+    """The ``Outages`` of a storage ``open_storage`` made with ``retry`` (None for others)."""
+    return getattr(storage, "outages", None) if isinstance(storage, WorkerStorage) else None

@@ -14,7 +14,6 @@ import os
 import socket
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -27,6 +26,7 @@ from tagsearch.learn.metrics import val_key
 from tagsearch.data.corpus import Corpus
 from tagsearch.errors import UserError
 from tagsearch.study.spec import ACTIVE_WHEN, PARAMS, Spec, is_active
+from tagsearch.runtime.progress import Progress, progress  # noqa: F401  (search.progress, as before)
 from tagsearch.runtime.storage import local_path, masked, open_storage
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -283,39 +283,3 @@ def load_study(spec: Spec, storage_url: str | None = None, study_name: str | Non
         raise UserError(f"no study {name!r} in {masked(url)}; expected one of: {', '.join(sorted(names)) or '(none)'}")
     return optuna.load_study(study_name=name, storage=storage, sampler=build_sampler(spec), pruner=build_pruner(spec))
 
-
-@dataclass
-class Progress:
-    """Trial counts of a study and its best value so far."""
-
-    complete: int = 0
-    pruned: int = 0
-    failed: int = 0
-    running: int = 0
-    waiting: int = 0
-    best_value: float | None = None
-    best_number: int | None = None
-
-    @property
-    def finished(self) -> int:
-        return self.complete + self.pruned
-
-
-def progress(study: optuna.Study) -> Progress:
-    state = optuna.trial.TrialState
-    counts = Progress()
-    sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
-    for trial in study.get_trials(deepcopy=False):
-        if trial.state == state.COMPLETE:
-            counts.complete += 1
-            if counts.best_value is None or sign * trial.value < sign * counts.best_value:
-                counts.best_value, counts.best_number = trial.value, trial.number
-        elif trial.state == state.PRUNED:
-            counts.pruned += 1
-        elif trial.state == state.FAIL:
-            counts.failed += 1
-        elif trial.state == state.RUNNING:
-            counts.running += 1
-        else:
-            counts.waiting += 1
-    return counts

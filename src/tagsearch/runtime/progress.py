@@ -1,0 +1,50 @@
+"""A study's trial counts and best value so far (``launch``'s progress line, the workers' logs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import optuna
+
+
+@dataclass
+class Progress:
+    """Trial counts of a study and its best value so far."""
+
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    running: int = 0
+    waiting: int = 0
+    best_value: float | None = None
+    best_number: int | None = None
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned
+
+
+def progress(study: optuna.Study) -> Progress:
+    state = optuna.trial.TrialState
+    counts = Progress()
+    sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state == state.COMPLETE:
+            counts.complete += 1
+            if counts.best_value is None or sign * trial.value < sign * counts.best_value:
+                counts.best_value, counts.best_number = trial.value, trial.number
+        elif trial.state == state.PRUNED:
+            counts.pruned += 1
+        elif trial.state == state.FAIL:
+            counts.failed += 1
+        elif trial.state == state.RUNNING:
+            counts.running += 1
+        else:
+            counts.waiting += 1
+    return counts
+
+
+def summary(counts: Progress, target: int) -> str:
+    best = "-" if counts.best_value is None else f"{counts.best_value:.4f} (trial {counts.best_number})"
+    return (f"{counts.finished}/{target} finished (complete {counts.complete}, pruned {counts.pruned}, "
+            f"failed {counts.failed}, running {counts.running}), best {best}")

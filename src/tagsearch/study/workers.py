@@ -1,0 +1,130 @@
+"""``tagsearch worker`` and ``tagsearch launch`` as library functions: a spec and its data become a
+study and an objective (search.py), which the runtime runs (runtime/trials.py in this process,
+runtime/launch.py in W worker processes).
+
+``run_worker``: join (or create) the study and run trials until the study as a whole has its budget
+of finished trials. ``launch``: create the study (and its [defaults] trial) here, then start W
+``tagsearch worker`` processes on a device list and show one live progress line. Creating a study
+happens under the study's budget lock, so of workers starting on a new study at the same moment one
+creates it and queues [defaults], the others find it complete.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import optuna
+
+from tagsearch.data.corpus import DataOptions, load_corpus, resolve_data
+from tagsearch.errors import UserError
+from tagsearch.log import log
+from tagsearch.runtime import launch as runtime_launch
+from tagsearch.runtime.interrupts import Interrupts
+from tagsearch.runtime.locks import BudgetLock
+from tagsearch.runtime.progress import progress, summary
+from tagsearch.runtime.storage import local_path, masked, open_storage, outages_of
+from tagsearch.runtime.trials import run_trials
+from tagsearch.study import search
+from tagsearch.study.spec import load_spec
+
+
+def run_worker(spec: str, *, data: DataOptions | None = None, storage: str | None = None,
+               study_name: str | None = None, n_trials: int | None = None, timeout: float | None = None,
+               device: str | None = None, threads: int | None = None) -> int:
+    """``tagsearch worker``: returns 0, or 1 when this worker's trials kept failing."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # while loading: SIGTERM acts like Ctrl-C
+    spec = load_spec(spec)
+    url, target = storage or spec.storage, n_trials or spec.n_trials
+    search.check_space(spec)  # cheap checks first, then the data
+    device_name = search.describe_device(device or spec.device)
+    store = open_early(url)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    corpus = load_corpus(resolve_data(spec, data))
+    study = open_study(spec, corpus, url, study_name, seed_offset=runtime_launch.worker_index(), storage=store)
+    objective = search.Objective(spec, corpus, device=device, storage=url)
+    interrupts = Interrupts().install()
+    log(f"data: {corpus.source}: {corpus.summary()}")
+    log(f"worker {os.getpid()} on study {study.study_name!r} ({masked(url)}), device {device_name}, data fingerprint "
+        f"{corpus.fingerprint}: {progress(study).finished}/{target} trials finished")
+    code = run_trials(study, objective, target, timeout or spec.timeout, url=url, interrupts=interrupts)
+    log(f"worker {os.getpid()} done: {summary(progress(study), target)}")
+    return code
+
+
+def launch(spec: str, *, data: DataOptions | None = None, storage: str | None = None,
+           study_name: str | None = None, workers: int = 1, devices: str = "cpu", n_trials: int | None = None,
+           timeout: float | None = None) -> int:
+    """``tagsearch launch``: returns 0, 1 if a worker crashed, 130 if interrupted."""
+    spec_path, data = spec, data or DataOptions()
+    spec = load_spec(spec_path)
+    search.check_space(spec)
+    device_ids = parse_devices(devices)
+    url, target = storage or spec.storage, n_trials or spec.n_trials
+    store = open_early(url)
+    config = resolve_data(spec, data)
+    corpus = load_corpus(config)
+    study = open_study(spec, corpus, url, study_name, storage=store)  # trial 0 before any child
+    log(f"data: {corpus.source}: {corpus.summary()}")
+
+    def command(index: int, device: str, threads: int) -> list[str]:
+        line = [sys.executable, "-m", "tagsearch.cli", "worker", str(spec_path), "--data", str(config.path),
+                "--storage", url, "--study-name", study.study_name, "--n-trials", str(target),
+                "--device", "cpu" if device == "cpu" else "cuda", "--threads", str(threads)]
+        for column in data.text_columns:
+            line += ["--text-column", column]
+        if data.tags_column:
+            line += ["--tags-column", data.tags_column]
+        if data.top_k:
+            line += ["--top-k", str(data.top_k)]
+        if timeout:
+            line += ["--timeout", str(timeout)]
+        return line
+
+    return runtime_launch.launch(url, study.study_name, target, workers, device_ids, command)
+
+
+def open_study(spec, corpus, url: str, study_name: str | None, **kwargs) -> optuna.Study:
+    """``search.open_study`` under the study's budget lock: of workers starting on a new study at
+    the same moment, one creates it and queues [defaults]; the others find it complete."""
+    name, storage = study_name or spec.name, kwargs.get("storage")
+    if storage is not None and any(s.study_name == name and "fingerprint" in s.user_attrs
+                                   for s in storage.get_all_studies()):
+        return search.open_study(spec, corpus, url, study_name, **kwargs)  # complete: joining changes nothing
+    lock = BudgetLock(url, name, outages_of(storage))
+    try:
+        lock.acquire()
+        return search.open_study(spec, corpus, url, study_name, **kwargs)
+    finally:
+        lock.close()
+
+
+def open_early(url: str):
+    """A server storage, opened before the data is loaded (an unreachable one fails fast); None for
+    a local file that does not exist yet, so a refused input never leaves an empty storage behind
+    (``open_study`` creates it once the data is good)."""
+    path = local_path(url)
+    return open_storage(url, retry=True) if path is None or path.exists() else None
+
+
+def parse_devices(text: str) -> list[str]:
+    """``"cpu"`` → ``["cpu"]``; ``"0,1"`` → ``["0", "1"]`` (GPU ids, checked against what is visible)."""
+    if text.strip().lower() == "cpu":
+        return ["cpu"]
+    ids = [part.strip() for part in text.split(",")]
+    if not ids or not all(part.isdigit() for part in ids):
+        raise UserError(f"--devices {text!r} is not a device list; expected 'cpu' or GPU ids like 0,1,2,3")
+    import torch
+
+    visible = torch.cuda.device_count()
+    missing = [i for i in ids if int(i) >= visible]
+    if missing and not visible:
+        raise UserError(f"--devices {text!r}: no CUDA GPU is visible on this machine; expected --devices cpu")
+    if missing:
+        raise UserError(f"--devices {text!r}: GPU {missing[0]} is not visible ({visible} CUDA GPU(s) found); "
+                        f"expected ids below {visible}, or --devices cpu")
+    return ids
