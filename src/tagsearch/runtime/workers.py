@@ -24,7 +24,7 @@ from pathlib import Path
 
 import optuna
 
-from tagsearch.runtime import heartbeat
+from tagsearch.runtime import heartbeat, ray_launch
 from tagsearch.study import search
 from tagsearch.data.corpus import DataOptions, load_corpus, resolve_data
 from tagsearch.errors import UserError
@@ -264,11 +264,21 @@ def cmd_launch(args) -> int:
     search.check_space(spec)
     devices = parse_devices(args.devices)
     url, target = args.storage or spec.storage, args.n_trials or spec.n_trials
+    placement = getattr(args, "ray", None) and ray_launch.prepare(args.ray, url, args.gpus_per_worker,
+                                                                  args.cpus_per_worker)  # before the data
     store = open_early(url)
     config = resolve_data(spec, DataOptions(args.data, tuple(args.text_columns or ()), args.tags_column, args.top_k))
     corpus = load_corpus(config)
     study = open_study(spec, corpus, url, args.study_name, storage=store)  # trial 0 before any child
     log(f"data: {corpus.source}: {corpus.summary()}")
+    if placement:  # --ray: Ray places the workers anywhere in its cluster (ray_launch.py)
+        poll = optuna.load_study(study_name=study.study_name, storage=open_storage(url, read_only=True, retry=True))
+        line = ProgressLine(target)
+        commands = [worker_command(args, url, study.study_name, target, config.path, placement.device,
+                                   placement.threads) for _ in range(args.workers)]
+        return ray_launch.launch_on_ray(commands, placement=placement, log_dir=log_dir(url),
+                                        log_prefix=f"{study.study_name}-",
+                                        show=lambda final: line.show(search.progress(poll), final=final))
     threads = max(1, cpu_count() // args.workers)
     logs = log_dir(url)
     logs.mkdir(parents=True, exist_ok=True)
