@@ -16,7 +16,7 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,scale]"
+	$(PY) -m pip install -q -e ".[dev,scale,ray]"
 	touch $(STAMP)
 
 install: $(STAMP)

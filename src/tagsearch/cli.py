@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--devices", default="cpu", metavar="LIST", help="'cpu' or GPU ids like 0,1,2,3")
     launch.add_argument("--n-trials", type=positive_int, metavar="N", help="finished trials for the whole study")
     launch.add_argument("--timeout", type=positive_float, metavar="S")
+    launch.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
+                        help="place the workers on a Ray cluster: auto (this machine's), local, or HOST:PORT (docs/ray.md)")
+    launch.add_argument("--gpus-per-worker", type=float, metavar="G",
+                        help="--ray: GPUs per worker (default 1 where the cluster has GPUs, else 0: CPU workers)")
+    launch.add_argument("--cpus-per-worker", type=positive_float, default=1.0, metavar="C",
+                        help="--ray: CPUs per worker, also its torch threads (default 1)")
 
     dashboard = sub.add_parser("dashboard", help="browse studies with optuna-dashboard")
     dashboard.add_argument("spec", nargs="?", metavar="SPEC")
@@ -220,7 +226,8 @@ def launch_command(args: argparse.Namespace) -> int:
     from tagsearch.study.workers import launch
 
     return launch(args.spec, data=data_options(args), storage=args.storage, study_name=args.study_name,
-                  workers=args.workers, devices=args.devices, n_trials=args.n_trials, timeout=args.timeout)
+                  workers=args.workers, devices=args.devices, n_trials=args.n_trials, timeout=args.timeout,
+                  ray=args.ray, gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker)
 
 
 def storage_proxy_command(args: argparse.Namespace) -> int:

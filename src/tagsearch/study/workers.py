@@ -21,6 +21,7 @@ from tagsearch.data.corpus import DataOptions, load_corpus, resolve_data
 from tagsearch.errors import UserError
 from tagsearch.log import log
 from tagsearch.runtime import launch as runtime_launch
+from tagsearch.runtime import ray_launch
 from tagsearch.runtime.interrupts import Interrupts
 from tagsearch.runtime.locks import BudgetLock
 from tagsearch.runtime.progress import progress, summary
@@ -58,13 +59,18 @@ def run_worker(spec: str, *, data: DataOptions | None = None, storage: str | Non
 
 def launch(spec: str, *, data: DataOptions | None = None, storage: str | None = None,
            study_name: str | None = None, workers: int = 1, devices: str = "cpu", n_trials: int | None = None,
-           timeout: float | None = None) -> int:
-    """``tagsearch launch``: returns 0, 1 if a worker crashed, 130 if interrupted."""
+           timeout: float | None = None, ray: str | None = None, gpus_per_worker: float | None = None,
+           cpus_per_worker: float = 1.0) -> int:
+    """``tagsearch launch``: returns 0, 1 if a worker crashed, 130 if interrupted. ``ray``: place the
+    workers on that Ray cluster (``auto``, ``local`` or HOST:PORT; docs/ray.md) instead of here,
+    each with ``gpus_per_worker`` GPUs (default: 1 where the cluster has GPUs) and ``cpus_per_worker``."""
     spec_path, data = spec, data or DataOptions()
     spec = load_spec(spec_path)
     search.check_space(spec)
-    device_ids = parse_devices(devices)
     url, target = storage or spec.storage, n_trials or spec.n_trials
+    # a Ray cluster is checked (reachable, storage reachable from its nodes) before any data is read
+    placement = ray_launch.prepare(ray, url, gpus_per_worker, cpus_per_worker) if ray else None
+    device_ids = None if placement else parse_devices(devices)
     store = open_early(url)
     config = resolve_data(spec, data)
     corpus = load_corpus(config)
@@ -85,6 +91,13 @@ def launch(spec: str, *, data: DataOptions | None = None, storage: str | None = 
             line += ["--timeout", str(timeout)]
         return line
 
+    if placement:
+        poll = optuna.load_study(study_name=study.study_name, storage=open_storage(url, read_only=True, retry=True))
+        line = runtime_launch.ProgressLine(target)
+        return ray_launch.launch_on_ray([command(i, placement.device, placement.threads) for i in range(workers)],
+                                        placement=placement, log_dir=runtime_launch.log_dir(url),
+                                        log_prefix=f"{study.study_name}-",
+                                        show=lambda final: line.show(progress(poll), final=final))
     return runtime_launch.launch(url, study.study_name, target, workers, device_ids, command)
 
 

@@ -1,0 +1,127 @@
+"""A torch-free worker and driver for tests/test_ray.py and benchmarks/ray_overhead.py.
+
+    python tests/ray_stub_worker.py worker --storage URL --study-name N --n-trials N [--steps K --step-seconds S]
+    python tests/ray_stub_worker.py launch --address A --storage URL --study-name N --n-trials N --workers W
+                                           --log-dir DIR [--gpus-per-worker G] [--cpus-per-worker C] [...]
+
+``worker`` joins an existing study and runs ``runtime.trials.run_trials`` (the real budget, budget lock,
+heartbeats, interrupts and requeueing) over an objective that suggests ``x``, reports ``K`` steps
+``S`` seconds apart and returns ``x``; each trial records ``worker`` (host:pid, as the real
+objective does) and ``cuda_visible_devices`` (what the process was given). ``launch`` drives
+``ray_launch.launch_on_ray`` with W such worker command lines, as ``tagsearch launch --ray`` does
+with real ones. ``--timings FILE``: one JSON line per trial with the seconds the worker's main
+thread spent in storage calls (as benchmarks/reliability_load.py measures them), and one line
+with the process's start and first-trial times.
+"""
+
+from __future__ import annotations
+
+import time
+
+PROCESS_START = time.time()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import socket  # noqa: E402
+import sys  # noqa: E402
+
+
+def worker(args) -> int:
+    import optuna
+    from tagsearch.runtime import storage as storages
+    from tagsearch.runtime.interrupts import Interrupts
+    from tagsearch.runtime.storage import open_storage
+    from tagsearch.runtime.trials import run_trials
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    timings = open(args.timings, "a") if args.timings else None
+    if timings is not None:
+        time_storage_calls(storages, optuna, timings)
+    study = optuna.load_study(study_name=args.study_name, storage=open_storage(args.storage, retry=True))
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr("cuda_visible_devices", visible)
+        x = trial.suggest_float("x", 0.0, 1.0)
+        for step in range(args.steps):
+            trial.report(x, step)
+            time.sleep(args.step_seconds)
+        return x
+
+    print(f"stub worker {os.getpid()} on {args.study_name}: CUDA_VISIBLE_DEVICES={visible}", file=sys.stderr, flush=True)
+    try:
+        return run_trials(study, objective, args.n_trials, url=args.storage, interrupts=Interrupts().install())
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        return 130
+
+
+def time_storage_calls(storages, optuna, out) -> None:
+    """Every storage call of the main thread goes through ``storage.WorkerStorage.call``: time them,
+    and write each trial's share (from the end of one trial to the end of the next)."""
+    import threading
+
+    spent, real_call, real_optimize = [0.0], storages.WorkerStorage.call, optuna.study.Study.optimize
+    first = []
+
+    def timed(self, what, function, *args, **kwargs):
+        if threading.current_thread() is not threading.main_thread():
+            return real_call(self, what, function, *args, **kwargs)
+        start = time.perf_counter()
+        try:
+            return real_call(self, what, function, *args, **kwargs)
+        finally:
+            spent[0] += time.perf_counter() - start
+
+    def optimize(self, *args, **kwargs):
+        if not first:
+            first.append(time.time())
+            out.write(json.dumps({"pid": os.getpid(), "process_start": PROCESS_START, "first_trial": first[0]}) + "\n")
+        real_optimize(self, *args, **kwargs)
+        out.write(json.dumps({"pid": os.getpid(), "storage_s": spent[0]}) + "\n")
+        out.flush()
+        spent[0] = 0.0
+
+    storages.WorkerStorage.call = timed
+    optuna.study.Study.optimize = optimize
+
+
+def launch(args) -> int:
+    from tagsearch.runtime import ray_launch
+
+    command = [sys.executable, os.path.abspath(__file__), "worker", "--storage", args.storage, "--study-name",
+               args.study_name, "--n-trials", str(args.n_trials), "--steps", str(args.steps),
+               "--step-seconds", str(args.step_seconds)] + (["--timings", args.timings] if args.timings else [])
+    try:
+        placement = ray_launch.prepare(args.address, args.storage, args.gpus_per_worker, args.cpus_per_worker)
+        return ray_launch.launch_on_ray([command] * args.workers, placement=placement, log_dir=args.log_dir,
+                                        log_prefix=f"{args.study_name}-", max_restarts=args.max_restarts,
+                                        show=lambda final: print("progress", flush=True))
+    except ray_launch.UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["worker", "launch"])
+    parser.add_argument("--storage", required=True)
+    parser.add_argument("--study-name", required=True)
+    parser.add_argument("--n-trials", type=int, required=True)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--step-seconds", type=float, default=0.2)
+    parser.add_argument("--timings")
+    parser.add_argument("--address")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--log-dir")
+    parser.add_argument("--gpus-per-worker", type=float)
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0)
+    parser.add_argument("--max-restarts", type=int, default=3)
+    args = parser.parse_args()
+    return worker(args) if args.mode == "worker" else launch(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
