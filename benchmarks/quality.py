@@ -2,14 +2,17 @@
 
 For each data set (the built-in corpus, and the robotics posts when ``../shared`` is present):
 
-1. launch each shipped spec (``studies/dense.toml``, ``studies/tfidf.toml``) on a fresh SQLite
-   study with W workers and a timeout of BUDGET/2 (no new trial starts after it);
+1. launch each shipped spec (``studies/dense.toml``, ``studies/tfidf.toml``, ``studies/encoder.toml``)
+   on a fresh SQLite study with W workers and a timeout of BUDGET/3 (no new trial starts after it;
+   the encoder study's time includes encoding the posts, once, into the study's embedding cache;
+   the synthetic built-in corpus runs the first two, BUDGET/2 each: see ``SYNTHETIC_KINDS``);
 2. retrain (``retrain_trial``, in this process) each study's best trial, and the seed's defaults
    (trial 0 of a one-trial study of the same spec without pruner, run here by ``run_study``: in the
    study itself the pruner may stop it), once without and once with ``refit`` (training +
    validation), to measure the refit;
-3. the winner: the better of the two studies' best trials by *validation* value of the metric;
-4. the tuned baseline of ``tagsearch compare`` (``compare.fit_baseline``), without and with refit.
+3. the winner: the best of the studies' best trials by *validation* value of the metric;
+4. the tuned baselines of ``tagsearch compare`` (``compare.fit_baseline``: TF-IDF + logistic
+   regression, and TF-IDF ⊕ the encoder's embedding + logistic regression), without and with refit.
 
 Prints a Markdown table of test micro-F1 and test Hamming loss, without and with refit, and the
 validation value that chose, for every row; ``--json`` prints the rows as JSON too. Every step
@@ -42,11 +45,15 @@ from tagsearch.data import corpus as data  # noqa: E402
 from tagsearch.results import compare  # noqa: E402
 from tagsearch.results import folder as results  # noqa: E402
 from tagsearch.data.builtin import BUILTIN_DATA  # noqa: E402
+from tagsearch.study.search import embedding_dir  # noqa: E402
 from tagsearch.study.spec import load_spec  # noqa: E402
 from tagsearch.study.specfile import save_spec  # noqa: E402
 
 ROBOTICS = REPO.parent / "shared" / "data" / "stackexchange-robotics.csv"
-KINDS = ("dense", "tfidf")
+KINDS = ("dense", "tfidf", "encoder")
+# The synthetic corpus is generated words: an encoder pretrained on real language has nothing to find
+# there, and encoding its 47k posts would take the whole budget, so it gets the other two kinds.
+SYNTHETIC_KINDS = ("dense", "tfidf")
 
 
 def launch(spec: str, *, data: str, storage: str, study_name: str, workers: int, timeout: float) -> None:
@@ -86,10 +93,11 @@ def figures(folder: Path, suffix: str = "") -> dict:
 def run_data_set(label: str, path: str, args, work: Path) -> list[dict]:
     url = f"sqlite:///{work}/{label}.db"
     rows, bests = [], {}
-    for kind in KINDS:
+    kinds = SYNTHETIC_KINDS if label == "builtin" else KINDS
+    for kind in kinds:
         name, spec = f"quality-{label}-{kind}", f"studies/{kind}.toml"
         start = time.perf_counter()
-        launch(spec, data=path, storage=url, study_name=name, workers=args.workers, timeout=args.budget / len(KINDS))
+        launch(spec, data=path, storage=url, study_name=name, workers=args.workers, timeout=args.budget / len(kinds))
         seconds = time.perf_counter() - start
         counts = study_counts(url, name)
         print(f"  {label} {kind}: {seconds:.0f} s, {counts}", flush=True)
@@ -113,10 +121,14 @@ def run_data_set(label: str, path: str, args, work: Path) -> list[dict]:
         max(bests.values(), key=lambda r: r["validation"])
     rows.append({**win, "row": f"winner on validation ({win['row'].split(':')[0]})"})
     corpus = data.load_corpus(data.resolve_data(load_spec(REPO / "studies" / "tfidf.toml"), data.DataOptions(path)))
-    base, refit = (compare.fit_baseline(corpus, metric, refit=r) for r in (False, True))
-    rows.append({"data": label, "row": f"tuned baseline (C={base.C:g})", "validation": base.validation_value,
-                 "test_micro_f1": base.micro_f1, "test_hamming_loss": base.hamming_loss,
-                 "test_micro_f1_refit": refit.micro_f1, "test_hamming_loss_refit": refit.hamming_loss})
+    for kind in ("tfidf", "encoder_tfidf") if "encoder" in kinds else ("tfidf",):
+        base, refit = (compare.fit_baseline(corpus, metric, refit=r, kind=kind, embedding_dir=embedding_dir(url))
+                       for r in (False, True))
+        weight = "" if base.encoder_weight is None else f", encoder weight {base.encoder_weight:g}"
+        rows.append({"data": label, "row": f"tuned baseline {compare.BASELINES[kind].split(': ')[1]} "
+                                           f"(C={base.C:g}{weight})", "validation": base.validation_value,
+                     "test_micro_f1": base.micro_f1, "test_hamming_loss": base.hamming_loss,
+                     "test_micro_f1_refit": refit.micro_f1, "test_hamming_loss_refit": refit.hamming_loss})
     return rows
 
 
@@ -133,7 +145,7 @@ def table(rows: list[dict]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=float, default=600.0, help="study seconds per data set, both kinds together")
+    parser.add_argument("--budget", type=float, default=600.0, help="study seconds per data set, all kinds together")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--only", choices=["builtin", "robotics"], help="one data set")
     parser.add_argument("--work", default="/tmp/tagsearch-quality", help="scratch folder (emptied first)")
