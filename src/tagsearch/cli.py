@@ -132,9 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--file", metavar="PATH", help="one post per line, or a CSV with a text column")
     predict.add_argument("--json", action="store_true", help="one JSON object per line with tags and scores")
 
-    compare = sub.add_parser("compare", help="compare results directories and a linear baseline")
+    compare = sub.add_parser("compare", help="compare results directories and the tuned linear baselines")
     compare.add_argument("results", nargs="*", metavar="DIR")
     compare.add_argument("--out", default="results/compare.md", metavar="PATH")
+    compare.add_argument("--no-encoder-baseline", dest="encoder_baseline", action="store_false",
+                         help="leave out the TF-IDF + encoder embedding baseline (it encodes every post once)")
 
     demo = sub.add_parser("demo", help="end to end on the built-in corpus: study, retrain, compare")
     demo.add_argument("--data", metavar="PATH", help="posts file (default: the built-in synthetic corpus)")
@@ -269,7 +271,8 @@ def predict_command(args: argparse.Namespace) -> int:
 def compare_command(args: argparse.Namespace) -> int:
     from tagsearch.results.compare import compare
 
-    print(compare(args.results, out=args.out).read_text(encoding="utf-8"), end="")
+    print(compare(args.results, out=args.out, encoder_baseline=args.encoder_baseline).read_text(encoding="utf-8"),
+          end="")
     return 0
 
 
