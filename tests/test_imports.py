@@ -63,3 +63,38 @@ def test_no_import_cycles():
         if node not in state:
             visit(node, [node])
     assert cycles == []
+
+
+# What each layer may import (besides itself): the library below, the commands on top. The runtime
+# sits beside data and learns nothing of models, studies or results; errors and log are for all.
+LAYERS = {
+    "data": {"data"},
+    "runtime": {"runtime"},
+    "learn": {"data", "learn"},
+    "study": {"data", "learn", "runtime", "study"},
+    "results": {"data", "learn", "runtime", "study", "results"},
+    "api": {"data", "learn", "runtime", "study", "results", "demo"},  # it re-exports run_demo
+    "demo": {"data", "learn", "runtime", "study", "results"},
+    "cli": {"data", "learn", "runtime", "study", "results", "api", "demo"},
+}
+SHARED = {"errors", "log"}
+
+
+def layer(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if parts[0] == "tagsearch" and len(parts) > 1 else None
+
+
+def test_no_upward_imports():
+    upward = []
+    for name, deps in graph().items():
+        own = layer(name)
+        for dep in deps:
+            target = layer(dep)
+            if own in LAYERS and target is not None and target not in SHARED and target not in LAYERS[own]:
+                upward.append(f"{name} imports {dep}")
+    assert upward == []
+
+
+def test_every_package_module_has_a_layer():
+    assert {layer(name) for name in graph() if layer(name)} <= set(LAYERS) | SHARED
