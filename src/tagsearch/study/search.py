@@ -73,7 +73,13 @@ def build_pruner(spec: Spec) -> optuna.pruners.BasePruner:
 
 
 def check_space(spec: Spec) -> None:
-    """Errors Optuna would only raise mid-trial: log with step, a default outside its choices."""
+    """Errors Optuna would only raise mid-trial: log with step, a default outside its choices, an
+    encoder model that cannot be found (found only, not loaded: that is for the first trial)."""
+    models = spec.search.get("model", {}).get("choices", [spec.model])
+    if set(models) & set(PARAMS["encoder"].models):
+        from tagsearch.learn.encoder import resolve_model
+
+        resolve_model(spec.defaults["encoder"])
     for name, space in spec.search.items():
         where = f"{spec.path} [search.{name}]"
         if "choices" in space and spec.defaults[name] not in space["choices"]:
