@@ -1,7 +1,7 @@
-"""Load figures for README "Reliability" and BENCHMARKS.md: W workers × 1 thread run N short trials
-on tiny data, once directly on PostgreSQL and once through ``tagsearch storage-proxy`` with the same
-PostgreSQL behind it, while ``tagsearch dashboard`` serves the study and a poller reads it through
-the dashboard's HTTP API every second (the dashboard's read path).
+"""Load figures for docs/storages.md ("Load figures") and BENCHMARKS.md: W workers × 1 thread run N
+short trials on tiny data, once directly on PostgreSQL and once through ``tagsearch storage-proxy``
+with the same PostgreSQL behind it, while ``tagsearch dashboard`` serves the study and a poller reads
+it through the dashboard's HTTP API every second (the dashboard's read path).
 
 Checked afterwards: exactly N finished, 0 duplicated numbers, 0 FAIL, nothing RUNNING or WAITING.
 Measured: per-trial storage time (seconds a worker's main thread spent in storage calls, the budget

