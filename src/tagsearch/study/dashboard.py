@@ -9,12 +9,12 @@ dashboard can edit and delete studies, so anything else gets a warning.
 
 from __future__ import annotations
 
-import ipaddress
 import sys
 from pathlib import Path
 
 from tagsearch.errors import UserError
 from tagsearch.study.spec import DEFAULT_STORAGE, load_spec
+from tagsearch.runtime.proxy import is_loopback
 from tagsearch.runtime.storage import artifact_dir, artifact_store, masked, open_storage
 
 
@@ -46,15 +46,6 @@ def run_server(storage, store, host: str, port: int) -> None:
                         f"expected a free port (try another --port)") from None
     except KeyboardInterrupt:
         pass
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def url_for(host: str, port: int) -> str:
