@@ -92,6 +92,18 @@ def test_feature_cache_shares_fits_between_folds_and_trials(corpus):
     assert cache.fitted(features.featurizer_for(params), folds[0]) is not first[0]
 
 
+def test_one_featurizer_asked_for_every_fold_gets_one_fit_per_fold(corpus):
+    """compare's baseline asks with one featurizer object for all folds: each fold must get its own
+    fit (fitting the asking object in place once left every fold with the last fold's vocabulary)."""
+    from tagsearch.data.corpus import cv_folds
+
+    cache, asking, folds = features.FeatureCache(), features.TfidfFeatures(min_df=1, ngram_max=2), cv_folds(corpus, 3)
+    fitted = [cache.fitted(asking, fold) for fold in folds]
+    alone = [features.TfidfFeatures(min_df=1, ngram_max=2).fit_corpus(fold) for fold in folds]
+    assert [f.vocabulary_ for f in fitted] == [f.vocabulary_ for f in alone]
+    assert len({len(f.vocabulary_) for f in fitted}) > 1  # the folds' training posts differ
+
+
 def test_pos_weight_schemes():
     labels = np.array([[1, 0], [1, 0], [1, 1], [0, 0]], dtype=np.uint8)
     np.testing.assert_allclose(train.pos_weight(labels, "seed"), [4 / (2 * 3), 4 / (2 * 1)], rtol=1e-6)

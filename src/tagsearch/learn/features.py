@@ -275,11 +275,12 @@ class FeatureCache:
         return self.get("tokens", (corpus.fingerprint,), compute)
 
     def fitted(self, featurizer: "Featurizer", corpus: Corpus) -> "Featurizer":
-        """``featurizer`` fitted on ``corpus``'s training split (``fit_corpus``), or the equal one
-        fitted on the same posts before."""
-        key = (featurizer.kind, tuple(sorted(featurizer.settings().items())), corpus.fingerprint,
-               training_digest(corpus))
-        return self.get("fitted", key, lambda: featurizer.fit_corpus(corpus, self))
+        """A featurizer with ``featurizer``'s settings fitted on ``corpus``'s training split
+        (``fit_corpus``), or the equal one fitted on the same posts before. ``featurizer`` itself
+        stays unfitted: one object may ask for several splits (the folds) and get one fit each."""
+        settings = featurizer.settings()
+        key = (featurizer.kind, tuple(sorted(settings.items())), corpus.fingerprint, training_digest(corpus))
+        return self.get("fitted", key, lambda: type(featurizer)(**settings).fit_corpus(corpus, self))
 
     def clear(self) -> None:
         """Forget every entry and give its memory back (a one-off training once its inputs are built)."""
