@@ -14,6 +14,7 @@ HF_HUB_OFFLINE=0 to let a model name download.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -142,6 +143,23 @@ def _load(path: str, device: str, max_seq_length: int):
     return model
 
 
+@contextlib.contextmanager
+def all_cores(device: str):
+    """On the CPU, encode on every core this process may use: a study's other workers on this host
+    wait for the encoding (``EmbeddingCache``), so their cores would idle (a launch gives each
+    worker cores / workers threads). Restores torch's thread count afterwards."""
+    import torch
+
+    saved = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if str(device).startswith("cpu") and cores > saved:
+        torch.set_num_threads(cores)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
 class SentenceEncoder:
     """A frozen sentence encoder: posts → L2-normalised embeddings (float32, n × dim). ``fit``
     resolves the model and hashes its weights; the model itself loads on the first encoding (a
@@ -177,6 +195,10 @@ class SentenceEncoder:
         first makes the chunks' batches those of one big call (least padding). Posts are cut at
         ``max_seq_length * 8`` characters: more never adds a token within max_seq_length (the
         robotics posts need at most 5.9 characters a token), and it spares tokenizing huge bodies."""
+        with all_cores(self.device):
+            return self._transform(texts)
+
+    def _transform(self, texts) -> np.ndarray:
         encoder, limit = self.encoder_, self.max_seq_length * CHARS_PER_TOKEN
         texts = [str(text)[:limit] for text in texts]
         order = np.argsort([-len(text) for text in texts], kind="stable")
