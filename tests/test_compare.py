@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 from tagsearch.cli import main
+from tagsearch.results.compare import BASELINE_NAME, ENCODER_BASELINE_NAME
 from test_retrain import shared_results
 
 
@@ -34,18 +35,25 @@ def test_table_rows_match_metrics(two_results, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert out.read_text() == printed
     rows = rows_of(printed)
-    assert set(rows) == {"run-dense", "run-tfidf", "baseline: TF-IDF + LogisticRegression"}
+    names = {"run-dense", "run-tfidf", BASELINE_NAME}
+    assert names <= set(rows) <= names | {ENCODER_BASELINE_NAME}
+    assert (ENCODER_BASELINE_NAME in rows) != (f"no {ENCODER_BASELINE_NAME!r} for" in printed)  # where it loads
     for folder in folders:
         metrics = json.loads((folder / "metrics.json").read_text())
         config = json.loads((folder / "config.json").read_text())
         row = rows[folder.name]
         assert row[1] == config["model"]
         assert row[3:5] == [metrics["metric"], f"{metrics['validation_value']:.4f}"]
-        assert row[6:9] == [f"{metrics[k]:.4f}" for k in ("test_hamming_loss", "test_micro_f1", "test_macro_f1")]
-        assert row[9] == f"{config['parameters']:,}"
-        assert f"lr={config['params']['lr']:.3g}" in row[11]
-    baseline = rows["baseline: TF-IDF + LogisticRegression"]
-    assert baseline[1] == "linear" and 0 < float(baseline[7]) <= 1 and baseline[11].startswith("C=")
+        assert row[6:12] == [f"{metrics[k]:.4f}" for k in ("test_hamming_loss", "test_hamming_loss_no_tags",
+                                                           "test_micro_f1", "test_macro_f1", "test_precision_at_1",
+                                                           "test_recall_at_1")]
+        assert row[12] == f"{config['parameters']:,}"
+        assert f"lr={config['params']['lr']:.3g}" in row[14]
+    for name in set(rows) - {"run-dense", "run-tfidf"}:
+        baseline = rows[name]
+        assert baseline[1] == "linear" and 0 < float(baseline[8]) <= 1 and baseline[14].startswith("C=")
+        assert baseline[7] == rows["run-dense"][7]  # predicting no tag: one figure per test split
+        assert 0 < float(baseline[10]) <= 1 and 0 < float(baseline[11]) <= 1  # P@1, R@1
     best = min(rows.values(), key=lambda r: float(r[4]))  # hamming_loss: lowest validation value wins
     assert f"Winner on validation hamming_loss: **{best[0]}**" in printed
 
@@ -57,11 +65,18 @@ def test_winner_is_chosen_on_validation_never_on_test(two_results, tmp_path, cap
     values = [json.loads((f / "metrics.json").read_text())["validation_value"] for f in copies]
     loser = copies[values.index(max(values))]
     metrics = json.loads((loser / "metrics.json").read_text())
-    metrics.update(test_hamming_loss=0.0, test_micro_f1=1.0, test_macro_f1=1.0)
+    metrics.update(test_hamming_loss=0.0, test_micro_f1=1.0, test_macro_f1=1.0, test_precision_at_1=1.0)
     (loser / "metrics.json").write_text(json.dumps(metrics))
-    assert main(["compare", *map(str, copies), "--out", str(tmp_path / "c.md")]) == 0
+    winner = next(c for c in copies if c != loser)  # also: results from before P@1, R@1 and no-tag Hamming
+    metrics = json.loads((winner / "metrics.json").read_text())
+    for key in ("test_hamming_loss_no_tags", "test_precision_at_1", "test_recall_at_1"):
+        del metrics[key]
+    (winner / "metrics.json").write_text(json.dumps(metrics))
+    assert main(["compare", *map(str, copies), "--out", str(tmp_path / "c.md"), "--no-encoder-baseline"]) == 0
     printed = capsys.readouterr().out
     assert f"**{loser.name}**" not in printed
+    row = rows_of(printed)[winner.name]
+    assert [row[7], row[10], row[11]] == ["—"] * 3 and row[6] == f"{metrics['test_hamming_loss']:.4f}"
 
 
 def test_default_dirs_and_missing_data(two_results, tmp_path, monkeypatch, capsys):
@@ -76,7 +91,7 @@ def test_default_dirs_and_missing_data(two_results, tmp_path, monkeypatch, capsy
     config["data"]["path"] = str(tmp_path / "gone.csv")
     config["fingerprint"] = "0123456789abcdef"
     config_path.write_text(json.dumps(config))
-    assert main(["compare"]) == 0
+    assert main(["compare", "--no-encoder-baseline"]) == 0
     printed = capsys.readouterr().out
     assert (tmp_path / "results" / "compare.md").read_text() == printed
     rows = rows_of(printed)

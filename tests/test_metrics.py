@@ -97,3 +97,37 @@ def test_cross_validated_training_pools_every_folds_predictions(tiny_csv):
     value = metrics.choose_thresholds(result.val_labels, result.val_probs, "hamming_loss").value
     assert value == result.best_value == result.history[result.best_epoch - 1].value("hamming_loss")
     assert result.best.to_json()["val_hamming_loss"] == value  # the JSON record (metrics.json's history)
+
+
+def test_no_tag_hamming_loss_is_the_share_of_positive_labels():
+    y = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0], [0, 0, 1]], dtype=np.uint8)  # 4 of 12 labels positive
+    assert metrics.hamming_loss_no_tags(y) == 4 / 12
+    from sklearn.metrics import hamming_loss
+
+    y, _ = noisy(seed=5)
+    assert metrics.hamming_loss_no_tags(y) == pytest.approx(hamming_loss(y, np.zeros_like(y)), abs=1e-15)
+
+
+def test_precision_and_recall_at_one_tag_per_post():
+    """By hand: 4 posts, 5 true tags. Top tags 0, 2, 1, 0 (post 2: a tie of tags 1 and 2 → the first,
+    its true one); hits: posts 0 and 2 (post 1's top tag 2 is not true; post 3 has no true tag but
+    predicts one). P@1 = 2/4, R@1 = 2/5."""
+    y = np.array([[1, 1, 0], [1, 1, 0], [0, 1, 0], [0, 0, 0]], dtype=np.uint8)
+    probs = np.array([[0.9, 0.8, 0.1], [0.3, 0.2, 0.4], [0.1, 0.7, 0.7], [0.6, 0.1, 0.1]])
+    assert metrics.at_one(y, probs) == (2 / 4, 2 / 5)
+    assert metrics.at_one(y, probs * 0.01) == (2 / 4, 2 / 5)  # no threshold: the order alone counts
+    assert metrics.at_one(np.zeros_like(y), probs) == (0.0, 0.0)  # no true tag: nothing to find
+
+
+def test_at_one_is_micro_precision_and_recall_of_the_top_tag():
+    from sklearn.metrics import precision_score, recall_score
+
+    y, probs = noisy(seed=6)
+    top = np.zeros_like(y)
+    top[np.arange(len(y)), probs.argmax(axis=1)] = 1
+    precision, recall = metrics.at_one(y, probs)
+    assert precision == pytest.approx(precision_score(y, top, average="micro"), abs=1e-15)
+    assert recall == pytest.approx(recall_score(y, top, average="micro"), abs=1e-15)
+    figures = metrics.reference_figures(y, probs)
+    assert figures == {"hamming_loss_no_tags": metrics.hamming_loss_no_tags(y), "precision_at_1": precision,
+                       "recall_at_1": recall}

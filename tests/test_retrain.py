@@ -93,6 +93,32 @@ def test_metrics_json(retrained):
     assert metrics["final_model"] == "mean of the 3 fold models"
 
 
+def test_reference_figures_place_the_others(retrained):
+    """The threshold-free test figures: the no-tag Hamming loss is the test split's share of positive
+    labels; P@1 and R@1 are those of the saved model's probabilities of the test posts (computed
+    again from the results directory, as ``predict`` loads it); report.md states all three."""
+    import numpy as np
+
+    from tagsearch.learn import metrics as figures
+    from tagsearch.results.folder import load
+
+    _, _, out = retrained
+    metrics = json.loads((out / "metrics.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    corpus = load_corpus(DataConfig(**{**config["data"], "text_columns": tuple(config["data"]["text_columns"])}))
+    y_test = corpus.labels[corpus.test_idx]
+    assert metrics["test_hamming_loss_no_tags"] == float(y_test.mean())
+    _, probs = load(out).predict([corpus.texts[i] for i in corpus.test_idx], cleaned=True)
+    precision, recall = figures.at_one(y_test, probs)
+    assert metrics["test_precision_at_1"] == pytest.approx(precision, abs=1e-12)
+    assert metrics["test_recall_at_1"] == pytest.approx(recall, abs=1e-12)
+    hits = metrics["test_precision_at_1"] * len(y_test)  # the same top-1 hits over posts and over true tags
+    assert hits == pytest.approx(metrics["test_recall_at_1"] * int(np.sum(y_test)))
+    report = (out / "report.md").read_text()
+    assert f"P@1 {precision:.4f}" in report and f"R@1 {recall:.4f}" in report
+    assert f"Hamming loss {metrics['test_hamming_loss_no_tags']:.4f}" in report
+
+
 def test_config_json(retrained, tiny_csv):
     model, _, out = retrained
     config = json.loads((out / "config.json").read_text())

@@ -64,5 +64,5 @@ def run_study(spec: Spec | str | Path, corpus: data.Corpus | None = None, *, n_t
     corpus, url = corpus or load_corpus(spec), storage or spec.storage
     study = search.open_study(spec, corpus, url, study_name)
     trials.run_trials(study, search.Objective(spec, corpus, device=device, storage=url), n_trials or spec.n_trials,
-                       timeout or spec.timeout, url=url)
+                       timeout or spec.timeout, url=url, time_budget=spec.time_budget)
     return study

@@ -40,6 +40,20 @@ def positive(kind: type, noun: str, expected: str):
 
 positive_int = positive(int, "an integer", "an integer >= 1")
 positive_float = positive(float, "a number", "a number > 0")
+UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def duration(text: str) -> float:
+    """An argparse type: ``90s``, ``10m``, ``2h`` or plain seconds (``600``, ``1.5h``) → seconds > 0."""
+    number, unit = (text[:-1], text[-1].lower()) if text[-1:].lower() in UNITS else (text, "s")
+    try:
+        seconds = float(number) * UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration; expected seconds or a number with "
+                                         f"s, m or h, like 90s, 10m, 2h") from None
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range; expected a duration > 0, like 90s, 10m, 2h")
+    return seconds
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -88,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_study_options(worker)
     worker.add_argument("--n-trials", type=positive_int, metavar="N", help="finished trials for the whole study")
     worker.add_argument("--timeout", type=positive_float, metavar="S", help="stop starting trials after S seconds")
+    worker.add_argument("--time", type=duration, dest="time_budget", metavar="T",
+                        help="time for the whole study (10m, 90s, 2h): sets its deadline unless it has one")
     worker.add_argument("--device", metavar="DEV", help="auto, cpu, cuda, cuda:N")
     worker.add_argument("--threads", type=positive_int, metavar="T", help="torch CPU threads")
 
@@ -98,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--devices", default="cpu", metavar="LIST", help="'cpu' or GPU ids like 0,1,2,3")
     launch.add_argument("--n-trials", type=positive_int, metavar="N", help="finished trials for the whole study")
     launch.add_argument("--timeout", type=positive_float, metavar="S")
+    launch.add_argument("--time", type=duration, dest="time_budget", metavar="T",
+                        help="time for the whole study (10m, 90s, 2h): sets its deadline unless it has one")
     launch.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
                         help="place the workers on a Ray cluster: auto (this machine's), local, or HOST:PORT (docs/ray.md)")
     launch.add_argument("--gpus-per-worker", type=float, metavar="G",
@@ -221,7 +239,8 @@ def worker_command(args: argparse.Namespace) -> int:
     from tagsearch.study.workers import run_worker
 
     return run_worker(args.spec, data=data_options(args), storage=args.storage, study_name=args.study_name,
-                      n_trials=args.n_trials, timeout=args.timeout, device=args.device, threads=args.threads)
+                      n_trials=args.n_trials, timeout=args.timeout, time_budget=args.time_budget, device=args.device,
+                      threads=args.threads)
 
 
 def launch_command(args: argparse.Namespace) -> int:
@@ -229,7 +248,8 @@ def launch_command(args: argparse.Namespace) -> int:
 
     return launch(args.spec, data=data_options(args), storage=args.storage, study_name=args.study_name,
                   workers=args.workers, devices=args.devices, n_trials=args.n_trials, timeout=args.timeout,
-                  ray=args.ray, gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker)
+                  time_budget=args.time_budget, ray=args.ray, gpus_per_worker=args.gpus_per_worker,
+                  cpus_per_worker=args.cpus_per_worker)
 
 
 def storage_proxy_command(args: argparse.Namespace) -> int:

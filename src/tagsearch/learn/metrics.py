@@ -15,6 +15,11 @@ each half predict the other, and the metric is computed once over all validation
 variant with the best cross-fitted score is chosen (a tie keeps the simpler one); its final
 thresholds are then fitted on the whole validation split. The search, ``retrain`` and ``compare``
 all use this one rule (``choose_thresholds``).
+
+Two threshold-free figures give the others a scale (``reference_figures``): the Hamming loss of
+predicting no tag at all (``hamming_loss_no_tags``, the fraction of positive labels: a Hamming loss
+is read against it), and precision and recall at one tag per post (``at_one``: P@1, R@1, as
+fastText's ``test`` reports them).
 """
 
 from __future__ import annotations
@@ -46,6 +51,36 @@ def summary(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
         "micro_f1": float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
         "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
     }
+
+
+def hamming_loss_no_tags(y_true: np.ndarray) -> float:
+    """The Hamming loss of predicting no tag for any post: the fraction of (post, tag) labels that
+    are positive, ``hamming_loss(y_true, zeros)``. A tagger's Hamming loss is read against it."""
+    y_true = np.asarray(y_true)
+    return float(y_true.mean()) if y_true.size else 0.0
+
+
+def at_one(y_true: np.ndarray, probs: np.ndarray) -> tuple[float, float]:
+    """Precision and recall at one tag per post, (P@1, R@1), as fastText's ``test`` reports them.
+
+    Each post predicts exactly one tag: its most probable (a tie: the first in tag order), whatever
+    the thresholds. Of the N posts, H have that tag among their true tags; T true tags exist in all.
+    P@1 = H / N (every post made one prediction, also a post with no true tag); R@1 = H / T, the
+    share of all true tags that the top-1 predictions find (micro-averaged; at most N / T, so below
+    1 when posts have several tags). Both are 0 where their denominator is."""
+    y_true = np.asarray(y_true).astype(bool)
+    if not len(y_true):
+        return 0.0, 0.0
+    hits = int(y_true[np.arange(len(y_true)), np.argmax(probs, axis=1)].sum())
+    return hits / len(y_true), hits / max(int(y_true.sum()), 1)
+
+
+def reference_figures(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """The threshold-free figures that place the others: ``hamming_loss_no_tags``,
+    ``precision_at_1`` and ``recall_at_1`` (``at_one``)."""
+    precision, recall = at_one(y_true, probs)
+    return {"hamming_loss_no_tags": hamming_loss_no_tags(y_true), "precision_at_1": precision,
+            "recall_at_1": recall}
 
 
 def per_class(y_true: np.ndarray, y_pred: np.ndarray, tag_names: list[str], thresholds=None) -> list[dict]:

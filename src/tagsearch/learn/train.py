@@ -35,6 +35,11 @@ class NonFiniteLossError(RuntimeError):
     """Training diverged (NaN/inf loss); the search records the trial as FAIL with this reason."""
 
 
+class StopTraining(Exception):
+    """Raised by an ``on_epoch`` hook to end training after this epoch as early stopping does: the
+    best epoch's weights and value are kept (the search raises it once the study's deadline came)."""
+
+
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -363,8 +368,9 @@ def fit(model, train_data, val_data, params: dict, *, max_epochs: int, patience:
     """Train up to ``max_epochs``, scoring validation ``metric`` after every epoch (thresholds fitted
     as ``metrics.choose_thresholds`` does); stop after ``patience`` epochs without a better value
     (``None`` = never). ``on_epoch(epoch, record)`` runs after each epoch and may raise (e.g.
-    ``optuna.TrialPruned``). The returned model carries the best epoch's weights. ``val_data=None``
-    (a refit on training + validation) trains exactly ``max_epochs`` and keeps the last weights."""
+    ``optuna.TrialPruned``; ``StopTraining`` ends training there as early stopping would). The
+    returned model carries the best epoch's weights. ``val_data=None`` (a refit on training +
+    validation) trains exactly ``max_epochs`` and keeps the last weights."""
     return fit_folds([(model, train_data, val_data)], params, max_epochs=max_epochs, patience=patience,
                      metric=metric, on_epoch=on_epoch)
 
@@ -396,7 +402,11 @@ def fit_folds(folds: list[tuple], params: dict, *, max_epochs: int, patience: in
         record.seconds = time.perf_counter() - start
         result.history.append(record)
         if on_epoch is not None:
-            on_epoch(epoch, record)
+            try:
+                on_epoch(epoch, record)
+            except StopTraining:
+                result.stopped_early = epoch < max_epochs
+                break
         if validating and patience is not None and epoch - result.best_epoch >= patience:
             result.stopped_early = epoch < max_epochs
             break

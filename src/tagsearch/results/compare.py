@@ -2,11 +2,12 @@
 and the winner named on validation.
 
 For each results directory (default: every ``results/*/`` holding a config.json): model, the study's
-metric on validation (cross-fitted, as the search and ``retrain`` measure it), test Hamming loss and
-micro/macro F1, parameter count, retrain seconds and the parameters. For each distinct data set, a
-TF-IDF (1-2 grams, sublinear tf, min_df 2) + one-vs-rest LogisticRegression baseline whose C is
-picked on validation for the same metric, with the same threshold rule, refit on training +
-validation when the networks were. The winner is the row with the best *validation* value; test
+metric on validation (cross-fitted, as the search and ``retrain`` measure it), test Hamming loss
+beside the Hamming loss of predicting no tag (the scale it is read on), micro/macro F1, P@1 and R@1
+(one tag per post: ``metrics.at_one``), parameter count, retrain seconds and the parameters. For
+each distinct data set, a TF-IDF (1-2 grams, sublinear tf, min_df 2) + one-vs-rest
+LogisticRegression baseline whose C is picked on validation for the same metric, with the same
+threshold rule, refit on training + validation when the networks were. The winner is the row with the best *validation* value; test
 figures are reported, never used to choose. The Markdown table goes to stdout and to ``--out``
 (default results/compare.md).
 """
@@ -37,8 +38,9 @@ ENCODER_BASELINE_NAME = "baseline: TF-IDF ⊕ encoder + LogisticRegression"
 BASELINE_WEIGHTS = (0.5, 1.0)  # the encoder block's weight beside the unit TF-IDF row, chosen on validation
 BASELINES = {"tfidf": BASELINE_NAME, "encoder_tfidf": ENCODER_BASELINE_NAME}
 HIDDEN_PARAMS = ("model", "seed", "clip_value")
-HEADERS = ["results", "model", "data", "metric", "validation", "thresholds", "test Hamming", "test micro-F1",
-           "test macro-F1", "parameters", "train s", "params"]
+REFERENCE = ("hamming_loss_no_tags", "precision_at_1", "recall_at_1")  # metrics.reference_figures, in Row's order
+HEADERS = ["results", "model", "data", "metric", "validation", "thresholds", "test Hamming", "no-tag Hamming",
+           "test micro-F1", "test macro-F1", "test P@1", "test R@1", "parameters", "train s", "params"]
 
 
 def compare(folders: list[str | Path] | None = None, *, out: str | Path = "results/compare.md",
@@ -107,6 +109,11 @@ def data_label(config: dict) -> str:
     return f"{Path(config['data']['path']).name} [{config['fingerprint'][:8]}]"
 
 
+def figure(value: float | None) -> str:
+    """A figure in the table; ``—`` for one a results directory predates."""
+    return "—" if value is None else f"{value:.4f}"
+
+
 @dataclass(frozen=True)
 class Row:
     """One line of the table, as numbers; ``cells`` formats it."""
@@ -120,21 +127,27 @@ class Row:
     test_hamming_loss: float
     test_micro_f1: float
     test_macro_f1: float
+    test_hamming_loss_no_tags: float | None  # None: results written before tagsearch recorded it
+    test_precision_at_1: float | None
+    test_recall_at_1: float | None
     parameters: int
     seconds: float
     params: str
 
     def cells(self) -> list[str]:
         return [self.name, self.model, self.data, self.metric, f"{self.validation:.4f}",
-                self.thresholds.replace("_", "-"), f"{self.test_hamming_loss:.4f}", f"{self.test_micro_f1:.4f}",
-                f"{self.test_macro_f1:.4f}", f"{self.parameters:,}", f"{self.seconds:.1f}", self.params]
+                self.thresholds.replace("_", "-"), figure(self.test_hamming_loss),
+                figure(self.test_hamming_loss_no_tags), figure(self.test_micro_f1), figure(self.test_macro_f1),
+                figure(self.test_precision_at_1), figure(self.test_recall_at_1), f"{self.parameters:,}",
+                f"{self.seconds:.1f}", self.params]
 
 
 def result_row(entry: dict) -> Row:
     config, figures = entry["config"], entry["metrics"]
     return Row(entry["folder"].name, config["model"], data_label(config), figures["metric"],
                figures["validation_value"], config["threshold_choice"], figures["test_hamming_loss"],
-               figures["test_micro_f1"], figures["test_macro_f1"], config["parameters"], config["train_seconds"],
+               figures["test_micro_f1"], figures["test_macro_f1"], *(figures.get(f"test_{k}") for k in REFERENCE),
+               config["parameters"], config["train_seconds"],
                format_params(config["params"]) + (", refit" if config.get("refit") else ""))
 
 
@@ -160,7 +173,8 @@ def baseline_row(config: dict, metric: str, refit: bool, folds: int, notes: list
         return None
     weight = "" if base.encoder_weight is None else f", {encoder} weight={base.encoder_weight:g}"
     return Row(BASELINES[kind], "linear", data_label(config), metric, base.validation_value, base.chosen,
-               base.hamming_loss, base.micro_f1, base.macro_f1, base.parameters, base.seconds,
+               base.hamming_loss, base.micro_f1, base.macro_f1, *(base.reference[k] for k in REFERENCE),
+               base.parameters, base.seconds,
                f"C={base.C:g}{weight}" + (", refit" if refit else ""))
 
 
@@ -179,7 +193,8 @@ def logistic_regression(matrix, labels, C: float):
 @dataclass(frozen=True)
 class Baseline:
     """The tuned baseline: its threshold variant and cross-fitted validation value, its C, its test
-    figures (at the chosen thresholds), its parameters and the seconds it took."""
+    figures (at the chosen thresholds; ``reference``: the threshold-free ones,
+    ``metrics.reference_figures``), its parameters and the seconds it took."""
 
     chosen: str
     validation_value: float
@@ -187,6 +202,7 @@ class Baseline:
     hamming_loss: float
     micro_f1: float
     macro_f1: float
+    reference: dict[str, float]
     parameters: int
     seconds: float
     encoder_weight: float | None = None  # the encoder baseline's chosen weight
@@ -230,12 +246,13 @@ def fit_baseline(corpus, metric: str, refit: bool = False, folds: int | str = "a
     seconds = time.perf_counter() - start
     p_test = np.mean([model.predict_proba(featurizer.inputs(corpus, "test").matrix) for model, featurizer in final],
                      axis=0)
-    variants, choice = metrics.threshold_variants(y_val, p_val, corpus.labels[corpus.test_idx], p_test,
-                                                  corpus.tag_names, metric)
+    y_test = corpus.labels[corpus.test_idx]
+    variants, choice = metrics.threshold_variants(y_val, p_val, y_test, p_test, corpus.tag_names, metric)
     test = variants[choice.chosen].test
     n_parameters = sum((featurizer.input_size + 1) * len(corpus.tag_names) for _, featurizer in final)
     return Baseline(choice.chosen, choice.value, C, test["hamming_loss"], test["micro_f1"], test["macro_f1"],
-                    n_parameters, seconds, getattr(chosen, "encoder_weight", None))
+                    metrics.reference_figures(y_test, p_test), n_parameters, seconds,
+                    getattr(chosen, "encoder_weight", None))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,6 +294,10 @@ def render(groups: list[tuple[str, list[Row]]], notes: list[str]) -> str:
         f"- encoder baseline: the same TF-IDF beside a frozen sentence encoder's L2-normalised embedding of each "
         f"post (the networks' encoder, else {DEFAULT_ENCODER}) times a weight picked from "
         f"{', '.join(f'{w:g}' for w in BASELINE_WEIGHTS)} with C on validation: what a practitioner writes next.",
+        "- no-tag Hamming: the test Hamming loss of predicting no tag at all (the share of positive labels), "
+        "the scale a Hamming loss is read on. test P@1, R@1: one tag per post, the most probable, whatever the "
+        "thresholds; P@1 = posts whose top tag is a true tag / posts, R@1 = true tags found that way / all "
+        "true tags (as fastText's test reports them). —: results written before tagsearch recorded it.",
         "- train s: retrain wall time (networks) or vectorizer + fit time (baseline), on this machine.",
     ]
     lines += [f"- {note}" for note in notes]

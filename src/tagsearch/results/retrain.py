@@ -204,12 +204,15 @@ class RunInfo:
 @dataclasses.dataclass
 class Evaluation:
     """Every threshold variant's figures (validation and test) and the choice made on validation;
-    the test labels and the chosen variant's predictions of them."""
+    the test labels and the chosen variant's predictions of them; the threshold-free test figures
+    that place the others (``metrics.reference_figures``: the Hamming loss of predicting no tag,
+    P@1 and R@1)."""
 
     variants: dict[str, VariantFigures]
     choice: ThresholdChoice
     y_test: np.ndarray
     y_pred: np.ndarray
+    reference: dict[str, float]
 
     @property
     def chosen(self) -> str:
@@ -231,13 +234,14 @@ def evaluate(run: Run, corpus: Corpus, params: dict, metric: str) -> Evaluation:
     variants, choice = metrics.threshold_variants(y_val, p_val, y_test, p_test, corpus.tag_names, metric,
                                                   params["threshold"])
     y_pred = (p_test >= np.asarray(variants[choice.chosen].thresholds)).astype(np.uint8)
-    return Evaluation(variants, choice, y_test, y_pred)
+    return Evaluation(variants, choice, y_test, y_pred, metrics.reference_figures(y_test, p_test))
 
 
 def metrics_record(evaluation: Evaluation, run: Run, corpus: Corpus, info: RunInfo, plot_names: list[str],
                    plot_notes: list[str]) -> dict:
     """metrics.json: the metric, the chosen variant's test figures and its honest (cross-fitted)
-    validation figures, every variant, how thresholds were fitted, training and refit, the plots
+    validation figures, the threshold-free test figures that place them (the Hamming loss of
+    predicting no tag, P@1, R@1), every variant, how thresholds were fitted, training and refit, the plots
     (and why any study plot is missing)."""
     chosen, choice = evaluation.figures, evaluation.choice
     test = chosen.test
@@ -245,6 +249,7 @@ def metrics_record(evaluation: Evaluation, run: Run, corpus: Corpus, info: RunIn
         "metric": info.metric, "validation_value": choice.value,
         "test_hamming_loss": test["hamming_loss"], "test_micro_f1": test["micro_f1"],
         "test_macro_f1": test["macro_f1"], "per_class": test["per_class"],
+        **{f"test_{name}": value for name, value in evaluation.reference.items()},
         "validation": {**choice.summary, "per_class": chosen.validation["per_class"],
                        "note": "hamming_loss, micro_f1, macro_f1: cross-fitted (honest); per_class: at the final "
                                "thresholds, fitted on these posts"},
@@ -356,6 +361,14 @@ def per_class_table(evaluation: Evaluation) -> str:
     return results.markdown_table(["tag", "threshold", "precision", "recall", "F1", "support"], rows)
 
 
+def reference_line(reference: dict[str, float]) -> str:
+    """The threshold-free test figures in one sentence (report.md, the terminal)."""
+    return (f"Predicting no tag at all would have test Hamming loss {reference['hamming_loss_no_tags']:.4f} "
+            f"(the share of positive labels; read the Hamming losses against it). At one tag per post, the "
+            f"most probable: P@1 {reference['precision_at_1']:.4f} (posts whose top tag is a true tag), R@1 "
+            f"{reference['recall_at_1']:.4f} (true tags found by the top tags, of all true tags).")
+
+
 def report_markdown(record: dict, evaluation: Evaluation, info: RunInfo, run: Run) -> str:
     """report.md, from metrics.json's ``record``."""
     captions = {"curves.png": "Training and validation curves", "confusion.png": "Per-class confusion (test)",
@@ -370,7 +383,8 @@ def report_markdown(record: dict, evaluation: Evaluation, info: RunInfo, run: Ru
             f"{run.result.best_epoch}, the best validation {info.metric}"
             f"{'; then refit on training + validation for as many epochs' if info.refit else ''}. Predictions "
             f"use the **{evaluation.chosen.replace('_', '-')}** thresholds ({metrics.HOW_FITTED}).\n\n"
-            f"{summary_table(evaluation)}\n\n## Per class (test, chosen thresholds)\n\n"
+            f"{summary_table(evaluation)}\n\n{reference_line(evaluation.reference)}\n\n"
+            f"## Per class (test, chosen thresholds)\n\n"
             f"{per_class_table(evaluation)}\n\n## Plots\n\n{images}\n{notes}\n")
 
 
@@ -398,6 +412,7 @@ def publish(study, trial, url: str, out: Path, evaluation: Evaluation) -> int:
     live = live_trial(study, trial)  # save_note takes a Study or a Trial handle
     save_note(live, f"## Retrained on the test split\n\nResults directory: `{out}`; plots and metrics are "
                     f"the study's artifacts `trial{trial.number}-*`.\n\n{summary_table(evaluation)}"
+                    f"\n\n{reference_line(evaluation.reference)}"
                     f"\n\n### Per class (test, chosen thresholds)\n\n{per_class_table(evaluation)}\n")
     return len(files)
 
@@ -410,6 +425,8 @@ def print_summary(out: Path, evaluation: Evaluation, info: RunInfo, run: Run, up
     print(f"thresholds: {evaluation.chosen.replace('_', '-')} (cross-fitted validation {info.metric}: {scores})"
           f"{'; predictions by the model refit on training + validation' if info.refit else ''}")
     print(f"test: Hamming loss {test['hamming_loss']:.4f}  micro-F1 {test['micro_f1']:.4f}  "
-          f"macro-F1 {test['macro_f1']:.4f}")
+          f"macro-F1 {test['macro_f1']:.4f}  P@1 {evaluation.reference['precision_at_1']:.4f}  "
+          f"R@1 {evaluation.reference['recall_at_1']:.4f}  (no tags: Hamming loss "
+          f"{evaluation.reference['hamming_loss_no_tags']:.4f})")
     print(f"wrote {out}/ ({uploaded} artifacts uploaded to study {info.study!r}; browse them with "
           f"'tagsearch dashboard --storage {info.storage}')")

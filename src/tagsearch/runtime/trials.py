@@ -7,6 +7,10 @@ the study's ``BudgetLock`` (locks.py), so two workers never both take the last s
 finish. While the remaining budget is held by other workers' running trials, a worker waits and
 keeps checking heartbeats (heartbeat.py, on every storage): if such a worker died, its trial is
 failed, queued again (retries.py) and run here.
+
+Time: ``timeout`` is this worker's (no trial starts ``timeout`` seconds after it began);
+``time_budget`` is the study's (deadline.py: the first worker to bring one records the study's
+deadline, and no worker starts a trial at or past it, checked under the lock just before creating one).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Callable
 import optuna
 
 from tagsearch.log import log
-from tagsearch.runtime import _optuna, heartbeat
+from tagsearch.runtime import _optuna, deadline as deadlines, heartbeat
 from tagsearch.runtime.interrupts import Interrupts
 from tagsearch.runtime.locks import BudgetLock
 from tagsearch.runtime.outages import Outages
@@ -34,17 +38,19 @@ COUNTED = (State.COMPLETE, State.PRUNED, State.RUNNING)
 
 def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], target: int,
                timeout: float | None = None, wait_for_running: bool = True, url: str | None = None,
-               interrupts: Interrupts | None = None) -> int:
-    """Run ``objective`` on trials until the study has ``target`` finished ones or ``timeout``
-    seconds passed. When the rest of the budget is running elsewhere, wait (``wait_for_running``:
-    heartbeats, on every storage, tell a slow worker from a dead one) or leave. ``url``: the study's
+               interrupts: Interrupts | None = None, time_budget: float | None = None) -> int:
+    """Run ``objective`` on trials until the study has ``target`` finished ones, ``timeout``
+    seconds passed, or the study's deadline came (``time_budget``: seconds for the study as a
+    whole, recorded as its deadline unless it has one; deadline.py). When the rest of the budget
+    is running elsewhere, wait (``wait_for_running``: heartbeats, on every storage, tell a slow
+    worker from a dead one) or leave. ``url``: the study's
     storage, whose ``BudgetLock`` other workers share (None: no other worker). ``interrupts``: the
     installed signal state of a worker process (default: none installed). An outage that outlasted
     the limit on the study's storage (``storage.outages_of``) ends the loop with its
     ``StorageOutage``. Returns 0, or 1 when this worker's trials keep failing."""
     interrupts = interrupts or Interrupts()
     outages = outages_of(_optuna.study_storage(study)) or Outages()
-    deadline = None if timeout is None else time.monotonic() + timeout
+    timeout_at = None if timeout is None else time.monotonic() + timeout
     guard = FailureGuard(MAX_CONSECUTIVE_FAILURES)
     lock = BudgetLock(url, study.study_name, outages)
 
@@ -55,15 +61,20 @@ def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], 
 
     gc.freeze()  # what exists now lives through every trial: the collection after each scans only the trial's own
     try:
+        study_deadline = deadlines.establish(study, time_budget, lock)
         while not guard.tripped:
             if interrupts.stop_requested:
                 raise KeyboardInterrupt
             if outages.gave_up is not None:
                 raise outages.gave_up
-            if deadline is not None and time.monotonic() >= deadline:
+            if timeout_at is not None and time.monotonic() >= timeout_at:
                 return 0
             lock.acquire()
             try:
+                study_deadline = study_deadline or deadlines.recorded(study)  # another worker may bring one
+                if deadlines.passed(study_deadline):
+                    log(f"stopping: the study's deadline has come ({deadlines.when(study_deadline)})")
+                    return 0
                 if not has_budget(study, target):
                     if progress(study).finished >= target or not wait_for_running:
                         return 0

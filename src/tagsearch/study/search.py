@@ -27,6 +27,7 @@ from tagsearch.learn.metrics import val_key
 from tagsearch.data.corpus import Corpus
 from tagsearch.errors import UserError
 from tagsearch.study.spec import ACTIVE_WHEN, PARAMS, Spec, is_active
+from tagsearch.runtime import deadline as deadlines
 from tagsearch.runtime.progress import Progress, progress  # noqa: F401  (search.progress, as before)
 from tagsearch.runtime.storage import local_path, masked, open_storage
 
@@ -118,7 +119,9 @@ def suggest(trial: optuna.Trial, spec: Spec) -> dict:
 
 class Objective:
     """Suggest → build → train, reporting each epoch to the pruner → record → return the best
-    validation value of the study's metric. (Ctrl-C and SIGTERM are ``runtime.interrupts.Interrupts``'.)"""
+    validation value of the study's metric. Once the study's deadline has come (runtime/deadline.py,
+    read when the trial starts), training stops after the current epoch as early stopping does: the
+    trial is COMPLETE with its best epoch's value. (Ctrl-C and SIGTERM are ``runtime.interrupts.Interrupts``'.)"""
 
     def __init__(self, spec: Spec, corpus: Corpus, device: str | None = None, max_epochs: int | None = None,
                  storage: str | None = None):
@@ -143,11 +146,13 @@ class Objective:
 
     def run_trial(self, trial: optuna.Trial) -> float:
         start, metric = time.perf_counter(), self.spec.metric
+        deadline = deadlines.recorded(trial.study)
         params = suggest(trial, self.spec)
         set_user_attrs(trial, params=params, model=params["model"], device=self.device_name, metric=metric,
                        worker=f"{socket.gethostname()}:{os.getpid()}")
         folds = [train.build(fold, params, self.device, self.features) for fold in self.folds]
         curve: list[dict] = []  # per epoch: losses, the metric, the best epoch so far
+        at_deadline: list[int] = []  # the epoch after which the study's deadline stopped training
 
         def report_and_prune(epoch: int, record: train.EpochRecord) -> None:
             value = record.value(metric)
@@ -157,6 +162,9 @@ class Objective:
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}: {val_key(metric)} {value:.4f} "
                                          f"(best {record.best_value:.4f} at epoch {record.best_epoch}) is "
                                          f"not promising next to the other trials at this epoch")
+            if epoch < self.max_epochs and deadlines.passed(deadline):
+                at_deadline.append(epoch)
+                raise train.StopTraining(f"the study's deadline came during epoch {epoch}")
 
         try:
             result = train.fit_folds(folds, params, max_epochs=self.max_epochs, patience=self.spec.patience,
@@ -172,7 +180,7 @@ class Objective:
                        parameters=train.count_parameters(result.model), folds=len(self.folds),
                        threshold_choice=choice.chosen, thresholds=choice.thresholds, threshold_scores=choice.scores,
                        val_per_class_f1=dict(zip(self.corpus.tag_names, choice.per_tag_f1)),
-                       **choice.val_figures(digits=6))
+                       **choice.val_figures(digits=6), **({"stopped_at_deadline": True} if at_deadline else {}))
         return result.best_value
 
 

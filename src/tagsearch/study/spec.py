@@ -2,7 +2,7 @@
 
 A spec has these sections (see ``studies/README.md``)::
 
-    [study]     name, storage, metric (direction inferred), n_trials, timeout
+    [study]     name, storage, metric (direction inferred), n_trials, timeout, time_budget
     [sampler]   kind = "tpe" | "random", seed, n_startup_trials
     [pruner]    kind = "median" | "halving" | "hyperband" | "none", n_warmup_steps, patience, ...
     [data]      path, text_columns, tags_column, top_k, test_size, val_size, split_seed
@@ -101,7 +101,8 @@ def is_active(name: str, params: dict) -> bool:
 
 
 SECTIONS = {
-    "study": {"name": str, "storage": str, "metric": str, "direction": str, "n_trials": int, "timeout": float},
+    "study": {"name": str, "storage": str, "metric": str, "direction": str, "n_trials": int, "timeout": float,
+              "time_budget": float},
     "sampler": {"kind": str, "seed": int, "n_startup_trials": int, "multivariate": bool},
     "pruner": {"kind": str, "n_startup_trials": int, "n_warmup_steps": int, "patience": int,
                "min_resource": int, "reduction_factor": int, "min_delta": float},
@@ -173,7 +174,8 @@ class Spec:
     storage: str = DEFAULT_STORAGE
     metric: str = "hamming_loss"
     n_trials: int = 20
-    timeout: float | None = None
+    timeout: float | None = None  # seconds per worker
+    time_budget: float | None = None  # seconds for the study as a whole (its deadline: runtime/deadline.py)
     sampler: dict = field(default_factory=dict)
     pruner: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)
@@ -252,7 +254,8 @@ def parse_spec(raw: dict, where: str = "spec") -> Spec:
                         f"is {DIRECTIONS[metric]}d; expected no direction (it is inferred from the metric)")
     spec = Spec(path=where, name=study["name"], storage=study.get("storage", DEFAULT_STORAGE),
                 metric=metric, n_trials=study.get("n_trials", 20),
-                timeout=study.get("timeout"), sampler=raw.get("sampler", {}), pruner=raw.get("pruner", {}),
+                timeout=study.get("timeout"), time_budget=study.get("time_budget"), sampler=raw.get("sampler", {}),
+                pruner=raw.get("pruner", {}),
                 data=raw.get("data", {}), training=raw.get("training", {}), defaults=defaults,
                 search={k: _check_search(k, v, _models(raw, defaults), f"{where} [search.{k}]")
                         for k, v in raw.get("search", {}).items()})
@@ -290,6 +293,9 @@ def _check_choices(spec: Spec, where: str) -> None:
                         f"validation split alone, k > 1 = k-fold cross-validation over training + validation)")
     if spec.timeout is not None and spec.timeout <= 0:
         raise UserError(f"{where} [study]: timeout={spec.timeout!r} is out of range; expected seconds > 0")
+    if spec.time_budget is not None and not 0 < spec.time_budget < math.inf:
+        raise UserError(f"{where} [study]: time_budget={spec.time_budget!r} is out of range; expected a finite "
+                        f"number of seconds > 0 (the whole study's time)")
     try:
         spec.data_config()
     except UserError as exc:

@@ -3,7 +3,8 @@ study and an objective (search.py), which the runtime runs (runtime/trials.py in
 runtime/launch.py in W worker processes).
 
 ``run_worker``: join (or create) the study and run trials until the study as a whole has its budget
-of finished trials. ``launch``: create the study (and its [defaults] trial) here, then start W
+of finished trials, or its deadline came (a time budget records one: runtime/deadline.py).
+``launch``: create the study (and its [defaults] trial, and its deadline) here, then start W
 ``tagsearch worker`` processes on a device list and show one live progress line. Creating a study
 happens under the study's budget lock, so of workers starting on a new study at the same moment one
 creates it and queues [defaults], the others find it complete.
@@ -20,6 +21,7 @@ import optuna
 from tagsearch.data.corpus import DataOptions, load_corpus, resolve_data
 from tagsearch.errors import UserError
 from tagsearch.log import log
+from tagsearch.runtime import deadline as deadlines
 from tagsearch.runtime import launch as runtime_launch
 from tagsearch.runtime import ray_launch
 from tagsearch.runtime.interrupts import Interrupts
@@ -33,8 +35,10 @@ from tagsearch.study.spec import load_spec
 
 def run_worker(spec: str, *, data: DataOptions | None = None, storage: str | None = None,
                study_name: str | None = None, n_trials: int | None = None, timeout: float | None = None,
-               device: str | None = None, threads: int | None = None) -> int:
-    """``tagsearch worker``: returns 0, or 1 when this worker's trials kept failing."""
+               device: str | None = None, threads: int | None = None, time_budget: float | None = None) -> int:
+    """``tagsearch worker``: returns 0, or 1 when this worker's trials kept failing. ``time_budget``:
+    seconds for the whole study (default ``[study] time_budget``), recorded as its deadline unless
+    it has one."""
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # while loading: SIGTERM acts like Ctrl-C
     spec = load_spec(spec)
     url, target = storage or spec.storage, n_trials or spec.n_trials
@@ -52,7 +56,8 @@ def run_worker(spec: str, *, data: DataOptions | None = None, storage: str | Non
     log(f"data: {corpus.source}: {corpus.summary()}")
     log(f"worker {os.getpid()} on study {study.study_name!r} ({masked(url)}), device {device_name}, data fingerprint "
         f"{corpus.fingerprint}: {progress(study).finished}/{target} trials finished")
-    code = run_trials(study, objective, target, timeout or spec.timeout, url=url, interrupts=interrupts)
+    code = run_trials(study, objective, target, timeout or spec.timeout, url=url, interrupts=interrupts,
+                      time_budget=time_budget or spec.time_budget)
     log(f"worker {os.getpid()} done: {summary(progress(study), target)}")
     return code
 
@@ -60,10 +65,12 @@ def run_worker(spec: str, *, data: DataOptions | None = None, storage: str | Non
 def launch(spec: str, *, data: DataOptions | None = None, storage: str | None = None,
            study_name: str | None = None, workers: int = 1, devices: str = "cpu", n_trials: int | None = None,
            timeout: float | None = None, ray: str | None = None, gpus_per_worker: float | None = None,
-           cpus_per_worker: float = 1.0) -> int:
+           cpus_per_worker: float = 1.0, time_budget: float | None = None) -> int:
     """``tagsearch launch``: returns 0, 1 if a worker crashed, 130 if interrupted. ``ray``: place the
     workers on that Ray cluster (``auto``, ``local`` or HOST:PORT; docs/ray.md) instead of here,
-    each with ``gpus_per_worker`` GPUs (default: 1 where the cluster has GPUs) and ``cpus_per_worker``."""
+    each with ``gpus_per_worker`` GPUs (default: 1 where the cluster has GPUs) and ``cpus_per_worker``.
+    ``time_budget``: seconds for the whole study (default ``[study] time_budget``), recorded as its
+    deadline here, before any worker starts, unless it has one; the workers read it from the study."""
     spec_path, data = spec, data or DataOptions()
     spec = load_spec(spec_path)
     search.check_space(spec)
@@ -75,6 +82,12 @@ def launch(spec: str, *, data: DataOptions | None = None, storage: str | None = 
     config = resolve_data(spec, data)
     corpus = load_corpus(config)
     study = open_study(spec, corpus, url, study_name, storage=store)  # trial 0 before any child
+    if time_budget or spec.time_budget:
+        lock = BudgetLock(url, study.study_name, outages_of(store))
+        try:
+            deadlines.establish(study, time_budget or spec.time_budget, lock)
+        finally:
+            lock.close()
     log(f"data: {corpus.source}: {corpus.summary()}")
 
     def command(index: int, device: str, threads: int) -> list[str]:

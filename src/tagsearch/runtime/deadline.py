@@ -1,0 +1,71 @@
+"""A time budget for the study as a whole (``[study] time_budget``, ``--time``), kept on the study.
+
+The first worker that brings a budget to a study without a deadline (usually the one that creates
+it; ``launch`` does it before starting its workers) records ``deadline`` = now + budget, in
+wall-clock epoch seconds, as the study user attribute ``deadline``. It does so under the study's
+``BudgetLock``, so of several workers starting at once exactly one sets it. Every worker reads it —
+one that joins late, on another host, or without a budget of its own — and starts no trial at or
+past it (``trials.run_trials``); a trial already running stops at its next epoch boundary once past
+it and keeps its best epoch, as early stopping does (``study.search.Objective``). A later budget
+never moves a recorded deadline. Hosts are assumed to keep their clocks in sync (NTP).
+
+``clock`` is the one place that reads the time, so tests replace it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+
+import optuna
+
+from tagsearch.log import log
+from tagsearch.runtime.locks import BudgetLock
+
+ATTR = "deadline"
+
+
+def clock() -> float:
+    """Wall-clock time, epoch seconds (comparable across hosts, unlike ``time.monotonic``)."""
+    return time.time()
+
+
+def recorded(study: optuna.Study) -> float | None:
+    """The study's deadline (epoch seconds), or None when it has no time budget."""
+    value = study.user_attrs.get(ATTR)
+    return None if value is None else float(value)
+
+
+def establish(study: optuna.Study, budget: float | None, lock: BudgetLock) -> float | None:
+    """The study's deadline: the recorded one, else — with a ``budget`` (seconds) — now + budget,
+    recorded under ``lock`` (the study's budget lock, released again; a lock already held stays held)."""
+    deadline = recorded(study)
+    if budget is None or deadline is not None:
+        if budget is not None:
+            log(f"study {study.study_name!r}: its deadline stands ({when(deadline)}); a time budget never "
+                f"moves a recorded one")
+        return deadline
+    held = lock.held
+    lock.acquire()
+    try:
+        deadline = recorded(study)  # another worker may have recorded it while we waited
+        if deadline is None:
+            deadline = clock() + budget
+            study.set_user_attr(ATTR, deadline)
+            log(f"study {study.study_name!r}: time budget {budget:g} s, no trial starts after {when(deadline)}")
+    finally:
+        if not held:
+            lock.release()
+    return deadline
+
+
+def passed(deadline: float | None) -> bool:
+    """Whether ``deadline`` (None: none) has come."""
+    return deadline is not None and clock() >= deadline
+
+
+def when(deadline: float) -> str:
+    """A deadline for a log line: UTC time of day and how far away it is."""
+    moment = datetime.datetime.fromtimestamp(deadline, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    left = deadline - clock()
+    return f"{moment}, {f'in {left:.0f} s' if left >= 0 else f'{-left:.0f} s ago'}"
