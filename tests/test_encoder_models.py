@@ -36,6 +36,7 @@ def small(tmp_path_factory):
 
 def save(result, corpus, params, folder):
     featurizer = result.featurizers[0]
+    folder.mkdir()
     digests = results.save_model(folder, result.model, featurizer.state())
     results.write_json(folder / "config.json", {
         "format": results.FORMAT, "params": params, "tags": corpus.tag_names, "thresholds": [0.5] * len(corpus.tag_names),
@@ -70,6 +71,7 @@ def test_a_results_folder_trained_with_other_weights_is_refused(small, tmp_path,
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF  # other weights under the same name
     weights.write_bytes(bytes(data))
+    capsys.readouterr()  # the training's encoding lines
     assert main(["predict", str(folder), "how do I calibrate an imu"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.count("\n") == 1

@@ -248,6 +248,7 @@ class SentenceEncoder:
         if encoder.weights_hash_ != state["weights_hash"]:
             raise UserError(f"encoder model {encoder.model!r} ({encoder.path_}) has weights {encoder.weights_hash_}, "
                             f"but this tagger was trained with weights {state['weights_hash']}; expected the "
-                            f"original model (a local directory holding it: {_HINT.split(', e.g. ')[0]})")
+                            f"model it was trained with under that name (a local directory or the Hugging Face "
+                            f"cache holding those weights)")
         encoder._dim = int(state["dim"])
         return encoder
