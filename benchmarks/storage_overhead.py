@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 
 from tagsearch.study import search
+
+from tagsearch.study import objective
 from tagsearch.runtime import trials as workers
 from tagsearch.data.corpus import load_corpus
 from tagsearch.study.spec import load_spec
@@ -58,7 +60,7 @@ def measure(spec_path: str, data: str, trials: int) -> dict:
         url = f"sqlite:///{tmp}/overhead.db"
         storage = timed_storage(url)
         study = search.open_study(spec, corpus, url, "overhead", storage=storage)
-        objective = search.Objective(spec, corpus, device="cpu")
+        objective = objective.Objective(spec, corpus, device="cpu")
         start = time.perf_counter()
         workers.run_trials(study, objective, trials, url=url)
         wall = time.perf_counter() - start

@@ -31,6 +31,7 @@ STUDY = "existing"
 def existing_study(tmp_path_factory, tiny_csv) -> Path:
     """A SQLite file holding study 'existing' (tfidf, one finished trial), written by tagsearch."""
     from tagsearch.study import search
+    from tagsearch.study import objective
     from tagsearch.data.corpus import load_corpus
     from tagsearch.study.spec import load_spec
     from tagsearch.runtime.trials import run_trials
@@ -40,7 +41,7 @@ def existing_study(tmp_path_factory, tiny_csv) -> Path:
     spec = load_spec(write_spec(folder / "tfidf.toml", model="tfidf", data=tiny_csv, name=STUDY))
     corpus = load_corpus(spec.data_config())
     study = search.open_study(spec, corpus, f"sqlite:///{path}")
-    run_trials(study, search.Objective(spec, corpus), 1, wait_for_running=False)
+    run_trials(study, objective.Objective(spec, corpus), 1, wait_for_running=False)
     study._storage.engine.dispose() if hasattr(study._storage, "engine") else None
     del study
     with sqlite3.connect(path) as connection:

@@ -39,6 +39,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def study_url(tmp_path_factory, tiny_csv) -> str:
     from tagsearch.study import search
+    from tagsearch.study import objective
     from tagsearch.data.corpus import load_corpus
     from tagsearch.study.spec import load_spec
     from tagsearch.runtime.trials import run_trials
@@ -47,7 +48,7 @@ def study_url(tmp_path_factory, tiny_csv) -> str:
     url = f"sqlite:///{folder}/dash.db"
     spec = load_spec(write_spec(folder / "tfidf.toml", model="tfidf", data=tiny_csv, name=STUDY))
     corpus = load_corpus(spec.data_config())
-    run_trials(search.open_study(spec, corpus, url), search.Objective(spec, corpus), TRIALS, wait_for_running=False)
+    run_trials(search.open_study(spec, corpus, url), objective.Objective(spec, corpus), TRIALS, wait_for_running=False)
     return url
 
 

@@ -26,6 +26,7 @@ import torch
 from tagsearch.results import retrain as retrain_module
 from tagsearch.results import folder as results
 from tagsearch.study import search
+from tagsearch.study import objective
 from tagsearch.learn import train
 from tagsearch.cli import main
 from tagsearch.data.corpus import load_corpus
@@ -392,7 +393,7 @@ def test_a_diverged_trial_keeps_its_learning_curve_and_the_search_moves_on(tmp_p
     study = search.open_study(spec, corpus, f"sqlite:///{tmp_path}/curve.db")
     from tagsearch.runtime.trials import run_trials
 
-    assert run_trials(study, search.Objective(spec, corpus), target=2) == 0
+    assert run_trials(study, objective.Objective(spec, corpus), target=2) == 0
     first = study.trials[0]
     assert first.state == State.FAIL and list(first.intermediate_values) == [1]
     assert "NonFiniteLossError" in first.user_attrs["fail_reason"] and first.user_attrs["config"] == "defaults"
@@ -414,7 +415,7 @@ def finished_study(tmp_path_factory, tiny_csv):
     spec_path = write_spec(folder / "tfidf.toml", model="tfidf", data=tiny_csv, storage=url)
     spec = load_spec(spec_path)
     corpus = load_corpus(spec.data_config())
-    run_trials(search.open_study(spec, corpus), search.Objective(spec, corpus), 1, wait_for_running=False)
+    run_trials(search.open_study(spec, corpus), objective.Objective(spec, corpus), 1, wait_for_running=False)
     return spec_path, url
 
 

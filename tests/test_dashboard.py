@@ -104,6 +104,7 @@ def test_dashboard_shows_the_metric_curves_and_threshold_variants(spec_factory, 
     """A real tagsearch trial, read back through the dashboard's HTTP API: the objective's name is
     the study's metric, each trial has its learning curve and its threshold variants."""
     from tagsearch.study import search
+    from tagsearch.study import objective
     from tagsearch.data.corpus import load_corpus
     from tagsearch.study.spec import load_spec
     from tagsearch.runtime.trials import run_trials
@@ -111,7 +112,7 @@ def test_dashboard_shows_the_metric_curves_and_threshold_variants(spec_factory, 
     url = f"sqlite:///{tmp_path}/real.db"
     spec = load_spec(spec_factory("tfidf", storage=url))
     corpus = load_corpus(spec.data_config())
-    run_trials(search.open_study(spec, corpus, url), search.Objective(spec, corpus), 1, wait_for_running=False)
+    run_trials(search.open_study(spec, corpus, url), objective.Objective(spec, corpus), 1, wait_for_running=False)
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "tagsearch.cli", "dashboard", "--storage", url, "--port",
                                str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

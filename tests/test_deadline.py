@@ -17,6 +17,7 @@ from tagsearch.runtime import deadline
 from tagsearch.runtime.storage import open_storage
 from tagsearch.runtime.trials import run_trials
 from tagsearch.study import search
+from tagsearch.study import objective
 from tagsearch.study.spec import load_spec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -97,7 +98,7 @@ def test_a_trial_running_at_the_deadline_stops_at_the_next_epoch_complete(tmp_pa
         return fit_folds(*args, on_epoch=hook, **kwargs)
 
     monkeypatch.setattr(train, "fit_folds", clock_jumps_after_epoch_1)
-    assert run_trials(study, search.Objective(spec, corpus), 3, url=url, time_budget=600) == 0
+    assert run_trials(study, objective.Objective(spec, corpus), 3, url=url, time_budget=600) == 0
     (trial,) = study.get_trials()
     assert trial.state == State.COMPLETE
     attrs, curve = trial.user_attrs, trial.user_attrs["learning_curve"]

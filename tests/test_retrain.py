@@ -11,6 +11,7 @@ import pytest
 from conftest import write_spec
 from tagsearch.results import retrain
 from tagsearch.study import search
+from tagsearch.study import objective
 from tagsearch.cli import main
 from tagsearch.data.corpus import DataConfig, load_corpus
 from tagsearch.results.folder import sha256
@@ -30,7 +31,7 @@ def make_study(folder: Path, model: str, data: Path, trials: int = 3, folds: int
     spec = load_spec(spec_path)
     corpus = load_corpus(spec.data_config())
     study = search.open_study(spec, corpus)
-    run_trials(study, search.Objective(spec, corpus), trials, wait_for_running=False)
+    run_trials(study, objective.Objective(spec, corpus), trials, wait_for_running=False)
     return spec_path, url
 
 

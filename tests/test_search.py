@@ -8,6 +8,8 @@ import optuna
 import pytest
 
 from tagsearch.study import search
+
+from tagsearch.study import objective
 from tagsearch.runtime import storage
 from tagsearch.learn import train
 from tagsearch.cli import main
@@ -134,7 +136,7 @@ def test_suggest_skips_parameters_that_cannot_matter(spec_factory):
 def test_objective_reports_each_epoch_and_records_why_it_pruned(study_setup):
     spec, corpus, _ = study_setup
     study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.0))  # any loss > 0 prunes
-    study.optimize(search.Objective(spec, corpus), n_trials=1)
+    study.optimize(objective.Objective(spec, corpus), n_trials=1)
     trial = study.trials[0]
     assert trial.state == optuna.trial.TrialState.PRUNED
     assert list(trial.intermediate_values) == [1]
@@ -151,7 +153,7 @@ def test_objective_reports_each_epoch_and_records_why_it_pruned(study_setup):
 def test_study_runs_its_budget_with_defaults_first(study_setup):
     spec, corpus, url = study_setup
     study = search.open_study(spec, corpus, url)
-    assert run_trials(study, search.Objective(spec, corpus), target=3) == 0
+    assert run_trials(study, objective.Objective(spec, corpus), target=3) == 0
     trials = study.get_trials()
     assert [t.state for t in trials].count(optuna.trial.TrialState.FAIL) == 0
     assert search.progress(study).finished == 3 == len(trials)
@@ -168,7 +170,7 @@ def test_study_runs_its_budget_with_defaults_first(study_setup):
     assert study.user_attrs["tags"] == corpus.tag_names and study.user_attrs["split"] == corpus.split
     # Resuming to a larger budget continues the same study without queueing the defaults again.
     again = search.open_study(spec, corpus, url)
-    run_trials(again, search.Objective(spec, corpus), target=4)
+    run_trials(again, objective.Objective(spec, corpus), target=4)
     assert search.progress(again).finished == 4
     assert sum(t.user_attrs.get("config") == "defaults" for t in again.trials) == 1
 
@@ -185,7 +187,7 @@ def test_training_error_fails_the_trial_and_the_worker_goes_on(study_setup, monk
 
     monkeypatch.setattr(train, "fit_folds", flaky)
     study = search.open_study(spec, corpus, url)
-    assert run_trials(study, search.Objective(spec, corpus), target=2) == 0
+    assert run_trials(study, objective.Objective(spec, corpus), target=2) == 0
     failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
     assert len(failed) == 1 and "NonFiniteLossError" in failed[0].user_attrs["fail_reason"]
     assert search.progress(study).finished == 2
@@ -200,7 +202,7 @@ def test_a_worker_whose_trials_keep_failing_stops_with_an_error(study_setup, mon
     monkeypatch.setattr(train, "fit_folds", broken)
     monkeypatch.setattr("tagsearch.runtime.trials.MAX_CONSECUTIVE_FAILURES", 2)
     study = search.open_study(spec, corpus, url)
-    assert run_trials(study, search.Objective(spec, corpus), target=5) == 1
+    assert run_trials(study, objective.Objective(spec, corpus), target=5) == 1
     assert search.progress(study).failed == 2
 
 
@@ -236,7 +238,7 @@ def test_journal_storage_runs_a_study(tmp_path, spec_factory):
     spec = load_spec(spec_factory("tfidf"))
     corpus = load_corpus(spec.data_config())
     study = search.open_study(spec, corpus, f"journal:///{tmp_path}/j/study.log")
-    assert run_trials(study, search.Objective(spec, corpus), target=2, wait_for_running=False) == 0
+    assert run_trials(study, objective.Objective(spec, corpus), target=2, wait_for_running=False) == 0
     assert search.progress(study).finished == 2
     assert (tmp_path / "j" / "study.log").is_file()
 

@@ -32,7 +32,7 @@ State = optuna.trial.TrialState
 FINISHED = (State.COMPLETE, State.PRUNED)
 
 STUB = Path(__file__).resolve().parent / "stub_worker.py"
-# What every COMPLETE trial of the real objective must carry (search.Objective.run_trial sets them).
+# What every COMPLETE trial of the real objective must carry (objective.Objective.run_trial sets them).
 COMPLETE_ATTRS = ("params", "model", "device", "worker", "epochs_run", "best_epoch", "stopped_early",
                   "train_seconds", "parameters", "val_micro_f1", "val_macro_f1", "val_per_class_f1")
 PRUNED_ATTRS = ("params", "model", "worker", "pruned_reason", "epochs_run", "best_epoch")

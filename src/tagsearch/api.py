@@ -57,12 +57,12 @@ def run_study(spec: Spec | str | Path, corpus: data.Corpus | None = None, *, n_t
               device: str | None = None):
     """Create the spec's study or join it (same storage, name and data) and run trials here, as one
     ``tagsearch worker`` does, until the whole study has ``n_trials`` finished ones. Returns it."""
-    from tagsearch.study import search
+    from tagsearch.study import objective, search
     from tagsearch.runtime import trials
 
     spec = _spec(spec)
     corpus, url = corpus or load_corpus(spec), storage or spec.storage
     study = search.open_study(spec, corpus, url, study_name)
-    trials.run_trials(study, search.Objective(spec, corpus, device=device, storage=url), n_trials or spec.n_trials,
+    trials.run_trials(study, objective.Objective(spec, corpus, device=device, storage=url), n_trials or spec.n_trials,
                        timeout or spec.timeout, url=url, time_budget=spec.time_budget)
     return study

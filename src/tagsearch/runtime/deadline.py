@@ -6,7 +6,7 @@ wall-clock epoch seconds, as the study user attribute ``deadline``. It does so u
 ``BudgetLock``, so of several workers starting at once exactly one sets it. Every worker reads it —
 one that joins late, on another host, or without a budget of its own — and starts no trial at or
 past it (``trials.run_trials``); a trial already running stops at its next epoch boundary once past
-it and keeps its best epoch, as early stopping does (``study.search.Objective``). A later budget
+it and keeps its best epoch, as early stopping does (``study.objective.Objective``). A later budget
 never moves a recorded deadline. Hosts are assumed to keep their clocks in sync (NTP).
 
 ``clock`` is the one place that reads the time, so tests replace it.

@@ -43,7 +43,9 @@ def run_worker(spec: str, *, data: DataOptions | None = None, storage: str | Non
     spec = load_spec(spec)
     url, target = storage or spec.storage, n_trials or spec.n_trials
     search.check_space(spec)  # cheap checks first, then the data
-    device_name = search.describe_device(device or spec.device)
+    from tagsearch.study.objective import Objective, describe_device  # here: launch must not load torch
+
+    device_name = describe_device(device or spec.device)
     store = open_early(url)
     if threads:
         import torch
@@ -51,7 +53,7 @@ def run_worker(spec: str, *, data: DataOptions | None = None, storage: str | Non
         torch.set_num_threads(threads)
     corpus = load_corpus(resolve_data(spec, data))
     study = open_study(spec, corpus, url, study_name, seed_offset=runtime_launch.worker_index(), storage=store)
-    objective = search.Objective(spec, corpus, device=device, storage=url)
+    objective = Objective(spec, corpus, device=device, storage=url)
     interrupts = Interrupts().install()
     log(f"data: {corpus.source}: {corpus.summary()}")
     log(f"worker {os.getpid()} on study {study.study_name!r} ({masked(url)}), device {device_name}, data fingerprint "
