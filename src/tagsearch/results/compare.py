@@ -283,7 +283,8 @@ def render(groups: list[tuple[str, list[Row]]], notes: list[str]) -> str:
         lines.append("")
     lines += [
         "- validation: the study's metric on the validation split, thresholds cross-fitted on two halves of it "
-        "(fitted on one half, scored on the other), from the model trained on the training split. The winner "
+        "(fitted on one half, scored on the other), predicted by models that did not train on those posts (the "
+        "training split's, or a cross-validated trial's other folds'). The winner "
         "is chosen by this column alone; test figures never choose anything.",
         "- thresholds: fixed (the threshold parameter), global or per-tag (fitted on validation for the "
         "metric), whichever has the best cross-fitted validation value; the baseline is chosen the same way.",
@@ -291,15 +292,17 @@ def render(groups: list[tuple[str, list[Row]]], notes: list[str]) -> str:
         f"limit) fitted on the training split + one-vs-rest LogisticRegression (liblinear), C picked from "
         f"{', '.join(f'{c:g}' for c in BASELINE_C)} on validation; refit on training + validation when the "
         "networks were.",
-        f"- encoder baseline: the same TF-IDF beside a frozen sentence encoder's L2-normalised embedding of each "
-        f"post (the networks' encoder, else {DEFAULT_ENCODER}) times a weight picked from "
-        f"{', '.join(f'{w:g}' for w in BASELINE_WEIGHTS)} with C on validation: what a practitioner writes next.",
         "- no-tag Hamming: the test Hamming loss of predicting no tag at all (the share of positive labels), "
         "the scale a Hamming loss is read on. test P@1, R@1: one tag per post, the most probable, whatever the "
         "thresholds; P@1 = posts whose top tag is a true tag / posts, R@1 = true tags found that way / all "
         "true tags (as fastText's test reports them). —: results written before tagsearch recorded it.",
         "- train s: retrain wall time (networks) or vectorizer + fit time (baseline), on this machine.",
     ]
+    if any(row.name == ENCODER_BASELINE_NAME for _, rows in groups for row in rows):
+        lines.insert(-2, f"- encoder baseline: the same TF-IDF beside a frozen sentence encoder's L2-normalised "
+                         f"embedding of each post (the networks' encoder, else {DEFAULT_ENCODER}) times a weight "
+                         f"picked from {', '.join(f'{w:g}' for w in BASELINE_WEIGHTS)} with C on validation: what a "
+                         f"practitioner writes next.")
     lines += [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"
 
