@@ -198,7 +198,10 @@ def test_a_killed_ray_worker_is_restarted_and_its_trial_failed_and_retried_once(
     assert sum(t.state in FINISHED for t in trials) == 6, [t.state for t in trials]
     assert not [t for t in trials if t.state in (State.RUNNING, State.WAITING)]
     dead = trials[victim.number]
-    assert dead.state == State.FAIL and dead.user_attrs["fail_reason"].startswith("worker lost: no heartbeat")
+    # failed by tagsearch's stale check (with its reason) or, when a starting worker's Optuna ran its
+    # own check first, by Optuna's (no reason: it cannot be set on a finished trial); retried either way
+    assert dead.state == State.FAIL
+    assert dead.user_attrs.get("fail_reason", "worker lost: no heartbeat").startswith("worker lost: no heartbeat")
     retries = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
     assert len(retries) == 1 and retries[0].params == dead.params and retries[0].state in FINISHED
     assert [t.number for t in trials if t.state == State.FAIL] == [victim.number]
