@@ -73,9 +73,10 @@ LAYERS = {
     "learn": {"data", "learn"},
     "study": {"data", "learn", "runtime", "study"},
     "results": {"data", "learn", "runtime", "study", "results"},
-    "api": {"data", "learn", "runtime", "study", "results", "demo"},  # it re-exports run_demo
-    "demo": {"data", "learn", "runtime", "study", "results"},
-    "cli": {"data", "learn", "runtime", "study", "results", "api", "demo"},
+    "tune": {"data", "learn", "runtime", "study", "results"},
+    "api": {"data", "learn", "runtime", "study", "results", "tune", "demo"},  # it re-exports tune and run_demo
+    "demo": {"data", "learn", "runtime", "study", "results", "tune"},
+    "cli": {"data", "learn", "runtime", "study", "results", "api", "tune", "demo"},
 }
 SHARED = {"errors", "log"}
 

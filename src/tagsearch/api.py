@@ -9,6 +9,7 @@ from pathlib import Path
 from tagsearch.data import corpus as data
 from tagsearch.data.synth import write_corpus  # noqa: F401  (part of the API: `tagsearch data synth`)
 from tagsearch.demo import run_demo  # noqa: F401  (part of the API: `tagsearch demo`)
+from tagsearch.tune import tune  # noqa: F401  (part of the API: `tagsearch tune`)
 from tagsearch.results.compare import compare  # noqa: F401  (part of the API: `tagsearch compare`)
 from tagsearch.results.folder import load as load_results  # noqa: F401  (part of the API)
 from tagsearch.results.predict import read_posts, tag_posts  # noqa: F401  (part of the API: `tagsearch predict`)

@@ -3,7 +3,7 @@ the parsed arguments into keyword arguments for one library function (the Python
 prints what it returns. ``train`` → ``api.train_one``, ``data synth`` → ``data.synth.write_corpus``,
 ``dashboard`` → ``study.dashboard.serve``, ``retrain`` → ``results.retrain.retrain_trial``,
 ``predict`` → ``results.predict.tag_posts``, ``compare`` → ``results.compare.compare``, ``demo`` →
-``demo.run_demo``; ``worker``/``launch`` → ``study.workers.run_worker``/``launch``, ``storage-proxy`` → ``runtime.proxy.serve``.
+``demo.run_demo``, ``tune`` → ``tune.tune``; ``worker``/``launch`` → ``study.workers.run_worker``/``launch``, ``storage-proxy`` → ``runtime.proxy.serve``.
 Libraries are imported inside the functions, so ``tagsearch --version`` loads neither torch nor
 optuna. A ``UserError`` anywhere ends the program with one ``error:`` line on stderr and exit code 2.
 """
@@ -54,6 +54,18 @@ def duration(text: str) -> float:
     if not 0 < seconds < float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r} is out of range; expected a duration > 0, like 90s, 10m, 2h")
     return seconds
+
+
+def model_list(text: str) -> tuple[str, ...]:
+    """An argparse type: ``tfidf,encoder_tfidf`` → the model kinds, each checked."""
+    from tagsearch.study.spec import MODELS
+
+    kinds = tuple(part.strip() for part in text.split(",") if part.strip())
+    bad = [k for k in kinds if k not in MODELS]
+    if not kinds or bad:
+        raise argparse.ArgumentTypeError(f"{(bad or [text])[0]!r} is not a model kind; expected a comma-separated "
+                                         f"list of {', '.join(MODELS)}")
+    return kinds
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -123,6 +135,32 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--cpus-per-worker", type=positive_float, default=1.0, metavar="C",
                         help="--ray: CPUs per worker, also its torch threads (default 1)")
 
+    tune = sub.add_parser("tune", help="from a posts file to the best tagger: search every model kind for a "
+                                       "time budget, retrain the best, compare with the baselines")
+    tune.add_argument("data", metavar="DATA", help="posts file (.csv .tsv .parquet .jsonl .joblib), or 'builtin'")
+    tune.add_argument("--time", type=duration, dest="time_budget", default=600.0, metavar="T",
+                      help="time for the search (10m, 90s, 2h; default 10m); retrain and baselines come after it")
+    tune.add_argument("--workers", type=positive_int, metavar="W",
+                      help="worker processes (default: one per GPU, else one per core up to 8)")
+    tune.add_argument("--devices", default="auto", metavar="LIST",
+                      help="'auto' (every visible GPU, else cpu), 'cpu' or GPU ids like 0,1,2,3")
+    tune.add_argument("--metric", choices=["hamming_loss", "micro_f1", "macro_f1"],
+                      help="what the search optimises on validation (default: the spec's, hamming_loss)")
+    tune.add_argument("--out", metavar="DIR", help="results directory (default: results/<study>)")
+    group = tune.add_argument_group("data")
+    group.add_argument("--text-column", action="append", dest="text_columns", metavar="COL",
+                       help="text column(s), joined in order (default: Title+Body, content, text)")
+    group.add_argument("--tags-column", metavar="COL", help="tags column (default: Tags, tags, Tag_Number)")
+    group.add_argument("--top-k", type=positive_int, metavar="K", help="keep the K most frequent tags (default 10)")
+    tune.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: sqlite:///storage/tagsearch.db)")
+    tune.add_argument("--study-name", metavar="NAME", help="study name (default: tagger-<file stem>); an existing "
+                                                           "study on the same data resumes")
+    tune.add_argument("--n-trials", type=positive_int, metavar="N", help="also stop after N finished trials")
+    tune.add_argument("--models", type=model_list, metavar="LIST",
+                      help="kinds to search, e.g. tfidf,encoder_tfidf (default: every kind that can run here)")
+    tune.add_argument("--spec", metavar="SPEC", help="the space to search (default: studies/tagger.toml)")
+    tune.add_argument("--max-epochs", type=positive_int, metavar="N", help="cap every trial's epochs")
+
     dashboard = sub.add_parser("dashboard", help="browse studies with optuna-dashboard")
     dashboard.add_argument("spec", nargs="?", metavar="SPEC")
     dashboard.add_argument("--storage", metavar="URL")
@@ -156,10 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--no-encoder-baseline", dest="encoder_baseline", action="store_false",
                          help="leave out the TF-IDF + encoder embedding baseline (it encodes every post once)")
 
-    demo = sub.add_parser("demo", help="end to end on the built-in corpus: study, retrain, compare")
-    demo.add_argument("--data", metavar="PATH", help="posts file (default: the built-in synthetic corpus)")
-    demo.add_argument("--trials", type=positive_int, default=16, metavar="N", help="trials per study")
-    demo.add_argument("--timeout", type=positive_float, metavar="S", help="seconds per study")
+    demo = sub.add_parser("demo", help="tagsearch tune on the built-in corpus (dense and TF-IDF kinds): about 5 minutes")
+    demo.add_argument("--time", type=duration, dest="time_budget", default=180.0, metavar="T",
+                      help="time for the search (default 3m)")
+    demo.add_argument("--trials", type=positive_int, metavar="N", help="also stop after N finished trials")
     demo.add_argument("--posts", type=positive_int, default=BUILTIN_POSTS, metavar="N", help="size of the synthetic corpus")
     demo.add_argument("--workers", type=positive_int, default=2, metavar="W")
     return parser
@@ -252,6 +290,23 @@ def launch_command(args: argparse.Namespace) -> int:
                   cpus_per_worker=args.cpus_per_worker)
 
 
+def tune_command(args: argparse.Namespace) -> int:
+    from tagsearch.tune import tune
+
+    tuned = tune(args.data, time_budget=args.time_budget, workers_count=args.workers, devices=args.devices,
+                 metric=args.metric, out=args.out, storage=args.storage, study_name=args.study_name,
+                 text_columns=tuple(args.text_columns or ()), tags_column=args.tags_column, top_k=args.top_k,
+                 n_trials=args.n_trials, models=args.models, spec=args.spec, max_epochs=args.max_epochs)
+    print(f"\n{tuned.verdict}", end="")
+    print(f"\ntune done in {clock_minutes(tuned.seconds)} ({clock_minutes(tuned.search_seconds)} of search)")
+    return 0
+
+
+def clock_minutes(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes}m{seconds:02d}s"
+
+
 def storage_proxy_command(args: argparse.Namespace) -> int:
     from tagsearch.runtime.proxy import serve
 
@@ -299,12 +354,9 @@ def compare_command(args: argparse.Namespace) -> int:
 def demo_command(args: argparse.Namespace) -> int:
     from tagsearch.demo import STORAGE, run_demo
 
-    run = run_demo(data=args.data, trials=args.trials, timeout=args.timeout, posts=args.posts, workers=args.workers)
-    print(run.comparison.read_text(encoding="utf-8"), end="")
-    minutes, seconds = divmod(int(run.seconds), 60)
-    print(f"\ndemo done in {minutes}m{seconds:02d}s")
-    print(f"  results:   {', '.join(f'{f}/' for f in run.folders)} (report.md in each), {run.comparison}")
-    print(f"  try:       tagsearch predict {run.folders[-1]} \"How do I bind a click handler with jQuery?\"")
+    tuned = run_demo(time_budget=args.time_budget, trials=args.trials, posts=args.posts, workers=args.workers)
+    print(f"\n{tuned.verdict}", end="")
+    print(f"\ndemo done in {clock_minutes(tuned.seconds)} ({clock_minutes(tuned.search_seconds)} of search)")
     print(f"  dashboard: tagsearch dashboard --storage {STORAGE}   (then open http://127.0.0.1:8080/dashboard/)")
     return 0
 
@@ -315,6 +367,7 @@ COMMANDS = {
     "train": train_command,
     "worker": worker_command,
     "launch": launch_command,
+    "tune": tune_command,
     "dashboard": dashboard_command,
     "storage-proxy": storage_proxy_command,
     "retrain": retrain_command,

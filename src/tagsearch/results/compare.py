@@ -49,14 +49,29 @@ def compare(folders: list[str | Path] | None = None, *, out: str | Path = "resul
     with a config.json) and the tuned baselines per data set (TF-IDF + logistic regression, and
     with ``encoder_baseline`` TF-IDF ⊕ a sentence encoder's embedding + logistic regression, where
     the encoder can be loaded), as a Markdown table written to ``out``; returns ``out``."""
-    text = comparison([Path(f) for f in folders or ()] or default_folders(), encoder_baseline)
-    write_text(Path(out), text)
+    table = compare_table([Path(f) for f in folders or ()] or default_folders(), encoder_baseline)
+    write_text(Path(out), render(table.groups, table.notes))
     log(f"wrote {out}")
     return Path(out)
 
 
+@dataclass
+class Table:
+    """What ``compare`` writes, as numbers: per (data set, metric) group its metric and rows (the
+    results directories', then the baselines'), and the notes on rows that could not be made."""
+
+    groups: list[tuple[str, list["Row"]]]
+    notes: list[str]
+
+
 def comparison(folders: list[Path], encoder_baseline: bool = True) -> str:
     """The Markdown table: one group per (data fingerprint, metric), each with its baseline rows."""
+    table = compare_table(folders, encoder_baseline)
+    return render(table.groups, table.notes)
+
+
+def compare_table(folders: list[Path], encoder_baseline: bool = True) -> Table:
+    """The rows of ``folders`` and, per group, the baselines fitted on the same data and folds."""
     entries = [load_entry(folder) for folder in folders]
     groups, notes = [], []
     for key in dict.fromkeys((e["config"]["fingerprint"], e["metrics"]["metric"]) for e in entries):
@@ -71,7 +86,7 @@ def comparison(folders: list[Path], encoder_baseline: bool = True) -> str:
                                 kind, encoder)
             rows += [line] if line else []
         groups.append((key[1], rows))
-    return render(groups, notes)
+    return Table(groups, notes)
 
 
 def default_folders() -> list[Path]:

@@ -7,7 +7,10 @@ wall-clock epoch seconds, as the study user attribute ``deadline``. It does so u
 one that joins late, on another host, or without a budget of its own — and starts no trial at or
 past it (``trials.run_trials``); a trial already running stops at its next epoch boundary once past
 it and keeps its best epoch, as early stopping does (``study.objective.Objective``). A later budget
-never moves a recorded deadline. Hosts are assumed to keep their clocks in sync (NTP).
+never moves a recorded deadline. Two explicit acts do: ``renew`` (``tagsearch tune`` resuming a
+study whose deadline has passed: a new session of search) and ``stop_now`` (its first Ctrl-C: stop
+searching, everywhere). Workers read the deadline again before each trial and after each epoch, so
+either reaches every worker within one epoch. Hosts are assumed to keep their clocks in sync (NTP).
 
 ``clock`` is the one place that reads the time, so tests replace it.
 """
@@ -57,6 +60,30 @@ def establish(study: optuna.Study, budget: float | None, lock: BudgetLock) -> fl
         if not held:
             lock.release()
     return deadline
+
+
+def renew(study: optuna.Study, budget: float, lock: BudgetLock) -> float:
+    """A new session of ``budget`` seconds on ``study``: its deadline becomes now + budget, unless
+    the recorded one is later (another session still running keeps its time). Under ``lock``."""
+    held = lock.held
+    lock.acquire()
+    try:
+        deadline = max(recorded(study) or 0.0, clock() + budget)
+        study.set_user_attr(ATTR, deadline)
+    finally:
+        if not held:
+            lock.release()
+    log(f"study {study.study_name!r}: time budget {budget:g} s, no trial starts after {when(deadline)}")
+    return deadline
+
+
+def stop_now(study: optuna.Study) -> None:
+    """Bring the study's deadline to now: no worker starts another trial, running ones stop at their
+    next epoch boundary and keep their best epoch (a deadline only moves earlier here)."""
+    now = clock()
+    deadline = recorded(study)
+    if deadline is None or deadline > now:
+        study.set_user_attr(ATTR, now)
 
 
 def passed(deadline: float | None) -> bool:

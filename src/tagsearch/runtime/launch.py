@@ -1,6 +1,8 @@
 """W worker processes on one study: each started in its own session with its device and share of
 the cores, one live progress line while they run, Ctrl-C/SIGTERM forwarded (a second one, or
 ``KILL_AFTER_SECONDS`` without an exit, SIGKILLs them), and a non-zero exit if a worker crashed.
+With ``soft_stop`` (``tagsearch tune``) the first Ctrl-C calls it instead (the study's deadline
+becomes now: workers finish their epoch and exit on their own); the next ones forward as above.
 
 What a worker process runs is the caller's (``command(index, device, threads)``): ``tagsearch
 launch`` starts ``tagsearch worker`` (study/workers.py), the tests a worker with a stub objective.
@@ -20,6 +22,7 @@ import optuna
 
 from tagsearch.errors import UserError
 from tagsearch.log import log
+from tagsearch.runtime import deadline as deadlines
 from tagsearch.runtime.progress import Progress, progress, summary
 from tagsearch.runtime.storage import local_path, open_storage
 
@@ -30,10 +33,10 @@ WORKER_INDEX_ENV = "TAGSEARCH_WORKER_INDEX"
 
 
 def launch(url: str, study_name: str, target: int, workers: int, devices: list[str],
-           command: Callable[[int, str, int], list[str]]) -> int:
+           command: Callable[[int, str, int], list[str]], soft_stop: Callable[[], None] | None = None) -> int:
     """Start ``workers`` processes ``command(index, device, threads)`` on ``devices`` (round robin;
     "cpu" or GPU ids as launch itself sees them), logging to ``log_dir(url)``, and supervise them.
-    Returns 0, 1 if a worker crashed, 130 if interrupted."""
+    Returns 0, 1 if a worker crashed, 130 if interrupted (a ``soft_stop`` alone is not an interruption)."""
     threads = max(1, cpu_count() // workers)
     logs = log_dir(url)
     logs.mkdir(parents=True, exist_ok=True)
@@ -46,7 +49,7 @@ def launch(url: str, study_name: str, target: int, workers: int, devices: list[s
         f"logs in {logs}/{study_name}-worker*.log")
     # Progress polls read through a storage of their own that never takes SQLite's write lock.
     poll = open_storage(url, read_only=True, retry=True)
-    return supervise(optuna.load_study(study_name=study_name, storage=poll), children, target)
+    return supervise(optuna.load_study(study_name=study_name, storage=poll), children, target, soft_stop)
 
 
 def worker_index() -> int:
@@ -97,27 +100,32 @@ def _die_with_parent() -> None:
         pass
 
 
-def supervise(study: optuna.Study, children: list, target: int) -> int:
-    """Show progress until every worker exits; forward SIGINT/SIGTERM (a second one kills)."""
+def supervise(study: optuna.Study, children: list, target: int, soft_stop: Callable[[], None] | None = None) -> int:
+    """Show progress until every worker exits; forward SIGINT/SIGTERM (a second one kills). With
+    ``soft_stop``, the first signal calls it and forwards nothing."""
     signals: list[int] = []
     previous = {s: signal.signal(s, lambda signum, frame: signals.append(signum))
                 for s in (signal.SIGINT, signal.SIGTERM)}
-    line, forwarded, since = ProgressLine(target), 0, None
+    line, handled, forwarded, since = ProgressLine(target), 0, 0, None
     try:
         while any(process.poll() is None for process, _ in children):
-            if len(signals) > forwarded:
-                forwarded = len(signals)
-                since = time.monotonic()
+            while len(signals) > handled:
+                handled += 1
+                if handled == 1 and soft_stop is not None:
+                    soft_stop()
+                    continue
+                forwarded += 1
+                since = since or time.monotonic()
                 forward(children, signal.SIGTERM if forwarded == 1 else signal.SIGKILL)
             if since is not None and time.monotonic() - since > KILL_AFTER_SECONDS:
                 forward(children, signal.SIGKILL)
-            line.show(progress(study))
+            line.show(progress(study), deadlines.recorded(study))
             time.sleep(POLL_SECONDS)
-        line.show(progress(study), final=True)
+        line.show(progress(study), deadlines.recorded(study), final=True)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    return report_exits(children, interrupted=bool(signals))
+    return report_exits(children, interrupted=forwarded > 0)
 
 
 def forward(children: list, signum: int) -> None:
@@ -147,9 +155,10 @@ class ProgressLine:
         self.tty = self.stream.isatty()
         self.start, self.last_text, self.last_time = time.monotonic(), None, -PLAIN_LINE_SECONDS
 
-    def show(self, counts: Progress, final: bool = False) -> None:
+    def show(self, counts: Progress, deadline: float | None = None, final: bool = False) -> None:
         elapsed = int(time.monotonic() - self.start)
-        text = f"{summary(counts, self.target)}  [{elapsed // 60:02d}:{elapsed % 60:02d}]"
+        left = "" if deadline is None else f", {clock_text(max(0, deadline - deadlines.clock()))} left"
+        text = f"{summary(counts, self.target)}  [{clock_text(elapsed)}{left}]"
         if self.tty:
             self.stream.write(f"\r{text}\x1b[K" + ("\n" if final else ""))
         else:
@@ -159,3 +168,9 @@ class ProgressLine:
                 self.stream.write(text + "\n")
                 self.last_text, self.last_time = counts_text, time.monotonic()
         self.stream.flush()
+
+
+def clock_text(seconds: float) -> str:
+    """``MM:SS`` (``H:MM:SS`` from an hour)."""
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}" if minutes >= 60 else f"{minutes:02d}:{secs:02d}"

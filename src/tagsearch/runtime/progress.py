@@ -44,7 +44,11 @@ def progress(study: optuna.Study) -> Progress:
     return counts
 
 
+UNLIMITED = 1_000_000  # a trial budget this large is no budget (tagsearch tune: time alone ends the search)
+
+
 def summary(counts: Progress, target: int) -> str:
     best = "-" if counts.best_value is None else f"{counts.best_value:.4f} (trial {counts.best_number})"
-    return (f"{counts.finished}/{target} finished (complete {counts.complete}, pruned {counts.pruned}, "
+    done = f"{counts.finished}" if target >= UNLIMITED else f"{counts.finished}/{target}"
+    return (f"{done} finished (complete {counts.complete}, pruned {counts.pruned}, "
             f"failed {counts.failed}, running {counts.running}), best {best}")

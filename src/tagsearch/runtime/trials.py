@@ -71,7 +71,7 @@ def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], 
                 return 0
             lock.acquire()
             try:
-                study_deadline = study_deadline or deadlines.recorded(study)  # another worker may bring one
+                study_deadline = deadlines.recorded(study)  # another worker may bring one, tune's Ctrl-C move it
                 if deadlines.passed(study_deadline):
                     log(f"stopping: the study's deadline has come ({deadlines.when(study_deadline)})")
                     return 0

@@ -28,7 +28,7 @@ from tagsearch.study.spec import Spec
 class Objective:
     """Suggest → build → train, reporting each epoch to the pruner → record → return the best
     validation value of the study's metric. Once the study's deadline has come (runtime/deadline.py,
-    read when the trial starts), training stops after the current epoch as early stopping does: the
+    read from the study after each epoch: tune's Ctrl-C may bring it forward), training stops after the current epoch as early stopping does: the
     trial is COMPLETE with its best epoch's value. (Ctrl-C and SIGTERM are ``runtime.interrupts.Interrupts``'.)"""
 
     def __init__(self, spec: Spec, corpus: Corpus, device: str | None = None, max_epochs: int | None = None,
@@ -54,7 +54,6 @@ class Objective:
 
     def run_trial(self, trial: optuna.Trial) -> float:
         start, metric = time.perf_counter(), self.spec.metric
-        deadline = deadlines.recorded(trial.study)
         params = suggest(trial, self.spec)
         set_user_attrs(trial, params=params, model=params["model"], device=self.device_name, metric=metric,
                        worker=f"{socket.gethostname()}:{os.getpid()}")
@@ -70,7 +69,7 @@ class Objective:
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}: {val_key(metric)} {value:.4f} "
                                          f"(best {record.best_value:.4f} at epoch {record.best_epoch}) is "
                                          f"not promising next to the other trials at this epoch")
-            if epoch < self.max_epochs and deadlines.passed(deadline):
+            if epoch < self.max_epochs and deadlines.passed(deadlines.recorded(trial.study)):
                 at_deadline.append(epoch)
                 raise train.StopTraining(f"the study's deadline came during epoch {epoch}")
 

@@ -37,7 +37,8 @@ def build_sampler(spec: Spec, seed_offset: int = 0) -> optuna.samplers.BaseSampl
     if cfg.get("kind", "tpe") == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.get("n_startup_trials", 10),
-                                      multivariate=cfg.get("multivariate", False), constant_liar=True)
+                                      multivariate=cfg.get("multivariate", False), group=cfg.get("group", False),
+                                      constant_liar=True)
 
 
 def build_pruner(spec: Spec) -> optuna.pruners.BasePruner:
@@ -67,18 +68,26 @@ def build_pruner(spec: Spec) -> optuna.pruners.BasePruner:
 def check_space(spec: Spec) -> None:
     """Errors Optuna would only raise mid-trial: log with step, a default outside its choices, an
     encoder model that cannot be found (found only, not loaded: that is for the first trial)."""
-    models = spec.search.get("model", {}).get("choices", [spec.model])
-    if set(models) & set(PARAMS["encoder"].models):
+    if set(spec.models) & set(PARAMS["encoder"].models):
         from tagsearch.learn.encoder import resolve_model
 
-        resolve_model(spec.defaults["encoder"])
+        for encoder in dict.fromkeys(p["encoder"] for p in [spec.defaults, *spec.early]):
+            resolve_model(encoder)
+    for defaults, where in [(spec.defaults, "[defaults]"),
+                            *((p, f"[defaults.{p['model']}]") for p in spec.early)]:
+        for name, space in spec.search.items():
+            if "choices" in space and is_active(name, defaults) and defaults[name] not in space["choices"]:
+                raise UserError(f"{spec.path} [search.{name}]: {where} {name}={defaults[name]!r} is not one of the "
+                                f"choices {space['choices']}; those defaults run as a trial, so add it to the choices")
     for name, space in spec.search.items():
-        where = f"{spec.path} [search.{name}]"
-        if "choices" in space and spec.defaults[name] not in space["choices"]:
-            raise UserError(f"{where}: [defaults] {name}={spec.defaults[name]!r} is not one of the choices "
-                            f"{space['choices']}; trial 0 runs the defaults, so add it to the choices")
         if space.get("log") and space.get("step") is not None:
-            raise UserError(f"{where}: log=true cannot be combined with step={space['step']!r}; expected one of them")
+            raise UserError(f"{spec.path} [search.{name}]: log=true cannot be combined with step={space['step']!r}; "
+                            f"expected one of them")
+
+
+def queued(params: dict, spec: Spec) -> dict:
+    """What to enqueue for a trial of complete ``params``: the searched parameters that apply."""
+    return {name: params[name] for name in spec.search if is_active(name, params)}
 
 
 def suggest(trial: optuna.Trial, spec: Spec) -> dict:
@@ -139,10 +148,12 @@ def open_study(spec: Spec, corpus: Corpus, storage_url: str | None = None, study
 
 
 def start_study(study: optuna.Study, spec: Spec, corpus: Corpus) -> None:
-    """Queue the defaults as trial 0, then record data and model (the fingerprint goes last: joining
+    """Queue the defaults as trial 0 (and each ``[defaults.KIND]`` after it), then record data and model (the fingerprint goes last: joining
     workers wait for it, so they never race trial 0)."""
     if not study.trials:
-        study.enqueue_trial({name: spec.defaults[name] for name in spec.search}, user_attrs={"config": "defaults"})
+        study.enqueue_trial(queued(spec.defaults, spec), user_attrs={"config": "defaults"})
+        for params in spec.early:  # each model's own [defaults.KIND], after trial 0
+            study.enqueue_trial(queued(params, spec), user_attrs={"config": f"defaults.{params['model']}"})
     study.set_metric_names([f"val_{spec.metric}"])
     attrs = {"model": spec.model, "spec": spec.path, "data_source": corpus.source, "split": corpus.split,
              "tags": corpus.tag_names, "posts": {"train": len(corpus.train_idx), "val": len(corpus.val_idx),

@@ -7,7 +7,8 @@ A spec has these sections (see ``studies/README.md``)::
     [pruner]    kind = "median" | "halving" | "hyperband" | "none", n_warmup_steps, patience, ...
     [data]      path, text_columns, tags_column, top_k, test_size, val_size, split_seed
     [training]  max_epochs, patience, device, refit
-    [defaults]  one value per hyperparameter (the seed notebooks' configuration)
+    [defaults]  one value per hyperparameter (the seed notebooks' configuration): trial 0
+    [defaults.KIND]  (a spec that searches ``model``) KIND's own defaults, queued after trial 0
     [search.X]  how to search hyperparameter X: {low, high, log, step} or {choices}
 
 Every error is a ``UserError`` naming the file, the key, the bad value and what was expected.
@@ -103,7 +104,7 @@ def is_active(name: str, params: dict) -> bool:
 SECTIONS = {
     "study": {"name": str, "storage": str, "metric": str, "direction": str, "n_trials": int, "timeout": float,
               "time_budget": float},
-    "sampler": {"kind": str, "seed": int, "n_startup_trials": int, "multivariate": bool},
+    "sampler": {"kind": str, "seed": int, "n_startup_trials": int, "multivariate": bool, "group": bool},
     "pruner": {"kind": str, "n_startup_trials": int, "n_warmup_steps": int, "patience": int,
                "min_resource": int, "reduction_factor": int, "min_delta": float},
     "data": {"path": str, "text_columns": list, "tags_column": str, "top_k": int, "test_size": float,
@@ -182,6 +183,12 @@ class Spec:
     training: dict = field(default_factory=dict)
     defaults: dict = field(default_factory=dict)
     search: dict = field(default_factory=dict)
+    early: list[dict] = field(default_factory=list)  # [defaults.KIND]: complete parameters, queued after trial 0
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The models this spec's trials may build: ``[search.model]``'s choices, else the default's."""
+        return tuple(self.search.get("model", {}).get("choices", [self.model]))
 
     @property
     def direction(self) -> str:
@@ -245,7 +252,9 @@ def parse_spec(raw: dict, where: str = "spec") -> Spec:
     study = raw.get("study", {})
     if "name" not in study:
         raise UserError(f"{where} [study]: missing key 'name'")
-    defaults = {**SEED_DEFAULTS, **{k: coerce(k, v, f"{where} [defaults]") for k, v in raw.get("defaults", {}).items()}}
+    flat = {k: v for k, v in raw.get("defaults", {}).items() if not isinstance(v, dict)}
+    defaults = {**SEED_DEFAULTS, **{k: coerce(k, v, f"{where} [defaults]") for k, v in flat.items()}}
+    early = _early_defaults(raw.get("defaults", {}), _models(raw, defaults), where)
     metric = study.get("metric", "hamming_loss")
     if metric not in DIRECTIONS:
         raise UserError(f"{where} [study]: metric={metric!r}; expected one of {', '.join(DIRECTIONS)}")
@@ -258,9 +267,33 @@ def parse_spec(raw: dict, where: str = "spec") -> Spec:
                 pruner=raw.get("pruner", {}),
                 data=raw.get("data", {}), training=raw.get("training", {}), defaults=defaults,
                 search={k: _check_search(k, v, _models(raw, defaults), f"{where} [search.{k}]")
-                        for k, v in raw.get("search", {}).items()})
+                        for k, v in raw.get("search", {}).items()}, early=early)
     _check_choices(spec, where)
     return spec
+
+
+def _early_defaults(table: dict, models: tuple[str, ...], where: str) -> list[dict]:
+    """``[defaults.KIND]`` tables, in file order: each KIND's complete parameters (the seed's values
+    under the table's, as a one-kind spec's [defaults]), for a trial queued after trial 0."""
+    early = []
+    for kind, values in table.items():
+        if not isinstance(values, dict):
+            continue
+        at = f"{where} [defaults.{kind}]"
+        if kind not in MODELS:
+            raise UserError(f"{at}: unknown model {kind!r}; expected a table named after one of {', '.join(MODELS)} "
+                            f"(or a plain key = value)")
+        if kind not in models:
+            raise UserError(f"{at}: {kind!r} is not one of the spec's models ({', '.join(models)}); expected it "
+                            f"in [search.model] choices")
+        if values.get("model", kind) != kind:
+            raise UserError(f"{at}: model={values['model']!r} contradicts the table's name; expected no model "
+                            f"key (it is {kind!r})")
+        bad = sorted(k for k, v in values.items() if isinstance(v, dict))
+        if bad:
+            raise UserError(f"{at}: {bad[0]!r} is a table; expected one value per hyperparameter")
+        early.append({**SEED_DEFAULTS, **{k: coerce(k, v, at) for k, v in values.items()}, "model": kind})
+    return early
 
 
 def _check_keys(table: dict, schema: dict, where: str) -> None:

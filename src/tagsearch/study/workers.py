@@ -67,12 +67,15 @@ def run_worker(spec: str, *, data: DataOptions | None = None, storage: str | Non
 def launch(spec: str, *, data: DataOptions | None = None, storage: str | None = None,
            study_name: str | None = None, workers: int = 1, devices: str = "cpu", n_trials: int | None = None,
            timeout: float | None = None, ray: str | None = None, gpus_per_worker: float | None = None,
-           cpus_per_worker: float = 1.0, time_budget: float | None = None) -> int:
+           cpus_per_worker: float = 1.0, time_budget: float | None = None, new_session: bool = False) -> int:
     """``tagsearch launch``: returns 0, 1 if a worker crashed, 130 if interrupted. ``ray``: place the
     workers on that Ray cluster (``auto``, ``local`` or HOST:PORT; docs/ray.md) instead of here,
     each with ``gpus_per_worker`` GPUs (default: 1 where the cluster has GPUs) and ``cpus_per_worker``.
     ``time_budget``: seconds for the whole study (default ``[study] time_budget``), recorded as its
-    deadline here, before any worker starts, unless it has one; the workers read it from the study."""
+    deadline here, before any worker starts, unless it has one; the workers read it from the study.
+    ``new_session`` (``tagsearch tune``): the budget starts now even on a study that has a deadline
+    (``deadline.renew``), and the first Ctrl-C stops the search (``deadline.stop_now``: running
+    trials end at their next epoch and count) instead of interrupting the workers; a second one does."""
     spec_path, data = spec, data or DataOptions()
     spec = load_spec(spec_path)
     search.check_space(spec)
@@ -87,7 +90,10 @@ def launch(spec: str, *, data: DataOptions | None = None, storage: str | None = 
     if time_budget or spec.time_budget:
         lock = BudgetLock(url, study.study_name, outages_of(store))
         try:
-            deadlines.establish(study, time_budget or spec.time_budget, lock)
+            if new_session:
+                deadlines.renew(study, time_budget or spec.time_budget, lock)
+            else:
+                deadlines.establish(study, time_budget or spec.time_budget, lock)
         finally:
             lock.close()
     log(f"data: {corpus.source}: {corpus.summary()}")
@@ -113,7 +119,13 @@ def launch(spec: str, *, data: DataOptions | None = None, storage: str | None = 
                                         placement=placement, log_dir=runtime_launch.log_dir(url),
                                         log_prefix=f"{study.study_name}-",
                                         show=lambda final: line.show(progress(poll), final=final))
-    return runtime_launch.launch(url, study.study_name, target, workers, device_ids, command)
+    def stop_search() -> None:
+        log("\nstopping the search: no trial starts now, running ones end at their next epoch and count "
+            "(Ctrl-C again to stop everything)")
+        deadlines.stop_now(study)
+
+    return runtime_launch.launch(url, study.study_name, target, workers, device_ids, command,
+                                 soft_stop=stop_search if new_session else None)
 
 
 def open_study(spec, corpus, url: str, study_name: str | None, **kwargs) -> optuna.Study:

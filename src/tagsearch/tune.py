@@ -1,0 +1,278 @@
+"""``tagsearch tune DATA``: from a file of posts to the best tagger, in one command and one time budget.
+
+1. The study's spec: ``studies/tagger.toml``'s space (every model kind; those that cannot run here
+   are left out, with a line saying why) on DATA, with the metric and the budget, written to
+   ``storage/<study>.toml`` (beside a local storage file), where ``retrain``, ``dashboard`` and a
+   later ``tune`` of the same study read it.
+2. The search: create the study (trial 0 the seed's dense configuration, then each kind's own
+   defaults) or resume it, and run W worker processes as ``tagsearch launch`` does until the study's
+   deadline, now + ``--time``. Ctrl-C once stops the search (the deadline becomes now: running trials
+   end at their next epoch and count) and goes on to step 3; a second Ctrl-C stops everything.
+3. The best trial retrained into the results folder (``results/<study>/``), compared with the tuned
+   baselines (``compare.md`` in it), and the verdict: the kind and parameters chosen, validation and
+   test figures beside the baselines', and the ``predict`` command (``verdict.md`` in it too).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import tomllib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from tagsearch.data.builtin import BUILTIN_DATA
+from tagsearch.errors import UserError
+from tagsearch.learn.metrics import DIRECTIONS
+from tagsearch.log import log
+from tagsearch.results import compare as comparing
+from tagsearch.results.retrain import retrain_trial
+from tagsearch.runtime import deadline as deadlines
+from tagsearch.runtime.launch import clock_text, cpu_count
+from tagsearch.runtime.progress import UNLIMITED
+from tagsearch.runtime.storage import local_path
+from tagsearch.study import workers
+from tagsearch.study.spec import DEFAULT_STORAGE, ENCODER_MODELS, MODELS, PARAMS, load_spec
+from tagsearch.study.specfile import save_spec
+
+SPEC = "tagger.toml"
+DEFAULT_TIME = 600.0  # seconds of search when --time is not given
+MAX_CPU_WORKERS = 8
+
+
+@dataclass
+class Tuned:
+    """What ``tune`` left: the study, its spec, the results folder, the comparison and the verdict."""
+
+    study: str
+    spec: Path
+    folder: Path
+    comparison: Path
+    verdict: str
+    seconds: float
+    search_seconds: float
+    stopped: bool  # Ctrl-C ended the search before its deadline
+
+
+def tune(data: str, *, time_budget: float = DEFAULT_TIME, workers_count: int | None = None, devices: str = "auto",
+         metric: str | None = None, out: str | Path | None = None, storage: str | None = None,
+         study_name: str | None = None, text_columns: tuple[str, ...] = (), tags_column: str | None = None,
+         top_k: int | None = None, n_trials: int | None = None, models: tuple[str, ...] | None = None,
+         spec: str | Path | None = None, max_epochs: int | None = None) -> Tuned:
+    """``tagsearch tune``: search ``spec`` (default studies/tagger.toml) on the posts file ``data``
+    ("builtin": the synthetic corpus) for ``time_budget`` seconds with ``workers_count`` worker
+    processes on ``devices`` ("auto": every visible GPU, else the CPU), retrain the best trial into
+    ``out`` (default results/<study>), compare it with the tuned baselines and return the verdict.
+    ``models``: the kinds to search (default: the spec's, less those that cannot run here);
+    ``n_trials``: also stop after this many finished trials; ``max_epochs``: cap every trial's epochs."""
+    start = time.monotonic()
+    if not time_budget > 0:
+        raise UserError(f"--time {time_budget!r} is out of range; expected a duration > 0, like 90s, 10m, 2h")
+    path = data_path(data)
+    base = Path(spec) if spec else studies_dir() / SPEC
+    raw = tomllib.loads(base.read_text(encoding="utf-8")) if base.is_file() else None
+    if raw is None:
+        raise UserError(f"study spec {str(base)!r} not found; expected a TOML file such as studies/{SPEC}")
+    name = study_name or default_study_name(path)
+    url = storage or raw.get("study", {}).get("storage", DEFAULT_STORAGE)
+    kinds = usable_models(load_spec(base), models)
+    raw = tune_spec(raw, name=name, storage=url, data=path, metric=metric, time_budget=time_budget, models=kinds,
+                    n_trials=n_trials, text_columns=text_columns, tags_column=tags_column, top_k=top_k,
+                    max_epochs=max_epochs)
+    spec_path = save_spec(raw, spec_dir(url) / f"{name}.toml",
+                          comment=f"Written by 'tagsearch tune' from {base}: its space on {path}; retrain, dashboard "
+                                  f"and a later 'tagsearch tune' of this study read it.")
+    load_spec(spec_path)  # the written spec must be valid
+    device_list, count = pick_devices(devices, workers_count)
+    log(f"tune: study {name!r} in {url}, {', '.join(kinds)}, {count} worker(s) on {device_list}, "
+        f"{clock_text(time_budget)} of search (Ctrl-C: stop searching and keep the best so far)")
+
+    search_start, wall_start = time.monotonic(), deadlines.clock()
+    code = workers.launch(str(spec_path), storage=url, study_name=name, workers=count, devices=device_list,
+                          n_trials=n_trials or UNLIMITED, time_budget=time_budget, new_session=True)
+    search_seconds = time.monotonic() - search_start
+    if code == 130:
+        raise KeyboardInterrupt
+    if code != 0:
+        log("tune: a worker crashed (see its log above); retraining the best trial the others found")
+
+    log("\n== retraining the best trial and evaluating it on the test split ==")
+    folder = retrain_trial(spec_path, out=out or Path("results") / name, storage=url, study_name=name)
+    log("\n== comparing with the tuned baselines ==")
+    table = comparing.compare_table([folder], encoder_baseline=bool(set(kinds) & set(ENCODER_MODELS)))
+    comparison = folder / "compare.md"
+    comparing.write_text(comparison, comparing.render(table.groups, table.notes))
+    counts = trial_counts(spec_path, url, name)
+    stopped = counts["deadline"] is not None and counts["deadline"] < wall_start + time_budget - 1  # Ctrl-C moved it
+    text = verdict(folder, table, counts, search_seconds, stopped, data, spec_path)
+    comparing.write_text(folder / "verdict.md", text)
+    return Tuned(name, spec_path, folder, comparison, text, time.monotonic() - start, search_seconds, stopped)
+
+
+# ---------------------------------------------------------------------------------------------
+# The study's spec
+
+
+def studies_dir() -> Path:
+    """studies/ in the working directory, else beside the package's source tree."""
+    for folder in (Path("studies"), Path(__file__).resolve().parents[2] / "studies"):
+        if (folder / SPEC).is_file():
+            return folder
+    raise UserError(f"cannot find studies/{SPEC}; run tagsearch from the tagsearch checkout, or pass a spec")
+
+
+def data_path(data: str) -> str:
+    """DATA as the spec records it: "builtin", or the file's absolute path (workers and results
+    find it from any directory)."""
+    if data == BUILTIN_DATA:
+        return data
+    if not Path(data).is_file():
+        raise UserError(f"data file {data!r} not found; expected a posts file (.csv .tsv .parquet .jsonl .joblib) "
+                        f"or 'builtin'")
+    return str(Path(data).resolve())
+
+
+def default_study_name(path: str) -> str:
+    """``tagger-<file stem>``: one study per data set (a study refuses other data)."""
+    stem = "builtin" if path == BUILTIN_DATA else Path(path).stem
+    return "tagger-" + (re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-") or "data")
+
+
+def spec_dir(url: str) -> Path:
+    """Beside a local storage file, else storage/."""
+    path = local_path(url)
+    return Path("storage") if path is None else path.parent
+
+
+def usable_models(spec, requested: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The kinds to search: ``requested`` (each checked), else the spec's less the encoder kinds
+    when their encoder cannot be loaded here (said in one line)."""
+    from tagsearch.learn.encoder import resolve_model
+
+    if requested:
+        bad = [m for m in requested if m not in spec.models]
+        if bad:
+            raise UserError(f"--models: {bad[0]!r} is not searched by {spec.path}; expected some of "
+                            f"{', '.join(spec.models)}")
+        return tuple(dict.fromkeys(requested))
+    kinds = spec.models
+    if set(kinds) & set(ENCODER_MODELS):
+        try:
+            resolve_model(next(p["encoder"] for p in [spec.defaults, *spec.early] if p["model"] in ENCODER_MODELS))
+        except UserError as exc:
+            kinds = tuple(m for m in kinds if m not in ENCODER_MODELS)
+            log(f"tune: leaving out {', '.join(ENCODER_MODELS)}: {exc}")
+    return kinds
+
+
+def tune_spec(raw: dict, *, name: str, storage: str, data: str, metric: str | None, time_budget: float,
+              models: tuple[str, ...], n_trials: int | None = None, text_columns: tuple[str, ...] = (),
+              tags_column: str | None = None, top_k: int | None = None, max_epochs: int | None = None) -> dict:
+    """``raw`` (a spec as tomllib reads it) for this run: its study, data and budget, searching
+    ``models`` only. Trial 0 stays ``[defaults]`` if its model is kept, else the first kept
+    ``[defaults.KIND]`` takes its place; a ``[search.X]`` that applies to no kept model goes."""
+    if metric is not None and metric not in DIRECTIONS:
+        raise UserError(f"--metric {metric!r}; expected one of {', '.join(DIRECTIONS)}")
+    raw = {section: dict(value) for section, value in raw.items()}
+    study = raw.setdefault("study", {})
+    study.update(name=name, storage=storage, n_trials=n_trials or UNLIMITED, time_budget=float(time_budget))
+    study.pop("timeout", None)
+    study.pop("direction", None)
+    if metric:
+        study["metric"] = metric
+    raw.setdefault("data", {})["path"] = data
+    for key, value in (("text_columns", list(text_columns)), ("tags_column", tags_column), ("top_k", top_k)):
+        if value:
+            raw["data"][key] = value
+    if max_epochs:
+        raw.setdefault("training", {})["max_epochs"] = max_epochs
+    defaults = raw.get("defaults", {})
+    flat = {k: v for k, v in defaults.items() if not isinstance(v, dict)}
+    tables = {k: v for k, v in defaults.items() if isinstance(v, dict) and k in models}
+    if flat.get("model", "dense") not in models:  # trial 0's kind is left out: the first kept kind's defaults
+        first = next((k for k in tables), None) or models[0]
+        flat = {**tables.pop(first, {}), "model": first}
+    raw["defaults"] = {**flat, **tables}
+    search = {k: v for k, v in raw.get("search", {}).items() if set(PARAMS[k].models) & set(models)}
+    search["model"] = {"choices": list(models)}
+    raw["search"] = search
+    return raw
+
+
+def pick_devices(devices: str, count: int | None) -> tuple[str, int]:
+    """``"auto"`` → every visible GPU (one worker each), else ``"cpu"`` (a worker per core, up to
+    ``MAX_CPU_WORKERS``); ``count`` overrides the number of workers."""
+    if devices.strip().lower() == "auto":
+        import torch
+
+        gpus = torch.cuda.device_count()
+        devices = ",".join(str(i) for i in range(gpus)) if gpus else "cpu"
+    ids = workers.parse_devices(devices)
+    default = min(MAX_CPU_WORKERS, cpu_count()) if ids == ["cpu"] else len(ids)
+    return devices, count or default
+
+
+# ---------------------------------------------------------------------------------------------
+# The verdict
+
+
+def trial_counts(spec_path: Path, url: str, name: str) -> dict:
+    """Finished trials per kind, how many were pruned or failed, and the study's deadline."""
+    import optuna
+
+    from tagsearch.study import search
+
+    study = search.load_study(load_spec(spec_path), url, name)
+    state = optuna.trial.TrialState
+    trials = study.get_trials(deepcopy=False)
+    kinds = Counter(t.params.get("model") or t.user_attrs.get("model", "?") for t in trials
+                    if t.state in (state.COMPLETE, state.PRUNED))
+    return {"kinds": dict(kinds), "pruned": sum(t.state == state.PRUNED for t in trials),
+            "failed": sum(t.state == state.FAIL for t in trials), "deadline": deadlines.recorded(study)}
+
+
+def verdict(folder: Path, table: comparing.Table, counts: dict, search_seconds: float, stopped: bool,
+            data: str, spec_path: Path) -> str:
+    """The few lines a user reads first: what was chosen, how it compares, how to use it."""
+    from tagsearch.results.folder import read_config, read_json, METRICS
+
+    config, figures = read_config(folder), read_json(folder / METRICS, "metrics file")
+    metric, rows = table.groups[0]
+    ours = next(r for r in rows if r.name == folder.name)
+    best = comparing.winner(rows, metric)
+    finished, failed = sum(counts["kinds"].values()), counts["failed"]
+    per_kind = ", ".join(f"{k} {n}" for k, n in sorted(counts["kinds"].items(), key=lambda kv: -kv[1]))
+    lines = ["# tagsearch tune: verdict", "",
+             f"Searched {clock_text(search_seconds)}{' (stopped by Ctrl-C)' if stopped else ''}: {finished} trials "
+             f"finished ({per_kind}; {counts['pruned']} of them pruned{f'; {failed} failed' if failed else ''}).",
+             f"Chosen: trial {config['trial']}, **{config['model']}** — {comparing.format_params(config['params'])}.",
+             ""]
+    headers = ["", f"validation {metric}", "test Hamming", "test micro-F1", "test macro-F1", "test P@1", "test R@1"]
+    body = [[("**tagsearch**" if r is ours else r.name), f"{r.validation:.4f}", comparing.figure(r.test_hamming_loss),
+             comparing.figure(r.test_micro_f1), comparing.figure(r.test_macro_f1),
+             comparing.figure(r.test_precision_at_1), comparing.figure(r.test_recall_at_1)]
+            for r in [ours, *(r for r in rows if r is not ours)]]
+    body.append(["predicting no tag", "", comparing.figure(figures.get("test_hamming_loss_no_tags")), "", "", "", ""])
+    from tagsearch.results.folder import markdown_table
+
+    lines += [markdown_table(headers, body), ""]
+    baselines = [r for r in rows if r is not ours]
+    if best is ours:
+        lines.append(f"tagsearch's model is the best on validation {metric} ({ours.validation:.4f}); the test "
+                     f"figures were looked at once, after the choice.")
+    else:
+        lines.append(f"The {best.name} did better on validation {metric} ({best.validation:.4f} against "
+                     f"{ours.validation:.4f}): a longer search (--time) may find a better network; the "
+                     f"network above is saved all the same.")
+    if baselines:
+        beaten = [r.name for r in baselines if r.test_micro_f1 <= ours.test_micro_f1
+                  and r.test_hamming_loss >= ours.test_hamming_loss]
+        lines.append(f"On test it is at least as good as {len(beaten)} of the {len(baselines)} baseline(s) on both "
+                     f"micro-F1 and Hamming loss.")
+    lines += ["", f"- results: {folder}/ (report.md, metrics.json, plots, compare.md, this verdict.md)",
+              f"- tag posts: `tagsearch predict {folder} \"How do I ...?\"` (or `--file posts.csv`, `--json`)",
+              f"- search longer (the study resumes): `tagsearch tune {data} --time 30m`",
+              f"- browse the study: `tagsearch dashboard {spec_path}`"]
+    return "\n".join(lines) + "\n"
+
