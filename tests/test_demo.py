@@ -1,64 +1,71 @@
-"""tagsearch demo: its specs, its data, and (slow) the whole run on a small corpus."""
+"""tagsearch demo = tagsearch tune on the built-in corpus: its data, and (slow) the whole run on a
+small corpus, stopped by one Ctrl-C once trials have finished, which still retrains, compares and
+gives the verdict (the first Ctrl-C of tune only ends the search)."""
 
 from __future__ import annotations
 
 import json
-import tomllib
-from pathlib import Path
+import os
+import signal
+import threading
+import time
 
+import optuna
 import pytest
 import torch
 
 from tagsearch import demo
-from tagsearch.data.builtin import BUILTIN_POSTS
 from tagsearch.cli import main
-from tagsearch.study.spec import load_spec
+from tagsearch.data.builtin import BUILTIN_POSTS
+from tagsearch.runtime.storage import open_storage
 
 
-@pytest.mark.parametrize("model", ["dense", "tfidf"])
-def test_demo_spec_round_trips_and_is_valid(model, tmp_path, monkeypatch):
+def test_demo_data(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    path = demo.write_demo_spec(model, f"demo-{model}", "builtin", 6)
-    assert tomllib.loads(path.read_text()) == demo.demo_spec(model, f"demo-{model}", "builtin", trials=6)
-    spec = load_spec(path)
-    assert spec.name == f"demo-{model}" and spec.storage == demo.STORAGE and spec.n_trials == 6
-    assert spec.max_epochs == demo.EPOCHS and spec.pruner["kind"] == "median"
-    assert spec.search == load_spec(demo.studies_dir().resolve() / f"{model}.toml").search
+    assert demo.demo_data(BUILTIN_POSTS) == ("builtin", "demo")
+    path, name = demo.demo_data(300)
+    assert path == "storage/builtin-synth-v2-300.csv" and name == "demo-300" and (tmp_path / path).is_file()
 
 
-def test_demo_data(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    assert demo.demo_data(None, BUILTIN_POSTS) == ("builtin", "")
-    path, suffix = demo.demo_data(None, 300)
-    assert path == "storage/builtin-synth-v2-300.csv" and suffix == "-300" and Path(path).is_file()
-    assert demo.demo_data(path, BUILTIN_POSTS) == (str(Path(path).resolve()), "-builtin-synth-v2-300")
-
-
-def test_demo_bad_data_is_one_error_line(tmp_path, monkeypatch, capsys):
-
-    monkeypatch.chdir(tmp_path)
-    assert main(["demo", "--data", "nope.csv"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: --data 'nope.csv' not found") and err.count("\n") == 1
+def press_ctrl_c_once_trials_finished(url: str, study: str, finished: int, stop: threading.Event) -> None:
+    """Wait (without a clock assertion) until the study has ``finished`` complete trials, then send
+    this process SIGINT, as a terminal's Ctrl-C reaches tune (its workers are in their own session)."""
+    while not stop.wait(0.5):
+        try:
+            trials = optuna.load_study(study_name=study, storage=open_storage(url, create=False)).get_trials()
+        except Exception:  # the storage or the study does not exist yet
+            continue
+        if sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) >= finished:
+            os.kill(os.getpid(), signal.SIGINT)
+            return
 
 
 @pytest.mark.slow
-def test_demo_end_to_end(tmp_path, monkeypatch, capsys):
-    """The whole demo on 400 posts: two studies, two results dirs, a comparison, a prediction. In-process
-    (its workers are subprocesses all the same): the pytest process has paid for the imports already."""
+def test_demo_end_to_end_and_one_ctrl_c_still_gives_the_best_model(tmp_path, monkeypatch, capsys):
+    """In-process (its workers are subprocesses all the same): the pytest process has paid for the
+    imports already. A 10-minute search that one Ctrl-C ends after 2 complete trials."""
     monkeypatch.chdir(tmp_path)
-    threads = torch.get_num_threads()
+    threads, stop = torch.get_num_threads(), threading.Event()
+    presser = threading.Thread(target=press_ctrl_c_once_trials_finished,
+                               args=(f"sqlite:///{tmp_path}/storage/demo.db", "demo-400", 2, stop), daemon=True)
+    presser.start()
     try:
-        assert main(["demo", "--posts", "400", "--trials", "3", "--workers", "1"]) == 0
+        assert main(["demo", "--posts", "400", "--time", "10m", "--workers", "1"]) == 0
     finally:
+        stop.set()
         torch.set_num_threads(threads)  # retrain sets its own; the next tests keep theirs
-    assert "tagsearch dashboard --storage sqlite:///storage/demo.db" in capsys.readouterr().out
-    for model in ("dense", "tfidf"):
-        folder = tmp_path / "results" / f"demo-{model}-400"
-        for name in ("model.safetensors", "preprocessing.json", "config.json", "metrics.json", "report.md",
-                     "curves.png", "confusion.png", "f1.png", "optimization_history.png"):
-            assert (folder / name).is_file(), name
-        assert json.loads((folder / "config.json").read_text())["study"] == f"demo-{model}-400"
-    assert "demo-dense-400" in (tmp_path / "results" / "compare.md").read_text()
-    assert main(["predict", "results/demo-tfidf-400", "How do I select a div with jquery?"]) == 0
+    out = capsys.readouterr().out
+    assert "(stopped by Ctrl-C)" in out and "tagsearch dashboard --storage sqlite:///storage/demo.db" in out
+    assert "tagsearch predict results/demo-400" in out and "baseline: TF-IDF + LogisticRegression" in out
+    folder = tmp_path / "results" / "demo-400"
+    for name in ("model.safetensors", "preprocessing.json", "config.json", "metrics.json", "report.md",
+                 "curves.png", "optimization_history.png", "compare.md", "verdict.md"):
+        assert (folder / name).is_file(), name
+    config = json.loads((folder / "config.json").read_text())
+    assert config["study"] == "demo-400" and config["model"] in ("dense", "tfidf")
+    assert "TF-IDF ⊕ encoder" not in (folder / "compare.md").read_text()  # the demo searches no encoder
+    study = optuna.load_study(study_name="demo-400", storage=open_storage(f"sqlite:///{tmp_path}/storage/demo.db"))
+    assert {t.params.get("model") for t in study.get_trials()} <= {"dense", "tfidf"}
+    assert study.user_attrs["deadline"] <= time.time()  # the Ctrl-C brought the 10-minute deadline to then
+    assert main(["predict", "results/demo-400", "How do I select a div with jquery?"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 1

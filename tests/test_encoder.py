@@ -151,3 +151,29 @@ def test_real_model_matches_sentence_transformers(tmp_path):
     np.testing.assert_array_equal(cached.transform_corpus(texts, "fp", tmp_path), embeddings)
     with pytest.raises(UserError, match="weights"):
         SentenceEncoder.from_state({**state, "weights_hash": "0123456789abcdef"})
+
+
+def test_the_models_of_a_cross_validated_tagger_encode_the_posts_once(monkeypatch):
+    """predict runs each fold model's featurizer on the same posts: one encoder, one encoding."""
+    from tagsearch.learn import encoder as encoding
+
+    calls = []
+
+    def fake_transform(self, texts):
+        calls.append(list(texts))
+        return np.full((len(texts), 4), float(len(calls)), dtype=np.float32)
+
+    monkeypatch.setattr(encoding.SentenceEncoder, "_transform", fake_transform)
+    monkeypatch.setattr(encoding, "_last_encoding", {})
+    folds = [encoding.SentenceEncoder("stub", 32) for _ in range(3)]
+    for fold in folds:
+        fold.weights_hash_ = "0" * 16
+    first = [fold.transform(["a post", "another"]) for fold in folds]
+    assert len(calls) == 1 and all(np.array_equal(f, first[0]) for f in first)
+    first[0][:] = -1  # a caller's copy: the next one is untouched
+    assert folds[1].transform(["a post", "another"])[0, 0] == 1.0 and len(calls) == 1
+    folds[0].transform(["other posts"])
+    other = encoding.SentenceEncoder("stub", 64)
+    other.weights_hash_ = "0" * 16
+    other.transform(["other posts"])  # another max_seq_length: other embeddings
+    assert len(calls) == 3

@@ -160,6 +160,17 @@ def all_cores(device: str):
         torch.set_num_threads(saved)
 
 
+_last_encoding: dict = {}  # the last texts encoded in this process, by weights and length: see transform
+MEMO_POSTS = 100_000  # at most this many posts are kept (150 MB of 384-dim embeddings)
+
+
+def _digest(texts: list[str]) -> str:
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
+    return digest.hexdigest()
+
+
 class SentenceEncoder:
     """A frozen sentence encoder: posts → L2-normalised embeddings (float32, n × dim). ``fit``
     resolves the model and hashes its weights; the model itself loads on the first encoding (a
@@ -195,6 +206,16 @@ class SentenceEncoder:
         first makes the chunks' batches those of one big call (least padding). Posts are cut at
         ``max_seq_length * 8`` characters: more never adds a token within max_seq_length (the
         robotics posts need at most 5.9 characters a token), and it spares tokenizing huge bodies."""
+        texts = [str(text) for text in texts]
+        if len(texts) > MEMO_POSTS:
+            return self._encode(texts)
+        key = (self.weights_hash_, self.max_seq_length, _digest(texts))
+        if _last_encoding.get("key") != key:  # an ensemble's members share one encoder: encode once
+            _last_encoding.clear()
+            _last_encoding.update(key=key, embeddings=self._encode(texts))
+        return _last_encoding["embeddings"].copy()
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
         with all_cores(self.device):
             return self._transform(texts)
 
@@ -228,7 +249,7 @@ class SentenceEncoder:
         key = {"kind": "encoder-embeddings", "version": ENCODING_VERSION, "model": self.model,
                "weights_hash": self.weights_hash_, "max_seq_length": self.max_seq_length,
                "fingerprint": fingerprint, "n_posts": len(texts)}
-        embeddings = EmbeddingCache(directory).get_or_compute(key, lambda: self.transform(texts))
+        embeddings = EmbeddingCache(directory).get_or_compute(key, lambda: self._encode([str(t) for t in texts]))
         if embeddings.ndim != 2 or len(embeddings) != len(texts):
             raise UserError(f"cached embeddings have shape {embeddings.shape}, expected {len(texts)} rows; "
                             f"delete {directory} and rerun")

@@ -57,7 +57,7 @@ def run_worker(spec: str, *, data: DataOptions | None = None, storage: str | Non
     interrupts = Interrupts().install()
     log(f"data: {corpus.source}: {corpus.summary()}")
     log(f"worker {os.getpid()} on study {study.study_name!r} ({masked(url)}), device {device_name}, data fingerprint "
-        f"{corpus.fingerprint}: {progress(study).finished}/{target} trials finished")
+        f"{corpus.fingerprint}: {summary(progress(study), target).split(' (')[0]}")
     code = run_trials(study, objective, target, timeout or spec.timeout, url=url, interrupts=interrupts,
                       time_budget=time_budget or spec.time_budget)
     log(f"worker {os.getpid()} done: {summary(progress(study), target)}")
