@@ -195,8 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="leave out the TF-IDF + encoder embedding baseline (it encodes every post once)")
 
     demo = sub.add_parser("demo", help="tagsearch tune on the built-in corpus (dense and TF-IDF kinds): about 5 minutes")
-    demo.add_argument("--time", type=duration, dest="time_budget", default=180.0, metavar="T",
-                      help="time for the search (default 3m)")
+    demo.add_argument("--time", type=duration, dest="time_budget", default=240.0, metavar="T",
+                      help="time for the search (default 4m)")
     demo.add_argument("--trials", type=positive_int, metavar="N", help="also stop after N finished trials")
     demo.add_argument("--posts", type=positive_int, default=BUILTIN_POSTS, metavar="N", help="size of the synthetic corpus")
     demo.add_argument("--workers", type=positive_int, default=2, metavar="W")

@@ -105,7 +105,8 @@ def tune(data: str, *, time_budget: float = DEFAULT_TIME, workers_count: int | N
     comparing.write_text(comparison, comparing.render(table.groups, table.notes))
     counts = trial_counts(spec_path, url, name)
     stopped = counts["deadline"] is not None and counts["deadline"] < wall_start + time_budget - 1  # Ctrl-C moved it
-    text = verdict(folder, table, counts, search_seconds, stopped, data, spec_path)
+    again = resume_command(data, name, default_study_name(path), url, kinds, load_spec(base).models, metric)
+    text = verdict(folder, table, counts, search_seconds, stopped, again, spec_path)
     comparing.write_text(folder / "verdict.md", text)
     return Tuned(name, spec_path, folder, comparison, text, time.monotonic() - start, search_seconds, stopped)
 
@@ -232,8 +233,19 @@ def trial_counts(spec_path: Path, url: str, name: str) -> dict:
             "failed": sum(t.state == state.FAIL for t in trials), "deadline": deadlines.recorded(study)}
 
 
+def resume_command(data: str, name: str, default_name: str, url: str, kinds: tuple[str, ...],
+                   all_kinds: tuple[str, ...], metric: str | None) -> str:
+    """The ``tagsearch tune`` line that resumes this study (its options where they differ from the defaults)."""
+    line = ["tagsearch", "tune", data, "--time", "30m"]
+    line += ["--study-name", name] if name != default_name else []
+    line += ["--storage", url] if url != DEFAULT_STORAGE else []
+    line += ["--models", ",".join(kinds)] if set(kinds) != set(all_kinds) else []
+    line += ["--metric", metric] if metric else []
+    return " ".join(line)
+
+
 def verdict(folder: Path, table: comparing.Table, counts: dict, search_seconds: float, stopped: bool,
-            data: str, spec_path: Path) -> str:
+            again: str, spec_path: Path) -> str:
     """The few lines a user reads first: what was chosen, how it compares, how to use it."""
     from tagsearch.results.folder import read_config, read_json, METRICS
 
@@ -272,7 +284,7 @@ def verdict(folder: Path, table: comparing.Table, counts: dict, search_seconds: 
                      f"micro-F1 and Hamming loss.")
     lines += ["", f"- results: {folder}/ (report.md, metrics.json, plots, compare.md, this verdict.md)",
               f"- tag posts: `tagsearch predict {folder} \"How do I ...?\"` (or `--file posts.csv`, `--json`)",
-              f"- search longer (the study resumes): `tagsearch tune {data} --time 30m`",
+              f"- search longer (the study resumes): `{again}`",
               f"- browse the study: `tagsearch dashboard {spec_path}`"]
     return "\n".join(lines) + "\n"
 
