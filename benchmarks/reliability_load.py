@@ -90,7 +90,7 @@ class DashboardPoller:
             self.process = subprocess.Popen([sys.executable, "-m", "tagsearch.cli", "dashboard", "--storage", url,
                                              "--port", str(self.port)], stdout=handle, stderr=subprocess.STDOUT,
                                             cwd=folder)
-        self.polls, self.errors, self.stop = 0, [], threading.Event()
+        self.polls, self.errors, self.stop, self.ready = 0, [], threading.Event(), threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.thread.start()
 
@@ -104,6 +104,7 @@ class DashboardPoller:
             try:
                 if study_id is None:
                     found = [s for s in self.get("/api/studies")["study_summaries"] if s["study_name"] == self.name]
+                    self.ready.set()  # serving: the load may start (a fast load could otherwise end unobserved)
                     study_id = found[0]["study_id"] if found else None
                     continue
                 self.get(f"/api/studies/{study_id}?after=0")
@@ -142,6 +143,7 @@ def run(mode: str, postgres: str, trials: int, workers: int, folder: Path, data:
     hook.write_text(TIMING_HOOK)
     timings = folder / "timings.jsonl"
     poller = DashboardPoller(url, name, folder)
+    poller.ready.wait(timeout=120)  # the dashboard must be up before the load it reads begins
     worker = (["stub_worker", "worker", "--storage", url, "--study-name", name, "--n-trials", str(trials),
                "--epochs", "1", "--epoch-seconds", "0.2"] if stub else
               ["tagsearch.cli", "worker", str(spec), "--n-trials", str(trials), "--threads", "1"])

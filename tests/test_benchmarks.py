@@ -44,3 +44,20 @@ def test_floor_counts_the_bytes_of_both_optimizer_semantics(tiny_csv, monkeypatc
             assert row["bytes_per_step_lazy"] < row["bytes_per_step_exact"]
         else:
             assert row["bytes_per_step_lazy"] == row["bytes_per_step_exact"]
+
+
+def test_the_paired_bootstrap_separates_a_clear_gap_and_not_a_tie(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import numpy as np
+    import paired
+
+    rng = np.random.default_rng(1)
+    y = (rng.random((300, 5)) < 0.3).astype(np.uint8)
+    noisy = np.where(rng.random(y.shape) < 0.1, 1 - y, y).astype(np.uint8)  # 10 % of labels wrong
+    worse = np.where(rng.random(y.shape) < 0.3, 1 - y, y).astype(np.uint8)  # 30 % wrong
+    assert paired.figures(y, y) == (0.0, 1.0)
+    same = paired.paired(y, noisy, noisy, resamples=200)
+    assert same["hamming_loss"]["interval_95"] == [0.0, 0.0] and same["micro_f1"]["model_better_share"] == 0.0
+    gap = paired.paired(y, noisy, worse, resamples=200)
+    assert gap["hamming_loss"]["interval_95"][1] < 0 and gap["hamming_loss"]["model_better_share"] == 1.0
+    assert gap["micro_f1"]["interval_95"][0] > 0 and gap["micro_f1"]["model_better_share"] == 1.0

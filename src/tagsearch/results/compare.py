@@ -221,6 +221,7 @@ class Baseline:
     parameters: int
     seconds: float
     encoder_weight: float | None = None  # the encoder baseline's chosen weight
+    predictions: np.ndarray | None = None  # test posts × tags, 0/1 at the chosen thresholds (benchmarks/paired.py)
 
 
 def baseline_features(kind: str, encoder: str = DEFAULT_ENCODER) -> list[Featurizer]:
@@ -267,7 +268,8 @@ def fit_baseline(corpus, metric: str, refit: bool = False, folds: int | str = "a
     n_parameters = sum((featurizer.input_size + 1) * len(corpus.tag_names) for _, featurizer in final)
     return Baseline(choice.chosen, choice.value, C, test["hamming_loss"], test["micro_f1"], test["macro_f1"],
                     metrics.reference_figures(y_test, p_test), n_parameters, seconds,
-                    getattr(chosen, "encoder_weight", None))
+                    getattr(chosen, "encoder_weight", None),
+                    (p_test >= np.asarray(variants[choice.chosen].thresholds)).astype(np.uint8))
 
 
 # ---------------------------------------------------------------------------------------------
