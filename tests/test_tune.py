@@ -247,3 +247,19 @@ def test_a_second_signal_interrupts_the_workers(tmp_path):
     finally:
         timer.cancel()
     assert code == 130 and stops == [1] and [p.returncode for p, _ in children] == [-signal.SIGTERM] * 2
+
+
+def test_a_search_that_completes_no_trial_is_one_error_line_not_a_retrain_error(tmp_path, tiny_csv, monkeypatch,
+                                                                                 capsys):
+    """--time too short for one trial: the workers (here: none) leave the study without a complete trial."""
+    def no_trials(spec, *, storage, study_name, **kwargs):
+        optuna.create_study(storage=open_storage(storage), study_name=study_name)
+        return 0
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tuning.workers, "launch", no_trials)
+    assert main(["tune", str(tiny_csv), "--time", "2s", "--models", "tfidf", "--devices", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == "error: no trial of study 'tagger-tiny' completed in 00:00 of search; expected a longer --time"
+    spec = load_spec(tmp_path / "storage" / "tagger-tiny.toml")  # the spec it wrote, for a rerun
+    assert spec.models == ("tfidf",) and spec.time_budget == 2

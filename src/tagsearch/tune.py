@@ -33,7 +33,7 @@ from tagsearch.runtime.launch import clock_text, cpu_count
 from tagsearch.runtime.progress import UNLIMITED
 from tagsearch.runtime.storage import local_path
 from tagsearch.study import workers
-from tagsearch.study.spec import DEFAULT_STORAGE, ENCODER_MODELS, MODELS, PARAMS, load_spec
+from tagsearch.study.spec import DEFAULT_STORAGE, ENCODER_MODELS, PARAMS, load_spec
 from tagsearch.study.specfile import save_spec
 
 SPEC = "tagger.toml"
@@ -69,18 +69,16 @@ def tune(data: str, *, time_budget: float = DEFAULT_TIME, workers_count: int | N
     start = time.monotonic()
     if not time_budget > 0:
         raise UserError(f"--time {time_budget!r} is out of range; expected a duration > 0, like 90s, 10m, 2h")
-    path = data_path(data)
-    base = Path(spec) if spec else studies_dir() / SPEC
-    raw = tomllib.loads(base.read_text(encoding="utf-8")) if base.is_file() else None
-    if raw is None:
+    path, base = data_path(data), Path(spec) if spec else studies_dir() / SPEC
+    if not base.is_file():
         raise UserError(f"study spec {str(base)!r} not found; expected a TOML file such as studies/{SPEC}")
-    name = study_name or default_study_name(path)
-    url = storage or raw.get("study", {}).get("storage", DEFAULT_STORAGE)
-    kinds = usable_models(load_spec(base), models)
-    raw = tune_spec(raw, name=name, storage=url, data=path, metric=metric, time_budget=time_budget, models=kinds,
-                    n_trials=n_trials, text_columns=text_columns, tags_column=tags_column, top_k=top_k,
-                    max_epochs=max_epochs)
-    spec_path = save_spec(raw, spec_dir(url) / f"{name}.toml",
+    raw, searched = tomllib.loads(base.read_text(encoding="utf-8")), load_spec(base)
+    name, kinds = study_name or default_study_name(path), usable_models(searched, models)
+    url = storage or searched.storage
+    spec_path = save_spec(tune_spec(raw, name=name, storage=url, data=path, metric=metric, time_budget=time_budget,
+                                    models=kinds, n_trials=n_trials, text_columns=text_columns,
+                                    tags_column=tags_column, top_k=top_k, max_epochs=max_epochs),
+                          spec_dir(url) / f"{name}.toml",
                           comment=f"Written by 'tagsearch tune' from {base}: its space on {path}; retrain, dashboard "
                                   f"and a later 'tagsearch tune' of this study read it.")
     load_spec(spec_path)  # the written spec must be valid
@@ -88,24 +86,29 @@ def tune(data: str, *, time_budget: float = DEFAULT_TIME, workers_count: int | N
     log(f"tune: study {name!r} in {url}, {', '.join(kinds)}, {count} worker(s) on {device_list}, "
         f"{clock_text(time_budget)} of search (Ctrl-C: stop searching and keep the best so far)")
 
+    # 1. Search until the deadline (or a Ctrl-C brings it forward).
     search_start, wall_start = time.monotonic(), deadlines.clock()
     code = workers.launch(str(spec_path), storage=url, study_name=name, workers=count, devices=device_list,
                           n_trials=n_trials or UNLIMITED, time_budget=time_budget, new_session=True)
     search_seconds = time.monotonic() - search_start
     if code == 130:
         raise KeyboardInterrupt
+    counts = trial_counts(spec_path, url, name)
+    if not counts["complete"]:
+        raise UserError(f"no trial of study {name!r} completed in {clock_text(search_seconds)} of search"
+                        f"{' (a worker crashed: see its log above)' if code else ''}; expected a longer --time")
     if code != 0:
         log("tune: a worker crashed (see its log above); retraining the best trial the others found")
 
+    # 2. Retrain the best trial, fit the baselines beside it, and say what came out.
     log("\n== retraining the best trial and evaluating it on the test split ==")
     folder = retrain_trial(spec_path, out=out or Path("results") / name, storage=url, study_name=name)
     log("\n== comparing with the tuned baselines ==")
     table = comparing.compare_table([folder], encoder_baseline=bool(set(kinds) & set(ENCODER_MODELS)))
     comparison = folder / "compare.md"
     comparing.write_text(comparison, comparing.render(table.groups, table.notes))
-    counts = trial_counts(spec_path, url, name)
     stopped = counts["deadline"] is not None and counts["deadline"] < wall_start + time_budget - 1  # Ctrl-C moved it
-    again = resume_command(data, name, default_study_name(path), url, kinds, load_spec(base).models, metric)
+    again = resume_command(data, name, default_study_name(path), url, kinds, searched.models, metric)
     text = verdict(folder, table, counts, search_seconds, stopped, again, spec_path)
     comparing.write_text(folder / "verdict.md", text)
     return Tuned(name, spec_path, folder, comparison, text, time.monotonic() - start, search_seconds, stopped)
@@ -164,6 +167,8 @@ def usable_models(spec, requested: tuple[str, ...] | None) -> tuple[str, ...]:
         except UserError as exc:
             kinds = tuple(m for m in kinds if m not in ENCODER_MODELS)
             log(f"tune: leaving out {', '.join(ENCODER_MODELS)}: {exc}")
+            if not kinds:
+                raise UserError(f"{spec.path} searches only encoder kinds, and {exc}") from None
     return kinds
 
 
@@ -230,6 +235,7 @@ def trial_counts(spec_path: Path, url: str, name: str) -> dict:
     kinds = Counter(t.params.get("model") or t.user_attrs.get("model", "?") for t in trials
                     if t.state in (state.COMPLETE, state.PRUNED))
     return {"kinds": dict(kinds), "pruned": sum(t.state == state.PRUNED for t in trials),
+            "complete": sum(t.state == state.COMPLETE for t in trials),
             "failed": sum(t.state == state.FAIL for t in trials), "deadline": deadlines.recorded(study)}
 
 
