@@ -82,3 +82,22 @@ def spec_factory(tmp_path, tiny_csv):
         return write_spec(tmp_path / f"{model}.toml", model=model, **kwargs)
 
     return make
+
+
+class FakeClock:
+    """``runtime.deadline.clock`` for tests of the study's deadline: time moves only when told."""
+
+    def __init__(self, now: float = 1_800_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch) -> FakeClock:
+    from tagsearch.runtime import deadline
+
+    fake = FakeClock()
+    monkeypatch.setattr(deadline, "clock", fake)
+    return fake

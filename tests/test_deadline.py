@@ -24,21 +24,6 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 State = optuna.trial.TrialState
 
 
-class FakeClock:
-    def __init__(self, now: float = 1_800_000_000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock(monkeypatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr(deadline, "clock", fake)
-    return fake
-
-
 def test_a_worker_joining_later_keeps_the_deadline_the_first_one_recorded(tmp_path, clock):
     """Two workers started 2 minutes apart, each with --time 4m, trials of 50 s: the first records
     the deadline (start + 4 min); the second keeps it (not its own start + 4 min) and starts no trial

@@ -32,21 +32,6 @@ State = optuna.trial.TrialState
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 
 
-class FakeClock:
-    def __init__(self, now: float = 1_800_000_000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock(monkeypatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr(deadline, "clock", fake)
-    return fake
-
-
 def active(params: dict) -> dict:
     return {k: v for k, v in params.items() if is_active(k, params)}
 
