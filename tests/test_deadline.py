@@ -64,25 +64,32 @@ def test_a_worker_on_a_study_whose_deadline_has_passed_starts_no_trial(tmp_path,
     assert deadline.recorded(study) == clock.now - 1
 
 
-def test_a_trial_running_at_the_deadline_stops_at_the_next_epoch_complete(tmp_path, tiny_csv, clock, monkeypatch):
-    """The real objective; the deadline passes during epoch 2 of 4: the trial stops after epoch 2,
-    as early stopping stops one (best epoch's value, learning curve, attributes), and no trial follows."""
+@pytest.mark.parametrize("after_epoch_1", ["the clock passes the deadline", "tune's Ctrl-C brings it to now"])
+def test_a_trial_running_at_the_deadline_stops_at_the_next_epoch_complete(after_epoch_1, tmp_path, tiny_csv, clock,
+                                                                         monkeypatch):
+    """The real objective; the deadline passes during epoch 2 of 4 — the clock moves past it, or
+    another process (tune's supervisor, on its first Ctrl-C) brings it to now, which the worker reads
+    after the epoch: the trial stops after epoch 2, as early stopping stops one (best epoch's value,
+    learning curve, attributes), and no trial follows."""
     url = f"sqlite:///{tmp_path}/stop.db"
     spec_path = write_spec(tmp_path / "tfidf.toml", model="tfidf", data=tiny_csv, storage=url,
                            edit=lambda raw: raw["training"].update(max_epochs=4, patience=4, folds=1))
     spec = load_spec(spec_path)
     corpus = load_corpus(spec.data_config())
     study = search.open_study(spec, corpus, url)
+    supervisor = optuna.load_study(study_name=study.study_name, storage=open_storage(url))  # its own handle
     fit_folds = train.fit_folds
 
-    def clock_jumps_after_epoch_1(*args, on_epoch, **kwargs):
+    def deadline_passes_after_epoch_1(*args, on_epoch, **kwargs):
         def hook(epoch, record):
             on_epoch(epoch, record)
-            if epoch == 1:
+            if epoch == 1 and after_epoch_1.startswith("the clock"):
                 clock.now += 3600  # epoch 2 ends an hour later: past the 10-minute budget
+            elif epoch == 1:
+                deadline.stop_now(supervisor)
         return fit_folds(*args, on_epoch=hook, **kwargs)
 
-    monkeypatch.setattr(train, "fit_folds", clock_jumps_after_epoch_1)
+    monkeypatch.setattr(train, "fit_folds", deadline_passes_after_epoch_1)
     assert run_trials(study, objective.Objective(spec, corpus), 3, url=url, time_budget=600) == 0
     (trial,) = study.get_trials()
     assert trial.state == State.COMPLETE

@@ -1,6 +1,6 @@
 """#21: one study over every model kind (studies/tagger.toml), and ``tagsearch tune``'s pieces: the
-spec it writes, the kinds it keeps, the deadline it renews and that its first Ctrl-C brings forward,
-and the supervisor's soft stop. The whole command end to end is tests/test_demo.py's (demo = tune)."""
+spec it writes, the kinds it keeps, the deadline it renews and that its first Ctrl-C brings forward
+(a trial stopped by that: tests/test_deadline.py), and the supervisor's soft stop. The whole command end to end is tests/test_demo.py's (demo = tune)."""
 
 from __future__ import annotations
 
@@ -13,18 +13,15 @@ from pathlib import Path
 import optuna
 import pytest
 
-from conftest import write_spec
 from tagsearch import tune as tuning
 from tagsearch.cli import main
 from tagsearch.data.corpus import load_corpus
 from tagsearch.errors import UserError
-from tagsearch.learn import train
 from tagsearch.runtime import deadline, launch
 from tagsearch.runtime.locks import BudgetLock
 from tagsearch.runtime.progress import UNLIMITED
 from tagsearch.runtime.storage import open_storage
-from tagsearch.runtime.trials import run_trials
-from tagsearch.study import objective, search
+from tagsearch.study import search
 from tagsearch.study.spec import is_active, load_spec, parse_spec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -163,33 +160,6 @@ def test_a_new_tune_session_renews_a_passed_deadline_and_stop_now_only_brings_it
         assert deadline.recorded(study) == t0 + 1000
     finally:
         lock.close()
-
-
-def test_a_deadline_brought_forward_during_a_trial_stops_it_at_its_next_epoch(tmp_path, tiny_csv, clock, monkeypatch):
-    """tune's first Ctrl-C in another process: the deadline, read again after every epoch, becomes
-    now during epoch 1 of 4; the trial ends after epoch 2 (the check after epoch 1 had passed) as
-    COMPLETE with its best epoch, and no further trial starts."""
-    url = f"sqlite:///{tmp_path}/stop.db"
-    spec_path = write_spec(tmp_path / "tfidf.toml", model="tfidf", data=tiny_csv, storage=url,
-                           edit=lambda raw: raw["training"].update(max_epochs=4, patience=4, folds=1))
-    spec = load_spec(spec_path)
-    corpus = load_corpus(spec.data_config())
-    study = search.open_study(spec, corpus, url)
-    other = optuna.load_study(study_name=study.study_name, storage=open_storage(url))  # the supervisor's handle
-    fit_folds = train.fit_folds
-
-    def ctrl_c_during_epoch_2(*args, on_epoch, **kwargs):
-        def hook(epoch, record):
-            on_epoch(epoch, record)
-            if epoch == 1:
-                deadline.stop_now(other)
-        return fit_folds(*args, on_epoch=hook, **kwargs)
-
-    monkeypatch.setattr(train, "fit_folds", ctrl_c_during_epoch_2)
-    assert run_trials(study, objective.Objective(spec, corpus), 3, url=url, time_budget=3600) == 0
-    (trial,) = study.get_trials()
-    assert trial.state == State.COMPLETE and trial.user_attrs["epochs_run"] == 2
-    assert trial.user_attrs["stopped_at_deadline"] is True
 
 
 # ---------------------------------------------------------------------------------------------
