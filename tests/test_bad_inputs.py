@@ -141,6 +141,8 @@ CASES: list[tuple[str, Callable[[Ctx], list], str]] = [
         low=0.4, high=0.1))), r"inverted range low=0.4 >= high=0.1"),
     ("spec-default-not-a-choice", lambda c: c.worker(spec=c.spec(edit=lambda raw: raw["search"].update(
         hidden1={"choices": [32]}))), r"hidden1=16 is not one of the choices"),
+    ("spec-group-without-multivariate", lambda c: c.worker(spec=c.spec(edit=lambda raw: raw["sampler"].update(
+        group=True))), r"group = true needs multivariate = true"),
     ("spec-not-toml", lambda c: c.worker(spec=c.file("broken.toml", "[study\nname = ")), r"is not valid TOML"),
     ("spec-missing", lambda c: c.worker(spec=c.tmp / "absent.toml"), r"study spec .* not found"),
     ("spec-unknown-section", lambda c: c.worker(spec=c.spec(edit=lambda raw: raw.update(extras={"a": 1}))),

@@ -210,7 +210,7 @@ class SentenceEncoder:
         if len(texts) > MEMO_POSTS:
             return self._encode(texts)
         key = (self.weights_hash_, self.max_seq_length, _digest(texts))
-        if _last_encoding.get("key") != key:  # an ensemble's members share one encoder: encode once
+        if _last_encoding.get("key") != key:  # a cross-validated tagger's fold models: encode once
             _last_encoding.clear()
             _last_encoding.update(key=key, embeddings=self._encode(texts))
         return _last_encoding["embeddings"].copy()

@@ -28,8 +28,8 @@ from tagsearch.study.spec import Spec
 class Objective:
     """Suggest → build → train, reporting each epoch to the pruner → record → return the best
     validation value of the study's metric. Once the study's deadline has come (runtime/deadline.py,
-    read from the study after each epoch: tune's Ctrl-C may bring it forward), training stops after the current epoch as early stopping does: the
-    trial is COMPLETE with its best epoch's value. (Ctrl-C and SIGTERM are ``runtime.interrupts.Interrupts``'.)"""
+    read from the study after each epoch: tune's Ctrl-C may bring it forward), training stops after
+    the current epoch as early stopping does: the trial is COMPLETE with its best epoch's value. (Ctrl-C and SIGTERM are ``runtime.interrupts.Interrupts``'.)"""
 
     def __init__(self, spec: Spec, corpus: Corpus, device: str | None = None, max_epochs: int | None = None,
                  storage: str | None = None):

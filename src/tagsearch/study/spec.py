@@ -320,6 +320,9 @@ def _check_choices(spec: Spec, where: str) -> None:
     for section, key, value in positive:
         if value < 1:
             raise UserError(f"{where} [{section}]: {key}={value!r} is out of range; expected an integer >= 1")
+    if spec.sampler.get("group") and not spec.sampler.get("multivariate"):
+        raise UserError(f"{where} [sampler]: group = true needs multivariate = true (TPE groups the parameters "
+                        f"of its multivariate model); expected both, or neither")
     folds = spec.folds
     if folds != "auto" and (not isinstance(folds, int) or isinstance(folds, bool) or folds < 1):
         raise UserError(f"{where} [training]: folds={folds!r}; expected \"auto\" or an integer >= 1 (1 = the "
