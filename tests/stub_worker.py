@@ -20,7 +20,7 @@ from pathlib import Path
 
 import optuna
 
-from tagsearch.errors import UserError
+from tagsearch.cli import exit_code
 from tagsearch.log import log
 from tagsearch.runtime import launch as runtime_launch
 from tagsearch.runtime.interrupts import Interrupts
@@ -114,16 +114,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Like ``tagsearch.cli.main``: a UserError is one ``error:`` line and exit 2, Ctrl-C exit 130."""
-    try:
+    """As ``tagsearch.cli.main``: a UserError is one ``error:`` line and exit 2, Ctrl-C exit 130."""
+    def command() -> int:
         args = parse(sys.argv[1:] if argv is None else argv)
         return (worker if args.command == "worker" else launch)(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+
+    return exit_code(command)
 
 
 if __name__ == "__main__":

@@ -378,9 +378,14 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    return exit_code(lambda: COMMANDS[(args := parse_args(argv)).command](args))
+
+
+def exit_code(command) -> int:
+    """Run ``command()`` as a command line does: its code (None: 0); a ``UserError`` is one
+    ``error:`` line and 2, Ctrl-C ``interrupted`` and 130 (the tests' stub workers use it too)."""
     try:
-        args = parse_args(argv)
-        return COMMANDS[args.command](args) or 0
+        return command() or 0
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
