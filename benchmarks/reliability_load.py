@@ -37,39 +37,20 @@ sys.path.insert(0, str(REPO / "tests"))
 # through outages.Outages.call, budget lock tries included) and write one line per trial: its number
 # and its storage seconds. Then runs the worker: ``hook.py MODULE ARGS`` calls MODULE.main(ARGS).
 TIMING_HOOK = """
-import importlib, json, os, sys, threading, time
-import optuna
+import importlib, json, os, sys
+from storage_timing import time_storage_calls
 from tagsearch.runtime.outages import Outages
 
 out = open(os.environ["TAGSEARCH_BENCH_TIMINGS"], "a")
-spent = [0.0]
-real_call = Outages.call
 
 
-def timed(self, what, function, *args, **kwargs):
-    if threading.current_thread() is not threading.main_thread():
-        return real_call(self, what, function, *args, **kwargs)
-    start = time.perf_counter()
-    try:
-        return real_call(self, what, function, *args, **kwargs)
-    finally:
-        spent[0] += time.perf_counter() - start
-
-
-Outages.call = timed
-real_optimize = optuna.study.Study.optimize
-
-
-def optimize(self, *args, **kwargs):
-    before = {t.number for t in self.get_trials(deepcopy=False)}
-    real_optimize(self, *args, **kwargs)
-    mine = [t.number for t in self.get_trials(deepcopy=False) if t.number not in before]
-    out.write(json.dumps({"trial": mine[0] if mine else None, "storage_s": spent[0]}) + "\\n")
+def record(study, seconds, before):
+    mine = [t.number for t in study.get_trials(deepcopy=False) if t.number not in before]
+    out.write(json.dumps({"trial": mine[0] if mine else None, "storage_s": seconds}) + "\\n")
     out.flush()
-    spent[0] = 0.0
 
 
-optuna.study.Study.optimize = optimize
+time_storage_calls(Outages, record, before_trial=lambda study: {t.number for t in study.get_trials(deepcopy=False)})
 sys.exit(importlib.import_module(sys.argv[1]).main(sys.argv[2:]))
 """
 

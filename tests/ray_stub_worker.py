@@ -35,9 +35,8 @@ def worker(args) -> int:
     from tagsearch.runtime.trials import run_trials
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    timings = open(args.timings, "a") if args.timings else None
-    if timings is not None:
-        time_storage_calls(storages, optuna, timings)
+    if args.timings:
+        record_timings(storages.WorkerStorage, open(args.timings, "a"))
     study = optuna.load_study(study_name=args.study_name, storage=open_storage(args.storage, retry=True))
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
 
@@ -58,34 +57,24 @@ def worker(args) -> int:
         return 130
 
 
-def time_storage_calls(storages, optuna, out) -> None:
-    """Every storage call of the main thread goes through ``storage.WorkerStorage.call``: time them,
-    and write each trial's share (from the end of one trial to the end of the next)."""
-    import threading
+def record_timings(entry: type, out) -> None:
+    """Every storage call of the main thread goes through ``entry.call`` (``storage.WorkerStorage``):
+    one line per trial with its share of storage seconds, and a first line with the process's start
+    and its first trial's."""
+    from storage_timing import time_storage_calls
 
-    spent, real_call, real_optimize = [0.0], storages.WorkerStorage.call, optuna.study.Study.optimize
-    first = []
+    first: list[float] = []
 
-    def timed(self, what, function, *args, **kwargs):
-        if threading.current_thread() is not threading.main_thread():
-            return real_call(self, what, function, *args, **kwargs)
-        start = time.perf_counter()
-        try:
-            return real_call(self, what, function, *args, **kwargs)
-        finally:
-            spent[0] += time.perf_counter() - start
-
-    def optimize(self, *args, **kwargs):
+    def first_trial(study):
         if not first:
             first.append(time.time())
             out.write(json.dumps({"pid": os.getpid(), "process_start": PROCESS_START, "first_trial": first[0]}) + "\n")
-        real_optimize(self, *args, **kwargs)
-        out.write(json.dumps({"pid": os.getpid(), "storage_s": spent[0]}) + "\n")
-        out.flush()
-        spent[0] = 0.0
 
-    storages.WorkerStorage.call = timed
-    optuna.study.Study.optimize = optimize
+    def record(study, seconds, before):
+        out.write(json.dumps({"pid": os.getpid(), "storage_s": seconds}) + "\n")
+        out.flush()
+
+    time_storage_calls(entry, record, before_trial=first_trial)
 
 
 def launch(args) -> int:
