@@ -20,7 +20,6 @@ import time
 
 PROCESS_START = time.time()
 
-import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import socket  # noqa: E402
@@ -94,11 +93,9 @@ def launch(args) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["worker", "launch"])
-    parser.add_argument("--storage", required=True)
-    parser.add_argument("--study-name", required=True)
-    parser.add_argument("--n-trials", type=int, required=True)
+    from stub_worker import stub_parser
+
+    parser = stub_parser("ray_stub_worker")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--step-seconds", type=float, default=0.2)
     parser.add_argument("--timings")
@@ -109,7 +106,7 @@ def main() -> int:
     parser.add_argument("--cpus-per-worker", type=float, default=1.0)
     parser.add_argument("--max-restarts", type=int, default=3)
     args = parser.parse_args()
-    return worker(args) if args.mode == "worker" else launch(args)
+    return worker(args) if args.command == "worker" else launch(args)
 
 
 if __name__ == "__main__":

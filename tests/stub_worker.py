@@ -99,12 +99,19 @@ def common(args) -> list[str]:
     return line + (["--timeout", str(args.timeout)] if args.timeout else [])
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="stub_worker")
+def stub_parser(prog: str) -> argparse.ArgumentParser:
+    """What every stub command takes (this one and tests/ray_stub_worker.py): worker or launch, on a
+    study (storage URL, name) and its budget of finished trials."""
+    parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("command", choices=["worker", "launch"])
     parser.add_argument("--storage", required=True)
     parser.add_argument("--study-name", required=True)
     parser.add_argument("--n-trials", type=int, required=True)
+    return parser
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = stub_parser("stub_worker")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--epoch-seconds", type=float, default=0.05)
     parser.add_argument("--control", type=Path)

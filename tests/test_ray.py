@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
@@ -111,13 +112,41 @@ def ray_address():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
     try:
         started = subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-                                  "--num-cpus=2", "--num-gpus=2", "--include-dashboard=false", f"--temp-dir={temp}"],
+                                  f"--ray-client-server-port={free_port()}", "--num-cpus=2", "--num-gpus=2",
+                                  "--include-dashboard=false", f"--temp-dir={temp}"],
                                  env=env, capture_output=True, text=True, timeout=240)
         assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
         yield f"127.0.0.1:{port}"
     finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=240)
+        stop_head(temp, port)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def stop_head(temp: str, port: int) -> None:
+    """Stop this head's processes only: ``ray stop`` stops every Ray on the machine, and so the
+    cluster of a test of this module running in the other xdist worker (its driver then lost its
+    GCS and exited 1). Ours name the head's temp dir or port on their command line; the agents and
+    workers they started exit with their raylet."""
+    def ours() -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                line = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:  # not a process, or gone
+                continue
+            if entry.name.isdigit() and (temp in line or f":{port} " in line or line.endswith(f":{port}")):
+                found.append(int(entry.name))
+        return found
+
+    for signum, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        for pid in ours():
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while ours() and time.monotonic() < deadline:
+            time.sleep(0.2)
 
 
 @pytest.fixture
