@@ -297,14 +297,18 @@ def tune_command(args: argparse.Namespace) -> int:
                  metric=args.metric, out=args.out, storage=args.storage, study_name=args.study_name,
                  text_columns=tuple(args.text_columns or ()), tags_column=args.tags_column, top_k=args.top_k,
                  n_trials=args.n_trials, models=args.models, spec=args.spec, max_epochs=args.max_epochs)
-    print(f"\n{tuned.verdict}", end="")
-    print(f"\ntune done in {clock_minutes(tuned.seconds)} ({clock_minutes(tuned.search_seconds)} of search)")
+    show_tuned(tuned, "tune")
     return 0
 
 
-def clock_minutes(seconds: float) -> str:
-    minutes, seconds = divmod(int(seconds), 60)
-    return f"{minutes}m{seconds:02d}s"
+def show_tuned(tuned, what: str) -> None:
+    """The verdict of ``tune`` (or ``demo``) and how long it took, on stdout."""
+    def clock(seconds: float) -> str:
+        minutes, seconds = divmod(int(seconds), 60)
+        return f"{minutes}m{seconds:02d}s"
+
+    print(f"\n{tuned.verdict}", end="")
+    print(f"\n{what} done in {clock(tuned.seconds)} ({clock(tuned.search_seconds)} of search)")
 
 
 def storage_proxy_command(args: argparse.Namespace) -> int:
@@ -355,8 +359,7 @@ def demo_command(args: argparse.Namespace) -> int:
     from tagsearch.demo import STORAGE, run_demo
 
     tuned = run_demo(time_budget=args.time_budget, trials=args.trials, posts=args.posts, workers=args.workers)
-    print(f"\n{tuned.verdict}", end="")
-    print(f"\ndemo done in {clock_minutes(tuned.seconds)} ({clock_minutes(tuned.search_seconds)} of search)")
+    show_tuned(tuned, "demo")
     print(f"  dashboard: tagsearch dashboard --storage {STORAGE}   (then open http://127.0.0.1:8080/dashboard/)")
     return 0
 

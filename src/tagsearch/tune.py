@@ -27,11 +27,12 @@ from tagsearch.errors import UserError
 from tagsearch.learn.metrics import DIRECTIONS
 from tagsearch.log import log
 from tagsearch.results import compare as comparing
+from tagsearch.results.folder import METRICS, markdown_table, read_config, read_json
 from tagsearch.results.retrain import retrain_trial
 from tagsearch.runtime import deadline as deadlines
 from tagsearch.runtime.launch import clock_text, cpu_count
-from tagsearch.runtime.progress import UNLIMITED
-from tagsearch.runtime.storage import local_path
+from tagsearch.runtime.progress import UNLIMITED, progress
+from tagsearch.runtime.storage import storage_dir
 from tagsearch.study import workers
 from tagsearch.study.spec import DEFAULT_STORAGE, ENCODER_MODELS, PARAMS, load_spec
 from tagsearch.study.specfile import save_spec
@@ -78,7 +79,7 @@ def tune(data: str, *, time_budget: float = DEFAULT_TIME, workers_count: int | N
     spec_path = save_spec(tune_spec(raw, name=name, storage=url, data=path, metric=metric, time_budget=time_budget,
                                     models=kinds, n_trials=n_trials, text_columns=text_columns,
                                     tags_column=tags_column, top_k=top_k, max_epochs=max_epochs),
-                          spec_dir(url) / f"{name}.toml",
+                          storage_dir(url) / f"{name}.toml",
                           comment=f"Written by 'tagsearch tune' from {base}: its space on {path}; retrain, dashboard "
                                   f"and a later 'tagsearch tune' of this study read it.")
     load_spec(spec_path)  # the written spec must be valid
@@ -94,7 +95,7 @@ def tune(data: str, *, time_budget: float = DEFAULT_TIME, workers_count: int | N
     if code == 130:
         raise KeyboardInterrupt
     counts = trial_counts(spec_path, url, name)
-    if not counts["complete"]:
+    if not counts["progress"].complete:
         raise UserError(f"no trial of study {name!r} completed in {clock_text(search_seconds)} of search"
                         f"{' (a worker crashed: see its log above)' if code else ''}; expected a longer --time")
     if code != 0:
@@ -141,12 +142,6 @@ def default_study_name(path: str) -> str:
     """``tagger-<file stem>``: one study per data set (a study refuses other data)."""
     stem = "builtin" if path == BUILTIN_DATA else Path(path).stem
     return "tagger-" + (re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-") or "data")
-
-
-def spec_dir(url: str) -> Path:
-    """Beside a local storage file, else storage/."""
-    path = local_path(url)
-    return Path("storage") if path is None else path.parent
 
 
 def usable_models(spec, requested: tuple[str, ...] | None) -> tuple[str, ...]:
@@ -224,19 +219,16 @@ def pick_devices(devices: str, count: int | None) -> tuple[str, int]:
 
 
 def trial_counts(spec_path: Path, url: str, name: str) -> dict:
-    """Finished trials per kind, how many were pruned or failed, and the study's deadline."""
+    """Finished trials per kind, the study's counts (``runtime.progress``) and its deadline."""
     import optuna
 
     from tagsearch.study import search
 
     study = search.load_study(load_spec(spec_path), url, name)
-    state = optuna.trial.TrialState
-    trials = study.get_trials(deepcopy=False)
-    kinds = Counter(t.params.get("model") or t.user_attrs.get("model", "?") for t in trials
-                    if t.state in (state.COMPLETE, state.PRUNED))
-    return {"kinds": dict(kinds), "pruned": sum(t.state == state.PRUNED for t in trials),
-            "complete": sum(t.state == state.COMPLETE for t in trials),
-            "failed": sum(t.state == state.FAIL for t in trials), "deadline": deadlines.recorded(study)}
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    kinds = Counter(t.params.get("model") or t.user_attrs.get("model", "?")
+                    for t in study.get_trials(deepcopy=False, states=finished))
+    return {"kinds": dict(kinds), "progress": progress(study), "deadline": deadlines.recorded(study)}
 
 
 def resume_command(data: str, name: str, default_name: str, url: str, kinds: tuple[str, ...],
@@ -253,17 +245,15 @@ def resume_command(data: str, name: str, default_name: str, url: str, kinds: tup
 def verdict(folder: Path, table: comparing.Table, counts: dict, search_seconds: float, stopped: bool,
             again: str, spec_path: Path) -> str:
     """The few lines a user reads first: what was chosen, how it compares, how to use it."""
-    from tagsearch.results.folder import read_config, read_json, METRICS
-
     config, figures = read_config(folder), read_json(folder / METRICS, "metrics file")
     metric, rows = table.groups[0]
     ours = next(r for r in rows if r.name == folder.name)
     best = comparing.winner(rows, metric)
-    finished, failed = sum(counts["kinds"].values()), counts["failed"]
+    done = counts["progress"]
     per_kind = ", ".join(f"{k} {n}" for k, n in sorted(counts["kinds"].items(), key=lambda kv: -kv[1]))
     lines = ["# tagsearch tune: verdict", "",
-             f"Searched {clock_text(search_seconds)}{' (stopped by Ctrl-C)' if stopped else ''}: {finished} trials "
-             f"finished ({per_kind}; {counts['pruned']} of them pruned{f'; {failed} failed' if failed else ''}).",
+             f"Searched {clock_text(search_seconds)}{' (stopped by Ctrl-C)' if stopped else ''}: {done.finished} trials "
+             f"finished ({per_kind}; {done.pruned} of them pruned{f'; {done.failed} failed' if done.failed else ''}).",
              f"Chosen: trial {config['trial']}, **{config['model']}** — {comparing.format_params(config['params'])}.",
              ""]
     headers = ["", f"validation {metric}", "test Hamming", "test micro-F1", "test macro-F1", "test P@1", "test R@1"]
@@ -272,8 +262,6 @@ def verdict(folder: Path, table: comparing.Table, counts: dict, search_seconds: 
              comparing.figure(r.test_precision_at_1), comparing.figure(r.test_recall_at_1)]
             for r in [ours, *(r for r in rows if r is not ours)]]
     body.append(["predicting no tag", "", comparing.figure(figures.get("test_hamming_loss_no_tags")), "", "", "", ""])
-    from tagsearch.results.folder import markdown_table
-
     lines += [markdown_table(headers, body), ""]
     baselines = [r for r in rows if r is not ours]
     if best is ours:

@@ -249,7 +249,7 @@ class SentenceEncoder:
         key = {"kind": "encoder-embeddings", "version": ENCODING_VERSION, "model": self.model,
                "weights_hash": self.weights_hash_, "max_seq_length": self.max_seq_length,
                "fingerprint": fingerprint, "n_posts": len(texts)}
-        embeddings = EmbeddingCache(directory).get_or_compute(key, lambda: self._encode([str(t) for t in texts]))
+        embeddings = EmbeddingCache(directory).get_or_compute(key, lambda: self._encode(texts))
         if embeddings.ndim != 2 or len(embeddings) != len(texts):
             raise UserError(f"cached embeddings have shape {embeddings.shape}, expected {len(texts)} rows; "
                             f"delete {directory} and rerun")

@@ -64,12 +64,6 @@ class Table:
     notes: list[str]
 
 
-def comparison(folders: list[Path], encoder_baseline: bool = True) -> str:
-    """The Markdown table: one group per (data fingerprint, metric), each with its baseline rows."""
-    table = compare_table(folders, encoder_baseline)
-    return render(table.groups, table.notes)
-
-
 def compare_table(folders: list[Path], encoder_baseline: bool = True) -> Table:
     """The rows of ``folders`` and, per group, the baselines fitted on the same data and folds."""
     entries = [load_entry(folder) for folder in folders]

@@ -17,6 +17,7 @@ either reaches every worker within one epoch. Hosts are assumed to keep their cl
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import time
 
@@ -48,31 +49,33 @@ def establish(study: optuna.Study, budget: float | None, lock: BudgetLock) -> fl
             log(f"study {study.study_name!r}: its deadline stands ({when(deadline)}); a time budget never "
                 f"moves a recorded one")
         return deadline
-    held = lock.held
-    lock.acquire()
-    try:
+    with holding(lock):
         deadline = recorded(study)  # another worker may have recorded it while we waited
         if deadline is None:
             deadline = clock() + budget
             study.set_user_attr(ATTR, deadline)
             log(f"study {study.study_name!r}: time budget {budget:g} s, no trial starts after {when(deadline)}")
+    return deadline
+
+
+@contextlib.contextmanager
+def holding(lock: BudgetLock):
+    """The study's budget lock for the block; one already held by the caller stays held after it."""
+    held = lock.held
+    lock.acquire()
+    try:
+        yield
     finally:
         if not held:
             lock.release()
-    return deadline
 
 
 def renew(study: optuna.Study, budget: float, lock: BudgetLock) -> float:
     """A new session of ``budget`` seconds on ``study``: its deadline becomes now + budget, unless
     the recorded one is later (another session still running keeps its time). Under ``lock``."""
-    held = lock.held
-    lock.acquire()
-    try:
+    with holding(lock):
         deadline = max(recorded(study) or 0.0, clock() + budget)
         study.set_user_attr(ATTR, deadline)
-    finally:
-        if not held:
-            lock.release()
     log(f"study {study.study_name!r}: time budget {budget:g} s, no trial starts after {when(deadline)}")
     return deadline
 

@@ -67,6 +67,13 @@ def local_path(url: str) -> Path | None:
     return Path(rest[1:])
 
 
+def storage_dir(url: str) -> Path:
+    """The folder of a local storage file, else storage/: where what belongs beside a study is kept
+    (tune's spec of it, the host's encoder embeddings)."""
+    path = local_path(url)
+    return Path("storage") if path is None else path.parent
+
+
 def artifact_dir(url: str) -> Path:
     """Where the FileSystemArtifactStore of this storage lives: ``dir/x.db`` → ``dir/x-artifacts``
     for local files, else ``storage/artifacts``."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 import warnings
-from pathlib import Path
 
 import optuna
 
@@ -19,7 +18,7 @@ from tagsearch.data.corpus import Corpus
 from tagsearch.errors import UserError
 from tagsearch.study.spec import ACTIVE_WHEN, PARAMS, Spec, is_active
 from tagsearch.runtime.progress import Progress, progress  # noqa: F401  (search.progress, as before)
-from tagsearch.runtime.storage import local_path, masked, open_storage
+from tagsearch.runtime.storage import masked, open_storage, storage_dir
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 DESCRIBE_WAIT_SECONDS = 10
@@ -119,8 +118,7 @@ def suggest(trial: optuna.Trial, spec: Spec) -> dict:
 def embedding_dir(storage_url: str) -> str:
     """Where encoders' embeddings of a corpus persist on this host, shared by its workers: beside a
     local storage file (``storage/x.db`` → ``storage/embeddings``), else ``storage/embeddings``."""
-    path = local_path(storage_url)
-    return str((Path("storage") if path is None else path.parent) / "embeddings")
+    return str(storage_dir(storage_url) / "embeddings")
 
 
 # ---------------------------------------------------------------------------------------------
