@@ -59,6 +59,33 @@ def stale_trial_ids(storage: optuna.storages.BaseStorage, study_id: int) -> list
     return list(storage._get_stale_trial_ids(study_id))
 
 
+def rdb_storage(storage) -> optuna.storages.RDBStorage | None:
+    """The RDBStorage under tagsearch's wrapper (``inner``) and Optuna's cache (``_backend``), if any."""
+    # _CachedStorage keeps its RDBStorage in the private attribute _backend.
+    for _ in range(4):
+        if isinstance(storage, optuna.storages.RDBStorage):
+            return storage
+        storage = getattr(storage, "inner", None) or getattr(storage, "_backend", None)
+    return None
+
+
+def unbeaten_trial_ids(storage: optuna.storages.BaseStorage, study_id: int) -> list[int]:
+    """The RUNNING trials of a study with no row in Optuna's heartbeat table (RDB storages)."""
+    # Optuna's stale check skips these (it lists only trials with a row); the table has no public reader.
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    rdb = rdb_storage(storage)
+    running = [t._trial_id for t in storage.get_all_trials(study_id, deepcopy=False,
+                                                            states=(optuna.trial.TrialState.RUNNING,))]
+    if rdb is None or not running:
+        return []
+    with _create_scoped_session(rdb.scoped_session) as session:
+        beating = {row[0] for row in session.query(models.TrialHeartbeatModel.trial_id)
+                   .filter(models.TrialHeartbeatModel.trial_id.in_(running)).all()}
+    return [trial_id for trial_id in running if trial_id not in beating]
+
+
 class ForwardingHeartbeat(BaseHeartbeat):
     """Base of a storage wrapper (``self.inner``) that keeps Optuna's heartbeats working: Optuna
     checks ``isinstance(storage, BaseHeartbeat)`` and calls ``_get_stale_trial_ids`` on it."""

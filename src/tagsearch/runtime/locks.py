@@ -12,6 +12,12 @@ its [defaults] trial) as one step among all workers, on every storage.
 A lock that cannot be taken is waited for (a log line every ``WAIT_LOG_SECONDS``) or, when its
 server is unreachable for longer than the outage limit, reported as an error: a worker never goes
 on unlocked. A lease whose renewal fails is reported (``lost`` is set and logged).
+
+A lock can be lost while held: a lease that ran out during an outage, a restarted proxy or Redis
+(leases are in memory), a database connection cut (the server frees its advisory lock). So the
+holder ``confirm``s it with its server before it lets a new trial go: true only if it held the lock
+without a break since it took it. ``trials.run_trials`` checks the budget again under a fresh lock
+when that fails, and backs off if another worker took the slot meanwhile (fencing on the client).
 """
 
 from __future__ import annotations
@@ -66,6 +72,10 @@ class BudgetLock:
             if self._impl is not None:
                 self._impl.release()
 
+    def confirm(self) -> bool:
+        """Whether this worker still holds the lock, unbroken since ``acquire`` (asked of its server)."""
+        return self.held and (self._impl is None or self._impl.confirm())
+
     def close(self) -> None:
         self.release()
         if self._impl is not None:
@@ -118,6 +128,9 @@ class FileLock:
     def release(self) -> None:
         fcntl.flock(self.handle, fcntl.LOCK_UN)
 
+    def confirm(self) -> bool:
+        return True  # the OS keeps a flock for as long as the process lives
+
     def close(self) -> None:
         self.handle.close()
 
@@ -157,6 +170,21 @@ class AdvisoryLock:
         waiting = Waiting(self.what)
         while not self.outages.call(self.what, self._try):
             waiting()
+
+    def confirm(self) -> bool:
+        """Asked on the lock's own connection: a cut connection (the server freed the lock) is False."""
+        ask = (f"SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
+               f"AND pid = pg_backend_pid() AND objsubid = 1 "
+               f"AND classid::bigint * 4294967296 + objid::bigint = {self.key})" if self.kind == "postgresql"
+               else f"SELECT IS_USED_LOCK('tagsearch-{self.key}') = CONNECTION_ID()")
+        if self.connection is None:
+            return False
+        try:
+            return bool(self.connection.exec_driver_sql(ask).scalar())
+        except Exception as exc:
+            log(f"confirming {self.what}: {type(exc).__name__}; its connection is gone, and so is the lock")
+            self._drop_connection()
+            return False
 
     def release(self) -> None:
         give = (f"SELECT pg_advisory_unlock({self.key})" if self.kind == "postgresql"
@@ -204,17 +232,29 @@ class LeaseLock:
         self._thread.start()
 
     def _keep_alive(self, stop: threading.Event) -> None:
-        while not stop.wait(RENEW_SECONDS):
+        pause = RENEW_SECONDS
+        while not stop.wait(pause):
             try:
                 renewed = self._renew()
-            except Exception as exc:
-                log(f"renewing {self.what}: {type(exc).__name__}: {str(exc)[:200]}; retrying")
+            except Exception as exc:  # retried soon: a lease must be renewed well inside its length
+                pause = min(RENEW_SECONDS, 1.0)
+                log(f"renewing {self.what}: {type(exc).__name__}: {str(exc)[:200]}; retrying in {pause:g} s")
                 continue
+            pause = RENEW_SECONDS
             if not renewed:
                 self.lost = True
                 log(f"lost {self.what}: its lease ran out before it was renewed (the worker stalled for "
                     f"{LEASE_SECONDS} s or the server restarted)")
                 return
+
+    def confirm(self) -> bool:
+        """The lease renewed now: False once it ran out or the server forgot it (restarted)."""
+        if self.lost:
+            return False
+        if not self.outages.call(f"confirming {self.what}", self._renew):
+            self.lost = True
+            log(f"lost {self.what}: its lease ran out or its server restarted while held")
+        return not self.lost
 
     def release(self) -> None:
         self._stop.set()

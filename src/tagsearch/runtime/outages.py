@@ -14,11 +14,13 @@ import sys
 import time
 
 from tagsearch.errors import UserError
-from tagsearch.runtime.heartbeat import env_seconds
+from tagsearch.runtime.heartbeat import OUTAGE_LIMIT_SECONDS, env_seconds
 from tagsearch.runtime.interrupts import storage_call
 
-OUTAGE_LIMIT_SECONDS = 120
 BACKOFF_SECONDS = (0.5, 8.0)
+
+
+OUTAGE_MARK = "the storage was unreachable for"  # how a StorageOutage's message begins (ray_launch reads it)
 
 
 class StorageOutage(UserError):
@@ -54,7 +56,7 @@ class Outages:
                     raise self.gave_up from None  # this storage already waited out the limit: fail fast now
                 if now - start >= self.limit:
                     self.gave_up = StorageOutage(
-                        f"the storage was unreachable for {now - start:.0f} s (limit TAGSEARCH_OUTAGE_LIMIT="
+                        f"{OUTAGE_MARK} {now - start:.0f} s (limit TAGSEARCH_OUTAGE_LIMIT="
                         f"{self.limit:g} s) during {what}: {reason}; the study is consistent: rerun the worker "
                         f"once the database is back")
                     raise self.gave_up from None

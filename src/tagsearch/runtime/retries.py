@@ -20,6 +20,7 @@ from tagsearch.runtime._optuna import queued_params
 
 MAX_RETRY = 1
 HEARTBEAT_KEY = "tagsearch:heartbeat"  # heartbeat.py's trial system attribute; not copied to a retry
+NOT_COPIED = (HEARTBEAT_KEY, "tagsearch:create", "tagsearch:claim")  # nor storage.py's client tokens
 
 
 def may_retry_lost(trial: optuna.trial.FrozenTrial) -> bool:
@@ -34,12 +35,18 @@ def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, lost: bool) ->
         return False
     history = list(trial.system_attrs.get("retry_history", [])) + ([trial.number] if lost else [])
     system_attrs = {"failed_trial": trial.number, **trial.system_attrs, "retry_history": history}
-    system_attrs.pop(HEARTBEAT_KEY, None)
+    for key in NOT_COPIED:
+        system_attrs.pop(key, None)
     user_attrs = {"retry_of": trial.number, **{k: v for k, v in trial.user_attrs.items() if k == "config"}}
     study.add_trial(optuna.create_trial(state=optuna.trial.TrialState.WAITING, params=trial.params,
                                         distributions=trial.distributions, user_attrs=user_attrs,
                                         system_attrs=system_attrs))
     return True
+
+
+def repeatable(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a stopped trial has anything to repeat: parameters suggested or queued."""
+    return bool(trial.params or queued_params(trial))
 
 
 def requeue_interrupted(study: optuna.Study, number: int | None) -> None:
@@ -49,8 +56,8 @@ def requeue_interrupted(study: optuna.Study, number: int | None) -> None:
     trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
     if trial is None or trial.state != optuna.trial.TrialState.FAIL:
         return
-    if not (trial.params or queued_params(trial)):
-        return  # stopped before it had any parameter: nothing to repeat
+    if not repeatable(trial):
+        return  # stopped before it had any parameter: nothing to repeat (its fail_reason says so)
     requeue(study, trial, lost=False)
     log(f"trial {number} was interrupted; queued again with the same parameters")
 

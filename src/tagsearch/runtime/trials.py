@@ -8,6 +8,13 @@ finish. While the remaining budget is held by other workers' running trials, a w
 keeps checking heartbeats (heartbeat.py, on every storage): if such a worker died, its trial is
 failed, queued again (retries.py) and run here.
 
+Each trial is asked for and told (``Study.ask``/``tell``, not ``optimize``): its first heartbeat is
+written before it leaves the budget lock (heartbeat.py), the lock is confirmed with its server
+before the trial runs (a lock lost meanwhile: the budget is counted again under a fresh lock, and
+the trial backs off if another worker took the slot), every FAIL carries a ``fail_reason`` of
+tagsearch's, and a trial failed by another worker while it ran (its worker was judged lost) is
+told with ``skip_if_finished``: this worker moves on.
+
 Time: ``timeout`` is this worker's (no trial starts ``timeout`` seconds after it began);
 ``time_budget`` is the study's (deadline.py: the first worker to bring one records the study's
 deadline, and no worker starts a trial at or past it, checked under the lock just before creating one).
@@ -16,6 +23,7 @@ deadline, and no worker starts a trial at or past it, checked under the lock jus
 from __future__ import annotations
 
 import gc
+import math
 import time
 from typing import Callable
 
@@ -27,13 +35,15 @@ from tagsearch.runtime.interrupts import Interrupts
 from tagsearch.runtime.locks import BudgetLock
 from tagsearch.runtime.outages import Outages
 from tagsearch.runtime.progress import progress
-from tagsearch.runtime.retries import requeue_interrupted
+from tagsearch.runtime.retries import repeatable, requeue, requeue_interrupted
 from tagsearch.runtime.storage import outages_of
 
 POLL_SECONDS = 1.0
 MAX_CONSECUTIVE_FAILURES = 8
 State = optuna.trial.TrialState
 COUNTED = (State.COMPLETE, State.PRUNED, State.RUNNING)
+BACKED_OFF = ("not run: this worker's budget lock lapsed while the trial was created, and another worker took "
+              "the last slot of the budget meanwhile")
 
 
 def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], target: int,
@@ -53,11 +63,6 @@ def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], 
     timeout_at = None if timeout is None else time.monotonic() + timeout
     guard = FailureGuard(MAX_CONSECUTIVE_FAILURES)
     lock = BudgetLock(url, study.study_name, outages)
-
-    def started(trial: optuna.Trial) -> float:
-        lock.release()  # the trial exists and counts as RUNNING: the next worker may count now
-        with heartbeat.TrialHeartbeat(study, _optuna.trial_id(trial)):
-            return interrupts.run(objective, trial)
 
     gc.freeze()  # what exists now lives through every trial: the collection after each scans only the trial's own
     try:
@@ -81,9 +86,17 @@ def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], 
                     lock.release()
                     time.sleep(POLL_SECONDS)  # the rest is running elsewhere; take over if that worker dies
                     continue
-                study.optimize(started, n_trials=1, catch=(Exception,), callbacks=[guard])
+                if interrupts.stop_requested:  # the signal came while this worker waited for the lock
+                    raise KeyboardInterrupt
+                trial, beat = start_trial(study, lock, target)
             finally:
                 lock.release()
+            if trial is None:
+                continue
+            try:
+                guard(study, run_trial(study, trial, objective, interrupts))
+            finally:
+                beat.stop()
     except KeyboardInterrupt:
         requeue_interrupted(study, interrupts.interrupted)
         raise
@@ -98,6 +111,73 @@ def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], 
     return 1
 
 
+def start_trial(study: optuna.Study, lock: BudgetLock, target: int):
+    """Under ``lock``: a new (or queued) trial with its first heartbeat, once the lock is confirmed
+    unbroken; (None, None) when the lock lapsed and the budget turned out full (the trial is failed
+    with ``BACKED_OFF`` and, if it has parameters, queued again)."""
+    trial = study.ask()
+    beat = heartbeat.TrialHeartbeat(study, _optuna.trial_id(trial)).start()
+    if lock.confirm():
+        return trial, beat
+    log(f"trial {trial.number}: the budget lock lapsed while it was created; counting the budget again")
+    lock.release()
+    lock.acquire()
+    if len(study.get_trials(deepcopy=False, states=COUNTED)) <= target:
+        return trial, beat
+    beat.stop()
+    frozen = _optuna.study_storage(study).get_trial(_optuna.trial_id(trial))
+    again = repeatable(frozen)
+    reason = BACKED_OFF + ("; queued again with the same parameters" if again else "; nothing to repeat")
+    if tell_failed(study, trial, reason) and again:
+        requeue(study, _optuna.study_storage(study).get_trial(_optuna.trial_id(trial)), lost=False)
+    log(f"trial {trial.number} {reason}")
+    return None, None
+
+
+def run_trial(study: optuna.Study, trial: optuna.Trial, objective, interrupts: Interrupts) -> optuna.trial.FrozenTrial:
+    """``objective(trial)`` and its outcome told; every FAIL gets a ``fail_reason``. A trial another
+    worker finished meanwhile (failed it as lost) is left as it is, and said so."""
+    try:
+        value = interrupts.run(objective, trial)
+    except optuna.TrialPruned:
+        return tell(study, trial, state=State.PRUNED)
+    except KeyboardInterrupt:  # interrupts.run gave it its reason
+        tell(study, trial, state=State.FAIL)
+        raise
+    except Exception as exc:
+        tell_failed(study, trial, f"{type(exc).__name__}: {exc}"[:1000])
+        return _optuna.study_storage(study).get_trial(_optuna.trial_id(trial))
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        tell_failed(study, trial, f"the objective returned {value!r}, not a finite number")
+        return _optuna.study_storage(study).get_trial(_optuna.trial_id(trial))
+    return tell(study, trial, value=value)
+
+
+def tell_failed(study: optuna.Study, trial: optuna.Trial, reason: str) -> bool:
+    """FAIL ``trial`` with ``reason`` unless it has one (the objective's own) or is finished already."""
+    try:
+        frozen = _optuna.study_storage(study).get_trial(_optuna.trial_id(trial))
+        if frozen.state == State.RUNNING and "fail_reason" not in frozen.user_attrs:
+            trial.set_user_attr("fail_reason", reason)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass
+    return tell(study, trial, state=State.FAIL).state == State.FAIL
+
+
+def tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None,
+         state: State | None = None) -> optuna.trial.FrozenTrial:
+    try:
+        study.tell(trial, value, state=state, skip_if_finished=True)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass  # finished by another worker between tell's check and its write
+    frozen = _optuna.study_storage(study).get_trial(_optuna.trial_id(trial))
+    told = state or State.COMPLETE
+    if frozen.state != told:
+        log(f"trial {trial.number} was finished elsewhere while it ran ({frozen.state.name}: "
+            f"{frozen.user_attrs.get('fail_reason', 'no reason given')}); this worker moves on")
+    return frozen
+
+
 def has_budget(study: optuna.Study, target: int) -> bool:
     """Fail stale trials of dead workers (and queue each again once), then: may one more trial start?"""
     heartbeat.fail_stale_trials(study)
@@ -105,7 +185,7 @@ def has_budget(study: optuna.Study, target: int) -> bool:
 
 
 class FailureGuard:
-    """Study callback: stop this worker after ``limit`` failed trials in a row (a broken GPU, a bug)."""
+    """Stop this worker after ``limit`` failed trials in a row (a broken GPU, a bug)."""
 
     def __init__(self, limit: int):
         self.limit, self.count, self.last_reason = limit, 0, None
@@ -120,5 +200,3 @@ class FailureGuard:
             return
         self.count += 1
         self.last_reason = trial.user_attrs.get("fail_reason", "see the log")
-        if self.tripped:
-            study.stop()
