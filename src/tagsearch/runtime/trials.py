@@ -25,6 +25,7 @@ from __future__ import annotations
 import gc
 import math
 import time
+import warnings
 from typing import Callable
 
 import optuna
@@ -115,7 +116,9 @@ def start_trial(study: optuna.Study, lock: BudgetLock, target: int):
     """Under ``lock``: a new (or queued) trial with its first heartbeat, once the lock is confirmed
     unbroken; (None, None) when the lock lapsed and the budget turned out full (the trial is failed
     with ``BACKED_OFF`` and, if it has parameters, queued again)."""
-    trial = study.ask()
+    with warnings.catch_warnings():  # Optuna warns that its heartbeats are meant for optimize: ours beat here
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+        trial = study.ask()
     beat = heartbeat.TrialHeartbeat(study, _optuna.trial_id(trial)).start()
     if lock.confirm():
         return trial, beat
