@@ -173,3 +173,84 @@ def test_a_plain_optuna_proxy_without_the_lock_service_is_refused():
             locks.BudgetLock(f"grpc://127.0.0.1:{port}", "x").acquire()
     finally:
         server.stop(grace=None)
+
+
+# ---------------------------------------------------------------------------------------------
+# A lock lost while held never gives the last slot twice
+
+
+def lose_the_lock(kind: str, url: str, name: str, restart) -> None:
+    """What takes a held lock from its holder: a restarted proxy (its leases are in memory), a Redis
+    lease that ran out, a database connection cut (the server frees its advisory lock)."""
+    key = locks.lock_key(name)
+    if kind == "grpc":
+        restart()
+    elif kind == "redis":
+        import redis
+
+        redis.Redis.from_url(url).delete(f"tagsearch:budget-lock:{key}")
+    else:
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        with engine.connect() as connection:
+            connection.exec_driver_sql(
+                f"SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 "
+                f"AND classid::bigint * 4294967296 + objid::bigint = {key}")
+        engine.dispose()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["grpc", pytest.param("redis", marks=pytest.mark.services),
+                                  pytest.param("postgresql", marks=pytest.mark.services)])
+def test_a_lock_lost_while_a_trial_is_created_never_gives_the_last_slot_twice(kind, tmp_path, monkeypatch):
+    """Worker A holds the budget lock and has counted one free slot; while it creates its trial its
+    lock is lost, and worker B takes the lock, counts the same free slot and runs a trial there. A
+    must not run its trial: the study ends with exactly its budget of one finished trial."""
+    from tagsearch.runtime.storage import open_storage
+    from tagsearch.runtime.trials import run_trials
+
+    monkeypatch.setenv("TAGSEARCH_OUTAGE_LIMIT", "20")
+    port, servers = free_port(), []
+
+    def serve() -> None:
+        servers.append(proxy.make_server(optuna.storages.InMemoryStorage(), "127.0.0.1", port))
+        servers[-1].start()
+
+    def restart() -> None:
+        servers[-1].stop(grace=None).wait()
+        serve()
+
+    if kind == "grpc":
+        serve()
+        url = f"grpc://127.0.0.1:{port}"
+    else:
+        url = server_url(kind)
+    name, study_url = f"lock-slot-{uuid.uuid4().hex[:8]}", f"sqlite:///{tmp_path}/slot.db"
+    study_a = optuna.create_study(storage=open_storage(study_url), study_name=name)
+    study_b = optuna.load_study(study_name=name, storage=open_storage(study_url))
+    storage_a, ran = _optuna.study_storage(study_a), []
+    real_create = storage_a.create_new_trial
+
+    def objective(trial) -> float:
+        ran.append(trial.number)
+        return trial.suggest_float("x", 0, 1)
+
+    def create_while_the_lock_is_lost(*args, **kwargs):
+        if not ran:
+            lose_the_lock(kind, url, name, restart)
+            worker_b = threading.Thread(target=run_trials, args=(study_b, objective, 1), kwargs={"url": url})
+            worker_b.start()
+            worker_b.join(60)
+        return real_create(*args, **kwargs)
+
+    monkeypatch.setattr(storage_a, "create_new_trial", create_while_the_lock_is_lost)
+    try:
+        assert run_trials(study_a, objective, 1, url=url) == 0
+    finally:
+        for server in servers:
+            server.stop(grace=None)
+    states = [t.state for t in study_a.get_trials()]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 1 and len(ran) == 1, (states, ran)
+    backed_off = [t for t in study_a.get_trials() if t.state == optuna.trial.TrialState.FAIL]
+    assert [t.user_attrs["fail_reason"].split(":")[0] for t in backed_off] == ["not run"]
