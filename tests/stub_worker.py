@@ -5,14 +5,17 @@ torch. Run as ``python tests/stub_worker.py worker|launch --storage URL --study-
 The objective suggests ``x`` and ``size``, reports ``--epochs`` epochs (each sleeps
 ``--epoch-seconds`` × size / 4, so trials vary in length) and returns the best reported value. Told
 through a file in ``--control DIR``: ``hang`` (while it exists, a trial goes on past its epochs,
-reporting one more every 0.2 s, until killed or the file goes). The study is created under the budget lock with a [defaults] trial queued first, as
-``tagsearch worker`` creates one.
+reporting one more every 0.2 s, until killed or the file goes); ``die-after-create`` (the first
+worker to create a new trial while it exists takes it away and SIGKILLs itself right after the
+create, before the trial's first heartbeat). The study is created under the budget lock with a
+[defaults] trial queued first, as ``tagsearch worker`` creates one.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import sys
 import time
@@ -22,6 +25,7 @@ import optuna
 
 from tagsearch.cli import exit_code
 from tagsearch.log import log
+from tagsearch.runtime import _optuna
 from tagsearch.runtime import launch as runtime_launch
 from tagsearch.runtime.interrupts import Interrupts
 from tagsearch.runtime.locks import BudgetLock
@@ -73,8 +77,28 @@ def open_study(url: str, name: str, seed: int) -> optuna.Study:
         lock.close()
 
 
+def die_after_create(study: optuna.Study, control: Path) -> None:
+    """The fault ``die-after-create``: SIGKILL this process right after it created a new trial."""
+    storage = _optuna.study_storage(study)
+    real = storage.create_new_trial
+
+    def create(study_id, template_trial=None):
+        trial_id = real(study_id, template_trial)
+        if template_trial is None:  # a new RUNNING trial (not a queued copy)
+            try:
+                os.rename(control / "die-after-create", control / f"died-{os.getpid()}")  # one worker only
+            except FileNotFoundError:
+                return trial_id
+            os.kill(os.getpid(), signal.SIGKILL)
+        return trial_id
+
+    storage.create_new_trial = create
+
+
 def worker(args) -> int:
     study = open_study(args.storage, args.study_name, seed=runtime_launch.worker_index())
+    if args.control:
+        die_after_create(study, args.control)
     interrupts = Interrupts().install()
     log(f"worker {os.getpid()} on study {args.study_name!r}: {progress(study).finished}/{args.n_trials} finished")
     objective = StubObjective(args.epochs, args.epoch_seconds, args.control)

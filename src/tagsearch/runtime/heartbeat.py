@@ -43,7 +43,7 @@ from tagsearch.errors import UserError
 from tagsearch.log import log
 from tagsearch.runtime import _optuna
 from tagsearch.runtime.retries import HEARTBEAT_KEY as KEY
-from tagsearch.runtime.retries import MAX_RETRY, may_retry_lost, requeue
+from tagsearch.runtime.retries import MAX_RETRY, may_retry_lost, repeatable, requeue
 
 STALE_REASON = ("worker lost: no heartbeat for more than {grace} s (killed, or its machine or connection died); "
                 "{what}")
@@ -159,7 +159,8 @@ def adopt_unbeaten(study: optuna.Study) -> list[int]:
 
 def mark_lost(storage, trial: optuna.trial.FrozenTrial, grace: float) -> str:
     """Give a RUNNING trial whose worker is lost its ``fail_reason``; returns what happens next."""
-    what = ("queued again once with the same parameters" if may_retry_lost(trial)
+    what = ("not queued again: it had no parameter yet (nothing to repeat)" if not repeatable(trial)
+            else "queued again once with the same parameters" if may_retry_lost(trial)
             else f"already a retry (max_retry={MAX_RETRY}), not queued again")
     storage.set_trial_user_attr(_optuna.trial_id(trial), "fail_reason", STALE_REASON.format(grace=grace, what=what))
     return what

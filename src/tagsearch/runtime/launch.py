@@ -4,6 +4,10 @@ the cores, one live progress line while they run, Ctrl-C/SIGTERM forwarded (a se
 With ``soft_stop`` (``tagsearch tune``) the first Ctrl-C calls it instead (the study's deadline
 becomes now: workers finish their epoch and exit on their own); the next ones forward as above.
 
+A closed terminal (SIGHUP: an SSH session that dropped) does not stop the study: launch goes on
+supervising, its output from then on appended to ``<logs>/<study>-launch.log`` (``Hangup``). A
+progress poll that fails (an outage, a bug) is logged and skipped (``progress.Poll``).
+
 What a worker process runs is the caller's (``command(index, device, threads)``): ``tagsearch
 launch`` starts ``tagsearch worker`` (study/workers.py), the tests a worker with a stub objective.
 """
@@ -23,7 +27,7 @@ import optuna
 from tagsearch.errors import UserError
 from tagsearch.log import log
 from tagsearch.runtime import deadline as deadlines
-from tagsearch.runtime.progress import Progress, progress, summary
+from tagsearch.runtime.progress import Poll, Progress, progress, summary
 from tagsearch.runtime.storage import local_path, open_storage
 
 POLL_SECONDS = 1.0
@@ -40,16 +44,27 @@ def launch(url: str, study_name: str, target: int, workers: int, devices: list[s
     threads = max(1, cpu_count() // workers)
     logs = log_dir(url)
     logs.mkdir(parents=True, exist_ok=True)
+    hangup = Hangup(logs / f"{study_name}-launch.log")
+    previous = signal.signal(signal.SIGHUP, hangup.on_signal)  # from the first worker on
+    try:
+        return _launch(url, study_name, target, workers, devices, command, soft_stop, threads, logs, hangup)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def _launch(url, study_name, target, workers, devices, command, soft_stop, threads, logs, hangup) -> int:
     children = []
     for index in range(workers):
         device = devices[index % len(devices)]
         path = logs / f"{study_name}-worker{index}.log"
         children.append(start_worker(command(index, device, threads), worker_env(index, device, threads), path))
     log(f"launched {workers} worker(s) on {', '.join(devices)} ({threads} thread(s) each); "
-        f"logs in {logs}/{study_name}-worker*.log")
-    # Progress polls read through a storage of their own that never takes SQLite's write lock.
-    poll = open_storage(url, read_only=True, retry=True)
-    return supervise(optuna.load_study(study_name=study_name, storage=poll), children, target, soft_stop)
+        f"logs in {logs}/{study_name}-worker*.log; a closed terminal does not stop them ({hangup.path} "
+        f"then gets launch's output)")
+    # Progress polls read through a storage of their own that never takes SQLite's write lock; not
+    # retried through outages (a failed poll is skipped, and never holds up a forwarded signal).
+    poll = open_storage(url, read_only=True)
+    return supervise(optuna.load_study(study_name=study_name, storage=poll), children, target, soft_stop, hangup)
 
 
 def worker_index() -> int:
@@ -100,15 +115,20 @@ def _die_with_parent() -> None:
         pass
 
 
-def supervise(study: optuna.Study, children: list, target: int, soft_stop: Callable[[], None] | None = None) -> int:
+def supervise(study: optuna.Study, children: list, target: int, soft_stop: Callable[[], None] | None = None,
+              hangup: "Hangup | None" = None) -> int:
     """Show progress until every worker exits; forward SIGINT/SIGTERM (a second one kills). With
-    ``soft_stop``, the first signal calls it and forwards nothing."""
+    ``soft_stop``, the first signal calls it and forwards nothing. SIGHUP is ``hangup``'s (default:
+    output to the null device); a failing progress poll is skipped."""
     signals: list[int] = []
+    hangup = hangup or Hangup(None)
     previous = {s: signal.signal(s, lambda signum, frame: signals.append(signum))
                 for s in (signal.SIGINT, signal.SIGTERM)}
-    line, handled, forwarded, since = ProgressLine(target), 0, 0, None
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, hangup.on_signal)
+    line, handled, forwarded, since, poll = ProgressLine(target), 0, 0, None, Poll()
     try:
         while any(process.poll() is None for process, _ in children):
+            hangup.check()
             while len(signals) > handled:
                 handled += 1
                 if handled == 1 and soft_stop is not None:
@@ -119,13 +139,40 @@ def supervise(study: optuna.Study, children: list, target: int, soft_stop: Calla
                 forward(children, signal.SIGTERM if forwarded == 1 else signal.SIGKILL)
             if since is not None and time.monotonic() - since > KILL_AFTER_SECONDS:
                 forward(children, signal.SIGKILL)
-            line.show(progress(study), deadlines.recorded(study))
+            poll(lambda: line.show(progress(study), deadlines.recorded(study)))
             time.sleep(POLL_SECONDS)
-        line.show(progress(study), deadlines.recorded(study), final=True)
+        hangup.check()
+        poll(lambda: line.show(progress(study), deadlines.recorded(study), final=True))
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
     return report_exits(children, interrupted=forwarded > 0)
+
+
+class Hangup:
+    """SIGHUP (the terminal closed): keep going, with stdout and stderr from then on appended to
+    ``path`` (None: the null device), as far as they were the terminal; a later write to a closed
+    terminal would fail."""
+
+    def __init__(self, path: Path | None):
+        self.path, self.signalled, self.done = path, False, False
+
+    def on_signal(self, signum, frame) -> None:
+        self.signalled = True
+
+    def check(self) -> None:
+        if not self.signalled or self.done:
+            return
+        self.done = True
+        target = os.open(self.path or os.devnull, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            for fd in (1, 2):
+                if os.isatty(fd):
+                    os.dup2(target, fd)
+        finally:
+            os.close(target)
+        log(f"the terminal closed (SIGHUP): launch goes on supervising its workers; output continues here"
+            + (f" ({self.path})" if self.path else ""))
 
 
 def forward(children: list, signum: int) -> None:

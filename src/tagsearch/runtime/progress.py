@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import optuna
+
+from tagsearch.log import log
 
 
 @dataclass
@@ -52,3 +55,24 @@ def summary(counts: Progress, target: int) -> str:
     done = f"{counts.finished}" if target >= UNLIMITED else f"{counts.finished}/{target}"
     return (f"{done} finished (complete {counts.complete}, pruned {counts.pruned}, "
             f"failed {counts.failed}, running {counts.running}), best {best}")
+
+
+class Poll:
+    """Runs a supervisor's progress display (``poll()``) and never raises: the workers matter more
+    than their progress line. A failing poll (a storage outage, a bug) is logged once per distinct
+    error and skipped; the next one tries again."""
+
+    def __init__(self):
+        self.seen: set[str] = set()
+
+    def __call__(self, show: Callable[[], None]) -> None:
+        try:
+            show()
+        except Exception as exc:
+            text = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
+            if text not in self.seen:
+                self.seen.add(text)
+                try:
+                    log(f"progress not shown ({text}); the workers go on")
+                except OSError:
+                    pass

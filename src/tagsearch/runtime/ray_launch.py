@@ -10,7 +10,8 @@ file as a local launch (``LOG_DIR/<study>-worker<i>.log``, on the node that runs
 ``WorkerExited`` when the process dies (killed, crashed) so that Ray starts it again, up to
 ``max_restarts`` times; a lost node is retried the same way by Ray itself. The dead worker's
 trial is failed by the heartbeat rule and retried once by whichever worker notices (heartbeat.py).
-A worker that refuses its input (exit 2, a user mistake) is not restarted.
+A worker that refuses its input (exit 2, a user mistake) is not restarted; one that gave up on a
+storage outage (exit 2 too, its last line the ``StorageOutage``) is restarted like a lost one.
 
 The driver (``launch_on_ray``) shows the progress line while the tasks run. Ctrl-C/SIGTERM
 cancels every task: Ray raises KeyboardInterrupt in it, the task sends SIGTERM to its worker,
@@ -36,6 +37,7 @@ from urllib.parse import urlsplit
 
 from tagsearch.errors import UserError
 from tagsearch.log import log
+from tagsearch.runtime.outages import OUTAGE_MARK
 from tagsearch.runtime.storage import local_path, masked, scheme
 
 POLL_SECONDS = 1.0
@@ -228,12 +230,18 @@ def supervise_tasks(ray, refs: list, show: Callable[[bool], None]) -> dict:
     """Wait for every task, showing progress; the first SIGINT/SIGTERM cancels them (the worker
     stops its trial and queues it again), a second one or ``KILL_AFTER_SECONDS`` force-cancels.
     Returns {"interrupted": bool, "results": [None or the exception, per task]}."""
+    from tagsearch.runtime.launch import Hangup
+    from tagsearch.runtime.progress import Poll
+
     signals: list[int] = []
+    hangup, poll = Hangup(None), Poll()
     previous = {s: signal.signal(s, lambda signum, frame: signals.append(signum))
                 for s in (signal.SIGINT, signal.SIGTERM)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, hangup.on_signal)
     pending, results, cancelled, since = list(refs), {}, 0, None
     try:
         while pending:
+            hangup.check()
             if len(signals) > cancelled:
                 cancelled, since = len(signals), since or time.monotonic()
                 cancel(ray, pending, force=cancelled > 1)
@@ -242,8 +250,8 @@ def supervise_tasks(ray, refs: list, show: Callable[[bool], None]) -> dict:
             done, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL_SECONDS)
             for ref in done:
                 results[ref] = outcome(ray, ref)
-            show(False)
-        show(True)
+            poll(lambda: show(False))
+        poll(lambda: show(True))
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -319,8 +327,10 @@ def _run_worker(index: int, command: list[str], env: dict, log_path: str, cwd: s
     if code == 0:
         return 0
     what = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
-    message = f"worker {index} (pid {process.pid} on {host}) {what}; last lines of {log_path}:\n" + tail(log_path)
-    raise (WorkerRefused if code == 2 else WorkerExited)(message)
+    last = tail(log_path)
+    message = f"worker {index} (pid {process.pid} on {host}) {what}; last lines of {log_path}:\n" + last
+    refused = code == 2 and OUTAGE_MARK not in last  # an outage outlasted the limit: the input was fine
+    raise (WorkerRefused if refused else WorkerExited)(message)
 
 
 def wait(process: subprocess.Popen) -> int:

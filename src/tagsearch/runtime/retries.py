@@ -8,7 +8,9 @@ repeats; its system attributes are Optuna's RetryHeartbeatStaleTrialCallback's: 
 (the first trial of the chain) and ``retry_history``, which lists the trials of the chain whose
 worker was lost. A lost worker's trial is queued again only while that list is shorter than
 ``MAX_RETRY`` (a trial that kills its worker twice is not run a third time); an interrupted trial
-is always queued again (the user stopped it, the trial did nothing wrong).
+is always queued again (the user stopped it, the trial did nothing wrong). A trial stopped before it
+had any parameter (suggested or queued) has nothing to repeat and is not queued again; its
+``fail_reason`` says so.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ def may_retry_lost(trial: optuna.trial.FrozenTrial) -> bool:
 def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, lost: bool) -> bool:
     """Queue ``trial`` (FAIL) again; ``lost``: its worker died, which counts towards MAX_RETRY.
     Returns whether a copy was queued."""
-    if lost and not may_retry_lost(trial):
-        return False
+    if lost and not (may_retry_lost(trial) and repeatable(trial)):
+        return False  # lost twice, or lost before it had a parameter: nothing to repeat
     history = list(trial.system_attrs.get("retry_history", [])) + ([trial.number] if lost else [])
     system_attrs = {"failed_trial": trial.number, **trial.system_attrs, "retry_history": history}
     for key in NOT_COPIED:
