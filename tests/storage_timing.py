@@ -7,16 +7,16 @@ from __future__ import annotations
 import threading
 import time
 
-import optuna
-
 
 def time_storage_calls(entry: type, on_trial, before_trial=None) -> None:
     """Time every ``entry.call`` made by the main thread (the one door a worker's storage calls go
     through, budget-lock tries included; other threads — heartbeats — are not counted), and after
-    each ``Study.optimize`` (one trial: ``trials.run_trials`` runs them one at a time) call
-    ``on_trial(study, seconds, before)``: the storage seconds since the previous trial ended, and
-    what ``before_trial(study)`` returned when this one began (None without it)."""
-    spent, real_call, real_optimize = [0.0], entry.call, optuna.study.Study.optimize
+    each trial (``trials.run_trial``: run and told) call ``on_trial(study, seconds, before)``: the
+    storage seconds since the previous trial ended, and what ``before_trial(study)`` returned before
+    this one was created (``trials.start_trial``; None without it)."""
+    from tagsearch.runtime import trials
+
+    spent, real_call, real_start, real_run, before = [0.0], entry.call, trials.start_trial, trials.run_trial, [None]
 
     def timed(self, *args, **kwargs):
         if threading.current_thread() is not threading.main_thread():
@@ -27,11 +27,16 @@ def time_storage_calls(entry: type, on_trial, before_trial=None) -> None:
         finally:
             spent[0] += time.perf_counter() - start
 
-    def optimize(self, *args, **kwargs):
-        before = before_trial(self) if before_trial else None
-        real_optimize(self, *args, **kwargs)
-        on_trial(self, spent[0], before)
-        spent[0] = 0.0
+    def start_trial(study, *args, **kwargs):
+        before[0] = before_trial(study) if before_trial else None
+        return real_start(study, *args, **kwargs)
+
+    def run_trial(study, *args, **kwargs):
+        try:
+            return real_run(study, *args, **kwargs)
+        finally:
+            on_trial(study, spent[0], before[0])
+            spent[0] = 0.0
 
     entry.call = timed
-    optuna.study.Study.optimize = optimize
+    trials.start_trial, trials.run_trial = start_trial, run_trial

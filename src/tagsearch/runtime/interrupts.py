@@ -15,6 +15,7 @@ import threading
 from contextlib import contextmanager
 
 REDELIVER_SECONDS = 0.05
+INTERRUPTED = "interrupted (Ctrl-C or SIGTERM)"
 
 _calls = threading.local()  # per thread: how many storage calls are in progress (nested wrappers)
 
@@ -63,8 +64,7 @@ class Interrupts:
 
     def run(self, objective, trial) -> float:
         """``objective(trial)``; a signal during it raises KeyboardInterrupt (after any storage call)
-        and records the trial as interrupted, with its ``fail_reason`` (which says whether it is
-        queued again: ``retries.requeue_interrupted`` repeats only a trial with parameters)."""
+        and records the trial as interrupted, with its ``fail_reason``."""
         self.active = True
         try:
             if self.stop_requested:  # the signal came while Optuna was creating this trial
@@ -72,18 +72,8 @@ class Interrupts:
             return objective(trial)
         except KeyboardInterrupt:
             self.interrupted = trial.number
-            trial.set_user_attr("fail_reason", interrupted_reason(trial))
+            trial.set_user_attr("fail_reason", INTERRUPTED)  # trials.run_trial adds whether it is queued again
             raise
         finally:
             self.active = False
 
-
-def interrupted_reason(trial) -> str:
-    """The ``fail_reason`` of a trial a signal stopped: queued again only when it has something to repeat."""
-    from tagsearch.runtime import _optuna
-    from tagsearch.runtime.retries import repeatable
-
-    frozen = _optuna.study_storage(trial.study).get_trial(_optuna.trial_id(trial))
-    if repeatable(frozen):
-        return "interrupted (Ctrl-C or SIGTERM); queued again with the same parameters"
-    return "interrupted (Ctrl-C or SIGTERM) before it had any parameter; not queued again (nothing to repeat)"

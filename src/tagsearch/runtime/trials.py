@@ -32,7 +32,7 @@ import optuna
 
 from tagsearch.log import log
 from tagsearch.runtime import _optuna, deadline as deadlines, heartbeat
-from tagsearch.runtime.interrupts import Interrupts
+from tagsearch.runtime.interrupts import INTERRUPTED, Interrupts
 from tagsearch.runtime.locks import BudgetLock
 from tagsearch.runtime.outages import Outages
 from tagsearch.runtime.progress import progress
@@ -144,8 +144,11 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective, interrupts: I
         value = interrupts.run(objective, trial)
     except optuna.TrialPruned:
         return tell(study, trial, state=State.PRUNED)
-    except KeyboardInterrupt:  # interrupts.run gave it its reason
-        tell(study, trial, state=State.FAIL)
+    except KeyboardInterrupt:  # said true: queued again (requeue_interrupted) only with something to repeat
+        again = repeatable(_optuna.study_storage(study).get_trial(_optuna.trial_id(trial)))
+        tell_failed(study, trial, INTERRUPTED + ("; queued again with the same parameters" if again else
+                                                 " before it had any parameter; not queued again (nothing to repeat)"),
+                    replace=True)
         raise
     except Exception as exc:
         tell_failed(study, trial, f"{type(exc).__name__}: {exc}"[:1000])
@@ -156,11 +159,12 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective, interrupts: I
     return tell(study, trial, value=value)
 
 
-def tell_failed(study: optuna.Study, trial: optuna.Trial, reason: str) -> bool:
-    """FAIL ``trial`` with ``reason`` unless it has one (the objective's own) or is finished already."""
+def tell_failed(study: optuna.Study, trial: optuna.Trial, reason: str, replace: bool = False) -> bool:
+    """FAIL ``trial`` with ``reason`` unless it has one (the objective's own; ``replace``: ours wins)
+    or is finished already."""
     try:
         frozen = _optuna.study_storage(study).get_trial(_optuna.trial_id(trial))
-        if frozen.state == State.RUNNING and "fail_reason" not in frozen.user_attrs:
+        if frozen.state == State.RUNNING and (replace or "fail_reason" not in frozen.user_attrs):
             trial.set_user_attr("fail_reason", reason)
     except optuna.exceptions.UpdateFinishedTrialError:
         pass
