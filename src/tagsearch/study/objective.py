@@ -17,10 +17,11 @@ import torch
 from tagsearch.data import corpus as data
 from tagsearch.data.corpus import Corpus
 from tagsearch.errors import UserError
-from tagsearch.learn import train
+from tagsearch.learn import features, train
 from tagsearch.learn.features import FeatureCache
 from tagsearch.learn.metrics import val_key
 from tagsearch.runtime import deadline as deadlines
+from tagsearch.study import memory
 from tagsearch.study.search import embedding_dir, suggest
 from tagsearch.study.spec import Spec
 
@@ -32,8 +33,9 @@ class Objective:
     the current epoch as early stopping does: the trial is COMPLETE with its best epoch's value. (Ctrl-C and SIGTERM are ``runtime.interrupts.Interrupts``'.)"""
 
     def __init__(self, spec: Spec, corpus: Corpus, device: str | None = None, max_epochs: int | None = None,
-                 storage: str | None = None):
+                 storage: str | None = None, memory_limit: int | None = None):
         self.spec, self.corpus = spec, corpus
+        self.memory_limit = memory_limit  # bytes this worker may hold (--memory); None: no limit
         self.device = device or spec.device
         self.max_epochs = max_epochs or spec.max_epochs
         self.device_name = describe_device(self.device)
@@ -57,9 +59,11 @@ class Objective:
         params = suggest(trial, self.spec)
         set_user_attrs(trial, params=params, model=params["model"], device=self.device_name, metric=metric,
                        worker=f"{socket.gethostname()}:{os.getpid()}")
+        self.check_memory(trial, params)
         folds = [train.build(fold, params, self.device, self.features) for fold in self.folds]
         curve: list[dict] = []  # per epoch: losses, the metric, the best epoch so far
         at_deadline: list[int] = []  # the epoch after which the study's deadline stopped training
+        deadline = [deadlines.recorded(trial.study)]  # read again after every epoch (Ctrl-C brings it forward)
 
         def report_and_prune(epoch: int, record: train.EpochRecord) -> None:
             value = record.value(metric)
@@ -69,16 +73,20 @@ class Objective:
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}: {val_key(metric)} {value:.4f} "
                                          f"(best {record.best_value:.4f} at epoch {record.best_epoch}) is "
                                          f"not promising next to the other trials at this epoch")
-            if epoch < self.max_epochs and deadlines.passed(deadlines.recorded(trial.study)):
+            deadline[0] = deadlines.recorded(trial.study)
+            if epoch < self.max_epochs and deadlines.passed(deadline[0]):
                 at_deadline.append(epoch)
                 raise train.StopTraining(f"the study's deadline came during epoch {epoch}")
 
         try:
             result = train.fit_folds(folds, params, max_epochs=self.max_epochs, patience=self.spec.patience,
-                                     metric=metric, on_epoch=report_and_prune)
+                                     metric=metric, on_epoch=report_and_prune, keep_best=False,
+                                     should_stop=lambda: deadlines.passed(deadline[0]))
+            if not result.history:  # the deadline came during the first epoch: nothing to score
+                raise optuna.TrialPruned("the study's deadline came during epoch 1, before anything was scored")
         except optuna.TrialPruned as pruned:
             set_user_attrs(trial, pruned_reason=str(pruned), epochs_run=len(curve),
-                           best_epoch=int(curve[-1]["best_epoch"]), learning_curve=curve)
+                           best_epoch=int(curve[-1]["best_epoch"]) if curve else 0, learning_curve=curve)
             raise
         choice = result.thresholds
         set_user_attrs(trial, epochs_run=result.epochs_run, best_epoch=result.best_epoch,
@@ -87,8 +95,27 @@ class Objective:
                        parameters=train.count_parameters(result.model), folds=len(self.folds),
                        threshold_choice=choice.chosen, thresholds=choice.thresholds, threshold_scores=choice.scores,
                        val_per_class_f1=dict(zip(self.corpus.tag_names, choice.per_tag_f1)),
-                       **choice.val_figures(digits=6), **({"stopped_at_deadline": True} if at_deadline else {}))
+                       **choice.val_figures(digits=6),
+                       **({"stopped_at_deadline": True} if at_deadline or result.cut_in_epoch else {}))
         return result.best_value
+
+    def check_memory(self, trial: optuna.Trial, params: dict) -> None:
+        """Prune (before its models exist) a trial whose models, optimizer state and gradients for
+        every fold (``memory.trial_bytes``) would not fit beside what this worker holds now within
+        its ``memory_limit``. Its featurizer is fitted here (cached: ``build`` reuses it) for the
+        size of its first layer."""
+        if self.memory_limit is None:
+            return
+        featurizer = self.features.fitted(features.featurizer_for(params), self.folds[0])
+        need = memory.trial_bytes(params, featurizer.input_size, len(self.corpus.tag_names), len(self.folds))
+        held = memory.resident_bytes()
+        trial.set_user_attr("memory_estimate", need)
+        if held + need > self.memory_limit:
+            reason = (f"needs ~{memory.describe(need)} for {len(self.folds)} fold model(s) and their optimizer "
+                      f"state beside the {memory.describe(held)} this worker holds: over its --memory "
+                      f"{memory.describe(self.memory_limit)}")
+            trial.set_user_attr("pruned_reason", reason)
+            raise optuna.TrialPruned(reason)
 
 
 def curve_point(record: train.EpochRecord, metric: str) -> dict:
