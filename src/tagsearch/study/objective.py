@@ -18,12 +18,16 @@ from tagsearch.data import corpus as data
 from tagsearch.data.corpus import Corpus
 from tagsearch.errors import UserError
 from tagsearch.learn import features, train
+from tagsearch.learn.embedding_cache import Busy
 from tagsearch.learn.features import FeatureCache
 from tagsearch.learn.metrics import val_key
 from tagsearch.runtime import deadline as deadlines
-from tagsearch.study import memory
+from tagsearch.log import log
+from tagsearch.study import memory, planner
 from tagsearch.study.search import embedding_dir, suggest
-from tagsearch.study.spec import Spec
+from tagsearch.study.spec import ENCODER_MODELS, Spec
+
+ENCODING_PLAN = "planner:encoding"  # the study attribute recording the encoding's cost and verdict
 
 
 class Objective:
@@ -42,6 +46,7 @@ class Objective:
         self.folds = data.cv_folds(corpus, spec.folds)
         # this worker's trials share token streams, fitted featurizers and the host's encodings
         self.features = FeatureCache(embedding_dir(storage or spec.storage), str(train.pick_device(self.device)))
+        self.features.encoding_wait = False  # while another worker encodes, this one searches other kinds
 
     def __call__(self, trial: optuna.Trial) -> float:
         try:
@@ -59,8 +64,13 @@ class Objective:
         params = suggest(trial, self.spec)
         set_user_attrs(trial, params=params, model=params["model"], device=self.device_name, metric=metric,
                        worker=f"{socket.gethostname()}:{os.getpid()}")
-        self.check_memory(trial, params)
-        folds = [train.build(fold, params, self.device, self.features) for fold in self.folds]
+        self.features.encoding_guard = self.plan_encoding(trial, params)
+        try:
+            self.check_memory(trial, params)
+            folds = [train.build(fold, params, self.device, self.features) for fold in self.folds]
+        except Busy:
+            raise pruned(trial, f"deferred: another worker on this host is encoding the posts for the "
+                                f"{params['model']} kind; the search goes on with the other kinds meanwhile") from None
         curve: list[dict] = []  # per epoch: losses, the metric, the best epoch so far
         at_deadline: list[int] = []  # the epoch after which the study's deadline stopped training
         deadline = [deadlines.recorded(trial.study)]  # read again after every epoch (Ctrl-C brings it forward)
@@ -99,6 +109,36 @@ class Objective:
                        **({"stopped_at_deadline": True} if at_deadline or result.cut_in_epoch else {}))
         return result.best_value
 
+    def plan_encoding(self, trial: optuna.Trial, params: dict):
+        """For an encoder kind: prune it at once where this search's plan left the encoding out;
+        else the guard its encoding runs under (``encoder.Guard``), which measures the rate on the
+        first chunk, decides by ``planner.fixed_cost_plan`` (one log line, and the study attribute
+        ``planner:encoding`` the verdict shows), and stops at the deadline keeping what it encoded."""
+        if params["model"] not in ENCODER_MODELS:
+            return None
+        deadline = deadlines.recorded(trial.study)
+        plan = trial.study.user_attrs.get(ENCODING_PLAN)
+        if plan and not plan["included"] and plan.get("deadline") == deadline:
+            raise pruned(trial, plan["note"])
+        decided: list[bool] = []
+
+        def guard(progress) -> None:
+            if deadlines.passed(deadline):
+                raise pruned(trial, f"the study's deadline came while encoding the posts ({progress.done}/"
+                                    f"{progress.total} done, kept for a later run)")
+            if decided:
+                return
+            decided.append(True)
+            cost = planner.fixed_cost_plan(", ".join(ENCODER_MODELS), progress.seconds + progress.seconds_left,
+                                           now=deadlines.clock() - progress.seconds, deadline=deadline,
+                                           budget=self.spec.time_budget)
+            log(f"planner: {cost.note()} (measured on the first {progress.done} of {progress.total} posts)")
+            trial.study.set_user_attr(ENCODING_PLAN, {**cost.record(), "note": cost.note(), "deadline": deadline})
+            if not cost.included:
+                raise pruned(trial, cost.note())
+
+        return guard
+
     def check_memory(self, trial: optuna.Trial, params: dict) -> None:
         """Prune (before its models exist) a trial whose models, optimizer state and gradients for
         every fold (``memory.trial_bytes``) would not fit beside what this worker holds now within
@@ -114,8 +154,13 @@ class Objective:
             reason = (f"needs ~{memory.describe(need)} for {len(self.folds)} fold model(s) and their optimizer "
                       f"state beside the {memory.describe(held)} this worker holds: over its --memory "
                       f"{memory.describe(self.memory_limit)}")
-            trial.set_user_attr("pruned_reason", reason)
-            raise optuna.TrialPruned(reason)
+            raise pruned(trial, reason)
+
+
+def pruned(trial: optuna.Trial, reason: str) -> optuna.TrialPruned:
+    """A ``TrialPruned`` for ``reason``, recorded as the trial's ``pruned_reason``."""
+    trial.set_user_attr("pruned_reason", reason)
+    return optuna.TrialPruned(reason)
 
 
 def curve_point(record: train.EpochRecord, metric: str) -> dict:

@@ -45,7 +45,10 @@ def run_worker(spec: str, *, data: DataOptions | None = None, storage: str | Non
     spec = load_spec(spec)
     url, target = storage or spec.storage, n_trials or spec.n_trials
     search.check_space(spec)  # cheap checks first, then the data
-    from tagsearch.study.objective import Objective, describe_device  # here: launch must not load torch
+    from tagsearch.learn import encoder  # here: launch must not load torch
+    from tagsearch.study.objective import Objective, describe_device
+
+    encoder.USE_ALL_CORES = False  # the host's other workers go on searching while this one encodes
 
     device_name = describe_device(device or spec.device)
     store = open_early(url)
