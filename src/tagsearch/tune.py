@@ -231,7 +231,9 @@ def trial_counts(spec_path: Path, url: str, name: str) -> dict:
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     kinds = Counter(t.params.get("model") or t.user_attrs.get("model", "?")
                     for t in study.get_trials(deepcopy=False, states=finished))
-    return {"kinds": dict(kinds), "progress": progress(study), "deadline": deadlines.recorded(study)}
+    plan = study.user_attrs.get("planner:encoding") or {}  # study.objective.ENCODING_PLAN
+    return {"kinds": dict(kinds), "progress": progress(study), "deadline": deadlines.recorded(study),
+            "planner": None if plan.get("included", True) else plan.get("note")}
 
 
 def resume_command(data: str, name: str, default_name: str, url: str, kinds: tuple[str, ...],
@@ -257,6 +259,7 @@ def verdict(folder: Path, table: comparing.Table, counts: dict, search_seconds: 
     lines = ["# tagsearch tune: verdict", "",
              f"Searched {clock_text(search_seconds)}{' (stopped by Ctrl-C)' if stopped else ''}: {done.finished} trials "
              f"finished ({per_kind}; {done.pruned} of them pruned{f'; {done.failed} failed' if done.failed else ''}).",
+             *([f"Planner: {counts['planner']}."] if counts.get("planner") else []),
              f"Chosen: trial {config['trial']}, **{config['model']}** — {comparing.format_params(config['params'])}.",
              ""]
     headers = ["", f"validation {metric}", "test Hamming", "test micro-F1", "test macro-F1", "test P@1", "test R@1"]
