@@ -163,3 +163,27 @@ def test_an_encoding_the_budget_cannot_pay_is_left_out_once_and_said(spec_factor
     assert second.user_attrs["pruned_reason"] == note == study.user_attrs["planner:encoding"]["note"]
     assert model.calls == 1  # one chunk measured, then nothing more
     assert list((tmp_path / "embeddings").glob("*.partial.npz"))
+
+
+def test_a_trial_whose_encoding_another_worker_is_computing_is_deferred_not_failed(spec_factory, monkeypatch,
+                                                                                   tmp_path):
+    import optuna
+
+    from tagsearch.data.corpus import load_corpus
+    from tagsearch.learn import features
+    from tagsearch.study import objective
+    from tagsearch.study.spec import load_spec
+
+    def busy(self, corpus, cache=None):
+        assert cache.encoding_wait is False  # a search worker never waits on another's encoding
+        raise Busy("another process is computing it")
+
+    monkeypatch.setattr(encoding, "resolve_model", lambda name: (str(tmp_path), name))
+    monkeypatch.setattr(features.Embeddings, "fit_corpus", busy)
+    spec = load_spec(spec_factory("encoder", storage=f"sqlite:///{tmp_path}/b.db",
+                                  edit=lambda raw: raw["defaults"].pop("max_features")))
+    study = optuna.create_study(direction="minimize")
+    study.optimize(objective.Objective(spec, load_corpus(spec.data_config()), device="cpu"), n_trials=1)
+    (trial,) = study.trials
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert trial.user_attrs["pruned_reason"].startswith("deferred: another worker on this host is encoding")

@@ -352,9 +352,20 @@ class Trainee:
         return cls(model, train_data, val_data, criterion, make_optimizers(model, params),
                    torch.Generator().manual_seed(params["seed"]))
 
-    def epoch(self, params: dict, should_stop: Callable[[], bool] | None = None) -> float:
-        return train_epoch(self.model, self.train_data, self.criterion, self.optimizers, params["batch_size"],
-                           params["clip_value"], self.generator, should_stop)
+    def epoch(self, params: dict, should_stop: Callable[[], bool] | None = None, fraction: float = 1.0) -> float:
+        return train_epoch(self.model, self.subsample(fraction, params["seed"]), self.criterion, self.optimizers,
+                           params["batch_size"], params["clip_value"], self.generator, should_stop)
+
+    def subsample(self, fraction: float, seed: int):
+        """The training data, or a fixed random ``fraction`` of its posts (the same every epoch)."""
+        if fraction >= 1.0:
+            return self.train_data
+        cached = getattr(self, "_subsample", None)
+        if cached is None or cached[0] != fraction:
+            n = len(self.train_data)
+            keep = np.sort(np.random.default_rng(seed).permutation(n)[:max(2, int(round(n * fraction)))])
+            self._subsample = cached = (fraction, self.train_data.take(keep))
+        return cached[1]
 
     def validate(self) -> tuple[float, np.ndarray, np.ndarray]:
         """Validation loss, labels and probabilities."""
@@ -388,14 +399,17 @@ def fit(model, train_data, val_data, params: dict, *, max_epochs: int, patience:
 
 def fit_folds(folds: list[tuple], params: dict, *, max_epochs: int, patience: int | None,
               metric: str = "hamming_loss", on_epoch: EpochHook | None = None, keep_best: bool = True,
-              should_stop: Callable[[], bool] | None = None) -> TrainResult:
+              should_stop: Callable[[], bool] | None = None,
+              fidelity: Callable[[int], float] | None = None) -> TrainResult:
     """``fit`` for one or more ``(model, train_data, val_data)`` (or ``Built``): cross-validation folds train in
     lockstep, and each epoch their validation predictions are pooled — every post predicted by the
     model that did not train on it — and scored once, so the metric, early stopping and the pruner
     see all folds' posts. ``keep_best=False`` (the search, which needs the best epoch's value and
     predictions, not its weights) keeps no copy of the best epoch's weights: the models end with
     the last epoch's, and the trial holds a quarter less memory. ``should_stop()``, asked every few
-    batches, ends training mid-epoch (``EpochCut``): that epoch is not scored."""
+    batches, ends training mid-epoch (``EpochCut``): that epoch is not scored. ``fidelity(epoch)``:
+    the share of each fold's training posts that epoch trains on (a fixed random subsample; the
+    search's early rungs on large data), 1 by default."""
     runs = [Trainee.start(model, train_data, val_data, params) for model, train_data, val_data, *_ in folds]
     validating = all(run.val_data is not None for run in runs)
     result = TrainResult(runs[0].model, metric, best_value=metrics.worst(metric), models=[r.model for r in runs],
@@ -404,7 +418,8 @@ def fit_folds(folds: list[tuple], params: dict, *, max_epochs: int, patience: in
     for epoch in range(1, max_epochs + 1):
         start = time.perf_counter()
         try:
-            record = EpochRecord(epoch, float(np.mean([run.epoch(params, should_stop) for run in runs])))
+            fraction = 1.0 if fidelity is None else fidelity(epoch)
+            record = EpochRecord(epoch, float(np.mean([run.epoch(params, should_stop, fraction) for run in runs])))
         except EpochCut:
             result.cut_in_epoch, result.stopped_early = epoch, True
             break

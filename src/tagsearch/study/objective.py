@@ -47,6 +47,8 @@ class Objective:
         # this worker's trials share token streams, fitted featurizers and the host's encodings
         self.features = FeatureCache(embedding_dir(storage or spec.storage), str(train.pick_device(self.device)))
         self.features.encoding_wait = False  # while another worker encodes, this one searches other kinds
+        self.epoch_seconds: dict[str, list[float]] = {}  # per kind: this worker's recent full epochs
+        self.trial_epochs: dict[str, list[int]] = {}  # per kind: epochs its recent trials ran
 
     def __call__(self, trial: optuna.Trial) -> float:
         try:
@@ -74,8 +76,11 @@ class Objective:
         curve: list[dict] = []  # per epoch: losses, the metric, the best epoch so far
         at_deadline: list[int] = []  # the epoch after which the study's deadline stopped training
         deadline = [deadlines.recorded(trial.study)]  # read again after every epoch (Ctrl-C brings it forward)
+        fidelity = self.plan_fidelity(trial, params["model"], deadline[0])
 
         def report_and_prune(epoch: int, record: train.EpochRecord) -> None:
+            if fidelity.at(epoch) >= 1.0:
+                remember(self.epoch_seconds, params["model"], record.seconds)
             value = record.value(metric)
             curve.append(curve_point(record, metric))
             trial.report(value, epoch)
@@ -91,13 +96,15 @@ class Objective:
         try:
             result = train.fit_folds(folds, params, max_epochs=self.max_epochs, patience=self.spec.patience,
                                      metric=metric, on_epoch=report_and_prune, keep_best=False,
-                                     should_stop=lambda: deadlines.passed(deadline[0]))
+                                     should_stop=lambda: deadlines.passed(deadline[0]), fidelity=fidelity.at)
             if not result.history:  # the deadline came during the first epoch: nothing to score
                 raise optuna.TrialPruned("the study's deadline came during epoch 1, before anything was scored")
-        except optuna.TrialPruned as pruned:
-            set_user_attrs(trial, pruned_reason=str(pruned), epochs_run=len(curve),
+        except optuna.TrialPruned as stopped:
+            remember(self.trial_epochs, params["model"], len(curve))
+            set_user_attrs(trial, pruned_reason=str(stopped), epochs_run=len(curve),
                            best_epoch=int(curve[-1]["best_epoch"]) if curve else 0, learning_curve=curve)
             raise
+        remember(self.trial_epochs, params["model"], result.epochs_run)
         choice = result.thresholds
         set_user_attrs(trial, epochs_run=result.epochs_run, best_epoch=result.best_epoch,
                        stopped_early=result.stopped_early, learning_curve=curve,
@@ -108,6 +115,20 @@ class Objective:
                        **choice.val_figures(digits=6),
                        **({"stopped_at_deadline": True} if at_deadline or result.cut_in_epoch else {}))
         return result.best_value
+
+    def plan_fidelity(self, trial: optuna.Trial, kind: str, deadline: float | None) -> planner.Fidelity:
+        """How this trial's first epochs train (``planner.fidelity_plan``): from this worker's
+        measured full epochs of ``kind``, the epochs its trials ran, the time left and the trials
+        running beside it. Recorded as the ``fidelity`` user attribute the pruner compares by."""
+        seconds, epochs = self.epoch_seconds.get(kind), self.trial_epochs.get(kind)
+        remaining = None if deadline is None else deadline - deadlines.clock()
+        running = len(trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+        fidelity = planner.fidelity_plan(sum(seconds) / len(seconds) if seconds else None,
+                                         round(sum(epochs) / len(epochs)) if epochs else self.max_epochs,
+                                         remaining, workers=max(running, 1))
+        if fidelity != planner.FULL:
+            trial.set_user_attr("fidelity", f"{fidelity.fraction:g}x{fidelity.full_from - 1}")
+        return fidelity
 
     def plan_encoding(self, trial: optuna.Trial, params: dict):
         """For an encoder kind: prune it at once where this search's plan left the encoding out;
@@ -155,6 +176,13 @@ class Objective:
                       f"state beside the {memory.describe(held)} this worker holds: over its --memory "
                       f"{memory.describe(self.memory_limit)}")
             raise pruned(trial, reason)
+
+
+def remember(measured: dict[str, list], kind: str, value, keep: int = 40) -> None:
+    """Append ``value`` to ``kind``'s recent measurements (the last ``keep``)."""
+    values = measured.setdefault(kind, [])
+    values.append(value)
+    del values[:-keep]
 
 
 def pruned(trial: optuna.Trial, reason: str) -> optuna.TrialPruned:
