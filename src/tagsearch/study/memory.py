@@ -67,6 +67,13 @@ def resident_bytes() -> int:
         return 0
 
 
+def peak_resident_bytes() -> int:
+    """This process's peak resident memory so far (``getrusage``; Linux reports kilobytes)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def machine_bytes() -> int:
     """The machine's memory, or its cgroup's limit where that is lower (a container)."""
     total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

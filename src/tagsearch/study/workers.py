@@ -66,7 +66,8 @@ def run_worker(spec: str, *, data: DataOptions | None = None, storage: str | Non
         f"{corpus.fingerprint}: {summary(progress(study), target).split(' (')[0]}")
     code = run_trials(study, objective, target, timeout or spec.timeout, url=url, interrupts=interrupts,
                       time_budget=time_budget or spec.time_budget)
-    log(f"worker {os.getpid()} done: {summary(progress(study), target)}")
+    log(f"worker {os.getpid()} done: {summary(progress(study), target)}; peak memory "
+        f"{memory.describe(memory.peak_resident_bytes())} of its --memory {memory.describe(objective.memory_limit)}")
     return code
 
 
