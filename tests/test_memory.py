@@ -117,3 +117,18 @@ def test_a_trial_that_would_not_fit_is_pruned_before_it_allocates(spec_factory):
     assert big.state == optuna.trial.TrialState.PRUNED
     assert "--memory" in big.user_attrs["pruned_reason"] and big.user_attrs["memory_estimate"] > 64 * 1024**2
     assert small.state == optuna.trial.TrialState.COMPLETE
+
+
+def test_a_worker_lets_its_feature_cache_go_before_it_prunes_a_trial_that_fits_alone(spec_factory, monkeypatch):
+    from tagsearch.data.corpus import load_corpus
+    from tagsearch.study.objective import Objective
+    from tagsearch.study.spec import load_spec
+
+    spec = load_spec(spec_factory("tfidf"))
+    objective = Objective(spec, load_corpus(spec.data_config()), device="cpu", memory_limit=10 * memory.GIB)
+    held = [10 * memory.GIB - 1]  # the cache holds most of it, until cleared
+    monkeypatch.setattr(memory, "resident_bytes", lambda: held[0])
+    monkeypatch.setattr(objective.features, "clear", lambda: held.__setitem__(0, memory.GIB))
+    study = optuna.create_study(direction="minimize")
+    study.optimize(objective, n_trials=1)
+    assert study.trials[0].state == optuna.trial.TrialState.COMPLETE and held[0] == memory.GIB

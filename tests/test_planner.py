@@ -71,6 +71,7 @@ def fake_encoder(monkeypatch):
     clock = [0.0]
     monkeypatch.setattr(encoding.time, "monotonic", lambda: clock[0])
     monkeypatch.setattr(encoding, "CHUNK", 10)
+    monkeypatch.setattr(encoding, "FIRST_CHUNK", 10)
     model = FakeModel(clock)
     enc = encoding.SentenceEncoder("fake")
     enc.weights_hash_, enc._dim = "w", 3
@@ -150,6 +151,7 @@ def test_an_encoding_the_budget_cannot_pay_is_left_out_once_and_said(spec_factor
     monkeypatch.setattr(encoding.SentenceEncoder, "encoder_", property(lambda self: model))
     monkeypatch.setattr(encoding.SentenceEncoder, "dim_", property(lambda self: 3))
     monkeypatch.setattr(encoding, "CHUNK", 50)
+    monkeypatch.setattr(encoding, "FIRST_CHUNK", 50)
     spec = load_spec(spec_factory("encoder", storage=f"sqlite:///{tmp_path}/p.db",
                                   edit=lambda raw: raw["defaults"].pop("max_features")))
     corpus = load_corpus(spec.data_config())

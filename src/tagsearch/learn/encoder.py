@@ -34,7 +34,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-CHUNK = 512  # posts per encode call: progress lines come between calls
+CHUNK = 256  # posts per encode call: progress lines, the guard's checks and a stopped encoding's
+FIRST_CHUNK = 64  # unit come between calls; the first (the longest posts) is small: the rate comes early
 PROGRESS_EVERY = 5.0  # seconds between progress lines
 CHARS_PER_TOKEN = 8  # a post is cut at max_seq_length * 8 characters (no post needs more, see below)
 ENCODING_VERSION = 1  # part of the cache key: bump when transform's output changes
@@ -185,6 +186,15 @@ _last_encoding: dict = {}  # the last texts encoded in this process, by weights 
 MEMO_POSTS = 100_000  # at most this many posts are kept (150 MB of 384-dim embeddings)
 
 
+def chunks(first: int, total: int):
+    """``(start, stop)`` of each encode call from post ``first`` on: ``FIRST_CHUNK`` posts, then ``CHUNK``."""
+    start = first
+    while start < total:
+        stop = min(start + (FIRST_CHUNK if start == first else CHUNK), total)
+        yield start, stop
+        start = stop
+
+
 def _digest(texts: list[str]) -> str:
     digest = hashlib.sha256()
     for text in texts:
@@ -256,8 +266,8 @@ class SentenceEncoder:
         chars_left = int(lengths[order[first:]].sum())
         started = last = time.monotonic()
         self.stopped_ = None
-        for start in range(first, len(texts), CHUNK):
-            chunk = order[start:start + CHUNK]
+        for start, stop in chunks(first, len(texts)):
+            chunk = order[start:stop]
             embeddings[chunk] = encoder.encode([texts[i] for i in chunk], batch_size=self.batch_size,
                                                convert_to_numpy=True, normalize_embeddings=True,
                                                show_progress_bar=False)

@@ -33,8 +33,11 @@ ENCODING_PLAN = "planner:encoding"  # the study attribute recording the encoding
 class Objective:
     """Suggest → build → train, reporting each epoch to the pruner → record → return the best
     validation value of the study's metric. Once the study's deadline has come (runtime/deadline.py,
-    read from the study after each epoch: tune's Ctrl-C may bring it forward), training stops after
-    the current epoch as early stopping does: the trial is COMPLETE with its best epoch's value. (Ctrl-C and SIGTERM are ``runtime.interrupts.Interrupts``'.)"""
+    read from the study after each epoch: tune's Ctrl-C may bring it forward; asked every few
+    batches within one), training stops as early stopping does: the trial is COMPLETE with its
+    best whole epoch's value (PRUNED when the first epoch was cut). Before it allocates, a trial
+    may be pruned by the worker's memory (``check_memory``) or the cost plan (``plan_encoding``);
+    its first epochs may train on a subsample (``plan_fidelity``). (Ctrl-C and SIGTERM are ``runtime.interrupts.Interrupts``'.)"""
 
     def __init__(self, spec: Spec, corpus: Corpus, device: str | None = None, max_epochs: int | None = None,
                  storage: str | None = None, memory_limit: int | None = None):
@@ -164,13 +167,19 @@ class Objective:
         """Prune (before its models exist) a trial whose models, optimizer state and gradients for
         every fold (``memory.trial_bytes``) would not fit beside what this worker holds now within
         its ``memory_limit``. Its featurizer is fitted here (cached: ``build`` reuses it) for the
-        size of its first layer."""
+        size of its first layer. Where the trial would fit alone, the worker's feature cache (fitted
+        featurizers of earlier trials) is let go first."""
         if self.memory_limit is None:
             return
         featurizer = self.features.fitted(features.featurizer_for(params), self.folds[0])
         need = memory.trial_bytes(params, featurizer.input_size, len(self.corpus.tag_names), len(self.folds))
-        held = memory.resident_bytes()
         trial.set_user_attr("memory_estimate", need)
+        held = memory.resident_bytes()
+        if held + need > self.memory_limit and need < self.memory_limit:
+            del featurizer
+            self.features.clear()
+            release_memory()
+            held = memory.resident_bytes()
         if held + need > self.memory_limit:
             reason = (f"needs ~{memory.describe(need)} for {len(self.folds)} fold model(s) and their optimizer "
                       f"state beside the {memory.describe(held)} this worker holds: over its --memory "
