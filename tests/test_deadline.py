@@ -101,6 +101,37 @@ def test_a_trial_running_at_the_deadline_stops_at_the_next_epoch_complete(after_
     assert {"params", "threshold_choice", "thresholds", "val_hamming_loss", "train_seconds"} <= set(attrs)
 
 
+@pytest.mark.parametrize("cut_in", [1, 2])
+def test_a_deadline_inside_an_epoch_cuts_it_short(cut_in, tmp_path, tiny_csv, clock, monkeypatch):
+    """An epoch asks the deadline every few batches (here every batch), not only at its end: the
+    deadline passing inside epoch 2 ends the trial with epoch 1's value (COMPLETE, epoch 2 not
+    scored); inside epoch 1, with nothing scored, the trial is PRUNED and says why."""
+    url = f"sqlite:///{tmp_path}/cut.db"
+    spec_path = write_spec(tmp_path / "tfidf.toml", model="tfidf", data=tiny_csv, storage=url,
+                           edit=lambda raw: raw["training"].update(max_epochs=4, patience=4, folds=1))
+    spec = load_spec(spec_path)
+    corpus = load_corpus(spec.data_config())
+    study = search.open_study(spec, corpus, url)
+    monkeypatch.setattr(train, "STOP_CHECK_EVERY", 1)
+    train_epoch, epochs = train.train_epoch, []
+
+    def epoch_during_which_the_clock_passes_the_deadline(*args, **kwargs):
+        epochs.append(1)
+        if len(epochs) == cut_in:
+            clock.now += 3600
+        return train_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_epoch", epoch_during_which_the_clock_passes_the_deadline)
+    assert run_trials(study, objective.Objective(spec, corpus), 3, url=url, time_budget=600) == 0
+    (trial,) = study.get_trials()
+    if cut_in == 1:
+        assert trial.state == State.PRUNED and "during epoch 1" in trial.user_attrs["pruned_reason"]
+        assert trial.intermediate_values == {}
+    else:
+        assert trial.state == State.COMPLETE and sorted(trial.intermediate_values) == [1]
+        assert trial.user_attrs["epochs_run"] == 1 and trial.user_attrs["stopped_at_deadline"] is True
+
+
 def test_a_time_budget_on_the_command_line_and_in_the_spec(spec_factory, capsys):
     assert [duration(t) for t in ("90s", "10m", "2h", "600", "1.5h", "2M")] == [90, 600, 7200, 600, 5400, 120]
     for bad in ("10x", "m", "-5m", "0", "inf"):

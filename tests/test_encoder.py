@@ -159,7 +159,7 @@ def test_the_models_of_a_cross_validated_tagger_encode_the_posts_once(monkeypatc
 
     calls = []
 
-    def fake_transform(self, texts):
+    def fake_transform(self, texts, guard=None, resume=None):
         calls.append(list(texts))
         return np.full((len(texts), 4), float(len(calls)), dtype=np.float32)
 

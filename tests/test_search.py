@@ -83,14 +83,19 @@ def test_heartbeat_settings_come_from_the_environment(monkeypatch):
 
 
 def test_pruners_from_the_spec(spec_factory):
+    def built(pruner):  # under the fidelity filter, but Hyperband's
+        return pruner.base if isinstance(pruner, search.FidelityPruner) else pruner
+
     spec = load_spec(spec_factory("dense"))
-    assert isinstance(search.build_pruner(spec), optuna.pruners.MedianPruner)
+    assert isinstance(built(search.build_pruner(spec)), optuna.pruners.MedianPruner)
     for kind, cls in [("halving", optuna.pruners.SuccessiveHalvingPruner),
                       ("hyperband", optuna.pruners.HyperbandPruner), ("none", optuna.pruners.NopPruner)]:
         spec.pruner = {"kind": kind}
-        assert isinstance(search.build_pruner(spec), cls)
+        assert isinstance(built(search.build_pruner(spec)), cls)
+    spec.pruner = {"kind": "hyperband"}  # itself: TPE samples per bracket only for a HyperbandPruner
+    assert isinstance(search.build_pruner(spec), optuna.pruners.HyperbandPruner)
     spec.pruner = {"kind": "median", "patience": 2}
-    assert isinstance(search.build_pruner(spec), optuna.pruners.PatientPruner)
+    assert isinstance(built(search.build_pruner(spec)), optuna.pruners.PatientPruner)
     spec.pruner = {"kind": "halving", "reduction_factor": 1}
     with pytest.raises(UserError, match=r"\[pruner\]"):
         search.build_pruner(spec)

@@ -43,6 +43,17 @@ positive_float = positive(float, "a number", "a number > 0")
 UNITS = {"s": 1, "m": 60, "h": 3600}
 
 
+def memory_size(text: str) -> int:
+    """An argparse type: ``2G``, ``1500M`` → bytes (``study.memory.parse_memory``)."""
+    from tagsearch.study.memory import parse_memory
+
+    return parse_memory(text)
+
+
+MEMORY_HELP = ("memory each worker may hold, e.g. 2G: a trial whose models would not fit is pruned before it "
+               "allocates (default: the machine's memory less 20%%, shared among the workers, at most 2G each)")
+
+
 def duration(text: str) -> float:
     """An argparse type: ``90s``, ``10m``, ``2h`` or plain seconds (``600``, ``1.5h``) → seconds > 0."""
     number, unit = (text[:-1], text[-1].lower()) if text[-1:].lower() in UNITS else (text, "s")
@@ -118,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="time for the whole study (10m, 90s, 2h): sets its deadline unless it has one")
     worker.add_argument("--device", metavar="DEV", help="auto, cpu, cuda, cuda:N")
     worker.add_argument("--threads", type=positive_int, metavar="T", help="torch CPU threads")
+    worker.add_argument("--memory", type=memory_size, metavar="SIZE", help=MEMORY_HELP)
 
     launch = sub.add_parser("launch", help="start W workers on one study and show live progress")
     launch.add_argument("spec", metavar="SPEC")
@@ -134,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="--ray: GPUs per worker (default 1 where the cluster has GPUs, else 0: CPU workers)")
     launch.add_argument("--cpus-per-worker", type=positive_float, default=1.0, metavar="C",
                         help="--ray: CPUs per worker, also its torch threads (default 1)")
+    launch.add_argument("--memory", type=memory_size, metavar="SIZE", help=MEMORY_HELP)
 
     tune = sub.add_parser("tune", help="from a posts file to the best tagger: search every model kind for a "
                                        "time budget, retrain the best, compare with the baselines")
@@ -141,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--time", type=duration, dest="time_budget", default=600.0, metavar="T",
                       help="time for the search (10m, 90s, 2h; default 10m); retrain and baselines come after it")
     tune.add_argument("--workers", type=positive_int, metavar="W",
-                      help="worker processes (default: one per GPU, else one per core up to 8)")
+                      help="worker processes (default: one per GPU, else one per core up to 8, as many as "
+                           "the memory holds)")
+    tune.add_argument("--memory", type=memory_size, metavar="SIZE", help=MEMORY_HELP)
     tune.add_argument("--devices", default="auto", metavar="LIST",
                       help="'auto' (every visible GPU, else cpu), 'cpu' or GPU ids like 0,1,2,3")
     tune.add_argument("--metric", choices=["hamming_loss", "micro_f1", "macro_f1"],
@@ -278,7 +293,7 @@ def worker_command(args: argparse.Namespace) -> int:
 
     return run_worker(args.spec, data=data_options(args), storage=args.storage, study_name=args.study_name,
                       n_trials=args.n_trials, timeout=args.timeout, time_budget=args.time_budget, device=args.device,
-                      threads=args.threads)
+                      threads=args.threads, memory_limit=args.memory)
 
 
 def launch_command(args: argparse.Namespace) -> int:
@@ -287,7 +302,7 @@ def launch_command(args: argparse.Namespace) -> int:
     return launch(args.spec, data=data_options(args), storage=args.storage, study_name=args.study_name,
                   workers=args.workers, devices=args.devices, n_trials=args.n_trials, timeout=args.timeout,
                   time_budget=args.time_budget, ray=args.ray, gpus_per_worker=args.gpus_per_worker,
-                  cpus_per_worker=args.cpus_per_worker)
+                  cpus_per_worker=args.cpus_per_worker, memory_limit=args.memory)
 
 
 def tune_command(args: argparse.Namespace) -> int:
@@ -296,7 +311,8 @@ def tune_command(args: argparse.Namespace) -> int:
     tuned = tune(args.data, time_budget=args.time_budget, workers_count=args.workers, devices=args.devices,
                  metric=args.metric, out=args.out, storage=args.storage, study_name=args.study_name,
                  text_columns=tuple(args.text_columns or ()), tags_column=args.tags_column, top_k=args.top_k,
-                 n_trials=args.n_trials, models=args.models, spec=args.spec, max_epochs=args.max_epochs)
+                 n_trials=args.n_trials, models=args.models, spec=args.spec, max_epochs=args.max_epochs,
+                 memory_limit=args.memory)
     show_tuned(tuned, "tune")
     return 0
 

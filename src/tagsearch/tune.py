@@ -33,7 +33,7 @@ from tagsearch.runtime import deadline as deadlines
 from tagsearch.runtime.launch import clock_text, cpu_count
 from tagsearch.runtime.progress import UNLIMITED, progress
 from tagsearch.runtime.storage import storage_dir
-from tagsearch.study import workers
+from tagsearch.study import memory, workers
 from tagsearch.study.spec import DEFAULT_STORAGE, ENCODER_MODELS, PARAMS, load_spec
 from tagsearch.study.specfile import save_spec
 
@@ -60,13 +60,14 @@ def tune(data: str, *, time_budget: float = DEFAULT_TIME, workers_count: int | N
          metric: str | None = None, out: str | Path | None = None, storage: str | None = None,
          study_name: str | None = None, text_columns: tuple[str, ...] = (), tags_column: str | None = None,
          top_k: int | None = None, n_trials: int | None = None, models: tuple[str, ...] | None = None,
-         spec: str | Path | None = None, max_epochs: int | None = None) -> Tuned:
+         spec: str | Path | None = None, max_epochs: int | None = None, memory_limit: int | None = None) -> Tuned:
     """``tagsearch tune``: search ``spec`` (default studies/tagger.toml) on the posts file ``data``
     ("builtin": the synthetic corpus) for ``time_budget`` seconds with ``workers_count`` worker
     processes on ``devices`` ("auto": every visible GPU, else the CPU), retrain the best trial into
     ``out`` (default results/<study>), compare it with the tuned baselines and return the verdict.
     ``models``: the kinds to search (default: the spec's, less those that cannot run here);
-    ``n_trials``: also stop after this many finished trials; ``max_epochs``: cap every trial's epochs."""
+    ``n_trials``: also stop after this many finished trials; ``max_epochs``: cap every trial's epochs;
+    ``memory_limit``: bytes each worker may hold (default ``memory.worker_share``)."""
     start = time.monotonic()
     if not time_budget > 0:
         raise UserError(f"--time {time_budget!r} is out of range; expected a duration > 0, like 90s, 10m, 2h")
@@ -90,7 +91,8 @@ def tune(data: str, *, time_budget: float = DEFAULT_TIME, workers_count: int | N
     # 1. Search until the deadline (or a Ctrl-C brings it forward).
     search_start, wall_start = time.monotonic(), deadlines.clock()
     code = workers.launch(str(spec_path), storage=url, study_name=name, workers=count, devices=device_list,
-                          n_trials=n_trials or UNLIMITED, time_budget=time_budget, new_session=True)
+                          n_trials=n_trials or UNLIMITED, time_budget=time_budget, new_session=True,
+                          memory_limit=memory_limit)
     search_seconds = time.monotonic() - search_start
     if code == 130:
         raise KeyboardInterrupt
@@ -203,14 +205,15 @@ def tune_spec(raw: dict, *, name: str, storage: str, data: str, metric: str | No
 
 def pick_devices(devices: str, count: int | None) -> tuple[str, int]:
     """``"auto"`` → every visible GPU (one worker each), else ``"cpu"`` (a worker per core, up to
-    ``MAX_CPU_WORKERS``); ``count`` overrides the number of workers."""
+    ``MAX_CPU_WORKERS`` and as many as the machine's memory holds: ``memory.workers_fitting``);
+    ``count`` overrides the number of workers."""
     if devices.strip().lower() == "auto":
         import torch
 
         gpus = torch.cuda.device_count()
         devices = ",".join(str(i) for i in range(gpus)) if gpus else "cpu"
     ids = workers.parse_devices(devices)
-    default = min(MAX_CPU_WORKERS, cpu_count()) if ids == ["cpu"] else len(ids)
+    default = memory.workers_fitting(min(MAX_CPU_WORKERS, cpu_count())) if ids == ["cpu"] else len(ids)
     return devices, count or default
 
 
@@ -228,7 +231,9 @@ def trial_counts(spec_path: Path, url: str, name: str) -> dict:
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     kinds = Counter(t.params.get("model") or t.user_attrs.get("model", "?")
                     for t in study.get_trials(deepcopy=False, states=finished))
-    return {"kinds": dict(kinds), "progress": progress(study), "deadline": deadlines.recorded(study)}
+    plan = study.user_attrs.get("planner:encoding") or {}  # study.objective.ENCODING_PLAN
+    return {"kinds": dict(kinds), "progress": progress(study), "deadline": deadlines.recorded(study),
+            "planner": None if plan.get("included", True) else plan.get("note")}
 
 
 def resume_command(data: str, name: str, default_name: str, url: str, kinds: tuple[str, ...],
@@ -254,6 +259,7 @@ def verdict(folder: Path, table: comparing.Table, counts: dict, search_seconds: 
     lines = ["# tagsearch tune: verdict", "",
              f"Searched {clock_text(search_seconds)}{' (stopped by Ctrl-C)' if stopped else ''}: {done.finished} trials "
              f"finished ({per_kind}; {done.pruned} of them pruned{f'; {done.failed} failed' if done.failed else ''}).",
+             *([f"Planner: {counts['planner']}."] if counts.get("planner") else []),
              f"Chosen: trial {config['trial']}, **{config['model']}** — {comparing.format_params(config['params'])}.",
              ""]
     headers = ["", f"validation {metric}", "test Hamming", "test micro-F1", "test macro-F1", "test P@1", "test R@1"]

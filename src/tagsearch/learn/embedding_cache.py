@@ -13,7 +13,12 @@ Concurrency and crashes, without a server:
 - files are written to a temp file in the same directory, fsynced, then ``os.replace``d into place,
   so a reader sees a whole entry or none. A killed encoder leaves at most a ``*.tmp`` file, which
   no reader opens and the next computation of that key deletes;
-- lock files stay in place (unlinking them would let two processes lock different inodes).
+- lock files stay in place (unlinking them would let two processes lock different inodes);
+- a search worker does not wait (``wait=False``): while another process computes the entry it gets
+  ``Busy`` at once and goes on with other work;
+- an encoding stopped part-way (the search's deadline, or its cost plan) leaves what it computed as
+  ``<digest>.partial.npz`` with the number of rows done (``save_partial``): the next computation of
+  that key starts from there (``partial``).
 
 Only the standard library and numpy are imported here: tests run it in subprocesses cheaply, and a
 worker that finds its embeddings cached never needs torch for them.
@@ -38,6 +43,10 @@ def key_digest(key: dict) -> str:
     """A short, stable file name for ``key``: sha256 of its canonical JSON (sorted keys)."""
     canonical = json.dumps(key, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()[:16]
+
+
+class Busy(Exception):
+    """Another process is computing this entry now (``get_or_compute(..., wait=False)``)."""
 
 
 class EmbeddingCache:
@@ -67,8 +76,9 @@ class EmbeddingCache:
             return None
         return array
 
-    def get_or_compute(self, key: dict, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    def get_or_compute(self, key: dict, compute: Callable[[], np.ndarray], wait: bool = True) -> np.ndarray:
         """The matrix for ``key``: read if stored, else computed by exactly one process and stored.
+        ``wait=False``: ``Busy`` instead of waiting while another process computes it.
 
         The lock-free read first keeps the common case (entry present) cheap; the second read
         under the lock catches an entry that another worker finished while this one waited."""
@@ -78,7 +88,10 @@ class EmbeddingCache:
         self.directory.mkdir(parents=True, exist_ok=True)
         array_path, sidecar_path, lock_path = self.paths(key)
         with open(lock_path, "a+b") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released on close, or by the kernel if we die
+            try:  # released on close, or by the kernel if we die
+                fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                raise Busy(f"another process is computing embedding entry {array_path.stem}") from None
             array = self.get(key)
             if array is not None:
                 return array
@@ -90,7 +103,27 @@ class EmbeddingCache:
                 json.dumps({"key": key, "shape": list(array.shape), "dtype": "float32"},
                            indent=1, sort_keys=True).encode("utf-8")))
             _write_atomically(array_path, lambda f: np.save(f, array, allow_pickle=False))
+        self.partial_path(key).unlink(missing_ok=True)
         return array
+
+    def partial_path(self, key: dict) -> Path:
+        return self.directory / f"{key_digest(key)}.partial.npz"
+
+    def save_partial(self, key: dict, array: np.ndarray, done: int) -> None:
+        """Keep a computation stopped part-way: ``array`` with its first ``done`` rows (in the
+        computation's own order) valid. Call it while computing the entry (under its lock)."""
+        _check(array)
+        _write_atomically(self.partial_path(key), lambda f: np.savez(f, array=array, done=np.int64(done)))
+
+    def partial(self, key: dict) -> tuple[np.ndarray, int] | None:
+        """``(array, rows done)`` that ``save_partial`` kept for ``key``, or None."""
+        try:
+            with np.load(self.partial_path(key), allow_pickle=False) as stored:
+                array, done = stored["array"], int(stored["done"])
+            _check(array)
+        except (OSError, ValueError, KeyError):
+            return None
+        return array, done
 
     def _remove_temp_files(self, stem: str) -> None:
         for leftover in self.directory.glob(f"{stem}.*.tmp"):

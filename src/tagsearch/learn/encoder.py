@@ -20,7 +20,9 @@ import hashlib
 import importlib.util
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -32,7 +34,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-CHUNK = 512  # posts per encode call: progress lines come between calls
+CHUNK = 256  # posts per encode call: progress lines, the guard's checks and a stopped encoding's
+FIRST_CHUNK = 64  # unit come between calls; the first (the longest posts) is small: the rate comes early
 PROGRESS_EVERY = 5.0  # seconds between progress lines
 CHARS_PER_TOKEN = 8  # a post is cut at max_seq_length * 8 characters (no post needs more, see below)
 ENCODING_VERSION = 1  # part of the cache key: bump when transform's output changes
@@ -143,13 +146,19 @@ def _load(path: str, device: str, max_seq_length: int):
     return model
 
 
+USE_ALL_CORES = True  # a search worker sets it False: the others keep searching beside its encoding
+
+
 @contextlib.contextmanager
 def all_cores(device: str):
-    """On the CPU, encode on every core this process may use: a study's other workers on this host
-    wait for the encoding (``EmbeddingCache``), so their cores would idle (a launch gives each
-    worker cores / workers threads). Restores torch's thread count afterwards."""
+    """On the CPU, encode on every core this process may use (a one-off training, retrain, compare);
+    a search worker (``USE_ALL_CORES`` False) keeps its own share, as its fellow workers go on
+    searching meanwhile. Restores torch's thread count afterwards."""
     import torch
 
+    if not USE_ALL_CORES:
+        yield
+        return
     saved = torch.get_num_threads()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if str(device).startswith("cpu") and cores > saved:
@@ -160,8 +169,30 @@ def all_cores(device: str):
         torch.set_num_threads(saved)
 
 
+@dataclass(frozen=True)
+class EncodingProgress:
+    """Where an encoding stands after a chunk: posts done of total, seconds so far, and the seconds
+    the rest will take at the rate measured so far (per character: the longest posts come first)."""
+
+    done: int
+    total: int
+    seconds: float
+    seconds_left: float
+
+
+Guard = Callable[[EncodingProgress], None]
+
 _last_encoding: dict = {}  # the last texts encoded in this process, by weights and length: see transform
 MEMO_POSTS = 100_000  # at most this many posts are kept (150 MB of 384-dim embeddings)
+
+
+def chunks(first: int, total: int):
+    """``(start, stop)`` of each encode call from post ``first`` on: ``FIRST_CHUNK`` posts, then ``CHUNK``."""
+    start = first
+    while start < total:
+        stop = min(start + (FIRST_CHUNK if start == first else CHUNK), total)
+        yield start, stop
+        start = stop
 
 
 def _digest(texts: list[str]) -> str:
@@ -215,41 +246,74 @@ class SentenceEncoder:
             _last_encoding.update(key=key, embeddings=self._encode(texts))
         return _last_encoding["embeddings"].copy()
 
-    def _encode(self, texts: list[str]) -> np.ndarray:
+    def _encode(self, texts: list[str], guard: Guard | None = None,
+                resume: tuple[np.ndarray, int] | None = None) -> np.ndarray:
         with all_cores(self.device):
-            return self._transform(texts)
+            return self._transform(texts, guard, resume)
 
-    def _transform(self, texts) -> np.ndarray:
+    def _transform(self, texts, guard: Guard | None = None, resume: tuple[np.ndarray, int] | None = None) -> np.ndarray:
+        """Encode ``texts`` longest first, in chunks. After each chunk ``guard(progress)`` may stop
+        the encoding by raising: what was encoded is left in ``self.stopped_`` (the rows in
+        ``order`` up to ``done``) for the caller to keep. ``resume``: such a stopped encoding."""
         encoder, limit = self.encoder_, self.max_seq_length * CHARS_PER_TOKEN
         texts = [str(text)[:limit] for text in texts]
-        order = np.argsort([-len(text) for text in texts], kind="stable")
-        embeddings = np.empty((len(texts), self.dim_), dtype=np.float32)
+        lengths = np.array([len(text) for text in texts], dtype=np.int64)
+        order = np.argsort(-lengths, kind="stable")
+        embeddings, first = np.empty((len(texts), self.dim_), dtype=np.float32), 0
+        if resume is not None and resume[0].shape == embeddings.shape:
+            embeddings, first = resume
+            log(f"encoding: resuming at {first}/{len(texts)} posts kept by an earlier, stopped encoding")
+        chars_left = int(lengths[order[first:]].sum())
         started = last = time.monotonic()
-        for start in range(0, len(texts), CHUNK):
-            chunk = order[start:start + CHUNK]
+        self.stopped_ = None
+        for start, stop in chunks(first, len(texts)):
+            chunk = order[start:stop]
             embeddings[chunk] = encoder.encode([texts[i] for i in chunk], batch_size=self.batch_size,
                                                convert_to_numpy=True, normalize_embeddings=True,
                                                show_progress_bar=False)
-            now = time.monotonic()
+            now, done = time.monotonic(), start + len(chunk)
+            if guard is not None and done < len(texts):
+                chars_left -= int(lengths[chunk].sum())
+                chars_done = int(lengths[order[first:done]].sum())
+                try:
+                    guard(EncodingProgress(done, len(texts), now - started,
+                                           (now - started) / max(chars_done, 1) * chars_left))
+                except BaseException:
+                    self.stopped_ = (embeddings, done)
+                    raise
             if now - last >= PROGRESS_EVERY:
                 last = now
-                done = start + len(chunk)
-                log(f"encoding: {done}/{len(texts)} posts, {done / (now - started):.1f} posts/s")
+                log(f"encoding: {done}/{len(texts)} posts, {(done - first) / (now - started):.1f} posts/s")
         elapsed = time.monotonic() - started
         if elapsed >= PROGRESS_EVERY:
-            log(f"encoded {len(texts)} posts in {elapsed:.1f} s ({len(texts) / elapsed:.1f} posts/s)")
+            log(f"encoded {len(texts) - first} posts in {elapsed:.1f} s ({(len(texts) - first) / elapsed:.1f} posts/s)")
         return embeddings
 
-    def transform_corpus(self, texts, fingerprint: str, directory: str | os.PathLike | None) -> np.ndarray:
+    def transform_corpus(self, texts, fingerprint: str, directory: str | os.PathLike | None,
+                         guard: Guard | None = None, wait: bool = True) -> np.ndarray:
         """``transform`` through the host's ``EmbeddingCache`` in ``directory`` (None: no cache):
-        one worker encodes, the others wait and read. ``fingerprint`` names the posts."""
+        one worker encodes, the others wait and read (``wait=False``: ``embedding_cache.Busy``
+        meanwhile). ``fingerprint`` names the posts. ``guard`` (see ``_transform``) may stop the
+        encoding: what was encoded is kept in the cache, and the next encoding resumes from it."""
         if directory is None:
             return self.transform(texts)
         texts = list(texts)
         key = {"kind": "encoder-embeddings", "version": ENCODING_VERSION, "model": self.model,
                "weights_hash": self.weights_hash_, "max_seq_length": self.max_seq_length,
                "fingerprint": fingerprint, "n_posts": len(texts)}
-        embeddings = EmbeddingCache(directory).get_or_compute(key, lambda: self._encode(texts))
+        cache = EmbeddingCache(directory)
+
+        def compute() -> np.ndarray:
+            try:
+                return self._encode(texts, guard, cache.partial(key))
+            except BaseException:
+                if getattr(self, "stopped_", None) is not None:
+                    cache.save_partial(key, *self.stopped_)
+                    log(f"encoding stopped at {self.stopped_[1]}/{len(texts)} posts; kept for the next run")
+                    self.stopped_ = None
+                raise
+
+        embeddings = cache.get_or_compute(key, compute, wait=wait)
         if embeddings.ndim != 2 or len(embeddings) != len(texts):
             raise UserError(f"cached embeddings have shape {embeddings.shape}, expected {len(texts)} rows; "
                             f"delete {directory} and rerun")

@@ -252,6 +252,8 @@ class FeatureCache:
         self._entries: dict[str, OrderedDict] = {}
         self.embedding_dir = embedding_dir  # where encoders' embeddings of a corpus persist (None: in memory)
         self.device = device  # where an encoder runs (a CUDA worker encodes on its GPU)
+        self.encoding_guard = None  # encoder.Guard: may stop an encoding part-way (the search's plan)
+        self.encoding_wait = True  # False: embedding_cache.Busy while another process encodes
 
     def get(self, kind: str, key: tuple, compute: Callable[[], object]):
         """The entry ``key`` of ``kind``, computed by ``compute()`` when absent."""
@@ -606,7 +608,7 @@ class Embeddings(Featurizer):
         self.fit()
         key = (self.encoder, self.encoder_.weights_hash_, self.max_seq_length, corpus.fingerprint)
         rows = cache.get("embeddings", key, lambda: self.encoder_.transform_corpus(
-            corpus.texts, corpus.fingerprint, cache.embedding_dir))
+            corpus.texts, corpus.fingerprint, cache.embedding_dir, cache.encoding_guard, cache.encoding_wait))
         self._encoded(DenseBatches(rows, no_labels(len(corpus.texts))), corpus)
         return self
 

@@ -29,6 +29,7 @@ from tagsearch.learn.models import SparseLinear, build_model, count_parameters
 
 EVAL_BATCH = 4096
 POS_WEIGHT_CLIP = 50.0
+STOP_CHECK_EVERY = 8  # batches between two calls of an epoch's ``should_stop``
 
 
 class NonFiniteLossError(RuntimeError):
@@ -38,6 +39,11 @@ class NonFiniteLossError(RuntimeError):
 class StopTraining(Exception):
     """Raised by an ``on_epoch`` hook to end training after this epoch as early stopping does: the
     best epoch's weights and value are kept (the search raises it once the study's deadline came)."""
+
+
+class EpochCut(StopTraining):
+    """``should_stop`` said yes in the middle of an epoch: that epoch is dropped unscored, training
+    ends with the best epoch before it (none, when it was the first)."""
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -231,13 +237,17 @@ def clip_gradients(model: nn.Module, clip_value: float) -> None:
 
 
 def train_epoch(model, data, criterion, optimizers, batch_size: int, clip_value: float,
-                generator: torch.Generator) -> float:
-    """One pass over ``data`` in a fresh random order; returns the mean training loss."""
+                generator: torch.Generator, should_stop: Callable[[], bool] | None = None) -> float:
+    """One pass over ``data`` in a fresh random order; returns the mean training loss. Every
+    ``STOP_CHECK_EVERY`` batches ``should_stop()`` (e.g. the study's deadline came) may cut the
+    epoch short: ``EpochCut``."""
     model.train()
     order = torch.randperm(len(data), generator=generator).to(data.labels.device)
     total = torch.zeros((), device=data.labels.device)
     seen = 0
-    for inputs, targets in data.batches(batch_size, order):
+    for step, (inputs, targets) in enumerate(data.batches(batch_size, order), start=1):
+        if should_stop is not None and step % STOP_CHECK_EVERY == 0 and should_stop():
+            raise EpochCut(f"stopped after {step - 1} batches of an epoch")
         if len(targets) < 2:  # BatchNorm needs two samples; a lone last post waits for the next epoch
             continue
         for opt in optimizers:
@@ -309,6 +319,7 @@ class TrainResult:
     stopped_early: bool = False
     models: list[nn.Module] = field(default_factory=list)
     featurizers: list[Featurizer] = field(default_factory=list)  # each model's, fitted (train_config)
+    cut_in_epoch: int = 0  # the epoch should_stop cut short (0: none)
 
     @property
     def epochs_run(self) -> int:
@@ -341,9 +352,20 @@ class Trainee:
         return cls(model, train_data, val_data, criterion, make_optimizers(model, params),
                    torch.Generator().manual_seed(params["seed"]))
 
-    def epoch(self, params: dict) -> float:
-        return train_epoch(self.model, self.train_data, self.criterion, self.optimizers, params["batch_size"],
-                           params["clip_value"], self.generator)
+    def epoch(self, params: dict, should_stop: Callable[[], bool] | None = None, fraction: float = 1.0) -> float:
+        return train_epoch(self.model, self.subsample(fraction, params["seed"]), self.criterion, self.optimizers,
+                           params["batch_size"], params["clip_value"], self.generator, should_stop)
+
+    def subsample(self, fraction: float, seed: int):
+        """The training data, or a fixed random ``fraction`` of its posts (the same every epoch)."""
+        if fraction >= 1.0:
+            return self.train_data
+        cached = getattr(self, "_subsample", None)
+        if cached is None or cached[0] != fraction:
+            n = len(self.train_data)
+            keep = np.sort(np.random.default_rng(seed).permutation(n)[:max(2, int(round(n * fraction)))])
+            self._subsample = cached = (fraction, self.train_data.take(keep))
+        return cached[1]
 
     def validate(self) -> tuple[float, np.ndarray, np.ndarray]:
         """Validation loss, labels and probabilities."""
@@ -376,11 +398,18 @@ def fit(model, train_data, val_data, params: dict, *, max_epochs: int, patience:
 
 
 def fit_folds(folds: list[tuple], params: dict, *, max_epochs: int, patience: int | None,
-              metric: str = "hamming_loss", on_epoch: EpochHook | None = None) -> TrainResult:
+              metric: str = "hamming_loss", on_epoch: EpochHook | None = None, keep_best: bool = True,
+              should_stop: Callable[[], bool] | None = None,
+              fidelity: Callable[[int], float] | None = None) -> TrainResult:
     """``fit`` for one or more ``(model, train_data, val_data)`` (or ``Built``): cross-validation folds train in
     lockstep, and each epoch their validation predictions are pooled — every post predicted by the
     model that did not train on it — and scored once, so the metric, early stopping and the pruner
-    see all folds' posts."""
+    see all folds' posts. ``keep_best=False`` (the search, which needs the best epoch's value and
+    predictions, not its weights) keeps no copy of the best epoch's weights: the models end with
+    the last epoch's, and the trial holds a quarter less memory. ``should_stop()``, asked every few
+    batches, ends training mid-epoch (``EpochCut``): that epoch is not scored. ``fidelity(epoch)``:
+    the share of each fold's training posts that epoch trains on (a fixed random subsample; the
+    search's early rungs on large data), 1 by default."""
     runs = [Trainee.start(model, train_data, val_data, params) for model, train_data, val_data, *_ in folds]
     validating = all(run.val_data is not None for run in runs)
     result = TrainResult(runs[0].model, metric, best_value=metrics.worst(metric), models=[r.model for r in runs],
@@ -388,7 +417,12 @@ def fit_folds(folds: list[tuple], params: dict, *, max_epochs: int, patience: in
     best_states = None
     for epoch in range(1, max_epochs + 1):
         start = time.perf_counter()
-        record = EpochRecord(epoch, float(np.mean([run.epoch(params) for run in runs])))
+        try:
+            fraction = 1.0 if fidelity is None else fidelity(epoch)
+            record = EpochRecord(epoch, float(np.mean([run.epoch(params, should_stop, fraction) for run in runs])))
+        except EpochCut:
+            result.cut_in_epoch, result.stopped_early = epoch, True
+            break
         if validating:
             losses, labels, probs = zip(*(run.validate() for run in runs))
             labels, probs = np.concatenate(labels), np.concatenate(probs)
@@ -396,7 +430,8 @@ def fit_folds(folds: list[tuple], params: dict, *, max_epochs: int, patience: in
             if metrics.better(metric, choice.value, result.best_value):
                 result.best_epoch, result.best_value, result.thresholds = epoch, choice.value, choice
                 result.val_labels, result.val_probs = labels, probs
-                best_states = [kept(r.model, old) for r, old in zip(runs, best_states or [None] * len(runs))]
+                if keep_best:
+                    best_states = [kept(r.model, old) for r, old in zip(runs, best_states or [None] * len(runs))]
             record.val_loss, record.val, record.thresholds = float(np.mean(losses)), choice.summary, choice.chosen
             record.best_epoch, record.best_value = result.best_epoch, result.best_value
         record.seconds = time.perf_counter() - start
@@ -413,7 +448,7 @@ def fit_folds(folds: list[tuple], params: dict, *, max_epochs: int, patience: in
     if best_states is not None:
         for run, state in zip(runs, best_states):
             run.model.load_state_dict(state)
-    else:
+    elif not (validating and result.best_epoch):
         result.best_epoch = result.epochs_run
     return result
 

@@ -17,29 +17,41 @@ import torch
 from tagsearch.data import corpus as data
 from tagsearch.data.corpus import Corpus
 from tagsearch.errors import UserError
-from tagsearch.learn import train
+from tagsearch.learn import features, train
+from tagsearch.learn.embedding_cache import Busy
 from tagsearch.learn.features import FeatureCache
 from tagsearch.learn.metrics import val_key
 from tagsearch.runtime import deadline as deadlines
+from tagsearch.log import log
+from tagsearch.study import memory, planner
 from tagsearch.study.search import embedding_dir, suggest
-from tagsearch.study.spec import Spec
+from tagsearch.study.spec import ENCODER_MODELS, Spec
+
+ENCODING_PLAN = "planner:encoding"  # the study attribute recording the encoding's cost and verdict
 
 
 class Objective:
     """Suggest → build → train, reporting each epoch to the pruner → record → return the best
     validation value of the study's metric. Once the study's deadline has come (runtime/deadline.py,
-    read from the study after each epoch: tune's Ctrl-C may bring it forward), training stops after
-    the current epoch as early stopping does: the trial is COMPLETE with its best epoch's value. (Ctrl-C and SIGTERM are ``runtime.interrupts.Interrupts``'.)"""
+    read from the study after each epoch: tune's Ctrl-C may bring it forward; asked every few
+    batches within one), training stops as early stopping does: the trial is COMPLETE with its
+    best whole epoch's value (PRUNED when the first epoch was cut). Before it allocates, a trial
+    may be pruned by the worker's memory (``check_memory``) or the cost plan (``plan_encoding``);
+    its first epochs may train on a subsample (``plan_fidelity``). (Ctrl-C and SIGTERM are ``runtime.interrupts.Interrupts``'.)"""
 
     def __init__(self, spec: Spec, corpus: Corpus, device: str | None = None, max_epochs: int | None = None,
-                 storage: str | None = None):
+                 storage: str | None = None, memory_limit: int | None = None):
         self.spec, self.corpus = spec, corpus
+        self.memory_limit = memory_limit  # bytes this worker may hold (--memory); None: no limit
         self.device = device or spec.device
         self.max_epochs = max_epochs or spec.max_epochs
         self.device_name = describe_device(self.device)
         self.folds = data.cv_folds(corpus, spec.folds)
         # this worker's trials share token streams, fitted featurizers and the host's encodings
         self.features = FeatureCache(embedding_dir(storage or spec.storage), str(train.pick_device(self.device)))
+        self.features.encoding_wait = False  # while another worker encodes, this one searches other kinds
+        self.epoch_seconds: dict[str, list[float]] = {}  # per kind: this worker's recent full epochs
+        self.trial_epochs: dict[str, list[int]] = {}  # per kind: epochs its recent trials ran
 
     def __call__(self, trial: optuna.Trial) -> float:
         try:
@@ -57,11 +69,21 @@ class Objective:
         params = suggest(trial, self.spec)
         set_user_attrs(trial, params=params, model=params["model"], device=self.device_name, metric=metric,
                        worker=f"{socket.gethostname()}:{os.getpid()}")
-        folds = [train.build(fold, params, self.device, self.features) for fold in self.folds]
+        self.features.encoding_guard = self.plan_encoding(trial, params)
+        try:
+            self.check_memory(trial, params)
+            folds = [train.build(fold, params, self.device, self.features) for fold in self.folds]
+        except Busy:
+            raise pruned(trial, f"deferred: another worker on this host is encoding the posts for the "
+                                f"{params['model']} kind; the search goes on with the other kinds meanwhile") from None
         curve: list[dict] = []  # per epoch: losses, the metric, the best epoch so far
         at_deadline: list[int] = []  # the epoch after which the study's deadline stopped training
+        deadline = [deadlines.recorded(trial.study)]  # read again after every epoch (Ctrl-C brings it forward)
+        fidelity = self.plan_fidelity(trial, params["model"], deadline[0])
 
         def report_and_prune(epoch: int, record: train.EpochRecord) -> None:
+            if fidelity.at(epoch) >= 1.0:
+                remember(self.epoch_seconds, params["model"], record.seconds)
             value = record.value(metric)
             curve.append(curve_point(record, metric))
             trial.report(value, epoch)
@@ -69,17 +91,23 @@ class Objective:
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}: {val_key(metric)} {value:.4f} "
                                          f"(best {record.best_value:.4f} at epoch {record.best_epoch}) is "
                                          f"not promising next to the other trials at this epoch")
-            if epoch < self.max_epochs and deadlines.passed(deadlines.recorded(trial.study)):
+            deadline[0] = deadlines.recorded(trial.study)
+            if epoch < self.max_epochs and deadlines.passed(deadline[0]):
                 at_deadline.append(epoch)
                 raise train.StopTraining(f"the study's deadline came during epoch {epoch}")
 
         try:
             result = train.fit_folds(folds, params, max_epochs=self.max_epochs, patience=self.spec.patience,
-                                     metric=metric, on_epoch=report_and_prune)
-        except optuna.TrialPruned as pruned:
-            set_user_attrs(trial, pruned_reason=str(pruned), epochs_run=len(curve),
-                           best_epoch=int(curve[-1]["best_epoch"]), learning_curve=curve)
+                                     metric=metric, on_epoch=report_and_prune, keep_best=False,
+                                     should_stop=lambda: deadlines.passed(deadline[0]), fidelity=fidelity.at)
+            if not result.history:  # the deadline came during the first epoch: nothing to score
+                raise optuna.TrialPruned("the study's deadline came during epoch 1, before anything was scored")
+        except optuna.TrialPruned as stopped:
+            remember(self.trial_epochs, params["model"], len(curve))
+            set_user_attrs(trial, pruned_reason=str(stopped), epochs_run=len(curve),
+                           best_epoch=int(curve[-1]["best_epoch"]) if curve else 0, learning_curve=curve)
             raise
+        remember(self.trial_epochs, params["model"], result.epochs_run)
         choice = result.thresholds
         set_user_attrs(trial, epochs_run=result.epochs_run, best_epoch=result.best_epoch,
                        stopped_early=result.stopped_early, learning_curve=curve,
@@ -87,8 +115,89 @@ class Objective:
                        parameters=train.count_parameters(result.model), folds=len(self.folds),
                        threshold_choice=choice.chosen, thresholds=choice.thresholds, threshold_scores=choice.scores,
                        val_per_class_f1=dict(zip(self.corpus.tag_names, choice.per_tag_f1)),
-                       **choice.val_figures(digits=6), **({"stopped_at_deadline": True} if at_deadline else {}))
+                       **choice.val_figures(digits=6),
+                       **({"stopped_at_deadline": True} if at_deadline or result.cut_in_epoch else {}))
         return result.best_value
+
+    def plan_fidelity(self, trial: optuna.Trial, kind: str, deadline: float | None) -> planner.Fidelity:
+        """How this trial's first epochs train (``planner.fidelity_plan``): from this worker's
+        measured full epochs of ``kind``, the epochs its trials ran, the time left and the trials
+        running beside it. Recorded as the ``fidelity`` user attribute the pruner compares by."""
+        seconds, epochs = self.epoch_seconds.get(kind), self.trial_epochs.get(kind)
+        remaining = None if deadline is None else deadline - deadlines.clock()
+        running = len(trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+        fidelity = planner.fidelity_plan(sum(seconds) / len(seconds) if seconds else None,
+                                         round(sum(epochs) / len(epochs)) if epochs else self.max_epochs,
+                                         remaining, workers=max(running, 1))
+        if fidelity != planner.FULL:
+            trial.set_user_attr("fidelity", f"{fidelity.fraction:g}x{fidelity.full_from - 1}")
+        return fidelity
+
+    def plan_encoding(self, trial: optuna.Trial, params: dict):
+        """For an encoder kind: prune it at once where this search's plan left the encoding out;
+        else the guard its encoding runs under (``encoder.Guard``), which measures the rate on the
+        first chunk, decides by ``planner.fixed_cost_plan`` (one log line, and the study attribute
+        ``planner:encoding`` the verdict shows), and stops at the deadline keeping what it encoded."""
+        if params["model"] not in ENCODER_MODELS:
+            return None
+        deadline = deadlines.recorded(trial.study)
+        plan = trial.study.user_attrs.get(ENCODING_PLAN)
+        if plan and not plan["included"] and plan.get("deadline") == deadline:
+            raise pruned(trial, plan["note"])
+        decided: list[bool] = []
+
+        def guard(progress) -> None:
+            if deadlines.passed(deadline):
+                raise pruned(trial, f"the study's deadline came while encoding the posts ({progress.done}/"
+                                    f"{progress.total} done, kept for a later run)")
+            if decided:
+                return
+            decided.append(True)
+            cost = planner.fixed_cost_plan(", ".join(ENCODER_MODELS), progress.seconds + progress.seconds_left,
+                                           now=deadlines.clock() - progress.seconds, deadline=deadline,
+                                           budget=self.spec.time_budget)
+            log(f"planner: {cost.note()} (measured on the first {progress.done} of {progress.total} posts)")
+            trial.study.set_user_attr(ENCODING_PLAN, {**cost.record(), "note": cost.note(), "deadline": deadline})
+            if not cost.included:
+                raise pruned(trial, cost.note())
+
+        return guard
+
+    def check_memory(self, trial: optuna.Trial, params: dict) -> None:
+        """Prune (before its models exist) a trial whose models, optimizer state and gradients for
+        every fold (``memory.trial_bytes``) would not fit beside what this worker holds now within
+        its ``memory_limit``. Its featurizer is fitted here (cached: ``build`` reuses it) for the
+        size of its first layer. Where the trial would fit alone, the worker's feature cache (fitted
+        featurizers of earlier trials) is let go first."""
+        if self.memory_limit is None:
+            return
+        featurizer = self.features.fitted(features.featurizer_for(params), self.folds[0])
+        need = memory.trial_bytes(params, featurizer.input_size, len(self.corpus.tag_names), len(self.folds))
+        trial.set_user_attr("memory_estimate", need)
+        held = memory.resident_bytes()
+        if held + need > self.memory_limit and need < self.memory_limit:
+            del featurizer
+            self.features.clear()
+            release_memory()
+            held = memory.resident_bytes()
+        if held + need > self.memory_limit:
+            reason = (f"needs ~{memory.describe(need)} for {len(self.folds)} fold model(s) and their optimizer "
+                      f"state beside the {memory.describe(held)} this worker holds: over its --memory "
+                      f"{memory.describe(self.memory_limit)}")
+            raise pruned(trial, reason)
+
+
+def remember(measured: dict[str, list], kind: str, value, keep: int = 40) -> None:
+    """Append ``value`` to ``kind``'s recent measurements (the last ``keep``)."""
+    values = measured.setdefault(kind, [])
+    values.append(value)
+    del values[:-keep]
+
+
+def pruned(trial: optuna.Trial, reason: str) -> optuna.TrialPruned:
+    """A ``TrialPruned`` for ``reason``, recorded as the trial's ``pruned_reason``."""
+    trial.set_user_attr("pruned_reason", reason)
+    return optuna.TrialPruned(reason)
 
 
 def curve_point(record: train.EpochRecord, metric: str) -> dict:

@@ -41,7 +41,8 @@ def build_sampler(spec: Spec, seed_offset: int = 0) -> optuna.samplers.BaseSampl
 
 
 def build_pruner(spec: Spec) -> optuna.pruners.BasePruner:
-    """median | halving | hyperband | none, wrapped in PatientPruner when ``patience`` > 0."""
+    """median | halving | hyperband | none, wrapped in PatientPruner when ``patience`` > 0, and
+    (but Hyperband) in ``FidelityPruner``: trials compared only with trials of the same fidelity."""
     cfg, kind = spec.pruner, spec.pruner.get("kind", "median")
     try:
         if kind == "median":
@@ -58,10 +59,47 @@ def build_pruner(spec: Spec) -> optuna.pruners.BasePruner:
         else:
             pruner = None
         if cfg.get("patience", 0) > 0:
-            return optuna.pruners.PatientPruner(pruner, patience=cfg["patience"], min_delta=cfg.get("min_delta", 0.0))
+            pruner = optuna.pruners.PatientPruner(pruner, patience=cfg["patience"], min_delta=cfg.get("min_delta", 0.0))
     except ValueError as exc:
         raise UserError(f"{spec.path} [pruner]: {exc}") from None
-    return pruner or optuna.pruners.NopPruner()
+    if pruner is None:
+        return optuna.pruners.NopPruner()
+    # Hyperband stays itself: TPE samples per bracket only when the study's pruner *is* a HyperbandPruner
+    return pruner if isinstance(pruner, optuna.pruners.HyperbandPruner) else FidelityPruner(pruner)
+
+
+class FidelityPruner(optuna.pruners.BasePruner):
+    """``base``, comparing a trial only with trials of the same fidelity (its ``fidelity`` user
+    attribute, ``FULL_FIDELITY`` when absent): an epoch on a quarter of the training posts is not
+    judged against epochs on all of them. Median, percentile and successive halving see only those
+    trials (Hyperband's brackets read the storage themselves and see every trial)."""
+
+    def __init__(self, base: optuna.pruners.BasePruner):
+        self.base = base
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        return self.base.prune(SameFidelity(study, fidelity_of(trial)), trial)
+
+
+FULL_FIDELITY = "full"
+
+
+def fidelity_of(trial: optuna.trial.FrozenTrial) -> str:
+    return trial.user_attrs.get("fidelity", FULL_FIDELITY)
+
+
+class SameFidelity:
+    """A study seen through ``get_trials`` as only its trials of one fidelity."""
+
+    def __init__(self, study: optuna.Study, fidelity: str):
+        self._study, self._fidelity = study, fidelity
+
+    def get_trials(self, deepcopy: bool = True, states=None) -> list[optuna.trial.FrozenTrial]:
+        return [t for t in self._study.get_trials(deepcopy=deepcopy, states=states)
+                if fidelity_of(t) == self._fidelity]
+
+    def __getattr__(self, name: str):
+        return getattr(self._study, name)
 
 
 def check_space(spec: Spec) -> None:

@@ -29,21 +29,26 @@ from tagsearch.runtime.locks import BudgetLock
 from tagsearch.runtime.progress import progress, summary
 from tagsearch.runtime.storage import local_path, masked, open_storage, outages_of
 from tagsearch.runtime.trials import run_trials
-from tagsearch.study import search
+from tagsearch.study import memory, search
 from tagsearch.study.spec import load_spec
 
 
 def run_worker(spec: str, *, data: DataOptions | None = None, storage: str | None = None,
                study_name: str | None = None, n_trials: int | None = None, timeout: float | None = None,
-               device: str | None = None, threads: int | None = None, time_budget: float | None = None) -> int:
+               device: str | None = None, threads: int | None = None, time_budget: float | None = None,
+               memory_limit: int | None = None) -> int:
     """``tagsearch worker``: returns 0, or 1 when this worker's trials kept failing. ``time_budget``:
     seconds for the whole study (default ``[study] time_budget``), recorded as its deadline unless
-    it has one."""
+    it has one. ``memory_limit``: bytes this worker may hold (default ``memory.worker_share(1)``):
+    trials that would not fit are pruned before they allocate."""
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # while loading: SIGTERM acts like Ctrl-C
     spec = load_spec(spec)
     url, target = storage or spec.storage, n_trials or spec.n_trials
     search.check_space(spec)  # cheap checks first, then the data
-    from tagsearch.study.objective import Objective, describe_device  # here: launch must not load torch
+    from tagsearch.learn import encoder  # here: launch must not load torch
+    from tagsearch.study.objective import Objective, describe_device
+
+    encoder.USE_ALL_CORES = False  # the host's other workers go on searching while this one encodes
 
     device_name = describe_device(device or spec.device)
     store = open_early(url)
@@ -53,21 +58,24 @@ def run_worker(spec: str, *, data: DataOptions | None = None, storage: str | Non
         torch.set_num_threads(threads)
     corpus = load_corpus(resolve_data(spec, data))
     study = open_study(spec, corpus, url, study_name, seed_offset=runtime_launch.worker_index(), storage=store)
-    objective = Objective(spec, corpus, device=device, storage=url)
+    objective = Objective(spec, corpus, device=device, storage=url,
+                          memory_limit=memory_limit or memory.worker_share(1))
     interrupts = Interrupts().install()
     log(f"data: {corpus.source}: {corpus.summary()}")
     log(f"worker {os.getpid()} on study {study.study_name!r} ({masked(url)}), device {device_name}, data fingerprint "
         f"{corpus.fingerprint}: {summary(progress(study), target).split(' (')[0]}")
     code = run_trials(study, objective, target, timeout or spec.timeout, url=url, interrupts=interrupts,
                       time_budget=time_budget or spec.time_budget)
-    log(f"worker {os.getpid()} done: {summary(progress(study), target)}")
+    log(f"worker {os.getpid()} done: {summary(progress(study), target)}; peak memory "
+        f"{memory.describe(memory.peak_resident_bytes())} of its --memory {memory.describe(objective.memory_limit)}")
     return code
 
 
 def launch(spec: str, *, data: DataOptions | None = None, storage: str | None = None,
            study_name: str | None = None, workers: int = 1, devices: str = "cpu", n_trials: int | None = None,
            timeout: float | None = None, ray: str | None = None, gpus_per_worker: float | None = None,
-           cpus_per_worker: float = 1.0, time_budget: float | None = None, new_session: bool = False) -> int:
+           cpus_per_worker: float = 1.0, time_budget: float | None = None, new_session: bool = False,
+           memory_limit: int | None = None) -> int:
     """``tagsearch launch``: returns 0, 1 if a worker crashed, 130 if interrupted. ``ray``: place the
     workers on that Ray cluster (``auto``, ``local`` or HOST:PORT; docs/ray.md) instead of here,
     each with ``gpus_per_worker`` GPUs (default: 1 where the cluster has GPUs) and ``cpus_per_worker``.
@@ -75,8 +83,10 @@ def launch(spec: str, *, data: DataOptions | None = None, storage: str | None = 
     deadline here, before any worker starts, unless it has one; the workers read it from the study.
     ``new_session`` (``tagsearch tune``): the budget starts now even on a study that has a deadline
     (``deadline.renew``), and the first Ctrl-C stops the search (``deadline.stop_now``: running
-    trials end at their next epoch and count) instead of interrupting the workers; a second one does."""
+    trials end at their next epoch and count) instead of interrupting the workers; a second one does.
+    ``memory_limit``: each worker's ``--memory`` (default: ``memory.worker_share(workers)``)."""
     spec_path, data = spec, data or DataOptions()
+    memory_limit = memory_limit or memory.worker_share(workers)
     spec = load_spec(spec_path)
     search.check_space(spec)
     url, target = storage or spec.storage, n_trials or spec.n_trials
@@ -101,7 +111,8 @@ def launch(spec: str, *, data: DataOptions | None = None, storage: str | None = 
     def command(index: int, device: str, threads: int) -> list[str]:
         line = [sys.executable, "-m", "tagsearch.cli", "worker", str(spec_path), "--data", str(config.path),
                 "--storage", url, "--study-name", study.study_name, "--n-trials", str(target),
-                "--device", "cpu" if device == "cpu" else "cuda", "--threads", str(threads)]
+                "--device", "cpu" if device == "cpu" else "cuda", "--threads", str(threads),
+                "--memory", str(memory_limit)]
         for column in data.text_columns:
             line += ["--text-column", column]
         if data.tags_column:

@@ -1,0 +1,121 @@
+"""What things cost, and whether the budget can pay: pure functions over measured rates, the
+budget and the clock (no torch, no storage; the objective feeds them and acts on the answer).
+
+- A kind's **fixed cost** (encoding every post with a sentence encoder; on a GPU seconds, on two
+  CPU cores minutes) is measured on its first chunk and extrapolated (``extrapolate``);
+  ``fixed_cost_plan`` says whether it may be paid now: only while it takes at most
+  ``FIXED_COST_SHARE`` of what is left of the search, so the cheap kinds keep most of the budget.
+  A kind left out says what it would have cost and which ``--time`` would include it.
+- **Fidelity**: ``fidelity_plan`` says whether early epochs should train on a subsample of the
+  training posts — only where a full-data trial's measured epochs would let too few trials finish
+  in what is left (``MIN_TRIALS_AHEAD``): small data never pays the subsampling, large data gets
+  many more configurations per minute.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+FIXED_COST_SHARE = 0.35  # of the remaining search a kind's fixed cost may take
+MIN_TRIALS_AHEAD = 24  # full trials the remaining budget should buy; fewer and early rungs subsample
+
+
+def extrapolate(done: int, seconds: float, total: int) -> float:
+    """Seconds for ``total`` items at the rate measured on the first ``done`` (in ``seconds``)."""
+    if done <= 0:
+        return math.inf
+    return seconds / done * total
+
+
+@dataclass(frozen=True)
+class FixedCost:
+    """The verdict on one kind's fixed cost: what it will cost, what the search had left when it was
+    measured, whether it is paid, and the ``--time`` that would pay it."""
+
+    kind: str
+    seconds: float  # predicted, for the whole fixed cost
+    remaining: float  # seconds of search left when measured
+    elapsed: float  # seconds of search gone when measured
+    included: bool
+    time_needed: float  # a --time that would include it (whole minutes)
+
+    def note(self) -> str:
+        """One line for the log and the verdict."""
+        if self.included:
+            return f"{self.kind}: its fixed cost (~{clock_text(self.seconds)}) fits the {clock_text(self.remaining)} left"
+        return (f"{self.kind} left out: its fixed cost would take ~{clock_text(self.seconds)} of the "
+                f"{clock_text(self.remaining)} left of the search (more than {FIXED_COST_SHARE:.0%}); "
+                f"--time {clock_text(self.time_needed)} or more would include it")
+
+    def record(self) -> dict:
+        return {k: (round(v, 1) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def fixed_cost_plan(kind: str, seconds: float, *, now: float, deadline: float | None, budget: float | None,
+                    share: float = FIXED_COST_SHARE) -> FixedCost:
+    """Whether ``kind``'s fixed cost of ``seconds`` (predicted) may be paid at ``now``: with no
+    deadline always; else when it is at most ``share`` of the seconds left. ``budget``: the whole
+    search's seconds (for how much of it is gone, hence the ``--time`` that would include it)."""
+    if deadline is None:
+        return FixedCost(kind, seconds, math.inf, 0.0, True, 0.0)
+    remaining = max(deadline - now, 0.0)
+    elapsed = max((budget or remaining) - remaining, 0.0)
+    needed = 60 * math.ceil((elapsed + seconds / share) / 60)
+    return FixedCost(kind, seconds, remaining, elapsed, seconds <= share * remaining, float(needed))
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """How a trial trains its early epochs: on ``fraction`` of the training posts until epoch
+    ``full_from`` (fraction 1.0: all of them from the start)."""
+
+    fraction: float = 1.0
+    full_from: int = 1
+
+    def at(self, epoch: int) -> float:
+        """The share of the training posts epoch ``epoch`` trains on."""
+        return self.fraction if epoch < self.full_from else 1.0
+
+    def level(self, epoch: int) -> int:
+        """0 for a subsampled epoch, 1 for a full one: what the pruner must not mix."""
+        return 0 if epoch < self.full_from else 1
+
+
+FULL = Fidelity()
+
+
+def fidelity_plan(epoch_seconds: float | None, epochs: int, remaining: float | None, workers: int = 1,
+                  min_trials: int = MIN_TRIALS_AHEAD, fractions: tuple[float, ...] = (0.25, 0.5),
+                  rungs: int = 2) -> Fidelity:
+    """Subsample the first ``rungs`` epochs when a full trial (``epochs`` epochs of the measured
+    ``epoch_seconds``) times ``min_trials`` would not fit the ``remaining`` seconds on ``workers``:
+    the largest fraction of ``fractions`` that makes them fit, else the smallest. Nothing measured
+    yet, or no deadline: full fidelity."""
+    if not epoch_seconds or remaining is None or not math.isfinite(remaining):
+        return FULL
+    capacity = remaining * max(workers, 1)
+
+    def trial_seconds(fraction: float) -> float:
+        return epoch_seconds * (fraction * min(rungs, epochs) + max(epochs - rungs, 0))
+
+    if trial_seconds(1.0) * min_trials <= capacity:
+        return FULL
+    for fraction in sorted(fractions, reverse=True):
+        if trial_seconds(fraction) * min_trials <= capacity:
+            return Fidelity(fraction, rungs + 1)
+    return Fidelity(min(fractions), rungs + 1)
+
+
+def clock_text(seconds: float) -> str:
+    """``75`` → ``"1m15s"``; ``inf`` → ``"unlimited"``."""
+    if not math.isfinite(seconds):
+        return "unlimited"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, rest = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{rest:02d}s" if rest else f"{minutes}m"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
