@@ -178,6 +178,7 @@ def gather(spec_path: Path, url: str, study_name: str, root: Path, metric: str, 
     """Every candidate, each written under ``root`` (networks, baselines, then the ensemble)."""
     networks = network_candidates(spec_path, url, study_name, root)
     info = folder_info(networks[0].folder)
+    info["encoder"] = next((e for e in (folder_info(n.folder)["encoder"] for n in networks) if e), None)
     corpus = corpus_of(info)
     kinds = ("tfidf", "encoder_tfidf") if encoder_baseline else ("tfidf",)
     baselines = baseline_candidates(corpus, info, metric, kinds, root, embedding_dir)

@@ -330,6 +330,10 @@ def render(groups: list[tuple[str, list[Row]]], notes: list[str]) -> str:
                          f"embedding of each post (the networks' encoder, else {DEFAULT_ENCODER}) times a weight "
                          f"picked from {', '.join(f'{w:g}' for w in BASELINE_WEIGHTS)} with C on validation: what a "
                          f"practitioner writes next.")
+    if any(row.model == "ensemble" for _, rows in groups for row in rows):
+        lines.append("- ensemble: the weighted mean of the other rows' probabilities, the weights chosen by greedy "
+                     "selection on their out-of-fold validation predictions; its validation value has the weights "
+                     "cross-fitted too (chosen on the other folds), so it is not flattered by their choice.")
     lines += [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"
 
