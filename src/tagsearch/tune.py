@@ -274,13 +274,16 @@ def verdict(folder: Path, table: comparing.Table, counts: dict, search_seconds: 
              f"Delivered: {delivered_line(config)}.",
              f"Why: the best validation {metric} ({DIRECTIONS[metric]}d; out of fold, thresholds cross-fitted) of "
              f"the {len(found)} candidates: {values}. A tie keeps the earlier; test figures chose nothing.", ""]
-    headers = ["candidate", f"validation {metric}", "test Hamming", "test micro-F1", "test macro-F1", "test P@1",
-               "test R@1"]
-    body = [[(f"**{r.name}** (delivered)" if r.name == chosen.name else r.name), f"{r.validation:.4f}",
+    headers = ["candidate", "what", f"validation {metric}", "test Hamming", "test micro-F1", "test macro-F1",
+               "test P@1", "test R@1"]
+    what = {c.name: c.description for c in found}
+    body = [[(f"**{r.name}** (delivered)" if r.name == chosen.name else r.name), what.get(r.name, ""),
+             f"{r.validation:.4f}",
              comparing.figure(r.test_hamming_loss), comparing.figure(r.test_micro_f1),
              comparing.figure(r.test_macro_f1), comparing.figure(r.test_precision_at_1),
              comparing.figure(r.test_recall_at_1)] for r in rows]
-    body.append(["predicting no tag", "", comparing.figure(figures.get("test_hamming_loss_no_tags")), "", "", "", ""])
+    body.append(["predicting no tag", "", "", comparing.figure(figures.get("test_hamming_loss_no_tags")), "", "", "",
+                 ""])
     lines += [markdown_table(headers, body), ""]
     ours = next(r for r in rows if r.name == chosen.name)
     others = [r for r in rows if r is not ours]

@@ -78,7 +78,7 @@ def network_candidates(spec_path: Path, url: str, study_name: str, root: Path) -
         done = retrained(spec_path, trial=trial.number, out=root / kind, storage=url, study_name=study_name)
         result = done.run.result
         found.append(Candidate(kind, "network", done.out, done.evaluation.choice.value, result.val_labels,
-                               result.val_probs, done.evaluation.test_probs, f"trial {trial.number}"))
+                               result.val_probs, done.evaluation.test_probs, f"{kind} network, trial {trial.number}"))
     return found
 
 
@@ -119,9 +119,9 @@ def baseline_candidates(corpus, info: dict, metric: str, kinds: tuple[str, ...],
         with results.atomic_dir(root / name) as folder:
             baseline_model.write_baseline(folder, base, scored, name=comparing.BASELINES[kind], kind=kind,
                                           info=record)
+        weight = "" if base.encoder_weight is None else f", encoder weight {base.encoder_weight:g}"
         found.append(Candidate(name, "baseline", root / name, scored.validation_value, scored.val_labels,
-                               base.val_probs, base.test_probs, f"C={base.C:g}" + (
-                                   "" if base.encoder_weight is None else f", encoder weight {base.encoder_weight:g}")))
+                               base.val_probs, base.test_probs, f"{comparing.BASELINES[kind]} (C={base.C:g}{weight})"))
     return found
 
 
@@ -169,7 +169,7 @@ def ensemble_candidate(members: list[Candidate], corpus, info: dict, metric: str
     with results.atomic_dir(root / "ensemble") as folder:
         ensemble.write_ensemble(folder, [(m.name, m.folder) for m in members], counts, scored,
                                 selection=selection, info=record)
-    described = " + ".join(f"{c}×{n}" for n, c in zip(names, counts) if c)
+    described = "greedy ensemble: " + " + ".join(f"{c}×{n}" for n, c in zip(names, counts) if c)
     return Candidate("ensemble", "ensemble", root / "ensemble", honest, y, p_val, p_test, described)
 
 
