@@ -9,6 +9,13 @@ weight chosen on validation, the study's metric), from the study's stored encodi
 
 Reports, per baseline: the model's and the baseline's test figures, the mean difference (model −
 baseline), its 95 % interval, and the share of resamples where the model is better.
+
+``--against OTHER`` compares the folder with another results folder of the same data instead (any
+kind ``predict`` loads: a network, a baseline, an ensemble; e.g. today's pick against an older one,
+or the delivered model against a candidate under ``results/<study>.candidates/``), both predicting
+the same test posts at their own saved thresholds:
+
+    .venv/bin/python benchmarks/paired.py results/tagger-x --against results/tagger-x.candidates/tfidf
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from tagsearch.data.corpus import DataConfig, load_corpus  # noqa: E402
 from tagsearch.results import compare, folder as results  # noqa: E402
+from tagsearch.results.predict import load  # noqa: E402
 from tagsearch.study.search import embedding_dir  # noqa: E402
 
 
@@ -56,19 +64,27 @@ def paired(y: np.ndarray, ours: np.ndarray, theirs: np.ndarray, resamples: int, 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", help="a results folder (tagsearch retrain / tune)")
+    parser.add_argument("--against", metavar="OTHER", help="another results folder of the same data (instead of "
+                                                           "the baselines)")
     parser.add_argument("--resamples", type=int, default=5000)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    loaded = results.load(args.folder)
+    loaded = load(args.folder)
     config, metric = loaded.config, loaded.config["metric"]
     data = config["data"]
     corpus = load_corpus(DataConfig(**{**data, "text_columns": tuple(data["text_columns"])}))
     y = corpus.labels[corpus.test_idx].astype(np.uint8)
-    ours, _ = loaded.predict([corpus.texts[i] for i in corpus.test_idx], cleaned=True)
+    texts = [corpus.texts[i] for i in corpus.test_idx]
+    ours, _ = loaded.predict(texts, cleaned=True)
     folds = json.loads((Path(args.folder) / results.METRICS).read_text())["folds"]
     report = {}
-    for kind, name in compare.BASELINES.items():
+    if args.against:
+        other = load(args.against)
+        if other.config.get("fingerprint") != config.get("fingerprint") or other.tag_names != loaded.tag_names:
+            parser.error(f"{args.against} was fitted on other data or tags than {args.folder}")
+        report[str(args.against)] = paired(y, ours, other.predict(texts, cleaned=True)[0], args.resamples)
+    for kind, name in compare.BASELINES.items() if not args.against else ():
         base = compare.fit_baseline(corpus, metric, config.get("refit", False), folds, kind,
                                     config["params"].get("encoder", compare.DEFAULT_ENCODER),
                                     embedding_dir(config.get("storage", "")))
@@ -79,7 +95,7 @@ def main() -> int:
         for name, rows in report.items():
             for figure, row in rows.items():
                 low, high = row["interval_95"]
-                print(f"{name}: {figure}: model {row['model']:.4f}, baseline {row['baseline']:.4f}, difference "
+                print(f"{name}: {figure}: model {row['model']:.4f}, other {row['baseline']:.4f}, difference "
                       f"{row['difference']:+.4f} [{low:+.4f}, {high:+.4f}], model better in "
                       f"{row['model_better_share']:.0%} of {args.resamples} resamples")
     return 0

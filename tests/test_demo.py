@@ -58,11 +58,16 @@ def test_demo_end_to_end_and_one_ctrl_c_still_gives_the_best_model(tmp_path, mon
     assert "(stopped by Ctrl-C)" in out and "tagsearch dashboard --storage sqlite:///storage/demo.db" in out
     assert "tagsearch predict results/demo-400" in out and "baseline: TF-IDF + LogisticRegression" in out
     folder = tmp_path / "results" / "demo-400"
-    for name in ("model.safetensors", "preprocessing.json", "config.json", "metrics.json", "report.md",
-                 "curves.png", "optimization_history.png", "compare.md", "verdict.md"):
+    for name in ("config.json", "metrics.json", "compare.md", "verdict.md", "candidates.json"):
         assert (folder / name).is_file(), name
     config = json.loads((folder / "config.json").read_text())
-    assert config["study"] == "demo-400" and config["model"] in ("dense", "tfidf")
+    # the best on validation of the networks, the baseline and their ensemble: whatever it is, predict loads it
+    assert config["study"] == "demo-400" and config["model"] in ("dense", "tfidf", "linear", "ensemble")
+    for kind in {t.params.get("model") for t in optuna.load_study(
+            study_name="demo-400", storage=open_storage(f"sqlite:///{tmp_path}/storage/demo.db")).get_trials(
+            states=(optuna.trial.TrialState.COMPLETE,))}:
+        for name in ("model.safetensors", "preprocessing.json", "report.md", "curves.png", "optimization_history.png"):
+            assert (tmp_path / "results" / "demo-400.candidates" / kind / name).is_file(), (kind, name)
     assert "TF-IDF ⊕ encoder" not in (folder / "compare.md").read_text()  # the demo searches no encoder
     study = optuna.load_study(study_name="demo-400", storage=open_storage(f"sqlite:///{tmp_path}/storage/demo.db"))
     assert {t.params.get("model") for t in study.get_trials()} <= {"dense", "tfidf"}

@@ -11,7 +11,7 @@ from tagsearch.data.synth import write_corpus  # noqa: F401  (part of the API: `
 from tagsearch.demo import run_demo  # noqa: F401  (part of the API: `tagsearch demo`)
 from tagsearch.tune import tune  # noqa: F401  (part of the API: `tagsearch tune`)
 from tagsearch.results.compare import compare  # noqa: F401  (part of the API: `tagsearch compare`)
-from tagsearch.results.folder import load as load_results  # noqa: F401  (part of the API)
+from tagsearch.results.predict import load as load_results  # noqa: F401  (part of the API: any kind tune delivers)
 from tagsearch.results.predict import read_posts, tag_posts  # noqa: F401  (part of the API: `tagsearch predict`)
 from tagsearch.results.retrain import retrain_trial  # noqa: F401  (part of the API: `tagsearch retrain`)
 from tagsearch.study.dashboard import serve as serve_dashboard  # noqa: F401  (part of the API: `tagsearch dashboard`)

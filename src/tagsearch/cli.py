@@ -351,8 +351,7 @@ def retrain_command(args: argparse.Namespace) -> int:
 def predict_command(args: argparse.Namespace) -> int:
     import json
 
-    from tagsearch.results.folder import load
-    from tagsearch.results.predict import NO_TAG, read_posts, tag_posts
+    from tagsearch.results.predict import NO_TAG, load, read_posts, tag_posts
 
     loaded = load(args.results)
     for post in tag_posts(loaded, read_posts(args.texts, args.file, sys.stdin)):

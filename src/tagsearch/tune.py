@@ -8,9 +8,12 @@
    defaults) or resume it, and run W worker processes as ``tagsearch launch`` does until the study's
    deadline, now + ``--time``. Ctrl-C once stops the search (the deadline becomes now: running trials
    end at their next epoch and count) and goes on to step 3; a second Ctrl-C stops everything.
-3. The best trial retrained into the results folder (``results/<study>/``), compared with the tuned
-   baselines (``compare.md`` in it), and the verdict: the kind and parameters chosen, validation and
-   test figures beside the baselines', and the ``predict`` command (``verdict.md`` in it too).
+3. The candidates (``results.candidates``): the best trial of each kind retrained, the tuned
+   baselines and a greedy ensemble of them, each a results folder under ``results/<study>.candidates/``;
+   the one best on validation becomes the results folder (``results/<study>/``, whatever its kind:
+   ``results.deliver``), with ``compare.md`` (every candidate) and the verdict: what was chosen and
+   why (each candidate's validation value), the test figures, and the ``predict`` command
+   (``verdict.md`` in it too).
 """
 
 from __future__ import annotations
@@ -28,12 +31,14 @@ from tagsearch.learn.metrics import DIRECTIONS
 from tagsearch.log import log
 from tagsearch.results import compare as comparing
 from tagsearch.results.folder import METRICS, markdown_table, read_config, read_json
-from tagsearch.results.retrain import retrain_trial
+from tagsearch.results.candidates import Candidate, gather
+from tagsearch.results.deliver import deliver
 from tagsearch.runtime import deadline as deadlines
 from tagsearch.runtime.launch import clock_text, cpu_count
 from tagsearch.runtime.progress import UNLIMITED, progress
 from tagsearch.runtime.storage import storage_dir
 from tagsearch.study import memory, workers
+from tagsearch.study.search import embedding_dir
 from tagsearch.study.spec import DEFAULT_STORAGE, ENCODER_MODELS, PARAMS, load_spec
 from tagsearch.study.specfile import save_spec
 
@@ -103,16 +108,20 @@ def tune(data: str, *, time_budget: float = DEFAULT_TIME, workers_count: int | N
     if code != 0:
         log("tune: a worker crashed (see its log above); retraining the best trial the others found")
 
-    # 2. Retrain the best trial, fit the baselines beside it, and say what came out.
-    log("\n== retraining the best trial and evaluating it on the test split ==")
-    folder = retrain_trial(spec_path, out=out or Path("results") / name, storage=url, study_name=name)
-    log("\n== comparing with the tuned baselines ==")
-    table = comparing.compare_table([folder], encoder_baseline=bool(set(kinds) & set(ENCODER_MODELS)))
+    # 2. The candidates (the best network of each kind retrained, the tuned baselines, their greedy
+    #    ensemble); the best on validation delivered; every candidate compared; the verdict.
+    folder = Path(out or Path("results") / name)
+    found = gather(spec_path, url, name, folder.with_name(folder.name + ".candidates"), load_spec(spec_path).metric,
+                   # the encoder baseline only where the search paid for the encodings (the plan kept them)
+                   bool(set(kinds) & set(ENCODER_MODELS)) and not counts.get("planner"), embedding_dir(url))
+    chosen = deliver(found, load_spec(spec_path).metric, folder)
+    log(f"\n== delivered {chosen.name} to {folder}/; comparing the candidates ==")
+    table = comparing.compare_table([c.folder for c in found], baselines=False)
     comparison = folder / "compare.md"
     comparing.write_text(comparison, comparing.render(table.groups, table.notes))
     stopped = counts["deadline"] is not None and counts["deadline"] < wall_start + time_budget - 1  # Ctrl-C moved it
     again = resume_command(data, name, default_study_name(path), url, kinds, searched.models, metric)
-    text = verdict(folder, table, counts, search_seconds, stopped, again, spec_path)
+    text = verdict(folder, table, counts, search_seconds, stopped, again, spec_path, found, chosen)
     comparing.write_text(folder / "verdict.md", text)
     return Tuned(name, spec_path, folder, comparison, text, time.monotonic() - start, search_seconds, stopped)
 
@@ -247,44 +256,57 @@ def resume_command(data: str, name: str, default_name: str, url: str, kinds: tup
     return " ".join(line)
 
 
+def delivered_line(config: dict) -> str:
+    """What the results folder holds, in one line of the verdict."""
+    kind = config.get("kind", "network")
+    if kind == "baseline":
+        return f"the tuned **{config['name']}** ({config['summary']})"
+    if kind == "ensemble":
+        return f"a greedy **ensemble** of {len(config['members'])} candidates ({config['summary']})"
+    return f"trial {config['trial']}, a **{config['model']}** network — {comparing.format_params(config['params'])}"
+
+
 def verdict(folder: Path, table: comparing.Table, counts: dict, search_seconds: float, stopped: bool,
-            again: str, spec_path: Path) -> str:
-    """The few lines a user reads first: what was chosen, how it compares, how to use it."""
+            again: str, spec_path: Path, found: list[Candidate], chosen: Candidate) -> str:
+    """The few lines a user reads first: what was delivered and why, how it does on test, how to use it."""
     config, figures = read_config(folder), read_json(folder / METRICS, "metrics file")
     metric, rows = table.groups[0]
-    ours = next(r for r in rows if r.name == folder.name)
-    best = comparing.winner(rows, metric)
     done = counts["progress"]
     per_kind = ", ".join(f"{k} {n}" for k, n in sorted(counts["kinds"].items(), key=lambda kv: -kv[1]))
+    values = ", ".join(f"{c.name} {c.validation_value:.4f}" for c in found)
     lines = ["# tagsearch tune: verdict", "",
              f"Searched {clock_text(search_seconds)}{' (stopped by Ctrl-C)' if stopped else ''}: {done.finished} trials "
              f"finished ({per_kind}; {done.pruned} of them pruned{f'; {done.failed} failed' if done.failed else ''}).",
              *([f"Planner: {counts['planner']}."] if counts.get("planner") else []),
-             f"Chosen: trial {config['trial']}, **{config['model']}** — {comparing.format_params(config['params'])}.",
-             ""]
-    headers = ["", f"validation {metric}", "test Hamming", "test micro-F1", "test macro-F1", "test P@1", "test R@1"]
-    body = [[("**tagsearch**" if r is ours else r.name), f"{r.validation:.4f}", comparing.figure(r.test_hamming_loss),
-             comparing.figure(r.test_micro_f1), comparing.figure(r.test_macro_f1),
-             comparing.figure(r.test_precision_at_1), comparing.figure(r.test_recall_at_1)]
-            for r in [ours, *(r for r in rows if r is not ours)]]
-    body.append(["predicting no tag", "", comparing.figure(figures.get("test_hamming_loss_no_tags")), "", "", "", ""])
+             f"Delivered: {delivered_line(config)}.",
+             f"Why: the best validation {metric} ({DIRECTIONS[metric]}d; out of fold, thresholds cross-fitted) of "
+             f"the {len(found)} candidates: {values}. A tie keeps the earlier; test figures chose nothing.", ""]
+    headers = ["candidate", "what", f"validation {metric}", "test Hamming", "test micro-F1", "test macro-F1",
+               "test P@1", "test R@1"]
+    what = {c.name: c.description for c in found}
+    body = [[(f"**{r.name}** (delivered)" if r.name == chosen.name else r.name), what.get(r.name, ""),
+             f"{r.validation:.4f}",
+             comparing.figure(r.test_hamming_loss), comparing.figure(r.test_micro_f1),
+             comparing.figure(r.test_macro_f1), comparing.figure(r.test_precision_at_1),
+             comparing.figure(r.test_recall_at_1)] for r in rows]
+    body.append(["predicting no tag", "", "", comparing.figure(figures.get("test_hamming_loss_no_tags")), "", "", "",
+                 ""])
     lines += [markdown_table(headers, body), ""]
-    baselines = [r for r in rows if r is not ours]
-    if best is ours:
-        lines.append(f"tagsearch's model is the best on validation {metric} ({ours.validation:.4f}); the test "
-                     f"figures were looked at once, after the choice.")
-    else:
-        lines.append(f"The {best.name} did better on validation {metric} ({best.validation:.4f} against "
-                     f"{ours.validation:.4f}): a longer search (--time) may find a better network; the "
-                     f"network above is saved all the same.")
-    if baselines:
-        beaten = [r.name for r in baselines if r.test_micro_f1 <= ours.test_micro_f1
+    ours = next(r for r in rows if r.name == chosen.name)
+    others = [r for r in rows if r is not ours]
+    if others:
+        beaten = [r.name for r in others if r.test_micro_f1 <= ours.test_micro_f1
                   and r.test_hamming_loss >= ours.test_hamming_loss]
-        lines.append(f"On test it is at least as good as {len(beaten)} of the {len(baselines)} baseline(s) on both "
-                     f"micro-F1 and Hamming loss.")
-    lines += ["", f"- results: {folder}/ (report.md, metrics.json, plots, compare.md, this verdict.md)",
+        lines.append(f"On test (looked at once, after the choice) it is at least as good as {len(beaten)} of the "
+                     f"{len(others)} other candidate(s) on both micro-F1 and Hamming loss.")
+    if chosen.kind != "network":
+        best_net = next((c for c in found if c.kind == "network"), None)
+        if best_net is not None:
+            lines.append(f"The searched networks did not win: the best of each kind is kept in "
+                         f"{best_net.folder.parent}/ (a longer --time may find a better one).")
+    lines += ["", f"- results: {folder}/ (metrics.json, compare.md, candidates.json, this verdict.md)",
+              f"- every candidate: {found[0].folder.parent}/",
               f"- tag posts: `tagsearch predict {folder} \"How do I ...?\"` (or `--file posts.csv`, `--json`)",
               f"- search longer (the study resumes): `{again}`",
               f"- browse the study: `tagsearch dashboard {spec_path}`"]
     return "\n".join(lines) + "\n"
-

@@ -64,15 +64,16 @@ class Table:
     notes: list[str]
 
 
-def compare_table(folders: list[Path], encoder_baseline: bool = True) -> Table:
-    """The rows of ``folders`` and, per group, the baselines fitted on the same data and folds."""
+def compare_table(folders: list[Path], encoder_baseline: bool = True, baselines: bool = True) -> Table:
+    """The rows of ``folders`` and, per group, the baselines fitted on the same data and folds
+    (``baselines=False``: none fitted, e.g. when ``folders`` hold them already, as ``tune``'s candidates do)."""
     entries = [load_entry(folder) for folder in folders]
     groups, notes = [], []
     for key in dict.fromkeys((e["config"]["fingerprint"], e["metrics"]["metric"]) for e in entries):
         group = [e for e in entries if (e["config"]["fingerprint"], e["metrics"]["metric"]) == key]
         rows = [result_row(e) for e in group]
         refit = any(e["config"].get("refit") for e in group)
-        kinds = ("tfidf", "encoder_tfidf") if encoder_baseline else ("tfidf",)
+        kinds = (("tfidf", "encoder_tfidf") if encoder_baseline else ("tfidf",)) if baselines else ()
         encoder = next((e["config"]["params"]["encoder"] for e in group if e["config"]["model"].startswith("encoder")),
                        DEFAULT_ENCODER)
         for kind in kinds:
@@ -157,7 +158,12 @@ def result_row(entry: dict) -> Row:
                figures["validation_value"], config["threshold_choice"], figures["test_hamming_loss"],
                figures["test_micro_f1"], figures["test_macro_f1"], *(figures.get(f"test_{k}") for k in REFERENCE),
                config["parameters"], config["train_seconds"],
-               format_params(config["params"]) + (", refit" if config.get("refit") else ""))
+               (config.get("summary") or format_params(config["params"])) + (", refit" if config.get("refit") else ""))
+
+
+def is_baseline(row: Row) -> bool:
+    """A tuned baseline's row: fitted here, or a baseline results folder (``tune``'s candidates)."""
+    return row.name in BASELINES.values() or row.model == "linear"
 
 
 def baseline_row(config: dict, metric: str, refit: bool, folds: int, notes: list[str], kind: str = "tfidf",
@@ -216,6 +222,15 @@ class Baseline:
     seconds: float
     encoder_weight: float | None = None  # the encoder baseline's chosen weight
     predictions: np.ndarray | None = None  # test posts × tags, 0/1 at the chosen thresholds (benchmarks/paired.py)
+    # The fitted model, for a results folder (results/baseline_model.py): what predicts, as (one-vs-rest
+    # LogisticRegression, its fitted featurizer) pairs whose probabilities are averaged (the fold models, or
+    # the refit); the out-of-fold validation labels and probabilities C and the thresholds were chosen on
+    # (every fold's validation posts, in cv_folds' order, as a network's), and the test probabilities.
+    final: list | None = None
+    val_labels: np.ndarray | None = None
+    val_probs: np.ndarray | None = None
+    test_probs: np.ndarray | None = None
+    thresholds: list[float] | None = None
 
 
 def baseline_features(kind: str, encoder: str = DEFAULT_ENCODER) -> list[Featurizer]:
@@ -263,7 +278,8 @@ def fit_baseline(corpus, metric: str, refit: bool = False, folds: int | str = "a
     return Baseline(choice.chosen, choice.value, C, test["hamming_loss"], test["micro_f1"], test["macro_f1"],
                     metrics.reference_figures(y_test, p_test), n_parameters, seconds,
                     getattr(chosen, "encoder_weight", None),
-                    (p_test >= np.asarray(variants[choice.chosen].thresholds)).astype(np.uint8))
+                    (p_test >= np.asarray(variants[choice.chosen].thresholds)).astype(np.uint8),
+                    final, y_val, p_val, p_test, variants[choice.chosen].thresholds)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,11 +299,11 @@ def render(groups: list[tuple[str, list[Row]]], notes: list[str]) -> str:
     lines = ["# Which tagger? Chosen on validation, reported on test", ""]
     for metric, rows in groups:
         best = winner(rows, metric)
-        networks = [r for r in rows if r.name not in BASELINES.values()]
+        networks = [r for r in rows if not is_baseline(r) and r.model != "ensemble"]
         lines += [results.markdown_table(HEADERS, [r.cells() for r in rows]), "",
                   f"Winner on validation {metric}: **{best.name}** ({best.validation:.4f}; test Hamming "
                   f"{best.test_hamming_loss:.4f}, micro-F1 {best.test_micro_f1:.4f})."]
-        if best.name in BASELINES.values() and networks:
+        if is_baseline(best) and networks:
             top = winner(networks, metric)
             lines.append(f"The tuned baseline beats every searched network on validation; the best network is "
                          f"{top.name} ({top.validation:.4f}).")
@@ -314,6 +330,10 @@ def render(groups: list[tuple[str, list[Row]]], notes: list[str]) -> str:
                          f"embedding of each post (the networks' encoder, else {DEFAULT_ENCODER}) times a weight "
                          f"picked from {', '.join(f'{w:g}' for w in BASELINE_WEIGHTS)} with C on validation: what a "
                          f"practitioner writes next.")
+    if any(row.model == "ensemble" for _, rows in groups for row in rows):
+        lines.append("- ensemble: the weighted mean of the other rows' probabilities, the weights chosen by greedy "
+                     "selection on their out-of-fold validation predictions; its validation value has the weights "
+                     "cross-fitted too (chosen on the other folds), so it is not flattered by their choice.")
     lines += [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"
 

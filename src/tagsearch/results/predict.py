@@ -4,13 +4,16 @@ Posts come from the TEXT arguments, or ``--file`` (a table such as a CSV with a 
 like training data; any other file is one post per line), or stdin (one post per line). Each post is
 cleaned exactly as the training data was. Output (cli.py prints it): one line per post with its predicted tags
 (``-`` when none), or with ``--json`` one JSON object per line: ``{"tags": [...], "scores": {tag:
-probability}}``. Loading uses JSON and safetensors only (see results.py).
+probability}}``. Loading uses JSON and safetensors only, every file checked against its sha256
+(folder.py); ``load`` reads any kind ``tune`` delivers: a network (``folder.load``), a tuned baseline
+(``baseline_model.load``) or an ensemble of them (``ensemble.load``), by config.json's ``kind``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from tagsearch.results import baseline_model, ensemble
 from tagsearch.results import folder as results
 from tagsearch.data.corpus import FORMATS, raw_texts, read_table
 from tagsearch.errors import UserError
@@ -18,10 +21,23 @@ from tagsearch.errors import UserError
 NO_TAG = "-"
 
 
-def tag_posts(loaded: results.Results | str | Path, texts: list[str]) -> list[dict]:
+KINDS = {"network": results.load, baseline_model.KIND: baseline_model.load, ensemble.KIND: ensemble.load}
+
+
+def load(folder: str | Path):
+    """The model a results folder holds, whatever its kind; each has ``probabilities(texts)``,
+    ``predict(texts)``, ``tag_names``, ``thresholds`` and ``config``."""
+    kind = results.read_config(folder).get("kind", "network")
+    if kind not in KINDS:
+        raise UserError(f"results directory {str(folder)!r} holds a model of kind {kind!r}; this tagsearch reads "
+                        f"{', '.join(KINDS)}")
+    return KINDS[kind](folder)
+
+
+def tag_posts(loaded, texts: list[str]) -> list[dict]:
     """Per post: its predicted tags (at the saved thresholds) and every tag's probability,
-    ``{"tags": [...], "scores": {tag: p}}``. ``loaded``: a results directory or ``results.load``'s."""
-    loaded = results.load(loaded) if isinstance(loaded, (str, Path)) else loaded
+    ``{"tags": [...], "scores": {tag: p}}``. ``loaded``: a results directory or ``load``'s."""
+    loaded = load(loaded) if isinstance(loaded, (str, Path)) else loaded
     y_pred, probs = loaded.predict(texts)
     return [{"tags": [tag for tag, hit in zip(loaded.tag_names, row) if hit],
              "scores": {tag: float(p) for tag, p in zip(loaded.tag_names, scores)}}

@@ -52,6 +52,27 @@ def retrain_trial(spec: Spec | str | Path, *, trial: int | None = None, out: str
     overrides of the spec's ``[data]`` (a path alone, or ``DataOptions``); ``threads``: torch CPU
     threads while it runs (default 1); ``refit``: train again on training + validation first
     (default: the spec's ``[training] refit``)."""
+    return retrained(spec, trial=trial, out=out, data=data, storage=storage, study_name=study_name, device=device,
+                     threads=threads, refit=refit).out
+
+
+@dataclasses.dataclass
+class Retrained:
+    """``retrained``'s: the results directory, and the predictions it was scored on (``tune`` keeps
+    them to weigh the candidates: ``run.result.val_labels``/``val_probs``, out of fold, and
+    ``evaluation.test_probs``)."""
+
+    out: Path
+    run: "Run"
+    evaluation: "Evaluation"
+    params: dict
+    info: "RunInfo"
+
+
+def retrained(spec: Spec | str | Path, *, trial: int | None = None, out: str | Path | None = None,
+              data: DataOptions | str | None = None, storage: str | None = None, study_name: str | None = None,
+              device: str | None = None, threads: int | None = None, refit: bool | None = None) -> Retrained:
+    """``retrain_trial``, returning what it wrote and the predictions it scored."""
     from tagsearch.study import search
     from tagsearch.runtime.storage import masked
 
@@ -88,7 +109,7 @@ def retrain_trial(spec: Spec | str | Path, *, trial: int | None = None, out: str
         write_results(folder, run, evaluation, corpus, params, info, study)
     uploaded = publish(study, chosen, url, out, evaluation)
     print_summary(out, evaluation, info, run, uploaded)
-    return out
+    return Retrained(out, run, evaluation, params, info)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,6 +234,7 @@ class Evaluation:
     y_test: np.ndarray
     y_pred: np.ndarray
     reference: dict[str, float]
+    test_probs: np.ndarray | None = None  # what y_pred cuts at the chosen thresholds
 
     @property
     def chosen(self) -> str:
@@ -234,7 +256,7 @@ def evaluate(run: Run, corpus: Corpus, params: dict, metric: str) -> Evaluation:
     variants, choice = metrics.threshold_variants(y_val, p_val, y_test, p_test, corpus.tag_names, metric,
                                                   params["threshold"])
     y_pred = (p_test >= np.asarray(variants[choice.chosen].thresholds)).astype(np.uint8)
-    return Evaluation(variants, choice, y_test, y_pred, metrics.reference_figures(y_test, p_test))
+    return Evaluation(variants, choice, y_test, y_pred, metrics.reference_figures(y_test, p_test), p_test)
 
 
 def metrics_record(evaluation: Evaluation, run: Run, corpus: Corpus, info: RunInfo, plot_names: list[str],
