@@ -246,7 +246,7 @@ class FeatureCache:
     (``training_digest``), the settings — never by object identity; each kind keeps its ``KEEP``
     most recently used entries."""
 
-    KEEP = {"tokens": 2, "ngrams": 2, "vocabulary": 8, "fitted": 8, "embeddings": 2}
+    KEEP = {"tokens": 2, "ngrams": 2, "vocabulary": 8, "fitted": 8, "embeddings": 2, "hidden": 2}
 
     def __init__(self, embedding_dir: str | None = None, device: str = "cpu"):
         self._entries: dict[str, OrderedDict] = {}
@@ -692,10 +692,14 @@ FEATURIZERS: dict[str, type[Featurizer]] = {"dense": DenseBags, "tfidf": TfidfFe
 
 
 def featurizer_class(kind: str) -> type[Featurizer]:
+    if kind == "finetune" and kind not in FEATURIZERS:  # its module imports this one: registered on first use
+        from tagsearch.learn.finetune import FinetuneInputs
+
+        FEATURIZERS[kind] = FinetuneInputs
     try:
         return FEATURIZERS[kind]
     except KeyError:
-        raise UserError(f"unknown features kind {kind!r}; expected one of {', '.join(FEATURIZERS)}") from None
+        raise UserError(f"unknown features kind {kind!r}; expected one of {', '.join({**FEATURIZERS, 'finetune': None})}") from None
 
 
 def featurizer_for(params: dict) -> Featurizer:

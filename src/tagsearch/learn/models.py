@@ -216,6 +216,10 @@ def build_model(params: dict, input_size: int, n_tags: int, input_kind: str) -> 
     """The tagger for a featurizer's ``input_kind`` ("bags", "sparse", "dense") and ``input_size``
     (rows of the embedding table, or the width of a row), seeded by ``params['seed']``. Parameters
     saved before hidden_layers existed had two blocks."""
+    if input_kind == "hidden" and input_kind not in TAGGERS:  # the finetune kind's module imports this one
+        from tagsearch.learn.finetune import FinetuneTagger
+
+        TAGGERS[input_kind] = FinetuneTagger
     if input_kind not in TAGGERS:
         raise ValueError(f"input_kind must be one of {', '.join(TAGGERS)}, got {input_kind!r}")
     torch.manual_seed(params["seed"])

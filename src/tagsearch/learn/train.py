@@ -182,7 +182,10 @@ def make_optimizers(model: nn.Module, params: dict) -> list[torch.optim.Optimize
     (``LazyAdam`` / ``LazySGD``), so a step costs the rows it touches, not the whole table; the
     rest AdamW (fused: one pass per tensor) at ``lr``, or SGD with momentum at ``sgd_lr``.
     SGD is there for the linear heads over sparse features, where Adam's per-coordinate steps give
-    rare n-grams as much weight as common ones and generalise worse (BENCHMARKS.md)."""
+    rare n-grams as much weight as common ones and generalise worse (BENCHMARKS.md). A model with
+    its own ``make_optimizers(params)`` (per-group learning rates: ``finetune``) makes its own."""
+    if hasattr(model, "make_optimizers"):
+        return model.make_optimizers(params)
     embedding = [m.weight for m in model.modules() if isinstance(m, nn.EmbeddingBag) and m.sparse]
     first_layer = [m.weight for m in model.modules() if isinstance(m, SparseLinear)]
     sparse_ids = {id(p) for p in embedding + first_layer}
@@ -332,6 +335,7 @@ class Trainee:
     criterion: nn.Module
     optimizers: list
     generator: torch.Generator
+    cut: str | None = None  # why the last epoch ended before its last batch (a model's own epoch sets it)
 
     @classmethod
     def start(cls, model, train_data, val_data, params: dict) -> "Trainee":
@@ -341,7 +345,11 @@ class Trainee:
         return cls(model, train_data, val_data, criterion, make_optimizers(model, params),
                    torch.Generator().manual_seed(params["seed"]))
 
-    def epoch(self, params: dict) -> float:
+    def epoch(self, params: dict, stop_check: Callable[[], bool] | None = None) -> float:
+        """One epoch; a model with its own ``train_epoch`` (``finetune``) runs it, and may stop
+        within the epoch once ``stop_check()`` is true (setting ``cut``)."""
+        if hasattr(self.model, "train_epoch"):
+            return self.model.train_epoch(self, params, stop_check)
         return train_epoch(self.model, self.train_data, self.criterion, self.optimizers, params["batch_size"],
                            params["clip_value"], self.generator)
 
@@ -364,7 +372,8 @@ def kept(model: nn.Module, copy: dict | None) -> dict:
 
 
 def fit(model, train_data, val_data, params: dict, *, max_epochs: int, patience: int | None,
-        metric: str = "hamming_loss", on_epoch: EpochHook | None = None) -> TrainResult:
+        metric: str = "hamming_loss", on_epoch: EpochHook | None = None,
+        stop_check: Callable[[], bool] | None = None) -> TrainResult:
     """Train up to ``max_epochs``, scoring validation ``metric`` after every epoch (thresholds fitted
     as ``metrics.choose_thresholds`` does); stop after ``patience`` epochs without a better value
     (``None`` = never). ``on_epoch(epoch, record)`` runs after each epoch and may raise (e.g.
@@ -372,15 +381,18 @@ def fit(model, train_data, val_data, params: dict, *, max_epochs: int, patience:
     returned model carries the best epoch's weights. ``val_data=None`` (a refit on training +
     validation) trains exactly ``max_epochs`` and keeps the last weights."""
     return fit_folds([(model, train_data, val_data)], params, max_epochs=max_epochs, patience=patience,
-                     metric=metric, on_epoch=on_epoch)
+                     metric=metric, on_epoch=on_epoch, stop_check=stop_check)
 
 
 def fit_folds(folds: list[tuple], params: dict, *, max_epochs: int, patience: int | None,
-              metric: str = "hamming_loss", on_epoch: EpochHook | None = None) -> TrainResult:
+              metric: str = "hamming_loss", on_epoch: EpochHook | None = None,
+              stop_check: Callable[[], bool] | None = None) -> TrainResult:
     """``fit`` for one or more ``(model, train_data, val_data)`` (or ``Built``): cross-validation folds train in
     lockstep, and each epoch their validation predictions are pooled — every post predicted by the
     model that did not train on it — and scored once, so the metric, early stopping and the pruner
-    see all folds' posts."""
+    see all folds' posts. ``stop_check``: a model that trains in long epochs (``finetune``) asks it
+    every few steps and cuts its epoch once it is true; that epoch is validated and training ends
+    there, keeping the best validated weights (the search passes the study's deadline)."""
     runs = [Trainee.start(model, train_data, val_data, params) for model, train_data, val_data, *_ in folds]
     validating = all(run.val_data is not None for run in runs)
     result = TrainResult(runs[0].model, metric, best_value=metrics.worst(metric), models=[r.model for r in runs],
@@ -388,7 +400,7 @@ def fit_folds(folds: list[tuple], params: dict, *, max_epochs: int, patience: in
     best_states = None
     for epoch in range(1, max_epochs + 1):
         start = time.perf_counter()
-        record = EpochRecord(epoch, float(np.mean([run.epoch(params) for run in runs])))
+        record = EpochRecord(epoch, float(np.mean([run.epoch(params, stop_check) for run in runs])))
         if validating:
             losses, labels, probs = zip(*(run.validate() for run in runs))
             labels, probs = np.concatenate(labels), np.concatenate(probs)
@@ -407,7 +419,8 @@ def fit_folds(folds: list[tuple], params: dict, *, max_epochs: int, patience: in
             except StopTraining:
                 result.stopped_early = epoch < max_epochs
                 break
-        if validating and patience is not None and epoch - result.best_epoch >= patience:
+        if any(run.cut for run in runs) or (validating and patience is not None
+                                            and epoch - result.best_epoch >= patience):
             result.stopped_early = epoch < max_epochs
             break
     if best_states is not None:
