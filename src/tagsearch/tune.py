@@ -70,7 +70,7 @@ def tune(data: str, *, time_budget: float = DEFAULT_TIME, workers_count: int | N
     start = time.monotonic()
     if not time_budget > 0:
         raise UserError(f"--time {time_budget!r} is out of range; expected a duration > 0, like 90s, 10m, 2h")
-    path, base = data_path(data), Path(spec) if spec else studies_dir() / SPEC
+    path, base = data_path(data), Path(spec) if spec else one_kind_spec(models) or studies_dir() / SPEC
     if not base.is_file():
         raise UserError(f"study spec {str(base)!r} not found; expected a TOML file such as studies/{SPEC}")
     raw, searched = tomllib.loads(base.read_text(encoding="utf-8")), load_spec(base)
@@ -125,6 +125,15 @@ def studies_dir() -> Path:
         if (folder / SPEC).is_file():
             return folder
     raise UserError(f"cannot find studies/{SPEC}; run tagsearch from the tagsearch checkout, or pass a spec")
+
+
+def one_kind_spec(models: tuple[str, ...] | None) -> Path | None:
+    """``studies/KIND.toml`` for ``--models KIND`` when the default spec does not search KIND (the
+    finetune kind has its own spec until the planner weighs its cost in tagger.toml)."""
+    if not models or len(set(models)) != 1:
+        return None
+    own = studies_dir() / f"{models[0]}.toml"
+    return own if own.is_file() and models[0] not in load_spec(studies_dir() / SPEC).models else None
 
 
 def data_path(data: str) -> str:

@@ -221,9 +221,14 @@ class FinetuneInputs(Featurizer):
         return self
 
     def _states(self, texts: list[str]) -> HiddenStates:
+        """The prefix's states of ``texts``, on every core this process may use (``encoder.all_cores``:
+        the host's other workers wait for them)."""
+        from tagsearch.learn.encoder import all_cores
+
         model, tokenizer = load_base(self.path_)
-        return prefix_states(model, tokenizer, texts, self.max_seq_length, self.n_layers_ - self.trained_,
-                             self.device)
+        with all_cores(self.device):
+            return prefix_states(model, tokenizer, texts, self.max_seq_length, self.n_layers_ - self.trained_,
+                                 self.device)
 
     def transform(self, texts: list[str]) -> HiddenBatches:
         return HiddenBatches(self._states(list(texts)), no_labels(len(texts)))

@@ -75,7 +75,8 @@ class Objective:
 
         try:
             result = train.fit_folds(folds, params, max_epochs=self.max_epochs, patience=self.spec.patience,
-                                     metric=metric, on_epoch=report_and_prune)
+                                     metric=metric, on_epoch=report_and_prune,
+                                     stop_check=lambda: deadlines.passed(deadlines.recorded(trial.study)))
         except optuna.TrialPruned as pruned:
             set_user_attrs(trial, pruned_reason=str(pruned), epochs_run=len(curve),
                            best_epoch=int(curve[-1]["best_epoch"]), learning_curve=curve)
