@@ -131,23 +131,44 @@ def test_a_post_that_never_fits_fails_the_trial(tiny_bert, corpus, monkeypatch):
         _fitted(params_for(tiny_bert), corpus)
 
 
-def test_deadline_inside_an_epoch_stops_within_check_every_steps(tiny_bert, corpus):
-    """A deadline that comes mid-epoch ends training CHECK_EVERY steps later at most: the part-epoch
-    is validated and kept as the best (the only) validated state."""
+def test_deadline_inside_an_epoch_stops_within_check_seconds(tiny_bert, corpus, monkeypatch):
+    """A deadline that comes mid-epoch ends training at the next look (every CHECK_SECONDS, on a
+    fake clock where a step takes 1 s): the part-epoch is validated and kept as the best (the only)
+    validated state, and a retraining of the recorded params stops at the same step."""
     params = params_for(tiny_bert, batch_size=4)
+    now = [0.0]
+
+    def fake_clock() -> float:  # read once per step after the first look: each step "takes" 1 s
+        return now[0]
+
+    monkeypatch.setattr(finetune_loop, "clock", fake_clock)
+    monkeypatch.setattr(finetune_loop, "CHECK_SECONDS", 3.0)
     looks = []
+    stepped = finetune_loop.step_batch
+
+    def one_second_step(*args, **kwargs):
+        now[0] += 1.0
+        return stepped(*args, **kwargs)
+
+    monkeypatch.setattr(finetune_loop, "step_batch", one_second_step)
 
     def deadline_passed() -> bool:
-        looks.append(1)
-        return len(looks) >= 2  # the deadline comes between the first and second look
+        looks.append(now[0])
+        return now[0] >= 5.0  # the deadline comes at second 5, between two looks
 
     built, result = _fitted(params, corpus, max_epochs=3, stop_check=deadline_passed)
     steps_per_epoch = -(-len(built.train_data) // 4)
-    optimizer_steps = 2 * finetune_loop.CHECK_EVERY
-    assert optimizer_steps < steps_per_epoch
+    assert looks == [3.0, 6.0] and now[0] == 6.0 < steps_per_epoch  # stopped at the first look after it
     assert result.epochs_run == 1 and result.stopped_early and result.best_epoch == 1
     assert np.isfinite(result.best_value) and result.history[0].val is not None
-    assert len(looks) == 2
+
+    # the cut's step count is in the params the trial records: retraining them stops at that step
+    assert params["max_steps"] == 6
+    monkeypatch.undo()
+    again, rerun = _fitted(params, corpus, max_epochs=1)
+    assert rerun.best_value == result.best_value
+    for name, value in again.model.state_dict().items():
+        torch.testing.assert_close(value, built.model.state_dict()[name], atol=0, rtol=0, msg=name)
 
 
 def test_learning_rate_schedule_warms_up_then_decays_to_zero():

@@ -74,7 +74,9 @@ def tune(data: str, *, time_budget: float = DEFAULT_TIME, workers_count: int | N
     if not base.is_file():
         raise UserError(f"study spec {str(base)!r} not found; expected a TOML file such as studies/{SPEC}")
     raw, searched = tomllib.loads(base.read_text(encoding="utf-8")), load_spec(base)
-    name, kinds = study_name or default_study_name(path), usable_models(searched, models)
+    one_kind = not spec and base.name != SPEC  # --models KIND with studies/KIND.toml: its own study, KIND-posts
+    default_name = default_study_name(path).replace("tagger-", f"{base.stem}-" if one_kind else "tagger-", 1)
+    name, kinds = study_name or default_name, usable_models(searched, models)
     url = storage or searched.storage
     spec_path = save_spec(tune_spec(raw, name=name, storage=url, data=path, metric=metric, time_budget=time_budget,
                                     models=kinds, n_trials=n_trials, text_columns=text_columns,
@@ -109,7 +111,7 @@ def tune(data: str, *, time_budget: float = DEFAULT_TIME, workers_count: int | N
     comparison = folder / "compare.md"
     comparing.write_text(comparison, comparing.render(table.groups, table.notes))
     stopped = counts["deadline"] is not None and counts["deadline"] < wall_start + time_budget - 1  # Ctrl-C moved it
-    again = resume_command(data, name, default_study_name(path), url, kinds, searched.models, metric)
+    again = resume_command(data, name, default_name, url, kinds, () if one_kind else searched.models, metric)
     text = verdict(folder, table, counts, search_seconds, stopped, again, spec_path)
     comparing.write_text(folder / "verdict.md", text)
     return Tuned(name, spec_path, folder, comparison, text, time.monotonic() - start, search_seconds, stopped)

@@ -35,7 +35,7 @@ from tagsearch.learn.models import MLPHead
 from tagsearch.log import log
 
 PREFIX_BATCH = 64  # posts per forward pass when computing the frozen prefix
-EVAL_POSTS = 128  # posts per batch when predicting (predict_logits asks for thousands)
+EVAL_POSTS = 64  # posts per batch when predicting (predict_logits asks for thousands)
 CHARS_PER_TOKEN = 8  # as encoder.py: a post is cut at max_seq_length * 8 characters before tokenizing
 STATES_VERSION = 1  # part of the cache key: bump when the states computed change
 AUTOCAST = {"cuda": torch.bfloat16}  # device type → autocast dtype of the trained layers (tests add "cpu")

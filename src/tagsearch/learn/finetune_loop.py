@@ -11,13 +11,19 @@
   those, until it fits; their gradients accumulate to the whole batch's (each part's mean loss
   weighted by its share), and the rest of the trial keeps the smaller part. Only a single post
   that does not fit fails the trial (the worker goes on to the next);
-- every ``CHECK_EVERY`` steps ``stop_check()`` (the study's deadline) may cut the epoch short:
-  ``trainee.cut`` tells ``train.fit_folds`` to validate what was trained so far and stop.
+- after a step, once ``CHECK_SECONDS`` have passed since its last look, ``stop_check()`` (the
+  study's deadline, read from the storage) may cut the epoch short: ``trainee.cut`` tells
+  ``train.fit_folds`` to validate what was trained so far and stop. A trial thus stops within
+  ``CHECK_SECONDS`` + one step of its deadline (+ that validation), however long its epochs, and
+  a fast GPU step does not read the storage every time. The cut's step count goes into
+  ``params["max_steps"]`` (the trial records its params again when it ends), so the trial's other
+  folds, and ``retrain`` of it, stop at that very step and reproduce its value.
 """
 
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import torch
@@ -25,7 +31,8 @@ import torch
 from tagsearch.log import log
 
 MAX_GRAD_NORM = 1.0
-CHECK_EVERY = 8  # steps between two looks at the deadline
+CHECK_SECONDS = 2.0  # between two looks at the deadline
+clock = time.monotonic  # tests put a fake clock here
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -78,13 +85,15 @@ def train_epoch(model, trainee, params: dict, stop_check=None) -> float:
     data, optimizer = trainee.train_data, trainee.optimizers[0]
     model.train()
     batch_size = params["batch_size"]
-    steps_per_epoch = math.ceil(len(data) / batch_size)
+    batch_norm = any(isinstance(m, torch.nn.BatchNorm1d) for m in model.modules())
+    full, rest = divmod(len(data), batch_size)
+    steps_per_epoch = full + (rest >= (2 if batch_norm else 1))  # a lone last post is skipped with BatchNorm
     total_steps = params["finetune_epochs"] * steps_per_epoch
     order = torch.randperm(len(data), generator=trainee.generator)
     step = getattr(optimizer, "finetune_step", 0)
-    losses, sizes = [], []
+    losses, sizes, looked = [], [], clock()
     for inputs, targets in data.batches(batch_size, order):
-        if len(targets) < 2 and any(isinstance(m, torch.nn.BatchNorm1d) for m in model.modules()):
+        if len(targets) < 2 and batch_norm:
             continue  # BatchNorm needs two samples (as train.train_epoch)
         factor = lr_factor(step, total_steps, params["warmup"])
         for group in optimizer.param_groups:
@@ -99,9 +108,15 @@ def train_epoch(model, trainee, params: dict, stop_check=None) -> float:
         if step >= total_steps:
             trainee.cut = "the learning-rate schedule ended"
             break
-        if stop_check is not None and step % CHECK_EVERY == 0 and stop_check():
-            trainee.cut = "the study's deadline came within the epoch"
+        if params.get("max_steps") and step >= params["max_steps"]:
+            trainee.cut = f"the trial's step limit ({params['max_steps']})"
             break
+        if stop_check is not None and clock() - looked >= CHECK_SECONDS:
+            looked = clock()
+            if stop_check():
+                trainee.cut = "the study's deadline came within the epoch"
+                params["max_steps"] = step
+                break
     mean = float(np.average(losses, weights=sizes)) if losses else float("nan")
     if losses and not np.isfinite(mean):
         from tagsearch.learn.train import NonFiniteLossError

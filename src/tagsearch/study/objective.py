@@ -82,7 +82,7 @@ class Objective:
                            best_epoch=int(curve[-1]["best_epoch"]), learning_curve=curve)
             raise
         choice = result.thresholds
-        set_user_attrs(trial, epochs_run=result.epochs_run, best_epoch=result.best_epoch,
+        set_user_attrs(trial, params=params, epochs_run=result.epochs_run, best_epoch=result.best_epoch,
                        stopped_early=result.stopped_early, learning_curve=curve,
                        train_seconds=round(time.perf_counter() - start, 3),
                        parameters=train.count_parameters(result.model), folds=len(self.folds),

@@ -78,6 +78,7 @@ PARAMS: dict[str, Param] = {
     "layer_decay": Param(float, lambda v: 0 < v <= 1, "a number in (0, 1]", ("finetune",)),
     "warmup": Param(float, lambda v: 0 <= v <= 0.5, "a number in [0, 0.5]", ("finetune",)),
     "finetune_epochs": Param(int, lambda v: 1 <= v <= 100, "an integer in [1, 100]", ("finetune",)),
+    "max_steps": Param(int, lambda v: v >= 0, "an integer >= 0 (0 = no limit)", ("finetune",)),
     "seed": Param(int, lambda v: True, "an integer"),
 }
 
@@ -90,6 +91,7 @@ SEED_DEFAULTS = {
     "pos_weight": "seed", "clip_value": 10.0, "seed": 42,
     "encoder": DEFAULT_ENCODER, "max_seq_length": 256, "encoder_weight": 0.5,
     "encoder_lr": 5e-5, "train_layers": 1, "layer_decay": 1.0, "warmup": 0.1, "finetune_epochs": 4,
+    "max_steps": 0,
 }
 
 # A hyperparameter that only matters when another one has certain values: (parameter, those values).
