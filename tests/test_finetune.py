@@ -251,3 +251,12 @@ def test_minilm_study_retrain_and_predict(tmp_path, tiny_csv):
     y_pred, _ = loaded.predict([corpus.texts[i] for i in corpus.test_idx], cleaned=True)
     figures = summary(corpus.labels[corpus.test_idx], y_pred)
     assert figures["micro_f1"] == pytest.approx(metrics["test_micro_f1"], abs=1e-9)
+
+
+def test_tune_models_finetune_takes_its_own_spec():
+    """--models finetune searches studies/finetune.toml while tagger.toml does not list the kind;
+    a kind tagger.toml searches keeps tagger.toml."""
+    from tagsearch import tune
+
+    assert tune.one_kind_spec(("finetune",)).name == "finetune.toml"
+    assert tune.one_kind_spec(("tfidf",)) is None and tune.one_kind_spec(None) is None
