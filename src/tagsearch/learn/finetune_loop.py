@@ -111,7 +111,8 @@ def train_epoch(model, trainee, params: dict, stop_check=None) -> float:
         if params.get("max_steps") and step >= params["max_steps"]:
             trainee.cut = f"the trial's step limit ({params['max_steps']})"
             break
-        if stop_check is not None and clock() - looked >= CHECK_SECONDS:
+        if stop_check is not None and not params.get("max_steps") and clock() - looked >= CHECK_SECONDS:
+            # (once a fold was cut, the others stop at its step: max_steps above)
             looked = clock()
             if stop_check():
                 trainee.cut = "the study's deadline came within the epoch"
