@@ -171,8 +171,9 @@ def usable_models(spec, requested: tuple[str, ...] | None) -> tuple[str, ...]:
         try:
             resolve_model(next(p["encoder"] for p in [spec.defaults, *spec.early] if p["model"] in ENCODER_MODELS))
         except UserError as exc:
+            left_out = [m for m in kinds if m in ENCODER_MODELS]
             kinds = tuple(m for m in kinds if m not in ENCODER_MODELS)
-            log(f"tune: leaving out {', '.join(ENCODER_MODELS)}: {exc}")
+            log(f"tune: leaving out {', '.join(left_out)}: {exc}")
             if not kinds:
                 raise UserError(f"{spec.path} searches only encoder kinds, and {exc}") from None
     return kinds
