@@ -76,11 +76,13 @@ def tune(data: str, *, time_budget: float = DEFAULT_TIME, workers_count: int | N
     start = time.monotonic()
     if not time_budget > 0:
         raise UserError(f"--time {time_budget!r} is out of range; expected a duration > 0, like 90s, 10m, 2h")
-    path, base = data_path(data), Path(spec) if spec else studies_dir() / SPEC
+    path, base = data_path(data), Path(spec) if spec else one_kind_spec(models) or studies_dir() / SPEC
     if not base.is_file():
         raise UserError(f"study spec {str(base)!r} not found; expected a TOML file such as studies/{SPEC}")
     raw, searched = tomllib.loads(base.read_text(encoding="utf-8")), load_spec(base)
-    name, kinds = study_name or default_study_name(path), usable_models(searched, models)
+    one_kind = not spec and base.name != SPEC  # --models KIND with studies/KIND.toml: its own study, KIND-posts
+    default_name = default_study_name(path).replace("tagger-", f"{base.stem}-" if one_kind else "tagger-", 1)
+    name, kinds = study_name or default_name, usable_models(searched, models)
     url = storage or searched.storage
     spec_path = save_spec(tune_spec(raw, name=name, storage=url, data=path, metric=metric, time_budget=time_budget,
                                     models=kinds, n_trials=n_trials, text_columns=text_columns,
@@ -120,7 +122,7 @@ def tune(data: str, *, time_budget: float = DEFAULT_TIME, workers_count: int | N
     comparison = folder / "compare.md"
     comparing.write_text(comparison, comparing.render(table.groups, table.notes))
     stopped = counts["deadline"] is not None and counts["deadline"] < wall_start + time_budget - 1  # Ctrl-C moved it
-    again = resume_command(data, name, default_study_name(path), url, kinds, searched.models, metric)
+    again = resume_command(data, name, default_name, url, kinds, () if one_kind else searched.models, metric)
     text = verdict(folder, table, counts, search_seconds, stopped, again, spec_path, found, chosen)
     comparing.write_text(folder / "verdict.md", text)
     return Tuned(name, spec_path, folder, comparison, text, time.monotonic() - start, search_seconds, stopped)
@@ -136,6 +138,15 @@ def studies_dir() -> Path:
         if (folder / SPEC).is_file():
             return folder
     raise UserError(f"cannot find studies/{SPEC}; run tagsearch from the tagsearch checkout, or pass a spec")
+
+
+def one_kind_spec(models: tuple[str, ...] | None) -> Path | None:
+    """``studies/KIND.toml`` for ``--models KIND`` when the default spec does not search KIND (the
+    finetune kind has its own spec until the planner weighs its cost in tagger.toml)."""
+    if not models or len(set(models)) != 1:
+        return None
+    own = studies_dir() / f"{models[0]}.toml"
+    return own if own.is_file() and models[0] not in load_spec(studies_dir() / SPEC).models else None
 
 
 def data_path(data: str) -> str:
@@ -171,8 +182,9 @@ def usable_models(spec, requested: tuple[str, ...] | None) -> tuple[str, ...]:
         try:
             resolve_model(next(p["encoder"] for p in [spec.defaults, *spec.early] if p["model"] in ENCODER_MODELS))
         except UserError as exc:
+            left_out = [m for m in kinds if m in ENCODER_MODELS]
             kinds = tuple(m for m in kinds if m not in ENCODER_MODELS)
-            log(f"tune: leaving out {', '.join(ENCODER_MODELS)}: {exc}")
+            log(f"tune: leaving out {', '.join(left_out)}: {exc}")
             if not kinds:
                 raise UserError(f"{spec.path} searches only encoder kinds, and {exc}") from None
     return kinds

@@ -246,7 +246,7 @@ class FeatureCache:
     (``training_digest``), the settings — never by object identity; each kind keeps its ``KEEP``
     most recently used entries."""
 
-    KEEP = {"tokens": 2, "ngrams": 2, "vocabulary": 8, "fitted": 8, "embeddings": 2}
+    KEEP = {"tokens": 2, "ngrams": 2, "vocabulary": 8, "fitted": 8, "embeddings": 2, "hidden": 2}
 
     def __init__(self, embedding_dir: str | None = None, device: str = "cpu"):
         self._entries: dict[str, OrderedDict] = {}
@@ -694,6 +694,8 @@ FEATURIZERS: dict[str, type[Featurizer]] = {"dense": DenseBags, "tfidf": TfidfFe
 
 
 def featurizer_class(kind: str) -> type[Featurizer]:
+    """The featurizer class of a model kind (``finetune`` registers itself when ``learn.finetune``
+    is imported: ``learn.train`` and ``results.folder`` import it)."""
     try:
         return FEATURIZERS[kind]
     except KeyError:

@@ -25,7 +25,7 @@ from tagsearch.learn import metrics
 from tagsearch.data.corpus import Corpus
 from tagsearch.learn.features import FeatureCache, Featurizer
 from tagsearch.learn.metrics import ThresholdChoice, val_key
-from tagsearch.learn.models import SparseLinear, build_model, count_parameters
+from tagsearch.learn.models import SparseLinear, build_model, count_parameters, fused_supported
 
 EVAL_BATCH = 4096
 POS_WEIGHT_CLIP = 50.0
@@ -188,7 +188,10 @@ def make_optimizers(model: nn.Module, params: dict) -> list[torch.optim.Optimize
     (``LazyAdam`` / ``LazySGD``), so a step costs the rows it touches, not the whole table; the
     rest AdamW (fused: one pass per tensor) at ``lr``, or SGD with momentum at ``sgd_lr``.
     SGD is there for the linear heads over sparse features, where Adam's per-coordinate steps give
-    rare n-grams as much weight as common ones and generalise worse (BENCHMARKS.md)."""
+    rare n-grams as much weight as common ones and generalise worse (BENCHMARKS.md). A model with
+    its own ``make_optimizers(params)`` (per-group learning rates: ``finetune``) makes its own."""
+    if hasattr(model, "make_optimizers"):
+        return model.make_optimizers(params)
     embedding = [m.weight for m in model.modules() if isinstance(m, nn.EmbeddingBag) and m.sparse]
     first_layer = [m.weight for m in model.modules() if isinstance(m, SparseLinear)]
     sparse_ids = {id(p) for p in embedding + first_layer}
@@ -206,11 +209,6 @@ def make_optimizers(model: nn.Module, params: dict) -> list[torch.optim.Optimize
         optimizers = [torch.optim.SGD(dense, lr=lr, momentum=SGD_MOMENTUM, weight_decay=weight_decay)]
         return optimizers + ([LazySGD(groups, lr=lr, momentum=SGD_MOMENTUM)] if groups else [])
     raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {kind!r}")
-
-
-def fused_supported(params: list[torch.Tensor]) -> bool:
-    """Whether AdamW's fused kernel (one pass over each tensor instead of ~10) handles ``params``."""
-    return bool(params) and all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
 
 
 def coalesced(grad: torch.Tensor) -> torch.Tensor:
@@ -343,6 +341,7 @@ class Trainee:
     criterion: nn.Module
     optimizers: list
     generator: torch.Generator
+    cut: str | None = None  # why the last epoch ended before its last batch (a model's own epoch sets it)
 
     @classmethod
     def start(cls, model, train_data, val_data, params: dict) -> "Trainee":
@@ -353,6 +352,11 @@ class Trainee:
                    torch.Generator().manual_seed(params["seed"]))
 
     def epoch(self, params: dict, should_stop: Callable[[], bool] | None = None, fraction: float = 1.0) -> float:
+        """One epoch on all the training posts or a fixed ``fraction`` of them; a model with its own
+        ``train_epoch`` (``finetune``) runs it, and may cut the epoch once ``should_stop()`` is true
+        (setting ``cut``; that epoch is still validated)."""
+        if hasattr(self.model, "train_epoch"):
+            return self.model.train_epoch(self, params, should_stop)
         return train_epoch(self.model, self.subsample(fraction, params["seed"]), self.criterion, self.optimizers,
                            params["batch_size"], params["clip_value"], self.generator, should_stop)
 
@@ -386,7 +390,8 @@ def kept(model: nn.Module, copy: dict | None) -> dict:
 
 
 def fit(model, train_data, val_data, params: dict, *, max_epochs: int, patience: int | None,
-        metric: str = "hamming_loss", on_epoch: EpochHook | None = None) -> TrainResult:
+        metric: str = "hamming_loss", on_epoch: EpochHook | None = None,
+        should_stop: Callable[[], bool] | None = None) -> TrainResult:
     """Train up to ``max_epochs``, scoring validation ``metric`` after every epoch (thresholds fitted
     as ``metrics.choose_thresholds`` does); stop after ``patience`` epochs without a better value
     (``None`` = never). ``on_epoch(epoch, record)`` runs after each epoch and may raise (e.g.
@@ -394,7 +399,7 @@ def fit(model, train_data, val_data, params: dict, *, max_epochs: int, patience:
     returned model carries the best epoch's weights. ``val_data=None`` (a refit on training +
     validation) trains exactly ``max_epochs`` and keeps the last weights."""
     return fit_folds([(model, train_data, val_data)], params, max_epochs=max_epochs, patience=patience,
-                     metric=metric, on_epoch=on_epoch)
+                     metric=metric, on_epoch=on_epoch, should_stop=should_stop)
 
 
 def fit_folds(folds: list[tuple], params: dict, *, max_epochs: int, patience: int | None,
@@ -407,7 +412,8 @@ def fit_folds(folds: list[tuple], params: dict, *, max_epochs: int, patience: in
     see all folds' posts. ``keep_best=False`` (the search, which needs the best epoch's value and
     predictions, not its weights) keeps no copy of the best epoch's weights: the models end with
     the last epoch's, and the trial holds a quarter less memory. ``should_stop()``, asked every few
-    batches, ends training mid-epoch (``EpochCut``): that epoch is not scored. ``fidelity(epoch)``:
+    batches, ends training mid-epoch (``EpochCut``): that epoch is not scored; a model with its own
+    epoch (``finetune``) cuts it instead, and that epoch is validated before training ends. ``fidelity(epoch)``:
     the share of each fold's training posts that epoch trains on (a fixed random subsample; the
     search's early rungs on large data), 1 by default."""
     runs = [Trainee.start(model, train_data, val_data, params) for model, train_data, val_data, *_ in folds]
@@ -442,7 +448,8 @@ def fit_folds(folds: list[tuple], params: dict, *, max_epochs: int, patience: in
             except StopTraining:
                 result.stopped_early = epoch < max_epochs
                 break
-        if validating and patience is not None and epoch - result.best_epoch >= patience:
+        if any(run.cut for run in runs) or (validating and patience is not None
+                                            and epoch - result.best_epoch >= patience):
             result.stopped_early = epoch < max_epochs
             break
     if best_states is not None:

@@ -34,6 +34,7 @@ from torch import nn
 from tagsearch.learn.features import Featurizer, featurizer_from_state
 from tagsearch.data.corpus import clean_texts
 from tagsearch.errors import UserError
+from tagsearch.learn import finetune  # noqa: F401  (registers the finetune kind's featurizer and model)
 from tagsearch.learn.models import build_model
 from tagsearch.learn.train import predict_proba
 

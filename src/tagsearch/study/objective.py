@@ -25,8 +25,9 @@ from tagsearch.runtime import deadline as deadlines
 from tagsearch.log import log
 from tagsearch.study import memory, planner
 from tagsearch.study.search import embedding_dir, suggest
-from tagsearch.study.spec import ENCODER_MODELS, Spec
+from tagsearch.study.spec import Spec
 
+EMBEDDED = ("encoder", "encoder_tfidf")  # the kinds over the host's embedding cache (finetune keeps its own)
 ENCODING_PLAN = "planner:encoding"  # the study attribute recording the encoding's cost and verdict
 
 
@@ -109,7 +110,7 @@ class Objective:
             raise
         remember(self.trial_epochs, params["model"], result.epochs_run)
         choice = result.thresholds
-        set_user_attrs(trial, epochs_run=result.epochs_run, best_epoch=result.best_epoch,
+        set_user_attrs(trial, params=params, epochs_run=result.epochs_run, best_epoch=result.best_epoch,
                        stopped_early=result.stopped_early, learning_curve=curve,
                        train_seconds=round(time.perf_counter() - start, 3),
                        parameters=train.count_parameters(result.model), folds=len(self.folds),
@@ -138,7 +139,7 @@ class Objective:
         else the guard its encoding runs under (``encoder.Guard``), which measures the rate on the
         first chunk, decides by ``planner.fixed_cost_plan`` (one log line, and the study attribute
         ``planner:encoding`` the verdict shows), and stops at the deadline keeping what it encoded."""
-        if params["model"] not in ENCODER_MODELS:
+        if params["model"] not in EMBEDDED:
             return None
         deadline = deadlines.recorded(trial.study)
         plan = trial.study.user_attrs.get(ENCODING_PLAN)
@@ -153,7 +154,7 @@ class Objective:
             if decided:
                 return
             decided.append(True)
-            cost = planner.fixed_cost_plan(", ".join(ENCODER_MODELS), progress.seconds + progress.seconds_left,
+            cost = planner.fixed_cost_plan(", ".join(EMBEDDED), progress.seconds + progress.seconds_left,
                                            now=deadlines.clock() - progress.seconds, deadline=deadline,
                                            budget=self.spec.time_budget)
             log(f"planner: {cost.note()} (measured on the first {progress.done} of {progress.total} posts)")

@@ -26,9 +26,10 @@ from tagsearch.data.corpus import DataConfig
 from tagsearch.errors import UserError
 from tagsearch.learn.metrics import DIRECTIONS
 
-MODELS = ("dense", "tfidf", "encoder", "encoder_tfidf")
+MODELS = ("dense", "tfidf", "encoder", "encoder_tfidf", "finetune")
 TFIDF_MODELS = ("tfidf", "encoder_tfidf")  # models whose features include TF-IDF
-ENCODER_MODELS = ("encoder", "encoder_tfidf")  # models whose features include a pretrained encoder's embeddings
+ENCODER_MODELS = ("encoder", "encoder_tfidf", "finetune")  # models built on a pretrained encoder
+NOT_FINETUNE = ("dense", "tfidf", "encoder", "encoder_tfidf")  # finetune: AdamW, gradient norm clipped to 1
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 POS_WEIGHT_SCHEMES = ("seed", "neg_pos", "none")
 OPTIMIZERS = ("adamw", "sgd")
@@ -52,9 +53,9 @@ PARAMS: dict[str, Param] = {
     "hidden1": Param(int, lambda v: v >= 1, "an integer >= 1"),
     "hidden2": Param(int, lambda v: v >= 1, "an integer >= 1"),
     "dropout": Param(float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "optimizer": Param(str, lambda v: v in OPTIMIZERS, "one of adamw, sgd"),
+    "optimizer": Param(str, lambda v: v in OPTIMIZERS, "one of adamw, sgd", NOT_FINETUNE),
     "lr": Param(float, lambda v: 0 < v <= 1, "a number in (0, 1]"),
-    "sgd_lr": Param(float, lambda v: 0 < v <= 100, "a number in (0, 100]"),
+    "sgd_lr": Param(float, lambda v: 0 < v <= 100, "a number in (0, 100]", NOT_FINETUNE),
     "weight_decay": Param(float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "batch_size": Param(int, lambda v: v >= 2, "an integer >= 2"),
     "threshold": Param(float, lambda v: 0 < v < 1, "a number in (0, 1)"),
@@ -70,7 +71,14 @@ PARAMS: dict[str, Param] = {
     "max_seq_length": Param(int, lambda v: 8 <= v <= 512, "an integer in [8, 512]", ENCODER_MODELS),
     "encoder_weight": Param(float, lambda v: 0 < v <= 10, "a number in (0, 10]", ("encoder_tfidf",)),
     "pos_weight": Param(str, lambda v: v in POS_WEIGHT_SCHEMES, "one of seed, neg_pos, none"),
-    "clip_value": Param(float, lambda v: v > 0, "a number > 0"),
+    "clip_value": Param(float, lambda v: v > 0, "a number > 0", NOT_FINETUNE),
+    "encoder_lr": Param(float, lambda v: 0 < v <= 1, "a number in (0, 1]", ("finetune",)),
+    "train_layers": Param(int, lambda v: v >= 1, "an integer >= 1 (at least the model's layers = all)",
+                          ("finetune",)),
+    "layer_decay": Param(float, lambda v: 0 < v <= 1, "a number in (0, 1]", ("finetune",)),
+    "warmup": Param(float, lambda v: 0 <= v <= 0.5, "a number in [0, 0.5]", ("finetune",)),
+    "finetune_epochs": Param(int, lambda v: 1 <= v <= 100, "an integer in [1, 100]", ("finetune",)),
+    "max_steps": Param(int, lambda v: v >= 0, "an integer >= 0 (0 = no limit)", ("finetune",)),
     "seed": Param(int, lambda v: True, "an integer"),
 }
 
@@ -82,6 +90,8 @@ SEED_DEFAULTS = {
     "buckets": 262144, "max_features": 5000, "min_df": 1, "ngram_max": 1, "sublinear_tf": False,
     "pos_weight": "seed", "clip_value": 10.0, "seed": 42,
     "encoder": DEFAULT_ENCODER, "max_seq_length": 256, "encoder_weight": 0.5,
+    "encoder_lr": 5e-5, "train_layers": 1, "layer_decay": 1.0, "warmup": 0.1, "finetune_epochs": 4,
+    "max_steps": 0,
 }
 
 # A hyperparameter that only matters when another one has certain values: (parameter, those values).
@@ -98,6 +108,8 @@ def is_active(name: str, params: dict) -> bool:
     if name not in ACTIVE_WHEN:
         return True
     parent, values = ACTIVE_WHEN[name]
+    if not is_active(parent, params):  # lr of a finetune trial: no optimizer choice, AdamW
+        return True
     return params.get(parent, SEED_DEFAULTS[parent]) in values
 
 
