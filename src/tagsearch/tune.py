@@ -32,7 +32,7 @@ from tagsearch.results.retrain import retrain_trial
 from tagsearch.runtime import deadline as deadlines
 from tagsearch.runtime.launch import clock_text, cpu_count
 from tagsearch.runtime.progress import UNLIMITED, progress
-from tagsearch.runtime.storage import storage_dir
+from tagsearch.runtime.storage import masked, storage_dir
 from tagsearch.study import workers
 from tagsearch.study.spec import DEFAULT_STORAGE, ENCODER_MODELS, PARAMS, load_spec
 from tagsearch.study.specfile import save_spec
@@ -74,9 +74,10 @@ def tune(data: str, *, time_budget: float = DEFAULT_TIME, workers_count: int | N
     if not base.is_file():
         raise UserError(f"study spec {str(base)!r} not found; expected a TOML file such as studies/{SPEC}")
     raw, searched = tomllib.loads(base.read_text(encoding="utf-8")), load_spec(base)
-    name, kinds = study_name or default_study_name(path), usable_models(searched, models)
+    name, kinds = check_study_name(study_name or default_study_name(path)), usable_models(searched, models)
     url = storage or searched.storage
-    spec_path = save_spec(tune_spec(raw, name=name, storage=url, data=path, metric=metric, time_budget=time_budget,
+    # the written spec, the log and the verdict show the URL without its password (workers get it privately)
+    spec_path = save_spec(tune_spec(raw, name=name, storage=masked(url), data=path, metric=metric, time_budget=time_budget,
                                     models=kinds, n_trials=n_trials, text_columns=text_columns,
                                     tags_column=tags_column, top_k=top_k, max_epochs=max_epochs),
                           storage_dir(url) / f"{name}.toml",
@@ -84,7 +85,7 @@ def tune(data: str, *, time_budget: float = DEFAULT_TIME, workers_count: int | N
                                   f"and a later 'tagsearch tune' of this study read it.")
     load_spec(spec_path)  # the written spec must be valid
     device_list, count = pick_devices(devices, workers_count)
-    log(f"tune: study {name!r} in {url}, {', '.join(kinds)}, {count} worker(s) on {device_list}, "
+    log(f"tune: study {name!r} in {masked(url)}, {', '.join(kinds)}, {count} worker(s) on {device_list}, "
         f"{clock_text(time_budget)} of search (Ctrl-C: stop searching and keep the best so far)")
 
     # 1. Search until the deadline (or a Ctrl-C brings it forward).
@@ -103,7 +104,7 @@ def tune(data: str, *, time_budget: float = DEFAULT_TIME, workers_count: int | N
 
     # 2. Retrain the best trial, fit the baselines beside it, and say what came out.
     log("\n== retraining the best trial and evaluating it on the test split ==")
-    folder = retrain_trial(spec_path, out=out or Path("results") / name, storage=url, study_name=name)
+    folder = retrain_trial(spec_path, out=out or Path("results") / name, storage=url, study_name=name, data=path)
     log("\n== comparing with the tuned baselines ==")
     table = comparing.compare_table([folder], encoder_baseline=bool(set(kinds) & set(ENCODER_MODELS)))
     comparison = folder / "compare.md"
@@ -236,7 +237,7 @@ def resume_command(data: str, name: str, default_name: str, url: str, kinds: tup
     """The ``tagsearch tune`` line that resumes this study (its options where they differ from the defaults)."""
     line = ["tagsearch", "tune", data, "--time", "30m"]
     line += ["--study-name", name] if name != default_name else []
-    line += ["--storage", url] if url != DEFAULT_STORAGE else []
+    line += ["--storage", masked(url)] if url != DEFAULT_STORAGE else []
     line += ["--models", ",".join(kinds)] if set(kinds) != set(all_kinds) else []
     line += ["--metric", metric] if metric else []
     return " ".join(line)
