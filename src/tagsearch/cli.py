@@ -173,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="text column(s), joined in order (default: Title+Body, content, text)")
     group.add_argument("--tags-column", metavar="COL", help="tags column (default: Tags, tags, Tag_Number)")
     group.add_argument("--top-k", type=positive_int, metavar="K", help="keep the K most frequent tags (default 10)")
-    tune.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: sqlite:///storage/tagsearch.db)")
+    tune.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: $TAGSEARCH_STORAGE, else "
+                                                       "sqlite:///storage/tagsearch.db)")
     tune.add_argument("--study-name", type=study_name, metavar="NAME", help="study name (default: tagger-<file stem>); an existing "
                                                            "study on the same data resumes")
     tune.add_argument("--n-trials", type=positive_int, metavar="N", help="also stop after N finished trials")
@@ -320,7 +321,7 @@ def tune_command(args: argparse.Namespace) -> int:
     from tagsearch.tune import tune
 
     tuned = tune(args.data, time_budget=args.time_budget, workers_count=args.workers, devices=args.devices,
-                 metric=args.metric, out=args.out, storage=args.storage, study_name=args.study_name,
+                 metric=args.metric, out=args.out, storage=storage_url(args), study_name=args.study_name,
                  text_columns=tuple(args.text_columns or ()), tags_column=args.tags_column, top_k=args.top_k,
                  n_trials=args.n_trials, models=args.models, spec=args.spec, max_epochs=args.max_epochs)
     show_tuned(tuned, "tune")

@@ -34,7 +34,7 @@ from tagsearch.runtime.launch import clock_text, cpu_count
 from tagsearch.runtime.progress import UNLIMITED, progress
 from tagsearch.runtime.storage import masked, storage_dir
 from tagsearch.study import workers
-from tagsearch.study.spec import DEFAULT_STORAGE, ENCODER_MODELS, PARAMS, load_spec
+from tagsearch.study.spec import DEFAULT_STORAGE, ENCODER_MODELS, PARAMS, check_study_name, load_spec
 from tagsearch.study.specfile import save_spec
 
 SPEC = "tagger.toml"

@@ -114,9 +114,8 @@ class _Details:
 
 
 def storage_client(host: str, port: int):
-    """Optuna's ``GrpcStorageProxy`` on ``host:port``, its calls bearing the token; a UserError when
-    the proxy refuses this client (no token, or another one)."""
-    import grpc
+    """Optuna's ``GrpcStorageProxy`` on ``host:port``, its calls bearing the token (``check_admitted``
+    then tells a refused client why)."""
     from optuna.storages import GrpcStorageProxy
     from optuna.storages._grpc.auto_generated import api_pb2_grpc
     from optuna.storages._grpc.client import GrpcClientCache
