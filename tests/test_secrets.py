@@ -78,9 +78,11 @@ def command_lines(pids) -> dict[int, bytes]:
     lines = {}
     for pid in pids:
         try:
-            lines[pid] = Path(f"/proc/{pid}/cmdline").read_bytes()
+            line = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
-            pass
+            continue
+        if line:  # a zombie's is empty
+            lines[pid] = line
     return lines
 
 
