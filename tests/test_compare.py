@@ -94,6 +94,7 @@ def test_default_dirs_and_missing_data(two_results, tmp_path, monkeypatch, capsy
     config["data"]["path"] = str(tmp_path / "gone.csv")
     config["fingerprint"] = "0123456789abcdef"
     config_path.write_text(json.dumps(config))
+    results.write_manifest(config_path.parent)  # edited on purpose: the manifest says so
     assert main(["compare", "--no-encoder-baseline"]) == 0
     printed = capsys.readouterr().out
     assert (tmp_path / "results" / "compare.md").read_text() == printed
