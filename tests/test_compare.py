@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 from tagsearch.cli import main
+from tagsearch.results import folder as results
 from tagsearch.results.compare import BASELINE_NAME, ENCODER_BASELINE_NAME
 from test_retrain import shared_results
 
@@ -72,6 +73,8 @@ def test_winner_is_chosen_on_validation_never_on_test(two_results, tmp_path, cap
     for key in ("test_hamming_loss_no_tags", "test_precision_at_1", "test_recall_at_1"):
         del metrics[key]
     (winner / "metrics.json").write_text(json.dumps(metrics))
+    for copy in copies:
+        results.write_manifest(copy)  # edited on purpose: the manifest says so
     assert main(["compare", *map(str, copies), "--out", str(tmp_path / "c.md"), "--no-encoder-baseline"]) == 0
     printed = capsys.readouterr().out
     assert f"**{loser.name}**" not in printed
@@ -91,6 +94,7 @@ def test_default_dirs_and_missing_data(two_results, tmp_path, monkeypatch, capsy
     config["data"]["path"] = str(tmp_path / "gone.csv")
     config["fingerprint"] = "0123456789abcdef"
     config_path.write_text(json.dumps(config))
+    results.write_manifest(config_path.parent)  # edited on purpose: the manifest says so
     assert main(["compare", "--no-encoder-baseline"]) == 0
     printed = capsys.readouterr().out
     assert (tmp_path / "results" / "compare.md").read_text() == printed

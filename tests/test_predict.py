@@ -229,4 +229,5 @@ def test_weights_of_another_shape_are_rejected(copy_of, capsys):
     config = json.loads((copy_of / "config.json").read_text())
     config["sha256"]["model.safetensors"] = results.sha256(copy_of / "model.safetensors")
     (copy_of / "config.json").write_text(json.dumps(config))
+    results.write_manifest(copy_of)  # the whole folder consistent again: only the shapes are wrong
     assert "cannot load the weights" in _error(["predict", str(copy_of), "hello"], capsys)

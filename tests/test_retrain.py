@@ -14,7 +14,7 @@ from tagsearch.study import search
 from tagsearch.study import objective
 from tagsearch.cli import main
 from tagsearch.data.corpus import DataConfig, load_corpus
-from tagsearch.results.folder import sha256
+from tagsearch.results.folder import sha256, write_manifest
 from tagsearch.study.spec import load_spec
 from tagsearch.runtime.trials import run_trials
 
@@ -199,13 +199,15 @@ def test_interrupted_write_keeps_old_results(tmp_path, tiny_csv, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("previous")
+    write_manifest(out)  # a results folder (only one is ever replaced)
+    before = sorted(p.name for p in out.iterdir())
 
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(retrain, "write_plots", boom)
     assert main(["retrain", str(spec_path), "--out", str(out)]) == 130  # Ctrl-C while writing
-    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    assert sorted(p.name for p in out.iterdir()) == before and (out / "old.txt").read_text() == "previous"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     monkeypatch.undo()
     assert main(["retrain", str(spec_path), "--out", str(out)]) == 0

@@ -79,6 +79,26 @@ def model_list(text: str) -> tuple[str, ...]:
     return kinds
 
 
+def study_name(text: str) -> str:
+    """An argparse type: a study name that can also name its results folder (``spec.check_study_name``)."""
+    from tagsearch.study.spec import check_study_name
+
+    try:
+        return check_study_name(text, "--study-name")
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def storage_url(args: argparse.Namespace) -> str | None:
+    """--storage, else the TAGSEARCH_STORAGE environment variable (a URL with a password stays off
+    command lines: launch hands it to its workers so), else None (the spec's)."""
+    import os
+
+    from tagsearch.runtime.storage import STORAGE_ENV
+
+    return args.storage or os.environ.get(STORAGE_ENV) or None
+
+
 def add_data_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data (override the spec's [data] section)")
     group.add_argument("--data", metavar="PATH", help="posts file: .csv .tsv .parquet .jsonl .joblib")
@@ -90,8 +110,9 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
 
 def add_study_options(parser: argparse.ArgumentParser) -> None:
     add_data_options(parser)
-    parser.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: the spec's)")
-    parser.add_argument("--study-name", metavar="NAME", help="study name (default: the spec's)")
+    parser.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: $TAGSEARCH_STORAGE, else the "
+                                                         "spec's)")
+    parser.add_argument("--study-name", type=study_name, metavar="NAME", help="study name (default: the spec's)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,8 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="text column(s), joined in order (default: Title+Body, content, text)")
     group.add_argument("--tags-column", metavar="COL", help="tags column (default: Tags, tags, Tag_Number)")
     group.add_argument("--top-k", type=positive_int, metavar="K", help="keep the K most frequent tags (default 10)")
-    tune.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: sqlite:///storage/tagsearch.db)")
-    tune.add_argument("--study-name", metavar="NAME", help="study name (default: tagger-<file stem>); an existing "
+    tune.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: $TAGSEARCH_STORAGE, else "
+                                                       "sqlite:///storage/tagsearch.db)")
+    tune.add_argument("--study-name", type=study_name, metavar="NAME", help="study name (default: tagger-<file stem>); an existing "
                                                            "study on the same data resumes")
     tune.add_argument("--n-trials", type=positive_int, metavar="N", help="also stop after N finished trials")
     tune.add_argument("--models", type=model_list, metavar="LIST",
@@ -186,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--storage", required=True, metavar="URL", help="the database behind it, e.g. postgresql://...")
     proxy.add_argument("--host", default="127.0.0.1")
     proxy.add_argument("--port", type=int, default=13000)
+    proxy.add_argument("--token-file", metavar="PATH", help="a 0600 file holding the token every client must bear "
+                                                            "(default: $TAGSEARCH_PROXY_TOKEN); clients read "
+                                                            "TAGSEARCH_PROXY_TOKEN or TAGSEARCH_PROXY_TOKEN_FILE")
+    proxy.add_argument("--insecure", action="store_true",
+                       help="serve a non-loopback --host without a token (anyone who reaches it owns the study)")
 
     retrain = sub.add_parser("retrain", help="retrain a study's best trial and evaluate it on the test split")
     retrain.add_argument("spec", metavar="SPEC")
@@ -291,7 +318,7 @@ def train_command(args: argparse.Namespace) -> int:
 def worker_command(args: argparse.Namespace) -> int:
     from tagsearch.study.workers import run_worker
 
-    return run_worker(args.spec, data=data_options(args), storage=args.storage, study_name=args.study_name,
+    return run_worker(args.spec, data=data_options(args), storage=storage_url(args), study_name=args.study_name,
                       n_trials=args.n_trials, timeout=args.timeout, time_budget=args.time_budget, device=args.device,
                       threads=args.threads, memory_limit=args.memory)
 
@@ -299,7 +326,7 @@ def worker_command(args: argparse.Namespace) -> int:
 def launch_command(args: argparse.Namespace) -> int:
     from tagsearch.study.workers import launch
 
-    return launch(args.spec, data=data_options(args), storage=args.storage, study_name=args.study_name,
+    return launch(args.spec, data=data_options(args), storage=storage_url(args), study_name=args.study_name,
                   workers=args.workers, devices=args.devices, n_trials=args.n_trials, timeout=args.timeout,
                   time_budget=args.time_budget, ray=args.ray, gpus_per_worker=args.gpus_per_worker,
                   cpus_per_worker=args.cpus_per_worker, memory_limit=args.memory)
@@ -309,7 +336,7 @@ def tune_command(args: argparse.Namespace) -> int:
     from tagsearch.tune import tune
 
     tuned = tune(args.data, time_budget=args.time_budget, workers_count=args.workers, devices=args.devices,
-                 metric=args.metric, out=args.out, storage=args.storage, study_name=args.study_name,
+                 metric=args.metric, out=args.out, storage=storage_url(args), study_name=args.study_name,
                  text_columns=tuple(args.text_columns or ()), tags_column=args.tags_column, top_k=args.top_k,
                  n_trials=args.n_trials, models=args.models, spec=args.spec, max_epochs=args.max_epochs,
                  memory_limit=args.memory)
@@ -330,7 +357,7 @@ def show_tuned(tuned, what: str) -> None:
 def storage_proxy_command(args: argparse.Namespace) -> int:
     from tagsearch.runtime.proxy import serve
 
-    return serve(args.storage, host=args.host, port=args.port)
+    return serve(args.storage, host=args.host, port=args.port, token_file=args.token_file, insecure=args.insecure)
 
 
 def dashboard_command(args: argparse.Namespace) -> int:
@@ -343,7 +370,7 @@ def dashboard_command(args: argparse.Namespace) -> int:
 def retrain_command(args: argparse.Namespace) -> int:
     from tagsearch.results.retrain import retrain_trial
 
-    retrain_trial(args.spec, trial=args.trial, out=args.out, data=data_options(args), storage=args.storage,
+    retrain_trial(args.spec, trial=args.trial, out=args.out, data=data_options(args), storage=storage_url(args),
                   study_name=args.study_name, device=args.device, threads=args.threads, refit=args.refit)
     return 0
 

@@ -36,10 +36,10 @@ from tagsearch.results.deliver import deliver
 from tagsearch.runtime import deadline as deadlines
 from tagsearch.runtime.launch import clock_text, cpu_count
 from tagsearch.runtime.progress import UNLIMITED, progress
-from tagsearch.runtime.storage import storage_dir
+from tagsearch.runtime.storage import masked, storage_dir
 from tagsearch.study import memory, workers
 from tagsearch.study.search import embedding_dir
-from tagsearch.study.spec import DEFAULT_STORAGE, ENCODER_MODELS, PARAMS, load_spec
+from tagsearch.study.spec import DEFAULT_STORAGE, ENCODER_MODELS, PARAMS, check_study_name, load_spec
 from tagsearch.study.specfile import save_spec
 
 SPEC = "tagger.toml"
@@ -82,9 +82,10 @@ def tune(data: str, *, time_budget: float = DEFAULT_TIME, workers_count: int | N
     raw, searched = tomllib.loads(base.read_text(encoding="utf-8")), load_spec(base)
     one_kind = not spec and base.name != SPEC  # --models KIND with studies/KIND.toml: its own study, KIND-posts
     default_name = default_study_name(path).replace("tagger-", f"{base.stem}-" if one_kind else "tagger-", 1)
-    name, kinds = study_name or default_name, usable_models(searched, models)
+    name, kinds = check_study_name(study_name or default_name), usable_models(searched, models)
     url = storage or searched.storage
-    spec_path = save_spec(tune_spec(raw, name=name, storage=url, data=path, metric=metric, time_budget=time_budget,
+    # the written spec, the log and the verdict show the URL without its password (workers get it privately)
+    spec_path = save_spec(tune_spec(raw, name=name, storage=masked(url), data=path, metric=metric, time_budget=time_budget,
                                     models=kinds, n_trials=n_trials, text_columns=text_columns,
                                     tags_column=tags_column, top_k=top_k, max_epochs=max_epochs),
                           storage_dir(url) / f"{name}.toml",
@@ -92,7 +93,7 @@ def tune(data: str, *, time_budget: float = DEFAULT_TIME, workers_count: int | N
                                   f"and a later 'tagsearch tune' of this study read it.")
     load_spec(spec_path)  # the written spec must be valid
     device_list, count = pick_devices(devices, workers_count)
-    log(f"tune: study {name!r} in {url}, {', '.join(kinds)}, {count} worker(s) on {device_list}, "
+    log(f"tune: study {name!r} in {masked(url)}, {', '.join(kinds)}, {count} worker(s) on {device_list}, "
         f"{clock_text(time_budget)} of search (Ctrl-C: stop searching and keep the best so far)")
 
     # 1. Search until the deadline (or a Ctrl-C brings it forward).
@@ -115,7 +116,8 @@ def tune(data: str, *, time_budget: float = DEFAULT_TIME, workers_count: int | N
     folder = Path(out or Path("results") / name)
     found = gather(spec_path, url, name, folder.with_name(folder.name + ".candidates"), load_spec(spec_path).metric,
                    # the encoder baseline only where the search paid for the encodings (the plan kept them)
-                   bool(set(kinds) & set(ENCODER_MODELS)) and not counts.get("planner"), embedding_dir(url))
+                   bool(set(kinds) & set(ENCODER_MODELS)) and not counts.get("planner"), embedding_dir(url),
+                   data=path)
     chosen = deliver(found, load_spec(spec_path).metric, folder)
     log(f"\n== delivered {chosen.name} to {folder}/; comparing the candidates ==")
     table = comparing.compare_table([c.folder for c in found], baselines=False)
@@ -262,7 +264,7 @@ def resume_command(data: str, name: str, default_name: str, url: str, kinds: tup
     """The ``tagsearch tune`` line that resumes this study (its options where they differ from the defaults)."""
     line = ["tagsearch", "tune", data, "--time", "30m"]
     line += ["--study-name", name] if name != default_name else []
-    line += ["--storage", url] if url != DEFAULT_STORAGE else []
+    line += ["--storage", masked(url)] if url != DEFAULT_STORAGE else []
     line += ["--models", ",".join(kinds)] if set(kinds) != set(all_kinds) else []
     line += ["--metric", metric] if metric else []
     return " ".join(line)

@@ -67,6 +67,10 @@ class DataConfig:
     val_size: float = 0.2
     split_seed: int = 42
     encoding: str = "utf-8"
+    # A .joblib/.pkl file is a pickle, which runs code when loaded: read one only when the user
+    # named the path (a command's --data, a library call), never a path read from a spec or a
+    # results folder. Not part of the data's identity (equality, hash, what retrain records).
+    allow_pickle: bool = field(default=True, compare=False)
 
     def __post_init__(self):
         if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 1:
@@ -146,14 +150,19 @@ def detect_format(path: Path) -> str:
     return fmt
 
 
-def read_table(path: str | os.PathLike, encoding: str = "utf-8") -> pd.DataFrame:
-    """Read a table of posts; every failure becomes a ``UserError`` naming the file."""
+def read_table(path: str | os.PathLike, encoding: str = "utf-8", allow_pickle: bool = True) -> pd.DataFrame:
+    """Read a table of posts; every failure becomes a ``UserError`` naming the file. A joblib/pickle
+    file only with ``allow_pickle`` (the user named it: see ``DataConfig.allow_pickle``)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"data file {str(path)!r} not found")
     if path.stat().st_size == 0:
         raise UserError(f"data file {str(path)!r} is empty; expected a table of posts with text and tags")
     fmt = detect_format(path)
+    if fmt == "joblib" and not allow_pickle:
+        raise UserError(f"data file {str(path)!r} is a pickle (joblib), which runs code when loaded, and its path "
+                        f"was read from a spec or a results folder, not named by you; expected a .csv, .tsv, "
+                        f".parquet or .jsonl file, or name this one yourself with --data")
     try:
         if fmt == "csv":
             frame = pd.read_csv(path, encoding=encoding)
@@ -390,7 +399,7 @@ def load_corpus(config: DataConfig) -> Corpus:
 
 @functools.lru_cache(maxsize=4)
 def _load_cached(config: DataConfig, _mtime_ns: int, _size: int) -> Corpus:
-    corpus = build_corpus(read_table(config.path, config.encoding), config)
+    corpus = build_corpus(read_table(config.path, config.encoding, config.allow_pickle), config)
     give_back_freed_memory()
     return corpus
 

@@ -65,8 +65,9 @@ def best_trials(study) -> dict:
     return best
 
 
-def network_candidates(spec_path: Path, url: str, study_name: str, root: Path) -> list[Candidate]:
-    """The best trial of each kind, retrained into ``root/<kind>``."""
+def network_candidates(spec_path: Path, url: str, study_name: str, root: Path, data: str | None = None) -> list[Candidate]:
+    """The best trial of each kind, retrained into ``root/<kind>`` (on ``data``, the posts file the
+    user named, where given; else the spec's)."""
     from tagsearch.results.retrain import retrained
     from tagsearch.study import search
     from tagsearch.study.spec import load_spec
@@ -75,7 +76,8 @@ def network_candidates(spec_path: Path, url: str, study_name: str, root: Path) -
     found = []
     for kind, trial in best_trials(study).items():
         log(f"\n== retraining the best {kind} trial ({trial.number}, validation {trial.value:.4f}) ==")
-        done = retrained(spec_path, trial=trial.number, out=root / kind, storage=url, study_name=study_name)
+        done = retrained(spec_path, trial=trial.number, out=root / kind, storage=url, study_name=study_name,
+                         data=data)
         result = done.run.result
         found.append(Candidate(kind, "network", done.out, done.evaluation.choice.value, result.val_labels,
                                result.val_probs, done.evaluation.test_probs, f"{kind} network, trial {trial.number}"))
@@ -174,9 +176,9 @@ def ensemble_candidate(members: list[Candidate], corpus, info: dict, metric: str
 
 
 def gather(spec_path: Path, url: str, study_name: str, root: Path, metric: str, encoder_baseline: bool,
-           embedding_dir: str | None) -> list[Candidate]:
+           embedding_dir: str | None, data: str | None = None) -> list[Candidate]:
     """Every candidate, each written under ``root`` (networks, baselines, then the ensemble)."""
-    networks = network_candidates(spec_path, url, study_name, root)
+    networks = network_candidates(spec_path, url, study_name, root, data)
     info = folder_info(networks[0].folder)
     info["encoder"] = next((e for e in (folder_info(n.folder)["encoder"] for n in networks) if e), None)
     corpus = corpus_of(info)

@@ -14,6 +14,7 @@ figures are reported, never used to choose. The Markdown table goes to stdout an
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -94,8 +95,9 @@ def default_folders() -> list[Path]:
 
 
 def load_entry(folder: Path) -> dict:
-    config = results.read_config(folder)
-    figures = results.read_json(folder / results.METRICS, "metrics file")
+    with results.FolderReader(folder) as reader:  # both checked against the folder's manifest
+        config = reader.config()
+        figures = reader.json(results.METRICS, "metrics file")
     for key in ("metric", "validation_value", "test_hamming_loss", "test_micro_f1", "test_macro_f1"):
         if key not in figures:
             raise UserError(f"metrics file {str(folder / results.METRICS)!r} lacks {key!r} (written by an older "
@@ -172,7 +174,7 @@ def baseline_row(config: dict, metric: str, refit: bool, folds: int, notes: list
     data is gone or the encoder cannot be loaded."""
     data = config["data"]
     try:
-        corpus = load_corpus(DataConfig(**{**data, "text_columns": tuple(data["text_columns"])}))
+        corpus = load_corpus(recorded_data(data))
     except UserError as exc:
         notes.append(f"no baseline for {data_label(config)}: {exc}")
         return None
@@ -191,6 +193,18 @@ def baseline_row(config: dict, metric: str, refit: bool, folds: int, notes: list
                base.hamming_loss, base.micro_f1, base.macro_f1, *(base.reference[k] for k in REFERENCE),
                base.parameters, base.seconds,
                f"C={base.C:g}{weight}" + (", refit" if refit else ""))
+
+
+def recorded_data(data: dict) -> DataConfig:
+    """The data settings a results folder recorded, as a ``DataConfig`` that never unpickles: the
+    path was read from the folder, not named by the user (a shared folder naming a pickle would
+    run its code)."""
+    fields = {f.name for f in dataclasses.fields(DataConfig)} - {"allow_pickle"}
+    settings = {k: v for k, v in data.items() if k in fields}
+    if not isinstance(settings.get("path"), str):
+        raise UserError(f"the recorded data has no path ({data.get('path')!r})")
+    settings["text_columns"] = tuple(settings.get("text_columns", ()))
+    return DataConfig(**settings, allow_pickle=False)
 
 
 def logistic_regression(matrix, labels, C: float):

@@ -35,7 +35,7 @@ from tagsearch.results import folder as results
 from tagsearch.data.corpus import Corpus, cv_folds, load_corpus, n_folds, DataOptions, resolve_data, train_and_val
 from tagsearch.errors import UserError
 from tagsearch.log import log
-from tagsearch.study.spec import Spec, coerce, load_spec
+from tagsearch.study.spec import Spec, check_study_name, coerce, load_spec
 from tagsearch.learn.train import (EpochRecord, TrainResult, build_model, count_parameters, fit, pick_device,
                                    predict_proba, train_config)
 
@@ -84,9 +84,8 @@ def retrained(spec: Spec | str | Path, *, trial: int | None = None, out: str | P
     corpus = load_corpus(data_config)
     search.check_fingerprint(study, corpus)
     params = trial_params(spec, chosen)
-    out = Path(out or Path("results") / study.study_name)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"results path {str(out)!r} is a file; expected a directory (or nothing) there")
+    out = Path(out) if out else Path("results") / check_study_name(study.study_name)
+    results.check_replaceable(out)  # before training: a mistyped --out is refused, never replaced
     epochs = int(chosen.user_attrs.get("best_epoch") or spec.max_epochs)
     folds = n_folds(corpus, spec.folds)
     refit = spec.refit if refit is None else refit
@@ -299,6 +298,7 @@ def metrics_record(evaluation: Evaluation, run: Run, corpus: Corpus, info: RunIn
 def data_record(config) -> dict:
     """The data settings as plain data, with the file's absolute path (compare reloads it)."""
     record = dataclasses.asdict(config)
+    record.pop("allow_pickle", None)  # how this run was allowed to read it, not what the data is
     record["path"] = str(Path(config.path).resolve())
     record["text_columns"] = list(config.text_columns)
     return record

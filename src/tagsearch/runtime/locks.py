@@ -305,11 +305,11 @@ class GrpcLeaseLock(LeaseLock):
     """The budget lock kept by the storage proxy (see ``Leases``)."""
 
     def __init__(self, url: str, name: str, outages: Outages | None = None):
-        import grpc
+        from tagsearch.runtime import proxy_auth
 
         super().__init__(outages)
         host, port = proxy_address(url)
-        self.channel = grpc.insecure_channel(address(host, port))
+        self.channel = proxy_auth.channel(host, port)  # bears the proxy's token, if one is set
         self.name, self.url = name, url
         self.what = f"the budget lock ({name} on {url})"
         self.calls = {method: self.channel.unary_unary(f"/{SERVICE}/{method}",

@@ -6,14 +6,18 @@ the proxy their budget lock (``tagsearch.BudgetLock``: Acquire / Renew / Release
 Workers connected to a plain Optuna proxy server have no such service and stop with an error
 rather than run unlocked.
 
-Loopback by default: the proxy has no authentication and can delete studies, so any other address
-gets a warning.
+Whoever reaches the proxy owns the study (it can delete studies, forge trials, hold the lock), so
+it admits only its cluster: with a shared token (``proxy_auth``: ``--token-file``, or
+``TAGSEARCH_PROXY_TOKEN``) every call must bear it. Loopback by default; any other address without
+a token is refused unless ``--insecure`` says so (and then warned about loudly). Lease lengths
+asked for are capped at ``MAX_LEASE_SECONDS``: a client cannot freeze the lock for ever.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import signal
 import sys
 import threading
@@ -21,16 +25,19 @@ import time
 
 from tagsearch.log import log
 from tagsearch.errors import UserError
-from tagsearch.runtime._optuna import grpc_server
+from tagsearch.runtime import proxy_auth
 from tagsearch.runtime.locks import SERVICE, address
 from tagsearch.runtime.storage import JOURNAL_SCHEMES, PROXY_SCHEMES, masked, open_storage, scheme
 
 PROXY_THREADS = 32
+MAX_LEASE_SECONDS = 600.0  # longer than any lease tagsearch asks for; an endless one would freeze every worker
 
 
-def serve(storage: str, host: str = "127.0.0.1", port: int = 13000) -> int:
+def serve(storage: str, host: str = "127.0.0.1", port: int = 13000, token_file: str | None = None,
+          insecure: bool = False) -> int:
     """``tagsearch storage-proxy``: serve the database ``storage`` (a URL) on ``host:port`` until
-    SIGINT/SIGTERM; 0 after a clean stop."""
+    SIGINT/SIGTERM; 0 after a clean stop. ``token_file`` (else ``TAGSEARCH_PROXY_TOKEN``): the token
+    every call must bear; a non-loopback ``host`` without one is refused unless ``insecure``."""
     kind = scheme(storage)
     if kind in JOURNAL_SCHEMES + PROXY_SCHEMES:
         raise UserError(f"storage-proxy serves a relational database (postgresql://, mysql://, sqlite://); "
@@ -38,14 +45,19 @@ def serve(storage: str, host: str = "127.0.0.1", port: int = 13000) -> int:
                         f"support (optuna/optuna#6084); point workers at it directly instead")
     if not 1 <= port <= 65535:
         raise UserError(f"--port {port} is out of range; expected 1..65535")
+    token = proxy_auth.token_from_environment(token_file)
+    if token is None and not is_loopback(host):
+        if not insecure:
+            raise UserError(f"--host {host} is reachable from other machines, and without a token anyone there could "
+                            f"delete or forge studies; expected a token (--token-file PATH of a 0600 file, or "
+                            f"{proxy_auth.TOKEN_ENV}) that the workers share, or --insecure on a network you trust")
+        print(f"WARNING: --insecure: serving on {host} WITHOUT A TOKEN. Anyone who reaches this port can delete "
+              f"studies, forge trials that retrain trusts, and hold the budget lock. Use a token "
+              f"(--token-file or {proxy_auth.TOKEN_ENV}).", file=sys.stderr)
     database = open_storage(storage)
-    if not is_loopback(host):
-        print(f"warning: serving on {host}, reachable from other machines; the storage proxy has no "
-              f"login or encryption and can delete studies (use --host 127.0.0.1, or a private network)",
-              file=sys.stderr)
-    server = make_server(database, host, port)
+    server = make_server(database, host, port, token)
     log(f"storage proxy for {masked(storage)} at grpc://{address(host, port)} "
-        f"(workers: --storage grpc://{address(host, port)}); Ctrl-C stops it")
+        f"(workers: --storage grpc://{address(host, port)}{', with the token' if token else ''}); Ctrl-C stops it")
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -65,17 +77,24 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def make_server(storage, host: str, port: int):
+def make_server(storage, host: str, port: int, token: str | None = None):
     """Optuna's proxy service for ``storage`` (cached like ``optuna.storages.get_storage``) plus the
-    lock service, bound to ``host:port`` (a UserError when the port is taken)."""
+    lock service, bound to ``host:port`` (a UserError when the port is taken); with ``token``,
+    every call on either service must bear it."""
     from concurrent.futures import ThreadPoolExecutor
 
     import grpc
     import optuna
+    from optuna.storages._grpc.auto_generated import api_pb2_grpc
+    from optuna.storages._grpc.servicer import OptunaStorageProxyService
 
     storage = optuna.storages.get_storage(storage)  # RDBStorage → _CachedStorage, as Optuna advises
+    # Optuna's make_server, with the token check in front of every service
+    server = grpc.server(ThreadPoolExecutor(max_workers=PROXY_THREADS),
+                         interceptors=[proxy_auth.server_interceptor(token)] if token else None)
+    api_pb2_grpc.add_StorageServiceServicer_to_server(OptunaStorageProxyService(storage), server)
     try:
-        server = grpc_server(storage, host, port, ThreadPoolExecutor(max_workers=PROXY_THREADS))
+        server.add_insecure_port(address(host, port))
     except RuntimeError as exc:  # grpc: "Failed to bind to address"
         raise UserError(f"cannot serve on {address(host, port)}: {exc}; expected a free port") from None
     leases = Leases()
@@ -96,21 +115,21 @@ class Leases:
         self.mutex = threading.Lock()
 
     def acquire(self, request: dict, context) -> dict:
-        now = time.monotonic()
+        now, lease = time.monotonic(), lease_seconds(request)
         with self.mutex:
             holder, expiry = self.table.get(request["name"], (None, 0.0))
-            if holder not in (None, request["holder"]) and expiry > now:
+            if lease is None or holder not in (None, request["holder"]) and expiry > now:
                 return {"ok": False}
-            self.table[request["name"]] = (request["holder"], now + float(request["lease"]))
+            self.table[request["name"]] = (request["holder"], now + lease)
             return {"ok": True}
 
     def renew(self, request: dict, context) -> dict:
-        now = time.monotonic()
+        now, lease = time.monotonic(), lease_seconds(request)
         with self.mutex:
             holder, expiry = self.table.get(request["name"], (None, 0.0))
-            if holder != request["holder"] or expiry <= now:
+            if lease is None or holder != request["holder"] or expiry <= now:
                 return {"ok": False}
-            self.table[request["name"]] = (holder, now + float(request["lease"]))
+            self.table[request["name"]] = (holder, now + lease)
             return {"ok": True}
 
     def release(self, request: dict, context) -> dict:
@@ -118,3 +137,14 @@ class Leases:
             if self.table.get(request["name"], (None,))[0] == request["holder"]:
                 del self.table[request["name"]]
         return {"ok": True}
+
+
+def lease_seconds(request: dict) -> float | None:
+    """The lease a request asks for, capped at ``MAX_LEASE_SECONDS``; None for no number > 0."""
+    try:
+        lease = float(request["lease"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if math.isnan(lease) or lease <= 0:
+        return None
+    return min(lease, MAX_LEASE_SECONDS)

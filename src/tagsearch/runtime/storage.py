@@ -113,6 +113,32 @@ def masked(url: str) -> str:
     return f"{head}{sep}{userinfo.split(':', 1)[0]}:***@{host}"
 
 
+STORAGE_ENV = "TAGSEARCH_STORAGE"  # a storage URL kept off command lines (launch passes one with a password so)
+MASK = "***"
+
+
+def has_secret(url: str) -> bool:
+    """Whether ``url`` carries a password (what ``masked`` hides)."""
+    return masked(url) != url
+
+
+def secret_env(url: str) -> dict:
+    """The environment that hands ``url`` to a worker instead of its argv, or {} when it has no password."""
+    return {STORAGE_ENV: url} if has_secret(url) else {}
+
+
+def _check_not_masked(url: str) -> None:
+    from sqlalchemy.engine import make_url
+
+    try:
+        password = make_url(url).password
+    except Exception:
+        return
+    if password == MASK:
+        raise UserError(f"storage {url!r} has its password hidden ({MASK}, as tagsearch writes it into specs and "
+                        f"reports); expected the full URL: --storage URL, or the {STORAGE_ENV} environment variable")
+
+
 SERVER_SCHEMES = ("postgresql", "mysql", "redis", "rediss", "grpc")
 
 
@@ -125,6 +151,7 @@ def open_storage(url: str, create: bool = True, read_only: bool = False, retry: 
     Every storage but a plain read-only one comes as a ``WorkerStorage``, whose calls a signal
     never interrupts."""
     kind = scheme(url)
+    _check_not_masked(url)
     path = local_path(url)
     if path is not None:
         if not create and not path.is_file():
@@ -209,17 +236,19 @@ def _grpc_storage(url: str):
     import warnings
 
     import grpc
-    from optuna.storages import GrpcStorageProxy
+
+    from tagsearch.runtime import proxy_auth
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     host, port = proxy_address(url)
-    storage = GrpcStorageProxy(host=host, port=port)
+    storage = proxy_auth.storage_client(host, port)  # Optuna's GrpcStorageProxy, its calls bearing the token
     try:
         storage.wait_server_ready(timeout=GRPC_CONNECT_SECONDS)
     except (grpc.FutureTimeoutError, ConnectionError):  # Optuna turns the former into the latter
         storage.close()
         raise UserError(f"no storage proxy answers at {url} (waited {GRPC_CONNECT_SECONDS} s); expected a running "
                         f"'tagsearch storage-proxy --storage URL --port {port}' on {host}") from None
+    proxy_auth.check_admitted(storage, url)
     return storage
 
 

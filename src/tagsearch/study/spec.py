@@ -231,12 +231,14 @@ class Spec:
         return self.training.get("device", "auto")
 
     def data_config(self, path: str | None = None) -> DataConfig:
+        """The spec's ``[data]``, with ``path`` (named by the user) instead of its path if given. A
+        pickle is read only from a path the user named, not from one the spec names."""
         settings = dict(self.data)
         settings["path"] = path or settings.get("path", BUILTIN_DATA)
         if settings["path"] == BUILTIN_DATA:
             settings["path"] = BUILTIN_PATH
         settings["text_columns"] = tuple(settings.get("text_columns", ()))
-        return DataConfig(**settings)
+        return DataConfig(**settings, allow_pickle=bool(path))
 
     def params(self, overrides: dict | None = None) -> dict:
         return {**self.defaults, **(overrides or {})}
@@ -253,6 +255,19 @@ def load_spec(path: str | Path) -> Spec:
     return parse_spec(raw, str(path))
 
 
+def check_study_name(name, where: str = "study name") -> str:
+    """``name`` if it can name a study and, unchanged, a file or folder (``results/<name>``,
+    ``storage/<name>.toml``): not empty, no path separator, no ``..``, not hidden, no control
+    character. A UserError naming it otherwise."""
+    if not isinstance(name, str) or not name.strip():
+        raise UserError(f"{where} {name!r} is not a name; expected a non-empty string such as 'tagger-posts'")
+    if "/" in name or "\\" in name or ".." in name or name.startswith(".") \
+            or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise UserError(f"{where} {name!r} cannot name a study: it becomes a folder name (results/<name>), so "
+                        f"expected no '/', '\\', '..', leading '.' or control character, such as 'tagger-posts'")
+    return name
+
+
 def parse_spec(raw: dict, where: str = "spec") -> Spec:
     for section, value in raw.items():
         if section not in SECTIONS:
@@ -264,6 +279,7 @@ def parse_spec(raw: dict, where: str = "spec") -> Spec:
     study = raw.get("study", {})
     if "name" not in study:
         raise UserError(f"{where} [study]: missing key 'name'")
+    check_study_name(study["name"], f"{where} [study] name")
     flat = {k: v for k, v in raw.get("defaults", {}).items() if not isinstance(v, dict)}
     defaults = {**SEED_DEFAULTS, **{k: coerce(k, v, f"{where} [defaults]") for k, v in flat.items()}}
     early = _early_defaults(raw.get("defaults", {}), _models(raw, defaults), where)

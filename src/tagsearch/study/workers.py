@@ -12,6 +12,7 @@ creates it and queues [defaults], the others find it complete.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -27,7 +28,7 @@ from tagsearch.runtime import ray_launch
 from tagsearch.runtime.interrupts import Interrupts
 from tagsearch.runtime.locks import BudgetLock
 from tagsearch.runtime.progress import progress, summary
-from tagsearch.runtime.storage import local_path, masked, open_storage, outages_of
+from tagsearch.runtime.storage import has_secret, local_path, masked, open_storage, outages_of, secret_env
 from tagsearch.runtime.trials import run_trials
 from tagsearch.study import memory, search
 from tagsearch.study.spec import load_spec
@@ -109,9 +110,11 @@ def launch(spec: str, *, data: DataOptions | None = None, storage: str | None = 
     log(f"data: {corpus.source}: {corpus.summary()}")
 
     def command(index: int, device: str, threads: int) -> list[str]:
+        # a URL with a password reaches the workers through their environment (STORAGE_ENV), never
+        # their argv, which every user of the machine can read (ps, /proc/*/cmdline)
         line = [sys.executable, "-m", "tagsearch.cli", "worker", str(spec_path), "--data", str(config.path),
-                "--storage", url, "--study-name", study.study_name, "--n-trials", str(target),
-                "--device", "cpu" if device == "cpu" else "cuda", "--threads", str(threads),
+                *([] if has_secret(url) else ["--storage", url]), "--study-name", study.study_name,
+                "--n-trials", str(target), "--device", "cpu" if device == "cpu" else "cuda", "--threads", str(threads),
                 "--memory", str(memory_limit)]
         for column in data.text_columns:
             line += ["--text-column", column]
@@ -123,6 +126,12 @@ def launch(spec: str, *, data: DataOptions | None = None, storage: str | None = 
             line += ["--timeout", str(timeout)]
         return line
 
+    with environment(secret_env(url)):  # the workers inherit it (Ray forwards TAGSEARCH_* variables)
+        return start_workers(url, study, target, workers, device_ids, command, placement, new_session)
+
+
+def start_workers(url, study, target, workers, device_ids, command, placement, new_session) -> int:
+    """Start and supervise the workers (here, or on Ray where ``placement`` says)."""
     if placement:
         poll = optuna.load_study(study_name=study.study_name, storage=open_storage(url, read_only=True, retry=True))
         line = runtime_launch.ProgressLine(target)
@@ -130,6 +139,7 @@ def launch(spec: str, *, data: DataOptions | None = None, storage: str | None = 
                                         placement=placement, log_dir=runtime_launch.log_dir(url),
                                         log_prefix=f"{study.study_name}-",
                                         show=lambda final: line.show(progress(poll), final=final))
+
     def stop_search() -> None:
         log("\nstopping the search: no trial starts now, running ones end at their next epoch and count "
             "(Ctrl-C again to stop everything)")
@@ -137,6 +147,21 @@ def launch(spec: str, *, data: DataOptions | None = None, storage: str | None = 
 
     return runtime_launch.launch(url, study.study_name, target, workers, device_ids, command,
                                  soft_stop=stop_search if new_session else None)
+
+
+@contextlib.contextmanager
+def environment(variables: dict):
+    """``os.environ`` with ``variables`` set while the block runs (the workers started in it inherit them)."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def open_study(spec, corpus, url: str, study_name: str | None, **kwargs) -> optuna.Study:
