@@ -17,6 +17,7 @@ from tagsearch.learn.metrics import choose_thresholds, summary
 from tagsearch.results import candidates as candidates_module
 from tagsearch.results import compare, ensemble, predict
 from tagsearch.results.deliver import CANDIDATES_FILE, deliver
+from tagsearch.results import folder as results_folder
 from tagsearch.results.folder import sha256
 from tagsearch.errors import UserError
 from tagsearch.runtime.trials import run_trials
@@ -196,5 +197,6 @@ def test_a_tampered_ensemble_member_is_refused(searched, tmp_path, monkeypatch):
     record = json.loads((copy / "config.json").read_text())
     record["sha256"]["weights.json"] = sha256(weights)
     (copy / "config.json").write_text(json.dumps(record))
+    results_folder.write_manifest(copy)  # the whole folder consistent again: only the name is wrong
     with pytest.raises(UserError, match="expected a name of letters"):
         predict.load(copy)

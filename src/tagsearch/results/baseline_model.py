@@ -119,18 +119,19 @@ class BaselineResults:
 def load(folder: str | os.PathLike) -> BaselineResults:
     """A baseline folder: JSON and safetensors only, every file checked against its sha256."""
     from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+    from safetensors.numpy import load as load_tensors
 
     folder = Path(folder)
-    config = results.read_config(folder)
-    if config.get("kind") != KIND:
-        raise UserError(f"{str(folder)!r} holds a {config.get('kind', 'network')!r} model; expected a baseline")
-    state = results.read_json(results.verified(folder, results.PREPROCESSING, config), "preprocessing file")
-    weights = results.verified(folder, results.WEIGHTS, config)
+    with results.FolderReader(folder) as reader:  # each file read once and checked from the bytes it gives
+        config = reader.config()
+        if config.get("kind") != KIND:
+            raise UserError(f"{str(folder)!r} holds a {config.get('kind', 'network')!r} model; expected a baseline")
+        state = reader.json(results.PREPROCESSING, "preprocessing file", config["sha256"])
+        weights = reader.read(results.WEIGHTS, config["sha256"])
     try:
         members = state["members"]
         featurizers = [featurizer_from_state(member) for member in members]
-        tensors = load_file(str(weights))
+        tensors = load_tensors(weights)
         models = [LinearModel(tensors[f"member{k}.coef"], tensors[f"member{k}.intercept"])
                   for k in range(len(featurizers))]
         n_tags = len(config["tags"])

@@ -195,10 +195,16 @@ def load(folder: str | os.PathLike) -> EnsembleResults:
     """An ensemble folder: weights.json and each member's config.json checked against config.json's
     sha256, each member loaded by its own (checked) loader. Member names are checked, never used as paths."""
     folder = Path(folder)
-    config = results.read_config(folder)
-    if config.get("kind") != KIND:
-        raise UserError(f"{str(folder)!r} holds a {config.get('kind', 'network')!r} model; expected an ensemble")
-    entries = results.read_json(results.verified(folder, WEIGHTS_FILE, config), "weights file").get("members")
+    with results.FolderReader(folder) as reader:  # each file read once and checked from the bytes it gives
+        config = reader.config()
+        if config.get("kind") != KIND:
+            raise UserError(f"{str(folder)!r} holds a {config.get('kind', 'network')!r} model; expected an ensemble")
+        entries = reader.json(WEIGHTS_FILE, "weights file", config["sha256"]).get("members")
+        return load_members(folder, reader, config, entries)
+
+
+def load_members(folder: Path, reader, config: dict, entries) -> EnsembleResults:
+    """The members ``weights.json`` lists, each checked by name and loaded by its own loader."""
     if not isinstance(entries, list) or not entries:
         raise UserError(f"{str(folder / WEIGHTS_FILE)!r} lists no members; expected a list of {{name, count}}")
     members, counts = [], []
@@ -209,7 +215,7 @@ def load(folder: str | os.PathLike) -> EnsembleResults:
             raise UserError(f"{str(folder / WEIGHTS_FILE)!r}: member {entry!r}; expected a name of letters, digits, "
                             f"'_', '.', '-' and a count ≥ 1")
         member = folder / MEMBERS / name
-        results.verified(folder, f"{MEMBERS}/{name}/{results.CONFIG}", config)
+        reader.read(f"{MEMBERS}/{name}/{results.CONFIG}", config["sha256"])  # the member is the one recorded
         loaded = load_member(member)
         if loaded.tag_names != config["tags"]:
             raise UserError(f"ensemble member {str(member)!r} predicts other tags than the ensemble")
