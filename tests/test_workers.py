@@ -103,9 +103,10 @@ def test_storage_proxy_on_all_interfaces_warns_first(monkeypatch, capsys):
         raise proxy.UserError("stop here (the test never opens the port)")
 
     monkeypatch.setattr(proxy, "make_server", refuse)
-    assert main(["storage-proxy", "--storage", "sqlite:///:memory:", "--host", "0.0.0.0"]) == 2
+    # without a token such a bind is refused (tests/test_proxy_auth.py); --insecure serves, warning first
+    assert main(["storage-proxy", "--storage", "sqlite:///:memory:", "--host", "0.0.0.0", "--insecure"]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert err[0].startswith("warning: serving on 0.0.0.0, reachable from other machines") and err[1].startswith("error:")
+    assert err[0].startswith("WARNING: --insecure: serving on 0.0.0.0 WITHOUT A TOKEN") and err[1].startswith("error:")
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -243,15 +243,15 @@ class FinetuneInputs(Featurizer):
                "frozen_layers": self.n_layers_ - self.trained_, "fingerprint": corpus.fingerprint,
                "n_posts": len(corpus.texts)}
 
-        def states() -> HiddenStates:
+        def computed() -> HiddenStates:
             log(f"finetune: computing the frozen {key['frozen_layers']} layer(s) of {self.encoder} for "
                 f"{len(corpus.texts)} posts once ({self.max_seq_length} tokens, on {self.device})")
             return self._states(corpus.texts)
 
         def compute() -> HiddenStates:
             if cache.embedding_dir is None:
-                return states()
-            return HiddenCache(cache.embedding_dir).get_or_compute(key, states)
+                return computed()
+            return HiddenCache(cache.embedding_dir).get_or_compute(key, computed)
 
         states = cache.get("hidden", tuple(sorted(key.items())), compute)
         self._encoded(HiddenBatches(states, no_labels(len(corpus.texts))), corpus)

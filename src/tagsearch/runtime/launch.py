@@ -171,7 +171,7 @@ class Hangup:
                     os.dup2(target, fd)
         finally:
             os.close(target)
-        log(f"the terminal closed (SIGHUP): launch goes on supervising its workers; output continues here"
+        log("the terminal closed (SIGHUP): launch goes on supervising its workers; output continues here"
             + (f" ({self.path})" if self.path else ""))
 
 

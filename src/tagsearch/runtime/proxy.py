@@ -19,7 +19,6 @@ import ipaddress
 import json
 import math
 import signal
-import sys
 import threading
 import time
 
@@ -51,9 +50,9 @@ def serve(storage: str, host: str = "127.0.0.1", port: int = 13000, token_file: 
             raise UserError(f"--host {host} is reachable from other machines, and without a token anyone there could "
                             f"delete or forge studies; expected a token (--token-file PATH of a 0600 file, or "
                             f"{proxy_auth.TOKEN_ENV}) that the workers share, or --insecure on a network you trust")
-        print(f"WARNING: --insecure: serving on {host} WITHOUT A TOKEN. Anyone who reaches this port can delete "
-              f"studies, forge trials that retrain trusts, and hold the budget lock. Use a token "
-              f"(--token-file or {proxy_auth.TOKEN_ENV}).", file=sys.stderr)
+        log(f"WARNING: --insecure: serving on {host} WITHOUT A TOKEN. Anyone who reaches this port can delete "
+            f"studies, forge trials that retrain trusts, and hold the budget lock. Use a token "
+            f"(--token-file or {proxy_auth.TOKEN_ENV}).")
     database = open_storage(storage)
     server = make_server(database, host, port, token)
     log(f"storage proxy for {masked(storage)} at grpc://{address(host, port)} "
