@@ -25,11 +25,10 @@ from pathlib import Path
 import numpy as np
 from scipy.special import expit
 
-from tagsearch.data.corpus import clean_texts
 from tagsearch.errors import UserError
 from tagsearch.learn.features import Featurizer, featurizer_from_state
 from tagsearch.results import folder as results
-from tagsearch.results.scored import Scored, config_figures, metrics_figures
+from tagsearch.results.scored import LoadedModel, Scored, config_figures, metrics_figures
 
 KIND = "baseline"
 
@@ -88,7 +87,7 @@ def write_baseline(folder: Path, base, scored: Scored, *, name: str, kind: str, 
 
 
 @dataclass
-class BaselineResults:
+class BaselineResults(LoadedModel):
     """A loaded baseline folder: ``probabilities`` and ``predict`` as ``folder.Results``'."""
 
     path: Path
@@ -96,24 +95,9 @@ class BaselineResults:
     featurizers: list[Featurizer]
     models: list[LinearModel]
 
-    @property
-    def tag_names(self) -> list[str]:
-        return self.config["tags"]
-
-    @property
-    def thresholds(self) -> np.ndarray:
-        return np.asarray(self.config["thresholds"], dtype=np.float64)
-
-    def probabilities(self, texts: list[str], cleaned: bool = False) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, len(self.tag_names)), dtype=np.float64)
-        texts = list(texts) if cleaned else clean_texts(texts)
+    def probabilities_of(self, texts: list[str]) -> np.ndarray:
         return np.mean([model.predict_proba(featurizer.transform(texts).matrix)
                         for model, featurizer in zip(self.models, self.featurizers)], axis=0)
-
-    def predict(self, texts: list[str], cleaned: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        probs = self.probabilities(texts, cleaned)
-        return (probs >= self.thresholds).astype(np.uint8), probs
 
 
 def load(folder: str | os.PathLike) -> BaselineResults:

@@ -37,12 +37,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tagsearch.data.corpus import clean_texts
 from tagsearch.errors import UserError
 from tagsearch.learn import metrics
 from tagsearch.results import baseline_model
 from tagsearch.results import folder as results
-from tagsearch.results.scored import Scored, config_figures, metrics_figures
+from tagsearch.results.scored import LoadedModel, Scored, config_figures, metrics_figures
 
 KIND = "ensemble"
 WEIGHTS_FILE = "weights.json"
@@ -164,7 +163,7 @@ def load_member(path: Path):
 
 
 @dataclass
-class EnsembleResults:
+class EnsembleResults(LoadedModel):
     """A loaded ensemble folder: ``probabilities`` and ``predict`` as ``folder.Results``'."""
 
     path: Path
@@ -172,23 +171,8 @@ class EnsembleResults:
     members: list
     counts: list[int]
 
-    @property
-    def tag_names(self) -> list[str]:
-        return self.config["tags"]
-
-    @property
-    def thresholds(self) -> np.ndarray:
-        return np.asarray(self.config["thresholds"], dtype=np.float64)
-
-    def probabilities(self, texts: list[str], cleaned: bool = False) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, len(self.tag_names)), dtype=np.float64)
-        texts = list(texts) if cleaned else clean_texts(texts)
+    def probabilities_of(self, texts: list[str]) -> np.ndarray:
         return blend([member.probabilities(texts, cleaned=True) for member in self.members], self.counts)
-
-    def predict(self, texts: list[str], cleaned: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        probs = self.probabilities(texts, cleaned)
-        return (probs >= self.thresholds).astype(np.uint8), probs
 
 
 def load(folder: str | os.PathLike) -> EnsembleResults:

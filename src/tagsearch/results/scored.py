@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tagsearch.data.corpus import clean_texts
 from tagsearch.learn import metrics
 from tagsearch.learn.metrics import ThresholdChoice, VariantFigures
 
@@ -84,3 +85,28 @@ def metrics_figures(scored: Scored, folds: int) -> dict:
         "folds": folds,
         "posts": {"val": int(len(scored.val_labels)), "test": int(len(scored.test_labels))},
     }
+
+
+class LoadedModel:
+    """What ``predict`` needs of a loaded folder that is not a network (a baseline, an ensemble):
+    its tags, thresholds and ``probabilities``/``predict`` as ``folder.Results``'. A subclass gives
+    ``path``, ``config`` and ``probabilities_of(cleaned_texts)``."""
+
+    config: dict
+
+    @property
+    def tag_names(self) -> list[str]:
+        return self.config["tags"]
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        return np.asarray(self.config["thresholds"], dtype=np.float64)
+
+    def probabilities(self, texts: list[str], cleaned: bool = False) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, len(self.tag_names)), dtype=np.float64)
+        return self.probabilities_of(list(texts) if cleaned else clean_texts(texts))
+
+    def predict(self, texts: list[str], cleaned: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        probs = self.probabilities(texts, cleaned)
+        return (probs >= self.thresholds).astype(np.uint8), probs
