@@ -39,6 +39,13 @@ import numpy as np
 from tagsearch.log import log
 
 
+def check_sidecar(sidecar_path: Path, key: dict) -> None:
+    """A ValueError unless the entry's sidecar records ``key`` (an OSError where it cannot be read)."""
+    recorded = json.loads(sidecar_path.read_text(encoding="utf-8"))
+    if recorded.get("key") != json.loads(json.dumps(key)):
+        raise ValueError("its sidecar records another key")
+
+
 def key_digest(key: dict) -> str:
     """A short, stable file name for ``key``: sha256 of its canonical JSON (sorted keys)."""
     canonical = json.dumps(key, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
@@ -66,9 +73,7 @@ class EmbeddingCache:
         if not array_path.exists():
             return None
         try:
-            recorded = json.loads(sidecar_path.read_text(encoding="utf-8"))
-            if recorded.get("key") != json.loads(json.dumps(key)):
-                raise ValueError("its sidecar records another key")
+            check_sidecar(sidecar_path, key)
             array = np.load(array_path, mmap_mode=None, allow_pickle=False)
             _check(array)
         except (OSError, ValueError) as error:

@@ -28,7 +28,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from tagsearch.learn.embedding_cache import _write_atomically, key_digest
+from tagsearch.learn.embedding_cache import _write_atomically, check_sidecar, key_digest
 from tagsearch.log import log
 
 IN_MEMORY_BYTES = 256 << 20
@@ -69,9 +69,7 @@ class HiddenCache:
         if not rows_path.exists():
             return None
         try:
-            recorded = json.loads(sidecar_path.read_text(encoding="utf-8"))
-            if recorded.get("key") != json.loads(json.dumps(key)):
-                raise ValueError("its sidecar records another key")
+            check_sidecar(sidecar_path, key)
             mapped = rows_path.stat().st_size > IN_MEMORY_BYTES
             states = HiddenStates(np.load(rows_path, mmap_mode="r" if mapped else None, allow_pickle=False),
                                   np.load(lengths_path, allow_pickle=False))

@@ -107,6 +107,15 @@ def better(metric: str, a: float, b: float) -> bool:
     return a < b if DIRECTIONS[metric] == "minimize" else a > b
 
 
+def first_best(items: list, metric: str, value) -> object:
+    """The first of ``items`` whose ``value(item)`` is best for ``metric`` (a tie keeps the earlier)."""
+    best = items[0]
+    for item in items[1:]:
+        if better(metric, value(item), value(best)):
+            best = item
+    return best
+
+
 def worst(metric: str) -> float:
     return float("inf") if DIRECTIONS[metric] == "minimize" else float("-inf")
 

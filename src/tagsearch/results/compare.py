@@ -302,11 +302,7 @@ def fit_baseline(corpus, metric: str, refit: bool = False, folds: int | str = "a
 
 def winner(rows: list[Row], metric: str) -> Row:
     """The row with the best validation value of ``metric`` (a tie: the first listed)."""
-    best = rows[0]
-    for row in rows[1:]:
-        if metrics.better(metric, row.validation, best.validation):
-            best = row
-    return best
+    return metrics.first_best(rows, metric, lambda row: row.validation)
 
 
 def render(groups: list[tuple[str, list[Row]]], notes: list[str]) -> str:

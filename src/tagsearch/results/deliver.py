@@ -22,11 +22,7 @@ CANDIDATES_FILE = "candidates.json"
 
 def choose(candidates: list[Candidate], metric: str) -> Candidate:
     """The first candidate with the best validation value."""
-    best = candidates[0]
-    for candidate in candidates[1:]:
-        if metrics.better(metric, candidate.validation_value, best.validation_value):
-            best = candidate
-    return best
+    return metrics.first_best(candidates, metric, lambda candidate: candidate.validation_value)
 
 
 def deliver(candidates: list[Candidate], metric: str, out: Path) -> Candidate:
