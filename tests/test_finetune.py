@@ -260,3 +260,17 @@ def test_tune_models_finetune_takes_its_own_spec():
 
     assert tune.one_kind_spec(("finetune",)).name == "finetune.toml"
     assert tune.one_kind_spec(("tfidf",)) is None and tune.one_kind_spec(None) is None
+
+
+def test_the_finetune_kind_is_found_without_importing_its_module_first(monkeypatch):
+    """A worker imports the objective, never ``learn.finetune``: the first lookup of the kind
+    imports the module that registers it."""
+    import sys
+
+    from tagsearch.learn import features, models
+
+    monkeypatch.delitem(features.FEATURIZERS, "finetune")
+    monkeypatch.delitem(models.TAGGERS, "hidden")
+    monkeypatch.delitem(sys.modules, "tagsearch.learn.finetune")
+    assert features.featurizer_class("finetune").__name__ == "FinetuneInputs"
+    assert models.TAGGERS["hidden"].__name__ == "FinetuneTagger"

@@ -37,6 +37,8 @@ posts and the featurizer's settings.
 
 from __future__ import annotations
 
+import importlib
+
 import hashlib
 import warnings
 from collections import OrderedDict
@@ -693,13 +695,19 @@ FEATURIZERS: dict[str, type[Featurizer]] = {"dense": DenseBags, "tfidf": TfidfFe
                                             "encoder_tfidf": EncoderTfidf}
 
 
+# kinds whose module registers their featurizer and model on import (imported at the first lookup)
+REGISTERED_ON_IMPORT = {"finetune": "tagsearch.learn.finetune"}
+
+
 def featurizer_class(kind: str) -> type[Featurizer]:
-    """The featurizer class of a model kind (``finetune`` registers itself when ``learn.finetune``
-    is imported: ``learn.train`` and ``results.folder`` import it)."""
+    """The featurizer class of a model kind (a kind of ``REGISTERED_ON_IMPORT`` is imported here)."""
+    if kind not in FEATURIZERS and kind in REGISTERED_ON_IMPORT:
+        importlib.import_module(REGISTERED_ON_IMPORT[kind])
     try:
         return FEATURIZERS[kind]
     except KeyError:
-        raise UserError(f"unknown features kind {kind!r}; expected one of {', '.join(FEATURIZERS)}") from None
+        known = dict.fromkeys([*FEATURIZERS, *REGISTERED_ON_IMPORT])
+        raise UserError(f"unknown features kind {kind!r}; expected one of {', '.join(known)}") from None
 
 
 def featurizer_for(params: dict) -> Featurizer:
