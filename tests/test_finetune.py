@@ -254,8 +254,8 @@ def test_minilm_study_retrain_and_predict(tmp_path, tiny_csv):
 
 
 def test_tune_models_finetune_takes_its_own_spec():
-    """--models finetune searches studies/finetune.toml while tagger.toml does not list the kind;
-    a kind tagger.toml searches keeps tagger.toml."""
+    """--models finetune searches studies/finetune.toml (one validation split, every layer count);
+    any other kind, alone or not, keeps tagger.toml."""
     from tagsearch import tune
 
     assert tune.one_kind_spec(("finetune",)).name == "finetune.toml"
@@ -274,3 +274,106 @@ def test_the_finetune_kind_is_found_without_importing_its_module_first(monkeypat
     monkeypatch.delitem(sys.modules, "tagsearch.learn.finetune")
     assert features.featurizer_class("finetune").__name__ == "FinetuneInputs"
     assert models.TAGGERS["hidden"].__name__ == "FinetuneTagger"
+
+
+def test_the_memory_estimate_counts_the_trained_layers_and_their_optimizer_state(tmp_path):
+    """``memory.trial_bytes`` of a finetune trial, less one batch's activations, is what the model,
+    its gradients and AdamW's two moments hold after one step (a BERT with a 4h feed-forward)."""
+    from transformers import BertConfig, BertModel
+
+    from tagsearch.study import memory
+    from test_memory import allocated_bytes
+
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b"]) + "\n")
+    config = BertConfig(vocab_size=7, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                        intermediate_size=128, max_position_embeddings=64)
+    BertModel(config).save_pretrained(str(tmp_path))
+    for layers, head in [(1, {"hidden_layers": 0}), (2, {"hidden_layers": 1, "hidden1": 24})]:
+        params = params_for(tmp_path, train_layers=layers, **head)
+        model = finetune.FinetuneTagger(32, params, 5)
+        optimizers = model.make_optimizers(params)
+        states, mask = torch.rand(3, 6, 32), torch.ones(3, 6, dtype=torch.bool)
+        torch.nn.functional.binary_cross_entropy_with_logits(model((states, mask)), torch.ones(3, 5)).backward()
+        for optimizer in optimizers:
+            optimizer.step()
+        estimate = memory.trial_bytes(params, 32, 5) - memory.finetune_activation_bytes(params, 32)
+        assert estimate == pytest.approx(allocated_bytes(model, optimizers), rel=0.02)
+
+
+def test_the_prefix_computation_asks_its_guard_and_stops_when_it_raises(tiny_bert, corpus):
+    """The guard sees the progress after the first chunk (with the seconds the rest will take) and
+    stops the computation by raising."""
+    from tagsearch.learn import encoder
+
+    model, tokenizer = finetune.load_base(str(tiny_bert))
+    texts = corpus.texts * (encoder.FIRST_CHUNK // len(corpus.texts) + 2)
+    seen = []
+
+    def guard(progress):
+        seen.append(progress)
+        raise RuntimeError("left out by the plan")
+
+    with pytest.raises(RuntimeError, match="left out"):
+        finetune.prefix_states(model, tokenizer, texts, 32, 1, guard=guard)
+    assert len(seen) == 1 and seen[0].done == encoder.FIRST_CHUNK and seen[0].total == len(texts)
+    assert seen[0].seconds_left > 0
+    full = finetune.prefix_states(model, tokenizer, texts, 32, 1, guard=lambda progress: None)
+    assert len(full.lengths) == len(texts)
+
+
+def _study_spec(spec_factory, tiny_bert, tmp_path, kinds):
+    from tagsearch.study.spec import load_spec
+
+    def edit(raw):
+        raw["defaults"].update(model="finetune", encoder=str(tiny_bert), max_seq_length=32, train_layers=1,
+                               hidden_layers=0, finetune_epochs=1, batch_size=64)
+        raw["search"] = {"model": {"choices": list(kinds)}}
+        raw["training"].update(max_epochs=1, folds=1)
+
+    return load_spec(spec_factory("dense", name="-".join(kinds), storage=f"sqlite:///{tmp_path}/f.db", edit=edit))
+
+
+class SlowClock:
+    """``finetune.time`` whose every reading is 30 s after the last: a prefix that looks slow."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        self.now += 30.0
+        return self.now
+
+
+def test_a_prefix_the_budget_cannot_pay_leaves_the_kind_out_beside_other_kinds(spec_factory, tiny_bert, tmp_path,
+                                                                               clock, monkeypatch):
+    """In a study of several kinds, with 10 minutes left and a prefix measured at 30 s a batch,
+    the finetune trial is pruned after the first chunk saying what the prefix and one trial would
+    cost (also a study attribute); the next trial of the same N is pruned at once, computing
+    nothing. A one-kind finetune study is not planned: its trial runs."""
+    import optuna
+
+    from tagsearch.runtime import deadline
+    from tagsearch.study import objective
+
+    monkeypatch.setattr(finetune, "time", SlowClock())
+    spec = _study_spec(spec_factory, tiny_bert, tmp_path, ["finetune", "dense"])
+    corpus = load_corpus(spec.data_config())
+    study = optuna.create_study(direction="minimize")
+    study.set_user_attr(deadline.ATTR, clock.now + 600)
+    run = objective.Objective(spec, corpus, device="cpu")
+    study.enqueue_trial({"model": "finetune"})
+    study.enqueue_trial({"model": "finetune"})
+    study.optimize(run, n_trials=2)
+    first, second = study.trials
+    assert first.state == second.state == optuna.trial.TrialState.PRUNED
+    note = first.user_attrs["pruned_reason"]
+    assert note.startswith("finetune left out: its fixed cost would take ~") and "--time" in note
+    assert study.user_attrs["planner:finetune"]["note"] == note == second.user_attrs["pruned_reason"]
+    assert study.user_attrs["planner:finetune"]["train_layers"] == 1
+    assert not list(tmp_path.glob("embeddings/hidden-*.npy"))
+
+    alone = _study_spec(spec_factory, tiny_bert, tmp_path, ["finetune"])
+    study = optuna.create_study(direction="minimize")
+    study.set_user_attr(deadline.ATTR, clock.now + 600)
+    study.optimize(objective.Objective(alone, corpus, device="cpu"), n_trials=1)
+    assert study.trials[0].state == optuna.trial.TrialState.COMPLETE

@@ -177,15 +177,27 @@ def test_a_trial_whose_encoding_another_worker_is_computing_is_deferred_not_fail
     from tagsearch.study.spec import load_spec
 
     def busy(self, corpus, cache=None):
-        assert cache.encoding_wait is False  # a search worker never waits on another's encoding
+        assert cache.encoding_wait is False  # with other kinds to search, a worker never waits on another's encoding
         raise Busy("another process is computing it")
+
+    def two_kinds(raw):
+        raw["defaults"].pop("max_features")
+        raw["search"]["model"] = {"choices": ["encoder", "dense"]}
 
     monkeypatch.setattr(encoding, "resolve_model", lambda name: (str(tmp_path), name))
     monkeypatch.setattr(features.Embeddings, "fit_corpus", busy)
-    spec = load_spec(spec_factory("encoder", storage=f"sqlite:///{tmp_path}/b.db",
-                                  edit=lambda raw: raw["defaults"].pop("max_features")))
+    spec = load_spec(spec_factory("encoder", storage=f"sqlite:///{tmp_path}/b.db", edit=two_kinds))
     study = optuna.create_study(direction="minimize")
+    study.enqueue_trial({"model": "encoder"})
     study.optimize(objective.Objective(spec, load_corpus(spec.data_config()), device="cpu"), n_trials=1)
     (trial,) = study.trials
     assert trial.state == optuna.trial.TrialState.PRUNED
     assert trial.user_attrs["pruned_reason"].startswith("deferred: another worker on this host is encoding")
+
+
+def test_a_finetune_trial_is_predicted_from_its_prefix_rate():
+    """5 frozen layers over 1,000 posts in 100 s: 20 ms a layer and post. One trained layer, 600
+    training posts (forward and backward: 3 passes) and 200 validation posts, 4 epochs, 3 folds:
+    0.02 * (1800 + 200) * 4 * 3 = 480 s. Nothing frozen: nothing measured to predict from."""
+    assert planner.finetune_seconds(100.0, 1000, 5, 1, 600, 200, 4, 3) == pytest.approx(480.0)
+    assert planner.finetune_seconds(100.0, 1000, 0, 6, 600, 200, 4, 3) is None

@@ -5,6 +5,7 @@ spec it writes, the kinds it keeps, the deadline it renews and that its first Ct
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -39,20 +40,21 @@ def active(params: dict) -> dict:
 
 def test_tagger_spec_runs_each_kinds_own_defaults_right_after_the_seeds_dense_trial(tmp_path, tiny_csv):
     tagger = load_spec(STUDIES / "tagger.toml")
-    assert set(tagger.models) == {"dense", "tfidf", "encoder", "encoder_tfidf"}
+    assert set(tagger.models) == {"dense", "tfidf", "encoder", "encoder_tfidf", "finetune"}
     expected = [load_spec(STUDIES / "dense.toml").defaults, load_spec(STUDIES / "encoder.toml").defaults,
                 load_spec(STUDIES / "tfidf.toml").defaults, {**load_spec(STUDIES / "encoder.toml").defaults,
-                                                             "model": "encoder"}]
+                                                             "model": "encoder"},
+                load_spec(STUDIES / "finetune.toml").defaults]
     # the same values as the one-kind specs' [defaults] (a drift between them fails here)
     assert [active(p) for p in [tagger.defaults, *tagger.early]] == [active(p) for p in expected]
     url = f"sqlite:///{tmp_path}/tagger.db"
     study = search.open_study(tagger, load_corpus(tagger.data_config(str(tiny_csv))), url)
-    asked = [study.ask() for _ in range(5)]
+    asked = [study.ask() for _ in range(6)]
     drawn = [search.suggest(trial, tagger) for trial in asked]
-    assert [active(p) for p in drawn[:4]] == [active(p) for p in expected]
-    assert [t.user_attrs["config"] for t in asked[:4]] == ["defaults", "defaults.encoder_tfidf", "defaults.tfidf",
-                                                           "defaults.encoder"]
-    assert "config" not in asked[4].user_attrs  # then the sampler's own
+    assert [active(p) for p in drawn[:5]] == [active(p) for p in expected]
+    assert [t.user_attrs["config"] for t in asked[:5]] == ["defaults", "defaults.encoder_tfidf", "defaults.tfidf",
+                                                           "defaults.encoder", "defaults.finetune"]
+    assert "config" not in asked[5].user_attrs  # then the sampler's own
     assert set(asked[1].params) == {k for k in tagger.search if is_active(k, expected[1])}  # only what applies
 
 
@@ -100,7 +102,7 @@ def test_tune_spec_searches_the_kept_kinds_and_the_first_kept_kinds_defaults_bec
     every = parse_spec(tuning.tune_spec(tagger_raw(), name="t", storage="sqlite:///x.db", data="builtin", metric=None,
                                         time_budget=60, models=load_spec(STUDIES / "tagger.toml").models, n_trials=7),
                        "t.toml")
-    assert every.defaults["model"] == "dense" and len(every.early) == 3 and every.n_trials == 7
+    assert every.defaults["model"] == "dense" and len(every.early) == 4 and every.n_trials == 7
 
 
 def test_tune_leaves_out_the_encoder_kinds_where_the_encoder_cannot_load_and_says_why(monkeypatch, capsys):
@@ -112,7 +114,7 @@ def test_tune_leaves_out_the_encoder_kinds_where_the_encoder_cannot_load_and_say
     monkeypatch.setattr(encoder, "resolve_model", missing)
     tagger = load_spec(STUDIES / "tagger.toml")
     assert tuning.usable_models(tagger, None) == ("dense", "tfidf")
-    assert "leaving out encoder, encoder_tfidf: the encoder model" in capsys.readouterr().err
+    assert "leaving out encoder, encoder_tfidf, finetune: the encoder model" in capsys.readouterr().err
     with pytest.raises(UserError, match="--models: 'lstm' is not searched"):
         tuning.usable_models(tagger, ("tfidf", "lstm"))
 
@@ -215,6 +217,20 @@ def test_a_search_that_completes_no_trial_is_one_error_line_not_a_retrain_error(
     monkeypatch.setattr(tuning.workers, "launch", no_trials)
     assert main(["tune", str(tiny_csv), "--time", "2s", "--models", "tfidf", "--devices", "cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err == "error: no trial of study 'tagger-tiny' completed in 00:00 of search; expected a longer --time"
+    assert re.fullmatch(r"error: no trial of study 'tagger-tiny' completed in \d\d:\d\d of search; "
+                        r"expected a longer --time", err)  # the clock shown: however long this machine took
     spec = load_spec(tmp_path / "storage" / "tagger-tiny.toml")  # the spec it wrote, for a rerun
     assert spec.models == ("tfidf",) and spec.time_budget == 2
+
+
+def test_a_sampled_trial_of_a_kind_starts_from_that_kinds_own_defaults(tmp_path, tiny_csv):
+    """A setting the spec does not search comes from the drawn kind's [defaults.KIND]: a sampled
+    finetune trial reads 128 tokens (its own), an encoder trial 256, whatever trial 0 says."""
+    import optuna
+
+    tagger = load_spec(STUDIES / "tagger.toml")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for kind, tokens in [("finetune", 128), ("encoder", 256), ("dense", 256)]:
+        study.enqueue_trial({"model": kind})
+        params = search.suggest(study.ask(), tagger)
+        assert params["model"] == kind and params["max_seq_length"] == tokens

@@ -39,12 +39,13 @@ from tagsearch.runtime.progress import UNLIMITED, progress
 from tagsearch.runtime.storage import masked, storage_dir
 from tagsearch.study import memory, workers
 from tagsearch.study.search import embedding_dir
-from tagsearch.study.spec import DEFAULT_STORAGE, ENCODER_MODELS, PARAMS, check_study_name, load_spec
+from tagsearch.study.spec import DEFAULT_STORAGE, EMBEDDING_MODELS, ENCODER_MODELS, PARAMS, check_study_name, load_spec
 from tagsearch.study.specfile import save_spec
 
 SPEC = "tagger.toml"
 DEFAULT_TIME = 600.0  # seconds of search when --time is not given
 MAX_CPU_WORKERS = 8
+RETRAIN_SHARE = 0.25  # of the search's time a kind's best trial may have trained and be retrained unless best
 
 
 @dataclass
@@ -116,8 +117,8 @@ def tune(data: str, *, time_budget: float = DEFAULT_TIME, workers_count: int | N
     folder = Path(out or Path("results") / name)
     found = gather(spec_path, url, name, folder.with_name(folder.name + ".candidates"), load_spec(spec_path).metric,
                    # the encoder baseline only where the search paid for the encodings (the plan kept them)
-                   bool(set(kinds) & set(ENCODER_MODELS)) and not counts.get("planner"), embedding_dir(url),
-                   data=path)
+                   bool(set(kinds) & set(EMBEDDING_MODELS)) and not counts.get("planner"), embedding_dir(url),
+                   data=path, retrain_seconds=RETRAIN_SHARE * search_seconds)
     chosen = deliver(found, load_spec(spec_path).metric, folder)
     log(f"\n== delivered {chosen.name} to {folder}/; comparing the candidates ==")
     table = comparing.compare_table([c.folder for c in found], baselines=False)
@@ -142,13 +143,16 @@ def studies_dir() -> Path:
     raise UserError(f"cannot find studies/{SPEC}; run tagsearch from the tagsearch checkout, or pass a spec")
 
 
+OWN_SPEC_KINDS = ("finetune",)  # kinds whose search alone takes studies/KIND.toml (one validation split, wider ranges)
+
+
 def one_kind_spec(models: tuple[str, ...] | None) -> Path | None:
-    """``studies/KIND.toml`` for ``--models KIND`` when the default spec does not search KIND (the
-    finetune kind has its own spec until the planner weighs its cost in tagger.toml)."""
-    if not models or len(set(models)) != 1:
+    """``studies/KIND.toml`` for ``--models KIND`` of a kind searched alone by its own spec (the
+    finetune kind: one validation split instead of tagger.toml's folds, every layer count)."""
+    if not models or len(set(models)) != 1 or models[0] not in OWN_SPEC_KINDS:
         return None
     own = studies_dir() / f"{models[0]}.toml"
-    return own if own.is_file() and models[0] not in load_spec(studies_dir() / SPEC).models else None
+    return own if own.is_file() else None
 
 
 def data_path(data: str) -> str:
@@ -255,8 +259,10 @@ def trial_counts(spec_path: Path, url: str, name: str) -> dict:
     kinds = Counter(t.params.get("model") or t.user_attrs.get("model", "?")
                     for t in study.get_trials(deepcopy=False, states=finished))
     plan = study.user_attrs.get("planner:encoding") or {}  # study.objective.ENCODING_PLAN
+    finetune = study.user_attrs.get("planner:finetune") or {}  # study.objective.FINETUNE_PLAN
     return {"kinds": dict(kinds), "progress": progress(study), "deadline": deadlines.recorded(study),
-            "planner": None if plan.get("included", True) else plan.get("note")}
+            "planner": None if plan.get("included", True) else plan.get("note"),
+            "planner_finetune": None if finetune.get("included", True) else finetune.get("note")}
 
 
 def resume_command(data: str, name: str, default_name: str, url: str, kinds: tuple[str, ...],
@@ -291,7 +297,7 @@ def verdict(folder: Path, table: comparing.Table, counts: dict, search_seconds: 
     lines = ["# tagsearch tune: verdict", "",
              f"Searched {clock_text(search_seconds)}{' (stopped by Ctrl-C)' if stopped else ''}: {done.finished} trials "
              f"finished ({per_kind}; {done.pruned} of them pruned{f'; {done.failed} failed' if done.failed else ''}).",
-             *([f"Planner: {counts['planner']}."] if counts.get("planner") else []),
+             *[f"Planner: {counts[key]}." for key in ("planner", "planner_finetune") if counts.get(key)],
              f"Delivered: {delivered_line(config)}.",
              f"Why: the best validation {metric} ({DIRECTIONS[metric]}d; out of fold, thresholds cross-fitted) of "
              f"the {len(found)} candidates: {values}. A tie keeps the earlier; test figures chose nothing.", ""]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -112,17 +113,28 @@ def mean_pool(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def prefix_states(model, tokenizer, texts: list[str], max_seq_length: int, n_frozen: int,
-                  device: str = "cpu", dtype=torch.float16) -> HiddenStates:
+                  device: str = "cpu", dtype=torch.float16, guard=None) -> HiddenStates:
     """What enters layer ``n_frozen`` for each text: the embeddings and the first ``n_frozen`` layers,
-    in batches of similar lengths; the real tokens' rows, flat in the texts' order."""
+    in batches of similar lengths (longest first); the real tokens' rows, flat in the texts' order.
+    ``guard`` (an ``encoder.Guard``) is called after the first ``encoder.FIRST_CHUNK`` posts and
+    then every ``encoder.CHUNK`` with the progress and the seconds the rest will take (at the rate
+    per token so far); it may stop the computation by raising (nothing is kept)."""
+    from tagsearch.learn.encoder import CHUNK, FIRST_CHUNK, EncodingProgress
+
     texts = [str(text)[:max_seq_length * CHARS_PER_TOKEN] for text in texts]
     ids = tokenizer(texts, truncation=True, max_length=max_seq_length)["input_ids"]
     lengths = np.array([len(row) for row in ids], dtype=np.int64)
     order = np.argsort(-lengths, kind="stable")
+    tokens_total, tokens_done, next_check = int(lengths.sum()), 0, FIRST_CHUNK
     model = model.to(device)
-    chunks = []
+    chunks, started = [], time.monotonic()
     with torch.inference_mode():
         for lo in range(0, len(order), PREFIX_BATCH):
+            if guard is not None and lo >= next_check:
+                seconds = time.monotonic() - started
+                guard(EncodingProgress(lo, len(order), seconds,
+                                       seconds / max(tokens_done, 1) * (tokens_total - tokens_done)))
+                next_check = lo + CHUNK
             chosen = order[lo:lo + PREFIX_BATCH]
             width = int(lengths[chosen].max())
             batch = torch.full((len(chosen), width), tokenizer.pad_token_id or 0, dtype=torch.long)
@@ -132,6 +144,7 @@ def prefix_states(model, tokenizer, texts: list[str], max_seq_length: int, n_fro
             states = model.embeddings(input_ids=batch)
             states = run_layers(layers_of(model)[:n_frozen], model.config, states, mask.long())
             chunks.append(states[mask].to(dtype).cpu())
+            tokens_done += int(lengths[chosen].sum())
     model.to("cpu")
     sorted_lengths = torch.from_numpy(lengths[order])
     flat = torch.cat(chunks) if chunks else torch.zeros((0, model.config.hidden_size), dtype=dtype)
@@ -221,37 +234,46 @@ class FinetuneInputs(Featurizer):
         self.hidden_ = int(model.config.hidden_size)
         return self
 
-    def _states(self, texts: list[str]) -> HiddenStates:
+    def _states(self, texts: list[str], guard=None) -> HiddenStates:
         """The prefix's states of ``texts``, on every core this process may use (``encoder.all_cores``:
-        the host's other workers wait for them)."""
+        the host's other workers wait for them); ``guard``: see ``prefix_states``."""
         from tagsearch.learn.encoder import all_cores
 
         model, tokenizer = load_base(self.path_)
         with all_cores(self.device):
-            return prefix_states(model, tokenizer, texts, self.max_seq_length, self.n_layers_ - self.trained_,
-                                 self.device)
+            return prefix_states(model, tokenizer, texts, self.max_seq_length, self.frozen_layers_,
+                                 self.device, guard=guard)
+
+    @property
+    def frozen_layers_(self) -> int:
+        """The layers below the trained ones: what the prefix computes."""
+        return self.n_layers_ - self.trained_
 
     def transform(self, texts: list[str]) -> HiddenBatches:
         return HiddenBatches(self._states(list(texts)), no_labels(len(texts)))
 
     def fit_corpus(self, corpus: Corpus, cache: FeatureCache | None = None) -> "FinetuneInputs":
+        """Fit, then the corpus's prefix states through the host's ``HiddenCache`` (computed once):
+        under the cache's ``encoding_guard`` (the search's cost plan and deadline may stop the
+        computation) and, with ``encoding_wait`` False, ``embedding_cache.Busy`` while another
+        process computes them."""
         cache = FeatureCache() if cache is None else cache
         self.device = cache.device
         self.fit()
         key = {"kind": "finetune-prefix", "version": STATES_VERSION, "model": self.encoder,
                "weights_hash": self.weights_hash_, "max_seq_length": self.max_seq_length,
-               "frozen_layers": self.n_layers_ - self.trained_, "fingerprint": corpus.fingerprint,
+               "frozen_layers": self.frozen_layers_, "fingerprint": corpus.fingerprint,
                "n_posts": len(corpus.texts)}
 
         def computed() -> HiddenStates:
             log(f"finetune: computing the frozen {key['frozen_layers']} layer(s) of {self.encoder} for "
                 f"{len(corpus.texts)} posts once ({self.max_seq_length} tokens, on {self.device})")
-            return self._states(corpus.texts)
+            return self._states(corpus.texts, cache.encoding_guard)
 
         def compute() -> HiddenStates:
             if cache.embedding_dir is None:
                 return computed()
-            return HiddenCache(cache.embedding_dir).get_or_compute(key, computed)
+            return HiddenCache(cache.embedding_dir).get_or_compute(key, computed, wait=cache.encoding_wait)
 
         states = cache.get("hidden", tuple(sorted(key.items())), compute)
         self._encoded(HiddenBatches(states, no_labels(len(corpus.texts))), corpus)

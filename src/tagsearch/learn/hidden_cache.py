@@ -28,7 +28,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from tagsearch.learn.embedding_cache import _write_atomically, check_sidecar, key_digest
+from tagsearch.learn.embedding_cache import Busy, _write_atomically, check_sidecar, key_digest
 from tagsearch.log import log
 
 IN_MEMORY_BYTES = 256 << 20
@@ -79,15 +79,19 @@ class HiddenCache:
             return None
         return states
 
-    def get_or_compute(self, key: dict, compute: Callable[[], HiddenStates]) -> HiddenStates:
-        """The states for ``key``: read if stored, else computed by exactly one process and stored."""
+    def get_or_compute(self, key: dict, compute: Callable[[], HiddenStates], wait: bool = True) -> HiddenStates:
+        """The states for ``key``: read if stored, else computed by exactly one process and stored.
+        ``wait=False``: ``Busy`` instead of waiting while another process computes them."""
         states = self.get(key)
         if states is not None:
             return states
         self.directory.mkdir(parents=True, exist_ok=True)
         rows_path, lengths_path, sidecar_path, lock_path = self.paths(key)
         with open(lock_path, "a+b") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released on close, or by the kernel if we die
+            try:  # released on close, or by the kernel if we die
+                fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                raise Busy(f"another process is computing hidden-state entry {rows_path.stem}") from None
             states = self.get(key)
             if states is not None:
                 return states

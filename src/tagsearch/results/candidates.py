@@ -65,16 +65,24 @@ def best_trials(study) -> dict:
     return best
 
 
-def network_candidates(spec_path: Path, url: str, study_name: str, root: Path, data: str | None = None) -> list[Candidate]:
+def network_candidates(spec_path: Path, url: str, study_name: str, root: Path, data: str | None = None,
+                       retrain_seconds: float | None = None) -> list[Candidate]:
     """The best trial of each kind, retrained into ``root/<kind>`` (on ``data``, the posts file the
-    user named, where given; else the spec's)."""
+    user named, where given; else the spec's). ``retrain_seconds``: a kind whose best trial trained
+    longer than this (a fine-tuning trial on a CPU) is retrained only when it is the study's best."""
     from tagsearch.results.retrain import retrained
     from tagsearch.study import search
     from tagsearch.study.spec import load_spec
 
     study = search.load_study(load_spec(spec_path), url, study_name)
-    found = []
+    found, best = [], study.best_trial.number
     for kind, trial in best_trials(study).items():
+        took = trial.user_attrs.get("train_seconds", 0.0)
+        if retrain_seconds is not None and trial.number != best and took > retrain_seconds:
+            log(f"\n== not retraining the best {kind} trial ({trial.number}, validation {trial.value:.4f}): it "
+                f"trained {took:.0f} s, more than the {retrain_seconds:.0f} s a candidate that is not the "
+                f"study's best may take ==")
+            continue
         log(f"\n== retraining the best {kind} trial ({trial.number}, validation {trial.value:.4f}) ==")
         done = retrained(spec_path, trial=trial.number, out=root / kind, storage=url, study_name=study_name,
                          data=data)
@@ -176,9 +184,10 @@ def ensemble_candidate(members: list[Candidate], corpus, info: dict, metric: str
 
 
 def gather(spec_path: Path, url: str, study_name: str, root: Path, metric: str, encoder_baseline: bool,
-           embedding_dir: str | None, data: str | None = None) -> list[Candidate]:
-    """Every candidate, each written under ``root`` (networks, baselines, then the ensemble)."""
-    networks = network_candidates(spec_path, url, study_name, root, data)
+           embedding_dir: str | None, data: str | None = None, retrain_seconds: float | None = None) -> list[Candidate]:
+    """Every candidate, each written under ``root`` (networks, baselines, then the ensemble);
+    ``retrain_seconds``: see ``network_candidates``."""
+    networks = network_candidates(spec_path, url, study_name, root, data, retrain_seconds)
     info = folder_info(networks[0].folder)
     info["encoder"] = next((e for e in (folder_info(n.folder)["encoder"] for n in networks) if e), None)
     corpus = corpus_of(info)

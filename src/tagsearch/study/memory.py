@@ -46,16 +46,37 @@ def parameter_counts(params: dict, input_size: int, n_tags: int) -> tuple[int, i
     return sparse, dense, sum(2 * b + 1 for b in blocks)
 
 
+def transformer_layer_parameters(hidden: int) -> int:
+    """A BERT-like layer's parameters (attention 4h² + 4h, feed-forward h·4h + 4h + 4h·h + h, two
+    LayerNorms 4h): what each trained layer of a ``finetune`` trial adds."""
+    return 12 * hidden * hidden + 13 * hidden
+
+
+def finetune_activation_bytes(params: dict, hidden: int) -> int:
+    """What one training batch of a ``finetune`` trial keeps for its backward pass, per trained
+    layer and token: ~18 hidden-wide tensors (attention projections, the 4h feed-forward before and
+    after its activation, LayerNorms, dropout masks) and two attention maps of ``hidden // 32``
+    heads over the batch's width (``max_seq_length`` at most)."""
+    tokens = params["batch_size"] * params["max_seq_length"]
+    per_token = 18 * hidden + 2 * max(hidden // 32, 1) * params["max_seq_length"]
+    return FLOAT_BYTES * tokens * per_token * int(params["train_layers"])
+
+
 def trial_bytes(params: dict, input_size: int, n_tags: int, folds: int = 1, keep_best: bool = False) -> int:
     """Bytes of the tensors a trial of ``params`` holds at its peak: per fold, the parameters, the
     dense parameters' gradients, the optimizer's state (AdamW/lazy Adam: two moments; SGD: one
-    momentum buffer) and, with ``keep_best``, a copy of the best epoch's state."""
+    momentum buffer) and, with ``keep_best``, a copy of the best epoch's state. A ``finetune``
+    trial (``input_size``: the encoder's hidden size) adds its trained layers to each fold and one
+    batch's activations (``finetune_activation_bytes``)."""
     sparse, dense, buffers = parameter_counts(params, input_size, n_tags)
-    moments = 2 if params.get("optimizer", "adamw") == "adamw" else 1
+    if params["model"] == "finetune":
+        dense += int(params["train_layers"]) * transformer_layer_parameters(input_size)
+    moments = 2 if params.get("optimizer", "adamw") == "adamw" or params["model"] == "finetune" else 1
     per_fold = (sparse + dense) * (1 + moments) + dense + buffers
     if keep_best:
         per_fold += sparse + dense + buffers
-    return FLOAT_BYTES * per_fold * folds
+    batch = finetune_activation_bytes(params, input_size) if params["model"] == "finetune" else 0
+    return FLOAT_BYTES * per_fold * folds + batch
 
 
 def resident_bytes() -> int:

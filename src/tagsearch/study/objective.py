@@ -25,10 +25,10 @@ from tagsearch.runtime import deadline as deadlines
 from tagsearch.log import log
 from tagsearch.study import memory, planner
 from tagsearch.study.search import embedding_dir, suggest
-from tagsearch.study.spec import Spec
+from tagsearch.study.spec import EMBEDDING_MODELS, Spec
 
-EMBEDDED = ("encoder", "encoder_tfidf")  # the kinds over the host's embedding cache (finetune keeps its own)
 ENCODING_PLAN = "planner:encoding"  # the study attribute recording the encoding's cost and verdict
+FINETUNE_PLAN = "planner:finetune"  # the same for the finetune kind's frozen prefix and one trial
 
 
 class Objective:
@@ -50,7 +50,8 @@ class Objective:
         self.folds = data.cv_folds(corpus, spec.folds)
         # this worker's trials share token streams, fitted featurizers and the host's encodings
         self.features = FeatureCache(embedding_dir(storage or spec.storage), str(train.pick_device(self.device)))
-        self.features.encoding_wait = False  # while another worker encodes, this one searches other kinds
+        # while another worker encodes, this one searches other kinds (a one-kind study waits)
+        self.features.encoding_wait = len(spec.models) == 1
         self.epoch_seconds: dict[str, list[float]] = {}  # per kind: this worker's recent full epochs
         self.trial_epochs: dict[str, list[int]] = {}  # per kind: epochs its recent trials ran
 
@@ -135,34 +136,55 @@ class Objective:
         return fidelity
 
     def plan_encoding(self, trial: optuna.Trial, params: dict):
-        """For an encoder kind: prune it at once where this search's plan left the encoding out;
-        else the guard its encoding runs under (``encoder.Guard``), which measures the rate on the
-        first chunk, decides by ``planner.fixed_cost_plan`` (one log line, and the study attribute
-        ``planner:encoding`` the verdict shows), and stops at the deadline keeping what it encoded."""
-        if params["model"] not in EMBEDDED:
+        """For a kind with a fixed cost (an encoder kind's encodings; a finetune trial's frozen
+        prefix, planned only where the study searches other kinds too): prune it at once where
+        this search's plan left that cost out; else the guard its computation runs under
+        (``encoder.Guard``), which measures the rate on the first chunk, decides by
+        ``planner.fixed_cost_plan`` (one log line, and the study attribute the verdict shows), and
+        stops at the deadline (an encoding keeps what it encoded)."""
+        kind = params["model"]
+        if kind not in EMBEDDING_MODELS and kind != "finetune":
             return None
         deadline = deadlines.recorded(trial.study)
-        plan = trial.study.user_attrs.get(ENCODING_PLAN)
-        if plan and not plan["included"] and plan.get("deadline") == deadline:
+        attr, label = (ENCODING_PLAN, ", ".join(EMBEDDING_MODELS)) if kind in EMBEDDING_MODELS else (FINETUNE_PLAN, "finetune")
+        planned = kind in EMBEDDING_MODELS or len(self.spec.models) > 1
+        plan = trial.study.user_attrs.get(attr)
+        left_out = bool(plan) and not plan["included"] and plan.get("deadline") == deadline
+        if kind == "finetune":  # each trained-layer count has a prefix of its own
+            left_out = left_out and plan.get("train_layers") == params.get("train_layers")
+        if planned and left_out:
             raise pruned(trial, plan["note"])
         decided: list[bool] = []
 
         def guard(progress) -> None:
             if deadlines.passed(deadline):
-                raise pruned(trial, f"the study's deadline came while encoding the posts ({progress.done}/"
-                                    f"{progress.total} done, kept for a later run)")
-            if decided:
+                raise pruned(trial, f"the study's deadline came while computing the {kind} kind's inputs "
+                                    f"({progress.done}/{progress.total} posts done)")
+            if decided or not planned:
                 return
             decided.append(True)
-            cost = planner.fixed_cost_plan(", ".join(EMBEDDED), progress.seconds + progress.seconds_left,
-                                           now=deadlines.clock() - progress.seconds, deadline=deadline,
-                                           budget=self.spec.time_budget)
-            log(f"planner: {cost.note()} (measured on the first {progress.done} of {progress.total} posts)")
-            trial.study.set_user_attr(ENCODING_PLAN, {**cost.record(), "note": cost.note(), "deadline": deadline})
+            seconds, what = progress.seconds + progress.seconds_left, ""
+            if kind == "finetune":
+                training = self.finetune_training_seconds(params, seconds, progress.total)
+                if training is not None:
+                    seconds, what = seconds + training, f" (its frozen prefix and one trial of ~{planner.clock_text(training)})"
+            cost = planner.fixed_cost_plan(label, seconds, now=deadlines.clock() - progress.seconds,
+                                           deadline=deadline, budget=self.spec.time_budget)
+            log(f"planner: {cost.note()}{what} (measured on the first {progress.done} of {progress.total} posts)")
+            trial.study.set_user_attr(attr, {**cost.record(), "note": cost.note(), "deadline": deadline,
+                                             **({"train_layers": params.get("train_layers")} if kind == "finetune" else {})})
             if not cost.included:
                 raise pruned(trial, cost.note())
 
         return guard
+
+    def finetune_training_seconds(self, params: dict, prefix_seconds: float, n_posts: int) -> float | None:
+        """``planner.finetune_seconds`` for a finetune trial of ``params`` on this worker's folds."""
+        featurizer = features.featurizer_for(params).fit()
+        fold = self.folds[0]
+        return planner.finetune_seconds(prefix_seconds, n_posts, featurizer.frozen_layers_, featurizer.trained_,
+                                        len(fold.train_idx), len(fold.val_idx),
+                                        min(int(params["finetune_epochs"]), self.max_epochs), len(self.folds))
 
     def check_memory(self, trial: optuna.Trial, params: dict) -> None:
         """Prune (before its models exist) a trial whose models, optimizer state and gradients for

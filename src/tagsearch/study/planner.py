@@ -11,6 +11,10 @@ budget and the clock (no torch, no storage; the objective feeds them and acts on
   half of the search and the encoder kinds still won by a wide margin (validation Hamming 0.0730
   against 0.0776 for the search without them).
   A kind left out says what it would have cost and which ``--time`` would include it.
+- The ``finetune`` kind's **fixed cost** is its frozen prefix (the layers below the trained ones,
+  computed once per N) and its trials are long: ``finetune_seconds`` predicts a trial from the
+  prefix's measured rate, and the plan pays for the prefix only where the prefix and one such
+  trial fit the same share of what is left (``fixed_cost_plan`` on their sum).
 - **Fidelity**: ``fidelity_plan`` says whether early epochs should train on a subsample of the
   training posts — only where a full-data trial's measured epochs would let too few trials finish
   in what is left (``MIN_TRIALS_AHEAD``): small data never pays the subsampling, large data gets
@@ -68,6 +72,23 @@ def fixed_cost_plan(kind: str, seconds: float, *, now: float, deadline: float | 
     elapsed = max((budget or remaining) - remaining, 0.0)
     needed = 60 * math.ceil((elapsed + seconds / share) / 60)
     return FixedCost(kind, seconds, remaining, elapsed, seconds <= share * remaining, float(needed))
+
+
+BACKWARD_FACTOR = 3.0  # a trained layer's forward + backward pass, in forward passes
+
+
+def finetune_seconds(prefix_seconds: float, n_posts: int, frozen: int, trained: int, train_posts: int,
+                     val_posts: int, epochs: int, folds: int = 1) -> float | None:
+    """Seconds one ``finetune`` trial will train, from its prefix's measured (extrapolated)
+    ``prefix_seconds`` for ``n_posts`` posts through ``frozen`` layers: one layer's forward pass
+    costs ``prefix_seconds / (n_posts * frozen)`` a post; an epoch runs the ``trained`` layers
+    forward and backward (``BACKWARD_FACTOR``) over the training posts and forward over the
+    validation posts; ``epochs`` epochs on each of ``folds`` folds. None when nothing below the
+    trained layers was measured (``frozen`` 0: every layer trains)."""
+    if frozen <= 0 or n_posts <= 0:
+        return None
+    layer_post = prefix_seconds / (n_posts * frozen)
+    return layer_post * trained * (BACKWARD_FACTOR * train_posts + val_posts) * epochs * folds
 
 
 @dataclass(frozen=True)

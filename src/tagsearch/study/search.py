@@ -128,7 +128,8 @@ def queued(params: dict, spec: Spec) -> dict:
 
 
 def suggest(trial: optuna.Trial, spec: Spec) -> dict:
-    """The complete parameter dict: the spec's defaults overlaid with this trial's suggestions. A
+    """The complete parameter dict: the spec's defaults, then what the drawn kind's own
+    ``[defaults.KIND]`` sets (``Spec.kind_defaults``), overlaid with this trial's suggestions. A
     parameter that cannot matter (``hidden2`` of a 1-layer head, ``buckets`` without n-grams, a
     TF-IDF setting when the trial's ``model`` is dense) is not suggested; its default stays in the
     dict, unused."""
@@ -138,7 +139,10 @@ def suggest(trial: optuna.Trial, spec: Spec) -> dict:
         space = spec.search[name]
         if not is_active(name, params):
             continue
-        if "choices" in space:
+        if name == "model":
+            params["model"] = trial.suggest_categorical(name, space["choices"])
+            params.update(spec.kind_defaults(params["model"]))
+        elif "choices" in space:
             params[name] = trial.suggest_categorical(name, space["choices"])
         elif PARAMS[name].type is int:
             params[name] = trial.suggest_int(name, space["low"], space["high"], step=space.get("step", 1),

@@ -29,6 +29,7 @@ from tagsearch.learn.metrics import DIRECTIONS
 MODELS = ("dense", "tfidf", "encoder", "encoder_tfidf", "finetune")
 TFIDF_MODELS = ("tfidf", "encoder_tfidf")  # models whose features include TF-IDF
 ENCODER_MODELS = ("encoder", "encoder_tfidf", "finetune")  # models built on a pretrained encoder
+EMBEDDING_MODELS = ("encoder", "encoder_tfidf")  # the models over the host's cache of frozen embeddings
 NOT_FINETUNE = ("dense", "tfidf", "encoder", "encoder_tfidf")  # finetune: AdamW, gradient norm clipped to 1
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 POS_WEIGHT_SCHEMES = ("seed", "neg_pos", "none")
@@ -196,6 +197,15 @@ class Spec:
     defaults: dict = field(default_factory=dict)
     search: dict = field(default_factory=dict)
     early: list[dict] = field(default_factory=list)  # [defaults.KIND]: complete parameters, queued after trial 0
+    early_keys: dict[str, tuple[str, ...]] = field(default_factory=dict)  # the keys each [defaults.KIND] sets
+
+
+    def kind_defaults(self, kind: str) -> dict:
+        """What ``[defaults.KIND]`` sets for ``kind`` (empty without one): every trial of the kind
+        starts from these values, so a setting the spec does not search (a finetune trial's 128
+        tokens, an encoder kind's model) is the kind's own, not trial 0's."""
+        early = next((p for p in self.early if p["model"] == kind), {})
+        return {k: early[k] for k in self.early_keys.get(kind, ())}
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -295,7 +305,8 @@ def parse_spec(raw: dict, where: str = "spec") -> Spec:
                 pruner=raw.get("pruner", {}),
                 data=raw.get("data", {}), training=raw.get("training", {}), defaults=defaults,
                 search={k: _check_search(k, v, _models(raw, defaults), f"{where} [search.{k}]")
-                        for k, v in raw.get("search", {}).items()}, early=early)
+                        for k, v in raw.get("search", {}).items()}, early=early,
+                early_keys={k: tuple(v) for k, v in raw.get("defaults", {}).items() if isinstance(v, dict)})
     _check_choices(spec, where)
     return spec
 
