@@ -317,8 +317,7 @@ def _run_worker(index: int, command: list[str], env: dict, log_path: str, cwd: s
         handle.write(f"\n[ray task on {host}: worker {index} pid {process.pid} "
                      f"CUDA_VISIBLE_DEVICES={visible!r}]\n$ {' '.join(command)}\n")
         handle.flush()
-    print(f"worker {index} started on {host} (pid {process.pid}, CUDA_VISIBLE_DEVICES={visible!r}); log {log_path}",
-          flush=True)
+    log(f"worker {index} started on {host} (pid {process.pid}, CUDA_VISIBLE_DEVICES={visible!r}); log {log_path}")
     try:
         code = wait(process)
     except KeyboardInterrupt:  # ray.cancel: stop the worker as Ctrl-C stops a local one
