@@ -351,12 +351,10 @@ def tune_command(args: argparse.Namespace) -> int:
 
 def show_tuned(tuned, what: str) -> None:
     """The verdict of ``tune`` (or ``demo``) and how long it took, on stdout."""
-    def clock(seconds: float) -> str:
-        minutes, seconds = divmod(int(seconds), 60)
-        return f"{minutes}m{seconds:02d}s"
+    from tagsearch.durations import minutes_text
 
     print(f"\n{tuned.verdict}", end="")
-    print(f"\n{what} done in {clock(tuned.seconds)} ({clock(tuned.search_seconds)} of search)")
+    print(f"\n{what} done in {minutes_text(tuned.seconds)} ({minutes_text(tuned.search_seconds)} of search)")
 
 
 def storage_proxy_command(args: argparse.Namespace) -> int:
