@@ -14,8 +14,7 @@ import time
 import optuna
 import torch
 
-from tagsearch.data import corpus as data
-from tagsearch.data.corpus import Corpus
+from tagsearch.data.corpus import Corpus, cv_folds
 from tagsearch.errors import UserError
 from tagsearch.learn import features, train
 from tagsearch.learn.embedding_cache import Busy
@@ -47,7 +46,7 @@ class Objective:
         self.device = device or spec.device
         self.max_epochs = max_epochs or spec.max_epochs
         self.device_name = describe_device(self.device)
-        self.folds = data.cv_folds(corpus, spec.folds)
+        self.folds = cv_folds(corpus, spec.folds)
         # this worker's trials share token streams, fitted featurizers and the host's encodings
         self.features = FeatureCache(embedding_dir(storage or spec.storage), str(train.pick_device(self.device)))
         self.features.encoding_wait = False  # while another worker encodes, this one searches other kinds
