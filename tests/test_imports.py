@@ -66,7 +66,7 @@ def test_no_import_cycles():
 
 
 # What each layer may import (besides itself): the library below, the commands on top. The runtime
-# sits beside data and learns nothing of models, studies or results; errors and log are for all.
+# sits beside data and learns nothing of models, studies or results; errors, log and durations are for all.
 LAYERS = {
     "data": {"data"},
     "runtime": {"runtime"},
@@ -78,7 +78,7 @@ LAYERS = {
     "demo": {"data", "learn", "runtime", "study", "results", "tune"},
     "cli": {"data", "learn", "runtime", "study", "results", "api", "tune", "demo"},
 }
-SHARED = {"errors", "log"}
+SHARED = {"errors", "log", "durations"}
 
 
 def layer(module: str) -> str | None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tagsearch.data import corpus as data
+from tagsearch.data.corpus import Corpus, DataConfig, DataOptions, resolve_data
+from tagsearch.data.corpus import load_corpus as read_corpus
 from tagsearch.data.synth import write_corpus  # noqa: F401  (part of the API: `tagsearch data synth`)
 from tagsearch.demo import run_demo  # noqa: F401  (part of the API: `tagsearch demo`)
 from tagsearch.tune import tune  # noqa: F401  (part of the API: `tagsearch tune`)
@@ -23,18 +24,18 @@ def _spec(spec: Spec | str | Path) -> Spec:
     return spec if isinstance(spec, Spec) else load_spec(spec)
 
 
-def load_corpus(spec: Spec | str | Path | data.DataConfig,
-                options: data.DataOptions | str | None = None) -> data.Corpus:
+def load_corpus(spec: Spec | str | Path | DataConfig,
+                options: DataOptions | str | None = None) -> Corpus:
     """The posts of a spec's ``[data]``, read, cleaned and split as the commands do (the built-in
     corpus is generated on first use), with ``options`` on top (a path alone, or ``DataOptions``:
     ``--data``, ``--text-column``, ``--tags-column``, ``--top-k``); or of a ``DataConfig``."""
-    if isinstance(spec, data.DataConfig):
-        return data.load_corpus(spec)
-    options = options if isinstance(options, data.DataOptions) else data.DataOptions(options)
-    return data.load_corpus(data.resolve_data(_spec(spec), options))
+    if isinstance(spec, DataConfig):
+        return read_corpus(spec)
+    options = options if isinstance(options, DataOptions) else DataOptions(options)
+    return read_corpus(resolve_data(_spec(spec), options))
 
 
-def train_one(spec: Spec | str | Path, corpus: data.Corpus | None = None, *, epochs: int | None = None,
+def train_one(spec: Spec | str | Path, corpus: Corpus | None = None, *, epochs: int | None = None,
               patience: int | None = None, early_stop: bool = True, device: str | None = None, on_epoch=None,
               keep_features: bool = True, **params) -> TrainResult:
     """``tagsearch train``: the spec's ``[defaults]`` overridden by ``params`` (checked like ``--param``).
@@ -53,7 +54,7 @@ def train_one(spec: Spec | str | Path, corpus: data.Corpus | None = None, *, epo
                         metric=spec.metric, on_epoch=on_epoch, keep_features=keep_features, cache=cache)
 
 
-def run_study(spec: Spec | str | Path, corpus: data.Corpus | None = None, *, n_trials: int | None = None,
+def run_study(spec: Spec | str | Path, corpus: Corpus | None = None, *, n_trials: int | None = None,
               storage: str | None = None, study_name: str | None = None, timeout: float | None = None,
               device: str | None = None):
     """Create the spec's study or join it (same storage, name and data) and run trials here, as one

@@ -6,6 +6,8 @@ prints what it returns. ``train`` → ``api.train_one``, ``data synth`` → ``da
 ``demo.run_demo``, ``tune`` → ``tune.tune``; ``worker``/``launch`` → ``study.workers.run_worker``/``launch``, ``storage-proxy`` → ``runtime.proxy.serve``.
 Libraries are imported inside the functions, so ``tagsearch --version`` loads neither torch nor
 optuna. A ``UserError`` anywhere ends the program with one ``error:`` line on stderr and exit code 2.
+Messages go through the ``tagsearch`` logger (log.py) on stderr; ``-q`` keeps its warnings only,
+``-v`` adds its debug lines. What a command returns (a verdict, tags, a table) is printed on stdout.
 """
 
 from __future__ import annotations
@@ -118,6 +120,9 @@ def add_study_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="tagsearch", description="Hyperparameter studies for multi-label StackExchange taggers.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    chatter = parser.add_mutually_exclusive_group()
+    chatter.add_argument("-q", "--quiet", action="store_true", help="show only warnings and errors on stderr")
+    chatter.add_argument("-v", "--verbose", action="store_true", help="also show debug messages on stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
 
@@ -346,12 +351,10 @@ def tune_command(args: argparse.Namespace) -> int:
 
 def show_tuned(tuned, what: str) -> None:
     """The verdict of ``tune`` (or ``demo``) and how long it took, on stdout."""
-    def clock(seconds: float) -> str:
-        minutes, seconds = divmod(int(seconds), 60)
-        return f"{minutes}m{seconds:02d}s"
+    from tagsearch.durations import minutes_text
 
     print(f"\n{tuned.verdict}", end="")
-    print(f"\n{what} done in {clock(tuned.seconds)} ({clock(tuned.search_seconds)} of search)")
+    print(f"\n{what} done in {minutes_text(tuned.seconds)} ({minutes_text(tuned.search_seconds)} of search)")
 
 
 def storage_proxy_command(args: argparse.Namespace) -> int:
@@ -423,7 +426,18 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    return exit_code(lambda: COMMANDS[(args := parse_args(argv)).command](args))
+    return exit_code(lambda: run(parse_args(argv)))
+
+
+def run(args: argparse.Namespace) -> int | None:
+    """The command ``args`` names, with the ``tagsearch`` logger at the level of ``-q``/``-v``."""
+    import platform
+
+    from tagsearch.log import debug, level_for, verbosity
+
+    with verbosity(level_for(args.quiet, args.verbose)):
+        debug(f"tagsearch {__version__} on Python {platform.python_version()}: {args.command}")
+        return COMMANDS[args.command](args)
 
 
 def exit_code(command) -> int:

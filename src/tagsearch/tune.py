@@ -28,7 +28,7 @@ from pathlib import Path
 from tagsearch.data.builtin import BUILTIN_DATA
 from tagsearch.errors import UserError
 from tagsearch.learn.metrics import DIRECTIONS
-from tagsearch.log import log
+from tagsearch.log import log, warning
 from tagsearch.results import compare as comparing
 from tagsearch.results.folder import METRICS, markdown_table, read_config, read_json
 from tagsearch.results.candidates import Candidate, gather
@@ -110,7 +110,7 @@ def tune(data: str, *, time_budget: float = DEFAULT_TIME, workers_count: int | N
         raise UserError(f"no trial of study {name!r} completed in {clock_text(search_seconds)} of search"
                         f"{' (a worker crashed: see its log above)' if code else ''}; expected a longer --time")
     if code != 0:
-        log("tune: a worker crashed (see its log above); retraining the best trial the others found")
+        warning("tune: a worker crashed (see its log above); retraining the best trial the others found")
 
     # 2. The candidates (the best network of each kind retrained, the tuned baselines, their greedy
     #    ensemble); the best on validation delivered; every candidate compared; the verdict.

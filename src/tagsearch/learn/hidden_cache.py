@@ -29,7 +29,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from tagsearch.learn.embedding_cache import Busy, _write_atomically, check_sidecar, key_digest
-from tagsearch.log import log
+from tagsearch.log import warning
 
 IN_MEMORY_BYTES = 256 << 20
 
@@ -75,7 +75,7 @@ class HiddenCache:
                                   np.load(lengths_path, allow_pickle=False))
             check(states)
         except (OSError, ValueError) as error:
-            log(f"hidden-state cache: ignoring unreadable entry {rows_path.name} ({error})")
+            warning(f"hidden-state cache: ignoring unreadable entry {rows_path.name} ({error})")
             return None
         return states
 

@@ -101,10 +101,10 @@ def folder_info(folder: Path) -> dict:
 
 
 def corpus_of(info: dict):
-    data = info["data"]
-    corpus = load_corpus(DataConfig(**{**data, "text_columns": tuple(data["text_columns"])}))
+    recorded = info["data"]
+    corpus = load_corpus(DataConfig(**{**recorded, "text_columns": tuple(recorded["text_columns"])}))
     if corpus.fingerprint != info["fingerprint"]:
-        raise UserError(f"{data['path']} now has fingerprint {corpus.fingerprint}, not the study's "
+        raise UserError(f"{recorded['path']} now has fingerprint {corpus.fingerprint}, not the study's "
                         f"{info['fingerprint']} (the file changed during the search)")
     return corpus
 

@@ -172,14 +172,14 @@ def baseline_row(config: dict, metric: str, refit: bool, folds: int, notes: list
                  encoder: str = DEFAULT_ENCODER) -> Row | None:
     """The ``kind`` baseline on the data ``config`` was trained on, or None (with a note) if that
     data is gone or the encoder cannot be loaded."""
-    data = config["data"]
+    recorded = config["data"]
     try:
-        corpus = load_corpus(recorded_data(data))
+        corpus = load_corpus(recorded_data(recorded))
     except UserError as exc:
         notes.append(f"no baseline for {data_label(config)}: {exc}")
         return None
     if corpus.fingerprint != config["fingerprint"]:
-        notes.append(f"no baseline for {data_label(config)}: {data['path']} now has fingerprint "
+        notes.append(f"no baseline for {data_label(config)}: {recorded['path']} now has fingerprint "
                      f"{corpus.fingerprint} (the file changed since the retrain)")
         return None
     log(f"fitting the {BASELINES[kind]!r} on {corpus.source} ({len(corpus.train_idx)} training posts) ...")
@@ -195,14 +195,14 @@ def baseline_row(config: dict, metric: str, refit: bool, folds: int, notes: list
                f"C={base.C:g}{weight}" + (", refit" if refit else ""))
 
 
-def recorded_data(data: dict) -> DataConfig:
+def recorded_data(recorded: dict) -> DataConfig:
     """The data settings a results folder recorded, as a ``DataConfig`` that never unpickles: the
     path was read from the folder, not named by the user (a shared folder naming a pickle would
     run its code)."""
     fields = {f.name for f in dataclasses.fields(DataConfig)} - {"allow_pickle"}
-    settings = {k: v for k, v in data.items() if k in fields}
+    settings = {k: v for k, v in recorded.items() if k in fields}
     if not isinstance(settings.get("path"), str):
-        raise UserError(f"the recorded data has no path ({data.get('path')!r})")
+        raise UserError(f"the recorded data has no path ({recorded.get('path')!r})")
     settings["text_columns"] = tuple(settings.get("text_columns", ()))
     return DataConfig(**settings, allow_pickle=False)
 

@@ -40,7 +40,7 @@ from datetime import datetime
 import optuna
 
 from tagsearch.errors import UserError
-from tagsearch.log import log
+from tagsearch.log import log, warning
 from tagsearch.runtime import _optuna
 from tagsearch.runtime.retries import HEARTBEAT_KEY as KEY
 from tagsearch.runtime.retries import MAX_RETRY, may_retry_lost, repeatable, requeue
@@ -111,8 +111,8 @@ class TrialHeartbeat:
             self._stop.set()  # finished (or failed as stale by another worker): nothing left to keep alive
         except Exception as exc:  # storage unreachable: the grace period covers the outage limit
             self.failures += 1
-            log(f"heartbeat of trial id {self.trial_id} not written ({type(exc).__name__}: "
-                f"{(str(exc).strip().splitlines() or [''])[0][:200]}); retrying in {self.interval} s")
+            warning(f"heartbeat of trial id {self.trial_id} not written ({type(exc).__name__}: "
+                    f"{(str(exc).strip().splitlines() or [''])[0][:200]}); retrying in {self.interval} s")
 
 
 def last_sign_of_life(trial: optuna.trial.FrozenTrial) -> float | None:
@@ -183,8 +183,8 @@ def fail_stale_trials(study: optuna.Study) -> list[int]:
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # it finished (or another worker failed it) just now
         failed.append(trial.number)
-        log(f"trial {trial.number} failed: its worker {trial.user_attrs.get('worker', '?')} sent no heartbeat for "
-            f"more than {grace} s; {what}")
+        warning(f"trial {trial.number} failed: its worker {trial.user_attrs.get('worker', '?')} sent no heartbeat for "
+                f"more than {grace} s; {what}")
         requeue(study, copy.deepcopy(storage.get_trial(trial_id)), lost=True)
     return failed
 
@@ -204,9 +204,9 @@ def heartbeat_timing() -> tuple[int, int]:
         raise UserError(f"TAGSEARCH_GRACE={grace} must be larger than TAGSEARCH_HEARTBEAT={interval}")
     if grace <= limit + interval and (grace, limit, interval) not in _warned:
         _warned.add((grace, limit, interval))
-        log(f"warning: TAGSEARCH_GRACE={grace} is not above TAGSEARCH_OUTAGE_LIMIT={limit} + TAGSEARCH_HEARTBEAT="
-            f"{interval}: a storage outage the workers ride out can get their live trials failed (they then "
-            f"move on); unset TAGSEARCH_GRACE to derive it ({limit + 2 * interval} s)")
+        warning(f"warning: TAGSEARCH_GRACE={grace} is not above TAGSEARCH_OUTAGE_LIMIT={limit} + TAGSEARCH_HEARTBEAT="
+                f"{interval}: a storage outage the workers ride out can get their live trials failed (they then "
+                f"move on); unset TAGSEARCH_GRACE to derive it ({limit + 2 * interval} s)")
     return interval, grace
 
 

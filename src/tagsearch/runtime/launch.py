@@ -14,6 +14,7 @@ launch`` starts ``tagsearch worker`` (study/workers.py), the tests a worker with
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -24,9 +25,11 @@ from typing import Callable
 
 import optuna
 
+from tagsearch.durations import clock_text  # noqa: F401  (launch.clock_text, as tune imports it)
 from tagsearch.errors import UserError
-from tagsearch.log import log
+from tagsearch.log import log, logger, warning
 from tagsearch.runtime import deadline as deadlines
+from tagsearch.runtime.children import spawn
 from tagsearch.runtime.progress import Poll, Progress, progress, summary
 from tagsearch.runtime.storage import local_path, open_storage
 
@@ -99,20 +102,8 @@ def start_worker(command: list[str], env: dict, log_path: Path) -> tuple[subproc
     with open(log_path, "a", encoding="utf-8") as handle:
         handle.write(f"\n$ {' '.join(command)}\n")
         handle.flush()
-        process = subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True,
-                                   preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+        process = spawn(command, env, handle)
     return process, log_path
-
-
-def _die_with_parent() -> None:
-    """Linux: the worker gets SIGTERM when ``launch`` dies, even by SIGKILL (no orphaned workers)."""
-    import ctypes
-
-    try:
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def supervise(study: optuna.Study, children: list, target: int, soft_stop: Callable[[], None] | None = None,
@@ -188,14 +179,16 @@ def report_exits(children: list, interrupted: bool) -> int:
         return 130
     for index, process, path in crashed:
         tail = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
-        log(f"worker {index} (pid {process.pid}) exited with code {process.returncode}; last lines of {path}:")
+        warning(f"worker {index} (pid {process.pid}) exited with code {process.returncode}; last lines of {path}:")
         for text in tail:
-            log(f"    {text}")
+            warning(f"    {text}")
     return 1 if crashed else 0
 
 
 class ProgressLine:
-    """One live line on stderr: rewritten in place on a terminal, a plain line every few seconds otherwise."""
+    """One live line on stderr: rewritten in place on a terminal, a plain line every few seconds otherwise.
+    A terminal widget rather than a log line, so it writes to its stream itself; ``-q`` hides it with
+    the other information lines of the ``tagsearch`` logger."""
 
     def __init__(self, target: int, stream=None):
         self.target, self.stream = target, stream or sys.stderr
@@ -203,6 +196,8 @@ class ProgressLine:
         self.start, self.last_text, self.last_time = time.monotonic(), None, -PLAIN_LINE_SECONDS
 
     def show(self, counts: Progress, deadline: float | None = None, final: bool = False) -> None:
+        if not logger.isEnabledFor(logging.INFO):
+            return
         elapsed = int(time.monotonic() - self.start)
         left = "" if deadline is None else f", {clock_text(max(0, deadline - deadlines.clock()))} left"
         text = f"{summary(counts, self.target)}  [{clock_text(elapsed)}{left}]"
@@ -216,8 +211,3 @@ class ProgressLine:
                 self.last_text, self.last_time = counts_text, time.monotonic()
         self.stream.flush()
 
-
-def clock_text(seconds: float) -> str:
-    """``MM:SS`` (``H:MM:SS`` from an hour)."""
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}" if minutes >= 60 else f"{minutes:02d}:{secs:02d}"

@@ -32,7 +32,7 @@ import time
 import uuid
 from pathlib import Path
 
-from tagsearch.log import log
+from tagsearch.log import log, warning
 from tagsearch.errors import UserError
 from tagsearch.runtime.outages import Outages
 from tagsearch.runtime.storage import local_path, proxy_address, scheme, with_driver
@@ -238,13 +238,13 @@ class LeaseLock:
                 renewed = self._renew()
             except Exception as exc:  # retried soon: a lease must be renewed well inside its length
                 pause = min(RENEW_SECONDS, 1.0)
-                log(f"renewing {self.what}: {type(exc).__name__}: {str(exc)[:200]}; retrying in {pause:g} s")
+                warning(f"renewing {self.what}: {type(exc).__name__}: {str(exc)[:200]}; retrying in {pause:g} s")
                 continue
             pause = RENEW_SECONDS
             if not renewed:
                 self.lost = True
-                log(f"lost {self.what}: its lease ran out before it was renewed (the worker stalled for "
-                    f"{LEASE_SECONDS} s or the server restarted)")
+                warning(f"lost {self.what}: its lease ran out before it was renewed (the worker stalled for "
+                        f"{LEASE_SECONDS} s or the server restarted)")
                 return
 
     def confirm(self) -> bool:
@@ -253,7 +253,7 @@ class LeaseLock:
             return False
         if not self.outages.call(f"confirming {self.what}", self._renew):
             self.lost = True
-            log(f"lost {self.what}: its lease ran out or its server restarted while held")
+            warning(f"lost {self.what}: its lease ran out or its server restarted while held")
         return not self.lost
 
     def release(self) -> None:

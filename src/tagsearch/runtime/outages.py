@@ -10,10 +10,10 @@ storage wrapper, its budget lock and its trial loop share one (``storage.open_st
 
 from __future__ import annotations
 
-import sys
 import time
 
 from tagsearch.errors import UserError
+from tagsearch.log import log, warning
 from tagsearch.runtime.heartbeat import OUTAGE_LIMIT_SECONDS, env_seconds
 from tagsearch.runtime.interrupts import storage_call
 
@@ -60,13 +60,13 @@ class Outages:
                         f"{self.limit:g} s) during {what}: {reason}; the study is consistent: rerun the worker "
                         f"once the database is back")
                     raise self.gave_up from None
-                say(f"storage unreachable during {what} ({reason}); retry in {pause:.1f} s "
+                warning(f"storage unreachable during {what} ({reason}); retry in {pause:.1f} s "
                     f"(down {now - start:.0f} s, giving up after {self.limit:g} s)")
                 time.sleep(pause)
                 pause = min(pause * 2, BACKOFF_SECONDS[1])
                 continue
             if start is not None:
-                say(f"storage reachable again after {time.monotonic() - start:.1f} s ({what})")
+                log(f"storage reachable again after {time.monotonic() - start:.1f} s ({what})")
             return result
 
 
@@ -116,5 +116,4 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
 
 
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+say = warning  # the name storage.py's heartbeat wrapper knows these lines by: the same logger, at WARNING

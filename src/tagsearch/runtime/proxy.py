@@ -22,7 +22,7 @@ import signal
 import threading
 import time
 
-from tagsearch.log import log
+from tagsearch.log import log, warning
 from tagsearch.errors import UserError
 from tagsearch.runtime import proxy_auth
 from tagsearch.runtime.locks import SERVICE, address
@@ -50,9 +50,9 @@ def serve(storage: str, host: str = "127.0.0.1", port: int = 13000, token_file: 
             raise UserError(f"--host {host} is reachable from other machines, and without a token anyone there could "
                             f"delete or forge studies; expected a token (--token-file PATH of a 0600 file, or "
                             f"{proxy_auth.TOKEN_ENV}) that the workers share, or --insecure on a network you trust")
-        log(f"WARNING: --insecure: serving on {host} WITHOUT A TOKEN. Anyone who reaches this port can delete "
-            f"studies, forge trials that retrain trusts, and hold the budget lock. Use a token "
-            f"(--token-file or {proxy_auth.TOKEN_ENV}).")
+        warning(f"WARNING: --insecure: serving on {host} WITHOUT A TOKEN. Anyone who reaches this port can delete "
+                f"studies, forge trials that retrain trusts, and hold the budget lock. Use a token "
+                f"(--token-file or {proxy_auth.TOKEN_ENV}).")
     database = open_storage(storage)
     server = make_server(database, host, port, token)
     log(f"storage proxy for {masked(storage)} at grpc://{address(host, port)} "

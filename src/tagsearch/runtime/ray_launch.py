@@ -36,7 +36,8 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 from tagsearch.errors import UserError
-from tagsearch.log import log
+from tagsearch.log import log, warning
+from tagsearch.runtime.children import spawn
 from tagsearch.runtime.outages import OUTAGE_MARK
 from tagsearch.runtime.storage import local_path, masked, scheme
 
@@ -285,9 +286,9 @@ def report(outcomes: dict) -> int:
     for index, reason in enumerate(results):
         if reason is not None:
             text = str(reason).strip().splitlines() or [type(reason).__name__]
-            log(f"worker {index} failed for good: {text[0]}")
+            warning(f"worker {index} failed for good: {text[0]}")
             for line in text[1:]:
-                log(f"    {line}")
+                warning(f"    {line}")
     return 1 if any(reason is not None for reason in results) else 0
 
 
@@ -311,14 +312,11 @@ def _run_worker(index: int, command: list[str], env: dict, log_path: str, cwd: s
                  "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a", encoding="utf-8") as handle:
-        process = subprocess.Popen(command, env=child_env, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True,
-                                   preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+        process = spawn(command, child_env, handle, cwd=cwd)
         handle.write(f"\n[ray task on {host}: worker {index} pid {process.pid} "
                      f"CUDA_VISIBLE_DEVICES={visible!r}]\n$ {' '.join(command)}\n")
         handle.flush()
-    print(f"worker {index} started on {host} (pid {process.pid}, CUDA_VISIBLE_DEVICES={visible!r}); log {log_path}",
-          flush=True)
+    log(f"worker {index} started on {host} (pid {process.pid}, CUDA_VISIBLE_DEVICES={visible!r}); log {log_path}")
     try:
         code = wait(process)
     except KeyboardInterrupt:  # ray.cancel: stop the worker as Ctrl-C stops a local one
@@ -360,12 +358,3 @@ def tail(path: str) -> str:
         return f"    (unreadable: {exc})"
     return "\n".join(f"    {line}" for line in lines[-TAIL_LINES:])
 
-
-def _die_with_parent() -> None:
-    """Linux: the worker gets SIGTERM when its Ray task's process dies (force-cancel, a lost driver)."""
-    import ctypes
-
-    try:
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass

@@ -30,7 +30,7 @@ from typing import Callable
 
 import optuna
 
-from tagsearch.log import log
+from tagsearch.log import log, warning
 from tagsearch.runtime import _optuna, deadline as deadlines, heartbeat
 from tagsearch.runtime.interrupts import INTERRUPTED, Interrupts
 from tagsearch.runtime.locks import BudgetLock
@@ -108,7 +108,7 @@ def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], 
     finally:
         gc.unfreeze()
         lock.close()
-    log(f"stopping: {guard.limit} trials in a row failed; last reason: {guard.last_reason}")
+    warning(f"stopping: {guard.limit} trials in a row failed; last reason: {guard.last_reason}")
     return 1
 
 

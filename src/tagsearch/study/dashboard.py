@@ -9,10 +9,10 @@ dashboard can edit and delete studies, so anything else gets a warning.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from tagsearch.errors import UserError
+from tagsearch.log import log, warning
 from tagsearch.study.spec import DEFAULT_STORAGE, load_spec
 from tagsearch.runtime.proxy import is_loopback
 from tagsearch.runtime.storage import artifact_dir, artifact_store, masked, open_storage
@@ -28,10 +28,9 @@ def serve(spec: str | Path | None = None, *, storage: str | None = None, host: s
     opened = open_storage(url, create=False, read_only=True)  # browsing never takes SQLite's write lock
     store = artifact_store(url)
     if not is_loopback(host):
-        print(f"warning: serving on {host}, reachable from other machines; the dashboard has no login and "
-              f"can delete studies (use --host 127.0.0.1 to keep it local)", file=sys.stderr)
-    print(f"optuna-dashboard for {masked(url)} (artifacts in {artifact_dir(url)}) at {url_for(host, port)}",
-          file=sys.stderr, flush=True)
+        warning(f"warning: serving on {host}, reachable from other machines; the dashboard has no login and "
+                f"can delete studies (use --host 127.0.0.1 to keep it local)")
+    log(f"optuna-dashboard for {masked(url)} (artifacts in {artifact_dir(url)}) at {url_for(host, port)}")
     run_server(opened, store, host, port)
 
 

@@ -14,8 +14,8 @@ import time
 import optuna
 import torch
 
-from tagsearch.data import corpus as data
-from tagsearch.data.corpus import Corpus
+from tagsearch.data.corpus import Corpus, cv_folds
+from tagsearch.durations import span_text
 from tagsearch.errors import UserError
 from tagsearch.learn import features, train
 from tagsearch.learn.embedding_cache import Busy
@@ -47,7 +47,7 @@ class Objective:
         self.device = device or spec.device
         self.max_epochs = max_epochs or spec.max_epochs
         self.device_name = describe_device(self.device)
-        self.folds = data.cv_folds(corpus, spec.folds)
+        self.folds = cv_folds(corpus, spec.folds)
         # this worker's trials share token streams, fitted featurizers and the host's encodings
         self.features = FeatureCache(embedding_dir(storage or spec.storage), str(train.pick_device(self.device)))
         # while another worker encodes, this one searches other kinds (a one-kind study waits)
@@ -167,7 +167,7 @@ class Objective:
             if kind == "finetune":
                 training = self.finetune_training_seconds(params, seconds, progress.total)
                 if training is not None:
-                    seconds, what = seconds + training, f" (its frozen prefix and one trial of ~{planner.clock_text(training)})"
+                    seconds, what = seconds + training, f" (its frozen prefix and one trial of ~{span_text(training)})"
             cost = planner.fixed_cost_plan(label, seconds, now=deadlines.clock() - progress.seconds,
                                            deadline=deadline, budget=self.spec.time_budget)
             log(f"planner: {cost.note()}{what} (measured on the first {progress.done} of {progress.total} posts)")

@@ -26,6 +26,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from tagsearch.durations import span_text
+
 FIXED_COST_SHARE = 0.7  # of the remaining search a kind's fixed cost may take (30 % is left to search its kinds)
 MIN_TRIALS_AHEAD = 24  # full trials the remaining budget should buy; fewer and early rungs subsample
 
@@ -52,10 +54,10 @@ class FixedCost:
     def note(self) -> str:
         """One line for the log and the verdict."""
         if self.included:
-            return f"{self.kind}: its fixed cost (~{clock_text(self.seconds)}) fits the {clock_text(self.remaining)} left"
-        return (f"{self.kind} left out: its fixed cost would take ~{clock_text(self.seconds)} of the "
-                f"{clock_text(self.remaining)} left of the search (more than {FIXED_COST_SHARE:.0%}); "
-                f"--time {clock_text(self.time_needed)} or more would include it")
+            return f"{self.kind}: its fixed cost (~{span_text(self.seconds)}) fits the {span_text(self.remaining)} left"
+        return (f"{self.kind} left out: its fixed cost would take ~{span_text(self.seconds)} of the "
+                f"{span_text(self.remaining)} left of the search (more than {FIXED_COST_SHARE:.0%}); "
+                f"--time {span_text(self.time_needed)} or more would include it")
 
     def record(self) -> dict:
         return {k: (round(v, 1) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -131,17 +133,3 @@ def fidelity_plan(epoch_seconds: float | None, epochs: int, remaining: float | N
         if trial_seconds(fraction) * min_trials <= capacity:
             return Fidelity(fraction, rungs + 1)
     return Fidelity(min(fractions), rungs + 1)
-
-
-def clock_text(seconds: float) -> str:
-    """``75`` → ``"1m15s"``; ``inf`` → ``"unlimited"``."""
-    if not math.isfinite(seconds):
-        return "unlimited"
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, rest = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{rest:02d}s" if rest else f"{minutes}m"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from contextlib import contextmanager
 
 import optuna
 
@@ -20,8 +21,17 @@ from tagsearch.study.spec import ACTIVE_WHEN, PARAMS, Spec, is_active
 from tagsearch.runtime.progress import Progress, progress  # noqa: F401  (search.progress, as before)
 from tagsearch.runtime.storage import masked, open_storage, storage_dir
 
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 DESCRIBE_WAIT_SECONDS = 10
+
+
+@contextmanager
+def experimental_features():
+    """Inside it, Optuna's ExperimentalWarning is not shown (``warnings.catch_warnings``): the
+    experimental features used here (TPE's ``group``, ``PatientPruner``, metric names) are this
+    module's choice, nothing a user could act on. Outside it, Optuna's warnings stand."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
 
 
 # ---------------------------------------------------------------------------------------------
@@ -35,9 +45,10 @@ def build_sampler(spec: Spec, seed_offset: int = 0) -> optuna.samplers.BaseSampl
     seed = None if cfg.get("seed") is None else cfg["seed"] + seed_offset
     if cfg.get("kind", "tpe") == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.get("n_startup_trials", 10),
-                                      multivariate=cfg.get("multivariate", False), group=cfg.get("group", False),
-                                      constant_liar=True)
+    with experimental_features():
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.get("n_startup_trials", 10),
+                                          multivariate=cfg.get("multivariate", False), group=cfg.get("group", False),
+                                          constant_liar=True)
 
 
 def build_pruner(spec: Spec) -> optuna.pruners.BasePruner:
@@ -59,7 +70,8 @@ def build_pruner(spec: Spec) -> optuna.pruners.BasePruner:
         else:
             pruner = None
         if cfg.get("patience", 0) > 0:
-            pruner = optuna.pruners.PatientPruner(pruner, patience=cfg["patience"], min_delta=cfg.get("min_delta", 0.0))
+            with experimental_features():
+                pruner = optuna.pruners.PatientPruner(pruner, patience=cfg["patience"], min_delta=cfg.get("min_delta", 0.0))
     except ValueError as exc:
         raise UserError(f"{spec.path} [pruner]: {exc}") from None
     if pruner is None:
@@ -194,7 +206,8 @@ def start_study(study: optuna.Study, spec: Spec, corpus: Corpus) -> None:
         study.enqueue_trial(queued(spec.defaults, spec), user_attrs={"config": "defaults"})
         for params in spec.early:  # each model's own [defaults.KIND], after trial 0
             study.enqueue_trial(queued(params, spec), user_attrs={"config": f"defaults.{params['model']}"})
-    study.set_metric_names([f"val_{spec.metric}"])
+    with experimental_features():
+        study.set_metric_names([f"val_{spec.metric}"])
     attrs = {"model": spec.model, "spec": spec.path, "data_source": corpus.source, "split": corpus.split,
              "tags": corpus.tag_names, "posts": {"train": len(corpus.train_idx), "val": len(corpus.val_idx),
                                                  "test": len(corpus.test_idx)}, "fingerprint": corpus.fingerprint}
