@@ -12,7 +12,7 @@ import torch
 from tagsearch.data.corpus import Corpus
 from tagsearch.learn.batches import BagBatches, bag_counts, bags_of, no_labels
 from tagsearch.learn.feature_cache import FeatureCache
-from tagsearch.learn.featurizers import Featurizer
+from tagsearch.learn.featurizers import Featurizer, check_is_fitted
 from tagsearch.learn.tokens import TokenStream, split_tokens, training_digest, vocabulary_of
 
 
@@ -82,10 +82,11 @@ class DenseBags(Featurizer):
         stream = cache.tokens(corpus)
         self.vocabulary_ = cache.get("vocabulary", (corpus.fingerprint, training_digest(corpus), self.min_freq),
                                      lambda: vocabulary_of(stream, corpus.train_idx, self.min_freq))
-        self._encoded(self._bags(stream), corpus)
+        cache.keep_encoding(self, corpus, self._bags(stream))
         return self
 
     def transform(self, texts: list[str]) -> BagBatches:
+        check_is_fitted(self)
         return self._bags(split_tokens(texts))
 
     def _bags(self, stream: TokenStream) -> BagBatches:
@@ -101,6 +102,7 @@ class DenseBags(Featurizer):
         return len(self.vocabulary_) + (self.buckets if self.word_ngrams > 1 else 0)
 
     def state(self) -> dict:
+        check_is_fitted(self)
         return {"kind": self.kind, **self.settings(), "vocabulary": self.vocabulary_}
 
     @classmethod

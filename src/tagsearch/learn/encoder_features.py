@@ -9,7 +9,7 @@ import scipy.sparse as sp
 from tagsearch.data.corpus import Corpus
 from tagsearch.learn.batches import CsrBatches, DenseBatches, no_labels
 from tagsearch.learn.feature_cache import FeatureCache
-from tagsearch.learn.featurizers import Featurizer
+from tagsearch.learn.featurizers import Featurizer, check_is_fitted
 from tagsearch.learn.tfidf import TfidfFeatures
 
 
@@ -33,6 +33,7 @@ class Embeddings(Featurizer):
         return self
 
     def transform(self, texts: list[str]) -> DenseBatches:
+        check_is_fitted(self)
         return DenseBatches(self.encoder_.transform(texts), no_labels(len(texts)))
 
     def fit_corpus(self, corpus: Corpus, cache: FeatureCache | None = None) -> "Embeddings":
@@ -44,7 +45,7 @@ class Embeddings(Featurizer):
         key = (self.encoder, self.encoder_.weights_hash_, self.max_seq_length, corpus.fingerprint)
         rows = cache.get("embeddings", key, lambda: self.encoder_.transform_corpus(
             corpus.texts, corpus.fingerprint, cache.embedding_dir, cache.encoding_guard, cache.encoding_wait))
-        self._encoded(DenseBatches(rows, no_labels(len(corpus.texts))), corpus)
+        cache.keep_encoding(self, corpus, DenseBatches(rows, no_labels(len(corpus.texts))))
         return self
 
     @property
@@ -92,6 +93,7 @@ class EncoderTfidf(Featurizer):
         return sp.hstack([tfidf.astype(np.float32), sp.csr_matrix(dense)], format="csr")
 
     def transform(self, texts: list[str]) -> CsrBatches:
+        check_is_fitted(self)
         return CsrBatches(self._joined(self.tfidf_.transform(texts).matrix, self.embeddings_.transform(texts).rows),
                           no_labels(len(texts)))
 
@@ -100,8 +102,8 @@ class EncoderTfidf(Featurizer):
         cache = FeatureCache() if cache is None else cache
         tfidf, embeddings = (cache.fitted(part, corpus) for part in self._parts())
         self.tfidf_, self.embeddings_ = tfidf, embeddings
-        matrix = self._joined(tfidf.encoded_.matrix, embeddings.encoded_.rows.numpy())
-        self._encoded(CsrBatches(matrix, no_labels(len(corpus.texts))), corpus)
+        matrix = self._joined(cache.encoding(tfidf, corpus).matrix, cache.encoding(embeddings, corpus).rows.numpy())
+        cache.keep_encoding(self, corpus, CsrBatches(matrix, no_labels(len(corpus.texts))))
         return self
 
     @property

@@ -3,10 +3,12 @@ and the fitted featurizers, each keyed by what it is computed from (``FeatureCac
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
 from typing import Callable
 
 from tagsearch.data.corpus import Corpus, give_back_freed_memory
+from tagsearch.learn.batches import all_labels
 from tagsearch.learn.tokens import TokenStream, split_tokens, training_digest
 
 
@@ -15,12 +17,15 @@ class FeatureCache:
     objective keeps one for all its trials; a one-off training uses a fresh one). Entries are
     keyed by what they are computed from — the data fingerprint, the training posts
     (``training_digest``), the settings — never by object identity; each kind keeps its ``KEEP``
-    most recently used entries."""
+    most recently used entries. A fitted featurizer's encoding of every post of its corpus
+    (``keep_encoding``, by ``fit_corpus``) is kept for as long as that featurizer lives (or until
+    ``clear``); ``inputs`` slices a split out of it."""
 
     KEEP = {"tokens": 2, "ngrams": 2, "vocabulary": 8, "fitted": 8, "embeddings": 2, "hidden": 2}
 
     def __init__(self, embedding_dir: str | None = None, device: str = "cpu"):
         self._entries: dict[str, OrderedDict] = {}
+        self._encodings: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # featurizer → (fingerprint, batches)
         self.embedding_dir = embedding_dir  # where encoders' embeddings of a corpus persist (None: in memory)
         self.device = device  # where an encoder runs (a CUDA worker encodes on its GPU)
         self.encoding_guard = None  # encoder.Guard: may stop an encoding part-way (the search's plan)
@@ -58,4 +63,24 @@ class FeatureCache:
     def clear(self) -> None:
         """Forget every entry and give its memory back (a one-off training once its inputs are built)."""
         self._entries.clear()
+        self._encodings.clear()
         give_back_freed_memory()
+
+    def keep_encoding(self, featurizer: "Featurizer", corpus: Corpus, batches) -> None:
+        """Keep ``batches``, every post of ``corpus`` as ``featurizer`` (fitted on it) encodes them,
+        with the corpus's labels, for as long as ``featurizer`` lives."""
+        batches.labels = all_labels(corpus)
+        self._encodings[featurizer] = (corpus.fingerprint, batches)
+
+    def encoding(self, featurizer: "Featurizer", corpus: Corpus):
+        """Every post of ``corpus`` as ``featurizer`` encoded them when it was fitted on it, with labels."""
+        encoded_on, batches = self._encodings.get(featurizer, (None, None))
+        if batches is None or encoded_on != corpus.fingerprint:
+            raise ValueError(f"this {featurizer.kind} featurizer encoded data {encoded_on}, not {corpus.fingerprint}; "
+                             f"expected fit_corpus on that corpus first")
+        return batches
+
+    def inputs(self, featurizer: "Featurizer", corpus: Corpus, split: str):
+        """The batches of ``corpus``'s ``split`` ("train", "val" or "test"), with their labels, from
+        the posts ``featurizer.fit_corpus`` encoded (its folds and ``train_and_val`` share them)."""
+        return self.encoding(featurizer, corpus).take(corpus.split_indices(split))

@@ -8,13 +8,15 @@ and names the parts, which live one concern per module: ``batches`` (the batch c
 A featurizer is fitted scikit-learn style and saved as plain data:
 
 - ``fit(texts) -> self`` learns from training posts; ``transform(texts)`` gives their batches
-  (``BagBatches``, ``CsrBatches`` or ``DenseBatches``, with no labels);
+  (``BagBatches``, ``CsrBatches`` or ``DenseBatches``, with no labels) and changes nothing (before
+  any fit it raises ``featurizers.NotFittedError``);
 - ``input_kind`` says what its batches hold, and so which first layer the model needs
   (``models.build_model``): ``"bags"`` (table rows with weights), ``"sparse"`` (CSR rows) or
   ``"dense"`` (float32 rows); ``input_size`` is the table's rows or the rows' width;
 - ``state()`` is what ``preprocessing.json`` saves, and ``from_state(state)`` what ``predict`` loads;
 - ``fit_corpus(corpus, cache)`` fits on the corpus's training split and encodes every post of the
-  corpus once (``encoded_``); ``inputs(corpus, split)`` then slices a split's batches out of it.
+  corpus once, into the cache; ``cache.inputs(featurizer, corpus, split)`` then slices a split's
+  batches out of it.
 
 ``FEATURIZERS`` maps ``params["model"]`` (and a saved state's ``kind``) to the class: a new
 representation is one more class registered there. The base ``fit_corpus`` is ``fit`` on the

@@ -1,13 +1,30 @@
 """The featurizer interface: posts → model inputs, fitted on training posts (``Featurizer``); the
-kinds live in ``bags``, ``tfidf`` and ``encoder_features``, their registry in ``features``."""
+kinds live in ``bags``, ``tfidf`` and ``encoder_features``, their registry in ``features``.
+
+A featurizer is a pure fitted object, as scikit-learn's estimators are: its constructor only stores
+its settings, ``fit``/``fit_corpus``/``from_state`` set what is learned (attributes ending in
+``_``), and ``transform`` reads them and changes nothing (``check_is_fitted`` guards it). The
+encoded corpus ``fit_corpus`` makes is kept by the ``FeatureCache``, not by the featurizer.
+"""
 
 from __future__ import annotations
 
 from typing import ClassVar
 
 from tagsearch.data.corpus import Corpus
-from tagsearch.learn.batches import all_labels
 from tagsearch.learn.feature_cache import FeatureCache
+
+
+class NotFittedError(ValueError, AttributeError):
+    """A featurizer was asked for what only fitting gives (``transform``, ``state``) before it was fitted."""
+
+
+def check_is_fitted(featurizer: "Featurizer") -> None:
+    """Raise ``NotFittedError`` unless ``featurizer`` has learned something (an attribute ending
+    in ``_``, as scikit-learn's ``check_is_fitted`` decides)."""
+    if not any(name.endswith("_") and not name.startswith("__") for name in vars(featurizer)):
+        raise NotFittedError(f"this {type(featurizer).__name__} is not fitted yet; expected fit(texts), "
+                             f"fit_corpus(corpus) or from_state(state) before using it")
 
 
 class Featurizer:
@@ -18,8 +35,6 @@ class Featurizer:
     kind: ClassVar[str]
     input_kind: ClassVar[str]  # "bags" | "sparse" | "dense": the batches' type, the model's first layer
     SETTINGS: ClassVar[tuple[str, ...]]
-    encoded_ = None  # every post of the corpus fitted on, as batches (fit_corpus)
-    encoded_on_: str | None = None  # that corpus's fingerprint
 
     @classmethod
     def from_params(cls, params: dict) -> "Featurizer":
@@ -32,7 +47,7 @@ class Featurizer:
         raise NotImplementedError
 
     def transform(self, texts: list[str]):
-        """Batches of ``texts`` (already cleaned), without labels."""
+        """Batches of ``texts`` (already cleaned), without labels; the featurizer is left unchanged."""
         raise NotImplementedError
 
     @property
@@ -47,23 +62,10 @@ class Featurizer:
         raise NotImplementedError
 
     def fit_corpus(self, corpus: Corpus, cache: FeatureCache | None = None) -> "Featurizer":
-        """Fit on ``corpus``'s training posts and encode all its posts once (``encoded_``)."""
+        """Fit on ``corpus``'s training posts and encode all its posts once, into ``cache``
+        (``cache.inputs(self, corpus, split)`` then serves a split; a fresh cache: the encoding is
+        dropped). The kinds override it to start from the cache's token stream or encodings."""
+        cache = FeatureCache() if cache is None else cache
         self.fit([corpus.texts[i] for i in corpus.train_idx])
-        self._encoded(self.transform(corpus.texts), corpus)
+        cache.keep_encoding(self, corpus, self.transform(corpus.texts))
         return self
-
-    def _encoded(self, batches, corpus: Corpus) -> None:
-        batches.labels = all_labels(corpus)
-        self.encoded_, self.encoded_on_ = batches, corpus.fingerprint
-
-    def inputs(self, corpus: Corpus, split: str):
-        """The batches of ``corpus``'s ``split`` ("train", "val" or "test"), with their labels, from
-        the posts ``fit_corpus`` encoded (its folds and ``train_and_val`` share them)."""
-        if self.encoded_ is None or self.encoded_on_ != corpus.fingerprint:
-            raise ValueError(f"this {self.kind} featurizer encoded data {self.encoded_on_}, not {corpus.fingerprint}; "
-                             f"expected fit_corpus on that corpus first")
-        return self.encoded_.take(corpus.split_indices(split))
-
-    def forget_encoding(self) -> None:
-        """Drop the encoded posts (their batches are built): ``inputs`` needs ``fit_corpus`` again."""
-        self.encoded_ = self.encoded_on_ = None

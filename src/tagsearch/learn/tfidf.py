@@ -12,7 +12,7 @@ from sklearn.feature_extraction.text import TfidfTransformer, TfidfVectorizer
 from tagsearch.data.corpus import Corpus
 from tagsearch.learn.batches import CsrBatches, no_labels
 from tagsearch.learn.feature_cache import FeatureCache
-from tagsearch.learn.featurizers import Featurizer
+from tagsearch.learn.featurizers import Featurizer, check_is_fitted
 from tagsearch.learn.tokens import TokenStream, split_tokens
 
 
@@ -71,6 +71,7 @@ class TfidfFeatures(Featurizer):
     def fit(self, texts: list[str]) -> "TfidfFeatures":
         stream = split_tokens(texts)
         self._fit(stream, *ngram_counts(stream, self.ngram_max), np.arange(len(texts)))
+        self.vectorizer_ = rebuilt_vectorizer(self.state())
         return self
 
     def fit_corpus(self, corpus: Corpus, cache: FeatureCache | None = None) -> "TfidfFeatures":
@@ -78,8 +79,8 @@ class TfidfFeatures(Featurizer):
         stream = cache.tokens(corpus)
         counts, keys = cache.get("ngrams", (corpus.fingerprint, self.ngram_max),
                                  lambda: ngram_counts(stream, self.ngram_max))
-        self._encoded(CsrBatches(self._fit(stream, counts, keys, corpus.train_idx), no_labels(len(corpus.texts))),
-                      corpus)
+        cache.keep_encoding(self, corpus, CsrBatches(self._fit(stream, counts, keys, corpus.train_idx),
+                                                     no_labels(len(corpus.texts))))
         return self
 
     def _fit(self, stream: TokenStream, counts: sp.csr_matrix, keys: np.ndarray, train: np.ndarray) -> sp.csr_matrix:
@@ -93,19 +94,21 @@ class TfidfFeatures(Featurizer):
         counts = counts[:, kept]
         transformer = TfidfTransformer(sublinear_tf=self.sublinear_tf).fit(counts[train])
         self.vocabulary_, self.idf_ = ngram_strings(stream, self.ngram_max, keys[kept]), transformer.idf_
-        self._vectorizer = None
         return transformer.transform(counts).tocsr()
 
     def transform(self, texts: list[str]) -> CsrBatches:
-        if getattr(self, "_vectorizer", None) is None:
-            self._vectorizer = rebuilt_vectorizer(self.state())
-        return CsrBatches(self._vectorizer.transform(texts).tocsr(), no_labels(len(texts)))
+        """``texts`` through the fitted ``TfidfVectorizer`` (``fit`` and ``from_state`` build it; after
+        ``fit_corpus``, which never needs it, it is rebuilt for this call, as it is not kept)."""
+        check_is_fitted(self)
+        vectorizer = self.vectorizer_ if hasattr(self, "vectorizer_") else rebuilt_vectorizer(self.state())
+        return CsrBatches(vectorizer.transform(texts).tocsr(), no_labels(len(texts)))
 
     @property
     def input_size(self) -> int:
         return len(self.vocabulary_)
 
     def state(self) -> dict:
+        check_is_fitted(self)
         return {"kind": self.kind, **self.settings(), "norm": "l2", "vocabulary": self.vocabulary_,
                 "idf": [float(v) for v in self.idf_]}
 
@@ -113,6 +116,7 @@ class TfidfFeatures(Featurizer):
     def from_state(cls, state: dict) -> "TfidfFeatures":
         featurizer = cls(**{name: state[name] for name in cls.SETTINGS})
         featurizer.vocabulary_, featurizer.idf_ = state["vocabulary"], np.asarray(state["idf"], dtype=np.float64)
+        featurizer.vectorizer_ = rebuilt_vectorizer(state)
         return featurizer
 
 

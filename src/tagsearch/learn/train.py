@@ -474,9 +474,10 @@ def build(corpus: Corpus, params: dict, device: str | torch.device = "cpu", cach
     parameters' featurizer fitted on ``corpus``'s training split (through ``cache`` when given: a
     study's trials share it), the model's first layer as the featurizer's ``input_kind`` needs."""
     device = pick_device(device) if isinstance(device, str) else device
-    featurizer = (FeatureCache() if cache is None else cache).fitted(features.featurizer_for(params), corpus)
-    train_data = featurizer.inputs(corpus, "train").to(device)
-    val_data = featurizer.inputs(corpus, "val").to(device)
+    cache = FeatureCache() if cache is None else cache
+    featurizer = cache.fitted(features.featurizer_for(params), corpus)
+    train_data = cache.inputs(featurizer, corpus, "train").to(device)
+    val_data = cache.inputs(featurizer, corpus, "val").to(device)
     model = build_model(params, featurizer.input_size, len(corpus.tag_names), featurizer.input_kind).to(device)
     return Built(model, train_data, val_data, featurizer)
 
@@ -486,14 +487,12 @@ def train_config(corpus: Corpus | list[Corpus], params: dict, *, max_epochs: int
                  keep_features: bool = True, cache: FeatureCache | None = None) -> TrainResult:
     """Build inputs and model for ``params`` and train them (``tagsearch train``, ``retrain``); a list
     of corpora (``data.cv_folds``) trains one model per fold, in lockstep, sharing ``cache`` (a fresh
-    one by default). The result's ``featurizers`` keep every post encoded (``inputs(corpus, "test")``)
-    unless ``keep_features=False``, which drops that and the cache once the inputs are built (a
-    one-off training: less peak memory)."""
+    one by default). ``cache`` keeps every post encoded by the result's ``featurizers``
+    (``cache.inputs(featurizer, corpus, "test")``) unless ``keep_features=False``, which clears it
+    once the inputs are built (a one-off training: less peak memory)."""
     cache = FeatureCache() if cache is None else cache
     folds = [build(fold, params, device, cache) for fold in (corpus if isinstance(corpus, list) else [corpus])]
     if not keep_features:
-        for fold in folds:
-            fold.featurizer.forget_encoding()
         cache.clear()
     return fit_folds(folds, params, max_epochs=max_epochs, patience=patience, metric=metric, on_epoch=on_epoch)
 

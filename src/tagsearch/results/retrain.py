@@ -156,6 +156,7 @@ class Run:
     device: torch.device
     seconds: float
     refit_seconds: float | None = None
+    features: FeatureCache | None = None  # keeps every post as ``final``'s featurizers encoded them
 
     @property
     def final_model(self) -> str:
@@ -182,7 +183,7 @@ def retrain(corpus: Corpus, params: dict, epochs: int, patience: int, device: st
                           on_epoch=show, cache=cache)
     device = next(result.model.parameters()).device
     run = Run(result, list(zip(result.models, result.featurizers)), len(splits[0].train_idx), device,
-              time.perf_counter() - start)
+              time.perf_counter() - start, features=cache)
     if refit:
         whole = train_and_val(corpus)
         run.final = [refit_model(whole, params, result.best_epoch, run.device, cache)]
@@ -195,9 +196,10 @@ def refit_model(whole: Corpus, params: dict, epochs: int, device,
                 cache: FeatureCache | None = None) -> tuple[torch.nn.Module, Featurizer]:
     """The configuration trained on ``whole``'s training posts for exactly ``epochs`` epochs, and its featurizer."""
     log(f"  refit on training + validation ({len(whole.train_idx)} posts) for {epochs} epoch(s)")
-    featurizer = (FeatureCache() if cache is None else cache).fitted(features.featurizer_for(params), whole)
+    cache = FeatureCache() if cache is None else cache
+    featurizer = cache.fitted(features.featurizer_for(params), whole)
     model = build_model(params, featurizer.input_size, len(whole.tag_names), featurizer.input_kind).to(device)
-    fit(model, featurizer.inputs(whole, "train").to(device), None, params, max_epochs=epochs, patience=None)
+    fit(model, cache.inputs(featurizer, whole, "train").to(device), None, params, max_epochs=epochs, patience=None)
     return model, featurizer
 
 
@@ -249,7 +251,7 @@ def evaluate(run: Run, corpus: Corpus, params: dict, metric: str) -> Evaluation:
     training-split model's, or every fold's pooled) and on test (the final model), and the choice
     made on validation."""
     y_val, p_val = run.result.val_labels, run.result.val_probs
-    p_test = np.mean([predict_proba(model, featurizer.inputs(corpus, "test").to(run.device))
+    p_test = np.mean([predict_proba(model, run.features.inputs(featurizer, corpus, "test").to(run.device))
                       for model, featurizer in run.final], axis=0)
     y_test = corpus.labels[corpus.test_idx]
     variants, choice = metrics.threshold_variants(y_val, p_val, y_test, p_test, corpus.tag_names, metric,
