@@ -368,10 +368,11 @@ def dashboard_command(args: argparse.Namespace) -> int:
 
 
 def retrain_command(args: argparse.Namespace) -> int:
-    from tagsearch.results.retrain import retrain_trial
+    from tagsearch.results.retrain import retrained, summary_text
 
-    retrain_trial(args.spec, trial=args.trial, out=args.out, data=data_options(args), storage=storage_url(args),
-                  study_name=args.study_name, device=args.device, threads=args.threads, refit=args.refit)
+    done = retrained(args.spec, trial=args.trial, out=args.out, data=data_options(args), storage=storage_url(args),
+                     study_name=args.study_name, device=args.device, threads=args.threads, refit=args.refit)
+    print(summary_text(done))
     return 0
 
 

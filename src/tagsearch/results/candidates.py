@@ -68,7 +68,7 @@ def best_trials(study) -> dict:
 def network_candidates(spec_path: Path, url: str, study_name: str, root: Path, data: str | None = None) -> list[Candidate]:
     """The best trial of each kind, retrained into ``root/<kind>`` (on ``data``, the posts file the
     user named, where given; else the spec's)."""
-    from tagsearch.results.retrain import retrained
+    from tagsearch.results.retrain import retrained, summary_text
     from tagsearch.study import search
     from tagsearch.study.spec import load_spec
 
@@ -78,6 +78,7 @@ def network_candidates(spec_path: Path, url: str, study_name: str, root: Path, d
         log(f"\n== retraining the best {kind} trial ({trial.number}, validation {trial.value:.4f}) ==")
         done = retrained(spec_path, trial=trial.number, out=root / kind, storage=url, study_name=study_name,
                          data=data)
+        print(summary_text(done))  # stdout, as 'tagsearch retrain' prints it
         result = done.run.result
         found.append(Candidate(kind, "network", done.out, done.evaluation.choice.value, result.val_labels,
                                result.val_probs, done.evaluation.test_probs, f"{kind} network, trial {trial.number}"))
