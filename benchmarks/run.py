@@ -108,9 +108,10 @@ def ours_prepare(path: str, kind: str) -> float:
     config = data.DataConfig(path=path)
     corpus = data.build_corpus(data.read_table(path), config)
     params = seed_params(kind)
-    featurizer = features.featurizer_for(params).fit_corpus(corpus)
-    featurizer.inputs(corpus, "train")
-    featurizer.inputs(corpus, "val")
+    cache = features.FeatureCache()
+    featurizer = features.featurizer_for(params).fit_corpus(corpus, cache)
+    cache.inputs(featurizer, corpus, "train")
+    cache.inputs(featurizer, corpus, "val")
     return time.perf_counter() - start
 
 
@@ -138,8 +139,8 @@ def bench_prepare(path: str, kind: str, repeats: int) -> dict:
     def load_and_encode() -> None:
         corpus = data.load_corpus(data.DataConfig(path=path))
         featurizer = cache.fitted(features.featurizer_for(params), corpus)
-        featurizer.inputs(corpus, "train")
-        featurizer.inputs(corpus, "val")
+        cache.inputs(featurizer, corpus, "train")
+        cache.inputs(featurizer, corpus, "val")
 
     load_and_encode()  # the first trial fills the caches
     start = time.perf_counter()

@@ -105,8 +105,9 @@ def test_tfidf_equals_scikit_learn_vectorizer(max_features, min_df, ngram_max, s
     corpus = Corpus(texts=texts, labels=np.zeros((10, 1), dtype=np.uint8), tag_names=["t"],
                     train_idx=np.arange(7), val_idx=np.array([7, 8]), test_idx=np.array([9]), fingerprint="x",
                     source="test")
-    tfidf = features.TfidfFeatures(max_features, min_df, ngram_max, sublinear_tf).fit_corpus(corpus)
-    matrix = tfidf.encoded_.matrix
+    cache = features.FeatureCache()
+    tfidf = features.TfidfFeatures(max_features, min_df, ngram_max, sublinear_tf).fit_corpus(corpus, cache)
+    matrix = cache.encoding(tfidf, corpus).matrix
     expected_vectorizer = TfidfVectorizer(lowercase=False, token_pattern=r"\S+", ngram_range=(1, ngram_max),
                                           min_df=min_df, max_features=max_features or None,
                                           sublinear_tf=sublinear_tf, dtype=np.float32).fit(texts[:7])

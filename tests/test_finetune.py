@@ -82,16 +82,19 @@ def test_cached_states_give_the_full_forward_pass_loss_and_gradients(tiny_bert, 
 def test_states_are_cached_once_on_disk(tiny_bert, corpus, tmp_path, monkeypatch):
     """A second fit (another worker's, a new cache) reads the stored fp16 states instead of computing."""
     params = params_for(tiny_bert)
-    first = FeatureCache(str(tmp_path)).fitted(finetune.FinetuneInputs.from_params(params), corpus)
-    assert first.encoded_.states.rows.dtype == np.float16
+    first_cache = FeatureCache(str(tmp_path))
+    first = first_cache.fitted(finetune.FinetuneInputs.from_params(params), corpus)
+    assert first_cache.encoding(first, corpus).states.rows.dtype == np.float16
     assert len(list(tmp_path.glob("hidden-*.npy"))) == 2  # rows + lengths
 
     def refuse(*args, **kwargs):
         raise AssertionError("computed again")
 
     monkeypatch.setattr(finetune, "prefix_states", refuse)
-    second = FeatureCache(str(tmp_path)).fitted(finetune.FinetuneInputs.from_params(params), corpus)
-    np.testing.assert_array_equal(second.encoded_.states.rows, first.encoded_.states.rows)
+    second_cache = FeatureCache(str(tmp_path))
+    second = second_cache.fitted(finetune.FinetuneInputs.from_params(params), corpus)
+    np.testing.assert_array_equal(second_cache.encoding(second, corpus).states.rows,
+                                  first_cache.encoding(first, corpus).states.rows)
     assert not list(tmp_path.glob("*.tmp"))
 
 
@@ -198,9 +201,10 @@ def test_saved_model_predicts_the_trained_models_probabilities(tiny_bert, corpus
     """The results folder (trained layers + head in safetensors, the base weights' hash in
     preprocessing.json) predicts the trained model's test probabilities to 1e-4."""
     params = params_for(tiny_bert, hidden_layers=1, hidden1=8)
-    result = train.train_config(corpus, params, max_epochs=2, patience=None, device="cpu")
+    cache = FeatureCache()
+    result = train.train_config(corpus, params, max_epochs=2, patience=None, device="cpu", cache=cache)
     featurizer = result.featurizers[0]
-    expected = train.predict_proba(result.model, featurizer.inputs(corpus, "test"))
+    expected = train.predict_proba(result.model, cache.inputs(featurizer, corpus, "test"))
     digests = results.save_model(tmp_path, result.model, featurizer.state())
     results.write_json(tmp_path / "config.json", {
         "format": results.FORMAT, "params": params, "tags": corpus.tag_names, "thresholds": [0.5] * 10,

@@ -55,9 +55,10 @@ def test_round_trip_equals_in_memory_model(params, tiny_csv, tmp_path):
 
     corpus = tiny_corpus(tiny_csv)
     params = {**SEED_DEFAULTS, "hidden1": 8, "hidden2": 8, "batch_size": 64, **params}
-    result = train_config(corpus, params, max_epochs=1, patience=None, device="cpu")
+    cache = features.FeatureCache()
+    result = train_config(corpus, params, max_epochs=1, patience=None, device="cpu", cache=cache)
     featurizer = result.featurizers[0]
-    expected = torch.sigmoid(predict_logits(result.model, featurizer.inputs(corpus, "test"))).numpy()
+    expected = torch.sigmoid(predict_logits(result.model, cache.inputs(featurizer, corpus, "test"))).numpy()
     digests = results.save_model(tmp_path, result.model, featurizer.state())
     results.write_json(tmp_path / "config.json", {
         "format": results.FORMAT, "params": params, "tags": corpus.tag_names, "thresholds": [0.5] * 10,
@@ -73,9 +74,10 @@ def test_tfidf_rebuilt_from_saved_state_equals_training_transform(settings, tiny
     train-time features for the same text to 1e-7."""
     corpus = tiny_corpus(tiny_csv)
     max_features, min_df, ngram_max, sublinear = settings
-    fitted = features.TfidfFeatures(max_features, min_df, ngram_max, sublinear).fit_corpus(corpus)
+    cache = features.FeatureCache()
+    fitted = features.TfidfFeatures(max_features, min_df, ngram_max, sublinear).fit_corpus(corpus, cache)
     state = json.loads(json.dumps(fitted.state()))  # through JSON, as saved
-    expected = fitted.encoded_.matrix
+    expected = cache.encoding(fitted, corpus).matrix
     got = features.featurizer_from_state(state).transform(corpus.texts).matrix
     assert got.shape == expected.shape
     assert abs(got - expected).max() < 1e-7

@@ -353,6 +353,8 @@ def show_tuned(tuned, what: str) -> None:
     """The verdict of ``tune`` (or ``demo``) and how long it took, on stdout."""
     from tagsearch.durations import minutes_text
 
+    for summary in tuned.summaries:  # each retrained network's, as 'tagsearch retrain' prints it
+        print(summary)
     print(f"\n{tuned.verdict}", end="")
     print(f"\n{what} done in {minutes_text(tuned.seconds)} ({minutes_text(tuned.search_seconds)} of search)")
 
@@ -371,10 +373,11 @@ def dashboard_command(args: argparse.Namespace) -> int:
 
 
 def retrain_command(args: argparse.Namespace) -> int:
-    from tagsearch.results.retrain import retrain_trial
+    from tagsearch.results.retrain import retrained, summary_text
 
-    retrain_trial(args.spec, trial=args.trial, out=args.out, data=data_options(args), storage=storage_url(args),
-                  study_name=args.study_name, device=args.device, threads=args.threads, refit=args.refit)
+    done = retrained(args.spec, trial=args.trial, out=args.out, data=data_options(args), storage=storage_url(args),
+                     study_name=args.study_name, device=args.device, threads=args.threads, refit=args.refit)
+    print(summary_text(done))
     return 0
 
 

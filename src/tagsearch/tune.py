@@ -60,6 +60,7 @@ class Tuned:
     seconds: float
     search_seconds: float
     stopped: bool  # Ctrl-C ended the search before its deadline
+    summaries: tuple[str, ...] = ()  # each retrained network's closing summary, for the command to print
 
 
 def tune(data: str, *, time_budget: float = DEFAULT_TIME, workers_count: int | None = None, devices: str = "auto",
@@ -128,7 +129,8 @@ def tune(data: str, *, time_budget: float = DEFAULT_TIME, workers_count: int | N
     again = resume_command(data, name, default_name, url, kinds, () if one_kind else searched.models, metric)
     text = verdict(folder, table, counts, search_seconds, stopped, again, spec_path, found, chosen)
     comparing.write_text(folder / "verdict.md", text)
-    return Tuned(name, spec_path, folder, comparison, text, time.monotonic() - start, search_seconds, stopped)
+    return Tuned(name, spec_path, folder, comparison, text, time.monotonic() - start, search_seconds, stopped,
+                 tuple(c.summary for c in found if c.summary))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,7 +30,9 @@ from torch import nn
 
 from tagsearch.data.corpus import Corpus
 from tagsearch.errors import UserError
-from tagsearch.learn.features import FeatureCache, Featurizer, no_labels, permuted_entries
+from tagsearch.learn.batches import no_labels, permuted_entries
+from tagsearch.learn.feature_cache import FeatureCache
+from tagsearch.learn.featurizers import Featurizer, check_is_fitted
 from tagsearch.learn import features, models
 from tagsearch.learn.hidden_cache import HiddenCache, HiddenStates
 from tagsearch.learn.models import MLPHead, fused_supported
@@ -250,6 +252,7 @@ class FinetuneInputs(Featurizer):
         return self.n_layers_ - self.trained_
 
     def transform(self, texts: list[str]) -> HiddenBatches:
+        check_is_fitted(self)
         return HiddenBatches(self._states(list(texts)), no_labels(len(texts)))
 
     def fit_corpus(self, corpus: Corpus, cache: FeatureCache | None = None) -> "FinetuneInputs":
@@ -276,7 +279,7 @@ class FinetuneInputs(Featurizer):
             return HiddenCache(cache.embedding_dir).get_or_compute(key, computed, wait=cache.encoding_wait)
 
         states = cache.get("hidden", tuple(sorted(key.items())), compute)
-        self._encoded(HiddenBatches(states, no_labels(len(corpus.texts))), corpus)
+        cache.keep_encoding(self, corpus, HiddenBatches(states, no_labels(len(corpus.texts))))
         return self
 
     @property

@@ -48,6 +48,7 @@ class Candidate:
     val_probs: np.ndarray
     test_probs: np.ndarray
     description: str
+    summary: str = ""  # a retrained network's closing summary, as 'tagsearch retrain' prints it
 
 
 def best_trials(study) -> dict:
@@ -70,7 +71,7 @@ def network_candidates(spec_path: Path, url: str, study_name: str, root: Path, d
     """The best trial of each kind, retrained into ``root/<kind>`` (on ``data``, the posts file the
     user named, where given; else the spec's). ``retrain_seconds``: a kind whose best trial trained
     longer than this (a fine-tuning trial on a CPU) is retrained only when it is the study's best."""
-    from tagsearch.results.retrain import retrained
+    from tagsearch.results.retrain import retrained, summary_text
     from tagsearch.study import search
     from tagsearch.study.spec import load_spec
 
@@ -88,7 +89,8 @@ def network_candidates(spec_path: Path, url: str, study_name: str, root: Path, d
                          data=data)
         result = done.run.result
         found.append(Candidate(kind, "network", done.out, done.evaluation.choice.value, result.val_labels,
-                               result.val_probs, done.evaluation.test_probs, f"{kind} network, trial {trial.number}"))
+                               result.val_probs, done.evaluation.test_probs, f"{kind} network, trial {trial.number}",
+                               summary_text(done)))
     return found
 
 

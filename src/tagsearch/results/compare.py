@@ -270,9 +270,10 @@ def fit_baseline(corpus, metric: str, refit: bool = False, folds: int | str = "a
         for C in BASELINE_C:
             models, p_val = [], []
             for split, featurizer in zip(splits, fitted):
-                model = logistic_regression(featurizer.inputs(split, "train").matrix, corpus.labels[split.train_idx], C)
+                model = logistic_regression(cache.inputs(featurizer, split, "train").matrix,
+                                            corpus.labels[split.train_idx], C)
                 models.append((model, featurizer))
-                p_val.append(model.predict_proba(featurizer.inputs(split, "val").matrix))
+                p_val.append(model.predict_proba(cache.inputs(featurizer, split, "val").matrix))
             value = metrics.choose_thresholds(y_val, np.concatenate(p_val), metric).value
             if best is None or metrics.better(metric, value, best[0]):
                 best = (value, C, models, np.concatenate(p_val), candidate)
@@ -280,11 +281,11 @@ def fit_baseline(corpus, metric: str, refit: bool = False, folds: int | str = "a
     if refit:
         whole = train_and_val(corpus)
         featurizer = cache.fitted(chosen, whole)
-        final = [(logistic_regression(featurizer.inputs(whole, "train").matrix, corpus.labels[whole.train_idx], C),
-                  featurizer)]
+        final = [(logistic_regression(cache.inputs(featurizer, whole, "train").matrix,
+                                      corpus.labels[whole.train_idx], C), featurizer)]
     seconds = time.perf_counter() - start
-    p_test = np.mean([model.predict_proba(featurizer.inputs(corpus, "test").matrix) for model, featurizer in final],
-                     axis=0)
+    p_test = np.mean([model.predict_proba(cache.inputs(featurizer, corpus, "test").matrix)
+                      for model, featurizer in final], axis=0)
     y_test = corpus.labels[corpus.test_idx]
     variants, choice = metrics.threshold_variants(y_val, p_val, y_test, p_test, corpus.tag_names, metric)
     test = variants[choice.chosen].test

@@ -30,8 +30,9 @@ from tagsearch.learn import features
 from tagsearch.learn import metrics
 from tagsearch.learn.features import FeatureCache, Featurizer
 from tagsearch.learn.metrics import ThresholdChoice, VariantFigures, val_key
-from tagsearch.results import plots
+from tagsearch.results import plots, report
 from tagsearch.results import folder as results
+from tagsearch.results.report import per_class_table, reference_line, report_markdown, summary_table, variant_label
 from tagsearch.data.corpus import Corpus, cv_folds, load_corpus, n_folds, DataOptions, resolve_data, train_and_val
 from tagsearch.errors import UserError
 from tagsearch.log import log
@@ -51,9 +52,11 @@ def retrain_trial(spec: Spec | str | Path, *, trial: int | None = None, out: str
     test split, write the results directory (default ``results/<study>``) and return it. ``data``:
     overrides of the spec's ``[data]`` (a path alone, or ``DataOptions``); ``threads``: torch CPU
     threads while it runs (default 1); ``refit``: train again on training + validation first
-    (default: the spec's ``[training] refit``)."""
-    return retrained(spec, trial=trial, out=out, data=data, storage=storage, study_name=study_name, device=device,
-                     threads=threads, refit=refit).out
+    (default: the spec's ``[training] refit``). Its summary (``report.summary_text``) is logged."""
+    done = retrained(spec, trial=trial, out=out, data=data, storage=storage, study_name=study_name, device=device,
+                     threads=threads, refit=refit)
+    log(summary_text(done))
+    return done.out
 
 
 @dataclasses.dataclass
@@ -67,6 +70,12 @@ class Retrained:
     evaluation: "Evaluation"
     params: dict
     info: "RunInfo"
+    uploaded: int = 0  # the artifacts uploaded to the study
+
+
+def summary_text(done: Retrained) -> str:
+    """The lines that sum up a retrain (``tagsearch retrain`` prints them)."""
+    return report.summary_text(done.out, done.evaluation, done.info, done.run, done.uploaded)
 
 
 def retrained(spec: Spec | str | Path, *, trial: int | None = None, out: str | Path | None = None,
@@ -107,8 +116,7 @@ def retrained(spec: Spec | str | Path, *, trial: int | None = None, out: str | P
     with results.atomic_dir(out) as folder:
         write_results(folder, run, evaluation, corpus, params, info, study)
     uploaded = publish(study, chosen, url, out, evaluation)
-    print_summary(out, evaluation, info, run, uploaded)
-    return Retrained(out, run, evaluation, params, info)
+    return Retrained(out, run, evaluation, params, info, uploaded)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,6 +164,7 @@ class Run:
     device: torch.device
     seconds: float
     refit_seconds: float | None = None
+    features: FeatureCache | None = None  # keeps every post as ``final``'s featurizers encoded them
 
     @property
     def final_model(self) -> str:
@@ -182,7 +191,7 @@ def retrain(corpus: Corpus, params: dict, epochs: int, patience: int, device: st
                           on_epoch=show, cache=cache)
     device = next(result.model.parameters()).device
     run = Run(result, list(zip(result.models, result.featurizers)), len(splits[0].train_idx), device,
-              time.perf_counter() - start)
+              time.perf_counter() - start, features=cache)
     if refit:
         whole = train_and_val(corpus)
         run.final = [refit_model(whole, params, result.best_epoch, run.device, cache)]
@@ -195,9 +204,10 @@ def refit_model(whole: Corpus, params: dict, epochs: int, device,
                 cache: FeatureCache | None = None) -> tuple[torch.nn.Module, Featurizer]:
     """The configuration trained on ``whole``'s training posts for exactly ``epochs`` epochs, and its featurizer."""
     log(f"  refit on training + validation ({len(whole.train_idx)} posts) for {epochs} epoch(s)")
-    featurizer = (FeatureCache() if cache is None else cache).fitted(features.featurizer_for(params), whole)
+    cache = FeatureCache() if cache is None else cache
+    featurizer = cache.fitted(features.featurizer_for(params), whole)
     model = build_model(params, featurizer.input_size, len(whole.tag_names), featurizer.input_kind).to(device)
-    fit(model, featurizer.inputs(whole, "train").to(device), None, params, max_epochs=epochs, patience=None)
+    fit(model, cache.inputs(featurizer, whole, "train").to(device), None, params, max_epochs=epochs, patience=None)
     return model, featurizer
 
 
@@ -249,7 +259,7 @@ def evaluate(run: Run, corpus: Corpus, params: dict, metric: str) -> Evaluation:
     training-split model's, or every fold's pooled) and on test (the final model), and the choice
     made on validation."""
     y_val, p_val = run.result.val_labels, run.result.val_probs
-    p_test = np.mean([predict_proba(model, featurizer.inputs(corpus, "test").to(run.device))
+    p_test = np.mean([predict_proba(model, run.features.inputs(featurizer, corpus, "test").to(run.device))
                       for model, featurizer in run.final], axis=0)
     y_test = corpus.labels[corpus.test_idx]
     variants, choice = metrics.threshold_variants(y_val, p_val, y_test, p_test, corpus.tag_names, metric,
@@ -360,54 +370,7 @@ def write_plots(folder: Path, run: Run, evaluation: Evaluation, corpus: Corpus, 
 
 
 # ---------------------------------------------------------------------------------------------
-# Report, dashboard, terminal
-
-
-def variant_label(evaluation: Evaluation, name: str) -> str:
-    label = "per-tag" if name == "per_tag" else f"{name} {evaluation.variants[name].thresholds[0]:.2f}"
-    return label + (" (chosen)" if name == evaluation.chosen else "")
-
-
-def summary_table(evaluation: Evaluation) -> str:
-    """Each variant: its cross-fitted validation value (what chose it), then its test figures."""
-    rows = [[variant_label(evaluation, name), f"{figures.cross_fitted_validation:.4f}",
-             f"{figures.test['hamming_loss']:.4f}", f"{figures.test['micro_f1']:.4f}",
-             f"{figures.test['macro_f1']:.4f}"] for name, figures in evaluation.variants.items()]
-    return results.markdown_table(["thresholds", "validation (cross-fitted)", "test Hamming loss", "test micro-F1",
-                                   "test macro-F1"], rows)
-
-
-def per_class_table(evaluation: Evaluation) -> str:
-    rows = [[r["label"], f"{r['threshold']:.2f}", f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}",
-             str(r["support"])] for r in evaluation.figures.test["per_class"]]
-    return results.markdown_table(["tag", "threshold", "precision", "recall", "F1", "support"], rows)
-
-
-def reference_line(reference: dict[str, float]) -> str:
-    """The threshold-free test figures in one sentence (report.md, the terminal)."""
-    return (f"Predicting no tag at all would have test Hamming loss {reference['hamming_loss_no_tags']:.4f} "
-            f"(the share of positive labels; read the Hamming losses against it). At one tag per post, the "
-            f"most probable: P@1 {reference['precision_at_1']:.4f} (posts whose top tag is a true tag), R@1 "
-            f"{reference['recall_at_1']:.4f} (true tags found by the top tags, of all true tags).")
-
-
-def report_markdown(record: dict, evaluation: Evaluation, info: RunInfo, run: Run) -> str:
-    """report.md, from metrics.json's ``record``."""
-    captions = {"curves.png": "Training and validation curves", "confusion.png": "Per-class confusion (test)",
-                "f1.png": "Per-class F1 (test)", "optimization_history.png": "Optimization history",
-                "param_importances.png": "Parameter importances"}
-    images = "\n\n".join(f"![{captions[name]}]({name})" for name in record["plots"])
-    notes = "".join(f"\n- {note}" for note in record["plot_notes"])
-    return (f"# {info.study}: trial {info.trial} retrained\n\n"
-            f"Data `{info.data['path']}`: {record['posts']['train']} train / {record['posts']['val']} validation "
-            f"/ {record['posts']['test']} test posts. Retrained for {run.result.epochs_run} epoch(s) "
-            f"(at most {info.max_epochs}, patience {info.patience}); weights of epoch "
-            f"{run.result.best_epoch}, the best validation {info.metric}"
-            f"{'; then refit on training + validation for as many epochs' if info.refit else ''}. Predictions "
-            f"use the **{evaluation.chosen.replace('_', '-')}** thresholds ({metrics.HOW_FITTED}).\n\n"
-            f"{summary_table(evaluation)}\n\n{reference_line(evaluation.reference)}\n\n"
-            f"## Per class (test, chosen thresholds)\n\n"
-            f"{per_class_table(evaluation)}\n\n## Plots\n\n{images}\n{notes}\n")
+# Dashboard
 
 
 def publish(study, trial, url: str, out: Path, evaluation: Evaluation) -> int:
@@ -437,18 +400,3 @@ def publish(study, trial, url: str, out: Path, evaluation: Evaluation) -> int:
                     f"\n\n{reference_line(evaluation.reference)}"
                     f"\n\n### Per class (test, chosen thresholds)\n\n{per_class_table(evaluation)}\n")
     return len(files)
-
-
-def print_summary(out: Path, evaluation: Evaluation, info: RunInfo, run: Run, uploaded: int) -> None:
-    test = evaluation.figures.test
-    print(f"trial {info.trial} of {info.study!r}: {run.result.epochs_run} epoch(s) in {run.seconds:.1f}s, "
-          f"weights of epoch {run.result.best_epoch}")
-    scores = ", ".join(f"{v.replace('_', '-')} {f.cross_fitted_validation:.4f}" for v, f in evaluation.variants.items())
-    print(f"thresholds: {evaluation.chosen.replace('_', '-')} (cross-fitted validation {info.metric}: {scores})"
-          f"{'; predictions by the model refit on training + validation' if info.refit else ''}")
-    print(f"test: Hamming loss {test['hamming_loss']:.4f}  micro-F1 {test['micro_f1']:.4f}  "
-          f"macro-F1 {test['macro_f1']:.4f}  P@1 {evaluation.reference['precision_at_1']:.4f}  "
-          f"R@1 {evaluation.reference['recall_at_1']:.4f}  (no tags: Hamming loss "
-          f"{evaluation.reference['hamming_loss_no_tags']:.4f})")
-    print(f"wrote {out}/ ({uploaded} artifacts uploaded to study {info.study!r}; browse them with "
-          f"'tagsearch dashboard --storage {info.storage}')")
