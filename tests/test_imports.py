@@ -77,6 +77,7 @@ LAYERS = {
     "api": {"data", "learn", "runtime", "study", "results", "tune", "demo"},  # it re-exports tune and run_demo
     "demo": {"data", "learn", "runtime", "study", "results", "tune"},
     "cli": {"data", "learn", "runtime", "study", "results", "api", "tune", "demo"},
+    "testing": {"runtime", "study", "testing"},  # stub workers and helpers for the tests and benchmarks; torch-free
 }
 SHARED = {"errors", "log"}
 

@@ -2,7 +2,7 @@
 invariants (exact budget, no FAIL, no duplicated numbers, learning curves and user attributes on every
 finished trial), and eight workers through the gRPC storage proxy with PostgreSQL behind it. The same
 two-worker study on PostgreSQL and MariaDB/MySQL runs in test_outages.py, through a relay that cuts the
-connection mid-study. The workers are the real runtime around a stub objective (tests/stub_worker.py).
+connection mid-study. The workers are the real runtime around a stub objective (``tagsearch.testing.stub_worker``).
 
 Each test skips, saying why, when its server does not answer on 127.0.0.1 (CI starts all three).
 Override the URLs with TAGSEARCH_TEST_POSTGRES / TAGSEARCH_TEST_MYSQL / TAGSEARCH_TEST_REDIS. Every
