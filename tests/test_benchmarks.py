@@ -48,8 +48,9 @@ def test_a_benchmark_runs_with_its_own_options_and_an_unknown_one_is_refused():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # a child of its own now: its imports and its exit count too
 def test_study_benchmark_quick_runs_both_sides_to_the_same_budget():
-    done = benchmarks("run", "study", "--quick", "--json", timeout=290)  # its workers are subprocesses too
+    done = benchmarks("run", "study", "--quick", "--json", timeout=580)  # its workers are subprocesses too
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     table, rows = out.rsplit("\n", 2)[0], json.loads(out.strip().splitlines()[-1])
