@@ -31,7 +31,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -n $(TEST_WORKERS) -m "not slow and not services and not browser" $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(PY) benchmarks/run.py
+	$(PY) -m benchmarks run run
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -5,7 +5,7 @@ Both encode the same cleaned robotics posts on 2 torch threads (batch 64, max_se
 after a short warm-up, optionally ``--repeat``ed alternately (the best run of each is
 reported, in wall and in CPU seconds: the latter moves less when other jobs share the cores):
 
-    .venv/bin/python benchmarks/encode.py [--data CSV] [--limit N] [--repeat K] [--json]
+    .venv/bin/python -m benchmarks run encode [--data CSV] [--limit N] [--repeat K] [--json]
 
 Posts are read with a local stdlib reader (HTML tags stripped, entities unescaped, case kept, as
 a sentence encoder wants natural text), so the benchmark does not depend on ``tagsearch.data``.
@@ -27,7 +27,6 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "stackexchange-robotics.csv"
 _TAG = re.compile(r"<[^>]+>")
 _SPACE = re.compile(r"\s+")
@@ -45,14 +44,14 @@ def read_posts(path: Path) -> list[str]:
     return posts
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--limit", type=int, default=0, help="first N posts only (0: all)")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not args.data.is_file():
         raise SystemExit(f"{args.data} not found (pass --data)")
     posts = read_posts(args.data)[: args.limit or None]

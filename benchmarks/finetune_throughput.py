@@ -1,9 +1,10 @@
-"""Fine-tuning throughput on the CPU: training posts per second of one epoch when the top N layers
-of all-MiniLM-L6-v2 train over the cached frozen-prefix states (the ``finetune`` kind), for N = 1, 2
-and all, against the same model trained with Hugging Face's plain full forward/backward (every
+"""Fine-tuning throughput on the CPU: the ``finetune`` kind against Hugging Face's plain full fine-tune.
+
+Training posts per second of one epoch when the top N layers of all-MiniLM-L6-v2 train over the
+cached frozen-prefix states (the ``finetune`` kind), for N = 1, 2 and all, against the same model trained with Hugging Face's plain full forward/backward (every
 layer, the embeddings included, from token ids; dynamic padding; mean pooling and a linear head).
 
-    nice -n 19 python benchmarks/finetune_throughput.py [--data CSV] [--posts 256] [--threads 1]
+    nice -n 19 python -m benchmarks run finetune_throughput [--data CSV] [--posts 256] [--threads 1]
 
 The frozen prefix is computed once per (model, length, N, data); its time is printed apart (a
 study pays it once per host, every trial after reads it). Prints one line per configuration and
@@ -22,13 +23,12 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
 
-from tagsearch.data.corpus import DataConfig, load_corpus  # noqa: E402
-from tagsearch.learn import finetune, train  # noqa: E402
-from tagsearch.learn.encoder import DEFAULT_MODEL, resolve_model  # noqa: E402
-from tagsearch.learn.features import all_labels  # noqa: E402
-from tagsearch.study.spec import SEED_DEFAULTS  # noqa: E402
+from tagsearch.data.corpus import DataConfig, load_corpus
+from tagsearch.learn import finetune, train
+from tagsearch.learn.encoder import DEFAULT_MODEL, resolve_model
+from tagsearch.learn.features import all_labels
+from tagsearch.study.spec import SEED_DEFAULTS
 
 ROBOTICS = REPO.parent / "shared" / "data" / "stackexchange-robotics.csv"
 
@@ -73,14 +73,14 @@ def full_model_rate(texts, labels, args) -> float:
     return len(texts) / (time.perf_counter() - start)
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(ROBOTICS) if ROBOTICS.is_file() else "builtin")
     parser.add_argument("--posts", type=int, default=256, help="training posts per epoch")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-seq-length", type=int, default=128)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     corpus = load_corpus(DataConfig(path=args.data))
     chosen = corpus.train_idx[:args.posts]

@@ -23,8 +23,8 @@ The rows a step touches are counted exactly from the epoch's own batches (ascend
 shuffled order touches the same number on average). ``ratio`` = tagsearch's measured training
 time per epoch (``train.train_epoch`` alone, no validation; the median of epochs 2..N) / floor.
 
-    python benchmarks/floor.py                  # built-in corpus, both models, 1 thread
-    python benchmarks/floor.py --threads 2 --only dense
+    python -m benchmarks run floor                  # built-in corpus, both models, 1 thread
+    python -m benchmarks run floor --threads 2 --only dense
 """
 
 from __future__ import annotations
@@ -38,15 +38,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(REPO / "src"))
-
 from tagsearch.data import corpus as data
-from tagsearch.learn import train  # noqa: E402
-from tagsearch.data.builtin import BUILTIN_PATH, BUILTIN_POSTS, ensure_corpus  # noqa: E402
-from tagsearch.study.spec import load_spec  # noqa: E402
+from tagsearch.learn import train
+from tagsearch.data.builtin import BUILTIN_PATH, BUILTIN_POSTS, ensure_corpus
+from tagsearch.study.spec import load_spec
 
+REPO = Path(__file__).resolve().parents[1]
 SPECS = {"dense": REPO / "studies" / "dense.toml", "tfidf": REPO / "studies" / "tfidf.toml"}
 ADAM_BYTES = 8 * 4  # per parameter per step: gradient write + read, parameter/m/v read + write
 COPY_MIB = 256

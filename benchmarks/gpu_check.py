@@ -1,10 +1,12 @@
-"""One short GPU check of the fine-tuning and frozen-encoder kinds: a two-trial study (trial 0 the
+"""One short GPU check of the fine-tuning and frozen-encoder kinds: posts/s and peak GPU memory.
+
+A two-trial study (trial 0 the
 ``finetune`` defaults, trial 1 the ``encoder`` defaults) searched by two workers sharing one GPU
 (``tagsearch launch --workers 2 --devices 0``), then each trial's posts/s and the GPU's peak memory
 in use (``nvidia-smi``, polled). Exits non-zero when a trial does not complete, or on any error.
 
-    python benchmarks/gpu_check.py [--data CSV] [--posts 800] [--device 0]
-    nice -n 19 python benchmarks/gpu_check.py --force-cpu --posts 120   # the script's logic, on the CPU
+    python -m benchmarks run gpu_check [--data CSV] [--posts 800] [--device 0]
+    nice -n 19 python -m benchmarks run gpu_check --force-cpu --posts 120   # the script's logic, on the CPU
 
 Without a visible CUDA device it refuses (exit 2) unless ``--force-cpu`` runs the same two
 workers on the CPU (no GPU figures), to check the script where no GPU is lent.
@@ -22,7 +24,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
 
 ROBOTICS = REPO.parent / "shared" / "data" / "stackexchange-robotics.csv"
 KINDS = ("finetune", "encoder")
@@ -82,14 +83,14 @@ class GpuMemory(threading.Thread):
             self.peak = used if self.peak is None else max(self.peak, used)
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(ROBOTICS) if ROBOTICS.is_file() else "builtin")
     parser.add_argument("--posts", type=int, default=800, help="posts of --data used (train + val + test)")
     parser.add_argument("--device", default="0", help="the GPU both workers share")
     parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--force-cpu", action="store_true", help="run on the CPU to check this script")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     import torch
 

@@ -5,7 +5,7 @@ difference in test Hamming loss and micro-F1 that the split's size alone allows.
 fitted exactly as ``tagsearch compare`` fits them (``compare.fit_baseline``: same folds, C and
 weight chosen on validation, the study's metric), from the study's stored encodings:
 
-    .venv/bin/python benchmarks/paired.py results/tagger-stackexchange-robotics [--resamples 5000] [--json]
+    .venv/bin/python -m benchmarks run paired results/tagger-stackexchange-robotics [--resamples 5000] [--json]
 
 Reports, per baseline: the model's and the baseline's test figures, the mean difference (model −
 baseline), its 95 % interval, and the share of resamples where the model is better.
@@ -15,7 +15,7 @@ kind ``predict`` loads: a network, a baseline, an ensemble; e.g. today's pick ag
 or the delivered model against a candidate under ``results/<study>.candidates/``), both predicting
 the same test posts at their own saved thresholds:
 
-    .venv/bin/python benchmarks/paired.py results/tagger-x --against results/tagger-x.candidates/tfidf
+    .venv/bin/python -m benchmarks run paired results/tagger-x --against results/tagger-x.candidates/tfidf
 """
 
 from __future__ import annotations
@@ -26,14 +26,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
-
-from tagsearch.data.corpus import DataConfig, load_corpus  # noqa: E402
-from tagsearch.results import compare, folder as results  # noqa: E402
-from tagsearch.results.predict import load  # noqa: E402
-from tagsearch.study.search import embedding_dir  # noqa: E402
 
 
 def figures(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, float]:
@@ -61,14 +53,19 @@ def paired(y: np.ndarray, ours: np.ndarray, theirs: np.ndarray, resamples: int, 
     return out
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    from tagsearch.data.corpus import DataConfig, load_corpus  # the models: torch, loaded only to compare them
+    from tagsearch.results import compare, folder as results
+    from tagsearch.results.predict import load
+    from tagsearch.study.search import embedding_dir
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", help="a results folder (tagsearch retrain / tune)")
     parser.add_argument("--against", metavar="OTHER", help="another results folder of the same data (instead of "
                                                            "the baselines)")
     parser.add_argument("--resamples", type=int, default=5000)
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     loaded = load(args.folder)
     config, metric = loaded.config, loaded.config["metric"]

@@ -11,8 +11,8 @@ import subprocess
 import sys
 
 
-def main() -> int:
-    out, separator, *command = sys.argv[1:]
+def main(argv=None) -> int:
+    out, separator, *command = sys.argv[1:] if argv is None else argv
     if separator != "--" or not command:
         raise SystemExit("usage: peak_rss.py OUT -- CMD [ARG ...]")
     child = subprocess.Popen(command)

@@ -1,7 +1,7 @@
 """Where one training step of tagsearch's own path spends its time, on the built-in corpus.
 
-    python benchmarks/profile_step.py                    # dense, 1 thread, one epoch
-    python benchmarks/profile_step.py --model tfidf --threads 2 --ops 15
+    python -m benchmarks run profile_step                    # dense, 1 thread, one epoch
+    python -m benchmarks run profile_step --model tfidf --threads 2 --ops 15
 
 Runs ``train.train_epoch`` itself: one warm-up epoch, then one epoch with a clock hooked onto its
 phases (batch gather, zero grad, forward + loss, backward, clip, each optimizer), and prints
@@ -83,14 +83,14 @@ def hook_phases(criterion, optimizers, clock: PhaseClock) -> None:
     train.clip_gradients = clocked_clip
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["dense", "tfidf"], default="dense")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--data", help="posts file (default: the built-in corpus)")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--ops", type=int, default=12, help="profiler rows to print (0: no profiler epoch)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     spec = load_spec(REPO / "studies" / f"{args.model}.toml")
     overrides = {"pos_weight": "seed", **parse_overrides(args.param)}

@@ -1,7 +1,7 @@
 """Compare pruner settings on the same 30-trial TF-IDF study: total epochs trained and best value.
 
-    python benchmarks/pruners.py                                  # spec's pruner vs none, sampler seed 42
-    python benchmarks/pruners.py --sampler-seed 7 \\
+    python -m benchmarks run pruners                                  # spec's pruner vs none, sampler seed 42
+    python -m benchmarks run pruners --sampler-seed 7 \\
         'none=kind = "none"' \\
         'halving=kind = "halving"; min_resource = 1; reduction_factor = 3' \\
         'median=kind = "median"; n_startup_trials = 4; n_warmup_steps = 1'
@@ -20,12 +20,12 @@ import tempfile
 import tomllib
 from pathlib import Path
 
-import search_bench
+from benchmarks import search_bench
 from tagsearch.data.builtin import BUILTIN_PATH, BUILTIN_POSTS, ensure_corpus
 from tagsearch.study.specfile import save_spec
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variants", nargs="*", metavar="LABEL=TOML",
                         help='pruner settings to compare (default: the spec\'s own and \'none=kind = "none"\')')
@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--sampler-seed", type=int, default=42)
     parser.add_argument("--n-trials", type=int, default=30)
     parser.add_argument("--data", help="posts file (default: the built-in corpus)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     data_path = args.data or ensure_corpus(str(search_bench.REPO / BUILTIN_PATH), BUILTIN_POSTS)
     raw = tomllib.loads(Path(args.spec).read_text())
     raw["sampler"]["seed"] = args.sampler_seed

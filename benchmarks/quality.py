@@ -18,8 +18,8 @@ Prints a Markdown table of test micro-F1 and test Hamming loss, without and with
 validation value that chose, for every row; ``--json`` prints the rows as JSON too. Every step
 must succeed. It calls the library (the Python API), as a notebook would.
 
-    python benchmarks/quality.py                      # both data sets, 600 s per data set
-    python benchmarks/quality.py --budget 120 --only robotics
+    python -m benchmarks run quality                      # both data sets, 600 s per data set
+    python -m benchmarks run quality --budget 120 --only robotics
 """
 
 from __future__ import annotations
@@ -38,16 +38,15 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
 
-import tagsearch as ts  # noqa: E402
-from tagsearch.data import corpus as data  # noqa: E402
-from tagsearch.results import compare  # noqa: E402
-from tagsearch.results import folder as results  # noqa: E402
-from tagsearch.data.builtin import BUILTIN_DATA  # noqa: E402
-from tagsearch.study.search import embedding_dir  # noqa: E402
-from tagsearch.study.spec import load_spec  # noqa: E402
-from tagsearch.study.specfile import save_spec  # noqa: E402
+import tagsearch as ts
+from tagsearch.data import corpus as data
+from tagsearch.results import compare
+from tagsearch.results import folder as results
+from tagsearch.data.builtin import BUILTIN_DATA
+from tagsearch.study.search import embedding_dir
+from tagsearch.study.spec import load_spec
+from tagsearch.study.specfile import save_spec
 
 ROBOTICS = REPO.parent / "shared" / "data" / "stackexchange-robotics.csv"
 KINDS = ("dense", "tfidf", "encoder")
@@ -143,14 +142,14 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=600.0, help="study seconds per data set, all kinds together")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--only", choices=["builtin", "robotics"], help="one data set")
     parser.add_argument("--work", default="/tmp/tagsearch-quality", help="scratch folder (emptied first)")
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # its handler writes past `quietly`

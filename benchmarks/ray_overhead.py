@@ -1,16 +1,18 @@
-"""What placing workers with Ray costs: the same W stub workers × N trivial trials each (a budget of
-W·N) on one PostgreSQL study, once started as local subprocesses (as ``tagsearch launch`` does) and once as Ray tasks
+"""What placing workers with Ray costs: storage time, startup and wall time, local against Ray.
+
+The same W stub workers × N trivial trials each (a budget of W·N) on one PostgreSQL study, once
+started as local subprocesses (as ``tagsearch launch`` does) and once as Ray tasks
 (``ray_launch.launch_on_ray``, as ``tagsearch launch --ray`` does) on a single-node Ray head started
 beforehand (its start is reported apart, it is not part of a launch).
 
-The workers are tests/ray_stub_worker.py (torch-free; each trial suggests x, reports one step,
-returns x), so a trial is almost nothing but storage work: the worst case for overhead. Measured:
+The workers are ``tagsearch.testing.ray_stub_worker`` (torch-free; each trial suggests x, reports
+one step, returns x), so a trial is almost nothing but storage work: the worst case for overhead. Measured:
 per-trial storage time (seconds a worker's main thread spent in storage calls, the budget lock's
 tries included, from the end of one trial to the end of the next; median and p95), worker startup
 (from the launch to each worker process's start, and to its first trial; median and max) and wall
 time. Checked: exactly W·N finished, no FAIL, nothing RUNNING or WAITING.
 
-    .venv/bin/python benchmarks/ray_overhead.py [--workers 8] [--trials 50]
+    .venv/bin/python -m benchmarks run ray_overhead [--workers 8] [--trials 50]
         [--postgres postgresql+psycopg2://postgres@127.0.0.1:5432/test] [--json OUT]
 
 Each mode uses a study of its own (deleted afterwards). Stops every Ray process of this user on the
@@ -33,7 +35,7 @@ import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-STUB = REPO / "tests" / "ray_stub_worker.py"
+STUB = ["-m", "tagsearch.testing.ray_stub_worker"]  # torch-free
 
 
 def stub_args(url: str, name: str, trials: int, timings: Path) -> list[str]:
@@ -46,7 +48,7 @@ def run_local(url: str, name: str, trials: int, workers: int, folder: Path, timi
     for index in range(workers):
         env = {**os.environ, "OMP_NUM_THREADS": "1", "TAGSEARCH_WORKER_INDEX": str(index), "PYTHONUNBUFFERED": "1"}
         with open(folder / f"worker{index}.log", "w") as handle:
-            processes.append(subprocess.Popen([sys.executable, str(STUB), "worker", *stub_args(url, name, trials, timings)],
+            processes.append(subprocess.Popen([sys.executable, *STUB, "worker", *stub_args(url, name, trials, timings)],
                                               env=env, stdout=handle, stderr=subprocess.STDOUT,
                                               stdin=subprocess.DEVNULL))
     return [p.wait(timeout=1800) for p in processes]
@@ -54,7 +56,7 @@ def run_local(url: str, name: str, trials: int, workers: int, folder: Path, timi
 
 def run_ray(url: str, name: str, trials: int, workers: int, folder: Path, timings: Path, address: str) -> list[int]:
     with open(folder / "driver.log", "w") as handle:
-        driver = subprocess.run([sys.executable, str(STUB), "launch", "--address", address, "--workers", str(workers),
+        driver = subprocess.run([sys.executable, *STUB, "launch", "--address", address, "--workers", str(workers),
                                  "--log-dir", str(folder / "logs"), "--gpus-per-worker", "0", "--cpus-per-worker", "1",
                                  *stub_args(url, name, trials, timings)],
                                 stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=1800)
@@ -111,14 +113,14 @@ def measure(mode: str, postgres: str, trials: int, workers: int, folder: Path, a
     return result
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=50, help="trials per worker (the budget is W times this)")
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--postgres", default=os.environ.get("TAGSEARCH_TEST_POSTGRES",
                                                              "postgresql+psycopg2://postgres@127.0.0.1:5432/test"))
     parser.add_argument("--json", metavar="OUT")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="tagsearch-ray-overhead-"))
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
     results = []

@@ -1,4 +1,6 @@
-"""Load figures for docs/storages.md ("Load figures") and BENCHMARKS.md: W workers × 1 thread run N
+"""Reliability under load: W workers on PostgreSQL, directly and through the storage proxy, a dashboard reading.
+
+Load figures for docs/storages.md ("Load figures") and BENCHMARKS.md: W workers × 1 thread run N
 short trials on tiny data, once directly on PostgreSQL and once through ``tagsearch storage-proxy``
 with the same PostgreSQL behind it, while ``tagsearch dashboard`` serves the study and a poller reads
 it through the dashboard's HTTP API every second (the dashboard's read path).
@@ -7,12 +9,15 @@ Checked afterwards: exactly N finished, 0 duplicated numbers, 0 FAIL, nothing RU
 Measured: per-trial storage time (seconds a worker's main thread spent in storage calls, the budget
 lock's tries included, from the end of one trial to the end of the next), median and p95; wall time.
 
-    .venv/bin/python benchmarks/reliability_load.py [--trials 200] [--workers 8]
+    .venv/bin/python -m benchmarks run reliability_load [--trials 200] [--workers 8]
         [--postgres postgresql+psycopg2://postgres@127.0.0.1:5432/test] [--modes direct,proxy] [--json OUT]
+        [--stub] [--folder DIR] [--data CSV]
 
-Each run uses a study of its own (deleted afterwards). The tests (tests/test_services.py) run it at
-test size with ``stub=True``: the workers are tests/stub_worker.py (the same runtime, a stub
-objective without torch) instead of ``tagsearch worker``.
+Each run uses a study of its own (deleted afterwards); one JSON line per mode on stdout. The tests
+(tests/test_services.py) run it at test size with ``--stub``: the workers are
+``tagsearch.testing.stub_worker`` (the same runtime, a stub objective without torch) instead of
+``tagsearch worker``. ``--folder`` keeps the logs (default: a new temporary folder), ``--data`` is the
+workers' corpus (default: 600 synthetic posts written there).
 """
 
 from __future__ import annotations
@@ -30,15 +35,12 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-
 # Runs inside each worker: time every storage call of the main thread (on a server storage all go
 # through outages.Outages.call, budget lock tries included) and write one line per trial: its number
 # and its storage seconds. Then runs the worker: ``hook.py MODULE ARGS`` calls MODULE.main(ARGS).
 TIMING_HOOK = """
 import importlib, json, os, sys
-from storage_timing import time_storage_calls
+from tagsearch.testing.storage_timing import time_storage_calls
 from tagsearch.runtime.outages import Outages
 
 out = open(os.environ["TAGSEARCH_BENCH_TIMINGS"], "a")
@@ -55,16 +57,12 @@ sys.exit(importlib.import_module(sys.argv[1]).main(sys.argv[2:]))
 """
 
 
-def free_port() -> int:
-    from test_stress import free_port as port
-
-    return port()
-
-
 class DashboardPoller:
     """``tagsearch dashboard`` on the study's storage and a thread reading the study through its API."""
 
     def __init__(self, url: str, name: str, folder: Path):
+        from tagsearch.testing.processes import free_port
+
         self.port, self.name = free_port(), name
         self.log = folder / "dashboard.log"
         with open(self.log, "w") as handle:
@@ -105,11 +103,10 @@ class DashboardPoller:
 
 
 def run(mode: str, postgres: str, trials: int, workers: int, folder: Path, data: Path, stub: bool = False) -> dict:
-    from conftest import write_spec
-    from test_stress import start_proxy, stop_proxy
-
     import optuna
     from tagsearch.runtime.storage import open_storage
+    from tagsearch.testing.processes import start_proxy, stop_proxy
+    from tagsearch.testing.specs import write_spec
 
     name = f"tagsearch-load-{mode}-{uuid.uuid4().hex[:8]}"
     folder = folder / mode
@@ -125,16 +122,14 @@ def run(mode: str, postgres: str, trials: int, workers: int, folder: Path, data:
     timings = folder / "timings.jsonl"
     poller = DashboardPoller(url, name, folder)
     poller.ready.wait(timeout=120)  # the dashboard must be up before the load it reads begins
-    worker = (["stub_worker", "worker", "--storage", url, "--study-name", name, "--n-trials", str(trials),
+    worker = (["tagsearch.testing.stub_worker", "worker", "--storage", url, "--study-name", name, "--n-trials", str(trials),
                "--epochs", "1", "--epoch-seconds", "0.2"] if stub else
               ["tagsearch.cli", "worker", str(spec), "--n-trials", str(trials), "--threads", "1"])
-    tests = str(REPO / "tests")
     processes, start = [], time.monotonic()
     try:
         for index in range(workers):
             env = {**os.environ, "OMP_NUM_THREADS": "1", "TAGSEARCH_WORKER_INDEX": str(index),
-                   "TAGSEARCH_BENCH_TIMINGS": str(timings),
-                   "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))}
+                   "TAGSEARCH_BENCH_TIMINGS": str(timings)}
             with open(folder / f"worker{index}.log", "w") as handle:
                 processes.append(subprocess.Popen([sys.executable, str(hook), *worker], env=env, stdout=handle,
                                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
@@ -173,7 +168,7 @@ def run(mode: str, postgres: str, trials: int, workers: int, folder: Path, data:
     return result
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--workers", type=int, default=8)
@@ -181,15 +176,20 @@ def main() -> int:
                                                              "postgresql+psycopg2://postgres@127.0.0.1:5432/test"))
     parser.add_argument("--modes", default="direct,proxy")
     parser.add_argument("--json", metavar="OUT")
-    args = parser.parse_args()
+    parser.add_argument("--stub", action="store_true", help="torch-free stub workers instead of tagsearch worker")
+    parser.add_argument("--folder", type=Path, help="where the logs go (default: a new temporary folder)")
+    parser.add_argument("--data", type=Path, help="the workers' corpus (default: 600 synthetic posts)")
+    args = parser.parse_args(argv)
     from tagsearch.data.synth import write_corpus
 
-    folder = Path(tempfile.mkdtemp(prefix="tagsearch-load-"))
-    data = folder / "tiny.csv"
-    write_corpus(data, n_posts=600, seed=1)
+    folder = args.folder or Path(tempfile.mkdtemp(prefix="tagsearch-load-"))
+    data = args.data
+    if data is None:
+        data = folder / "tiny.csv"
+        write_corpus(data, n_posts=600, seed=1)
     results = []
     for mode in args.modes.split(","):
-        result = run(mode, args.postgres, args.trials, args.workers, folder, data)
+        result = run(mode, args.postgres, args.trials, args.workers, folder, data, stub=args.stub)
         print(json.dumps(result), flush=True)
         results.append(result)
     if args.json:

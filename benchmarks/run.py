@@ -1,8 +1,8 @@
 """tagsearch against the seed notebooks' training path (``benchmarks/seed_path.py``), on this machine.
 
-    python benchmarks/run.py                      # everything (how long: see BENCHMARKS.md)
-    python benchmarks/run.py --quick              # a 6,000-post corpus, 2 epochs: a smoke run
-    python benchmarks/run.py --only dense --epochs 3 --json
+    python -m benchmarks run run                      # everything (how long: see BENCHMARKS.md)
+    python -m benchmarks run run --quick              # a 6,000-post corpus, 2 epochs: a smoke run
+    python -m benchmarks run run --only dense --epochs 3 --json
 
 Sections (each figure is reference vs tagsearch, measured in this one run, alternating):
 
@@ -43,19 +43,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(HERE))
-
-import floor  # noqa: E402
-import seed_path  # noqa: E402
-
+from benchmarks import floor, seed_path
 from tagsearch.data import corpus as data
 from tagsearch.learn import features
-from tagsearch.learn import train  # noqa: E402
-from tagsearch.data.builtin import BUILTIN_PATH, BUILTIN_POSTS, ensure_corpus  # noqa: E402
-from tagsearch.data.synth import write_corpus  # noqa: E402
+from tagsearch.learn import train
+from tagsearch.data.builtin import BUILTIN_PATH, BUILTIN_POSTS, ensure_corpus
+from tagsearch.data.synth import write_corpus
 
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 ROBOTICS = REPO.parent / "shared" / "data" / "stackexchange-robotics.csv"
 SPECS, seed_params = floor.SPECS, floor.seed_params
 QUICK_POSTS = 6000
@@ -290,7 +286,7 @@ def bench_search(args) -> dict | None:
     if importlib.util.find_spec("tagsearch.study.workers") is None:
         say("skipped: tagsearch.study.workers does not exist yet")
         return None
-    import search_bench  # benchmarks/search_bench.py: launch throughput and pruning
+    from benchmarks import search_bench  # launch throughput and pruning
 
     return search_bench.run(args, say)
 
@@ -400,7 +396,7 @@ def main(argv=None) -> int:
     ARGS = args = parse_args(argv)
     set_threads(args.threads)
     kinds = [args.only] if args.only else ["dense", "tfidf"]
-    command = " ".join(["python", "benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)])
+    command = " ".join(["python", "-m", "benchmarks", "run", "run", *(sys.argv[1:] if argv is None else argv)])
     report = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "command": command, "threads": args.threads,
               "reference_threads": args.reference_threads, "corpora": []}
     for index, (name, path) in enumerate([] if args.search_only else corpora(args)):

@@ -23,7 +23,7 @@ Hyperparameters are the seed's: embedding 300, hidden 200/100, dropout 0.5, lr 1
 
 Whole-process mode (what ``tagsearch train ... --epochs N --no-early-stop`` is compared with)::
 
-    python benchmarks/seed_path.py --data storage/builtin-synth-v2-47427.csv --epochs 5 [--model tfidf]
+    python -m benchmarks run seed_path --data storage/builtin-synth-v2-47427.csv --epochs 5 [--model tfidf]
 
 reads the CSV with pandas, cleans each post with Python regexes (``Series.apply``), keeps the top-10
 tags, splits as the notebooks did, trains, and evaluates on the validation split every epoch.

@@ -4,7 +4,7 @@ Runs a study in-process on a fresh SQLite file (the default storage, with its lo
 settings) and times every public method call on the storage object. Short trials are the worst
 case (the storage work per trial is fixed), so the default is the small robotics set when present.
 
-    python benchmarks/storage_overhead.py [--data PATH] [--spec studies/tfidf.toml] [--trials 12]
+    python -m benchmarks run storage_overhead [--data PATH] [--spec studies/tfidf.toml] [--trials 12]
 """
 
 from __future__ import annotations
@@ -69,13 +69,13 @@ def measure(spec_path: str, data: str, trials: int) -> dict:
             "per_trial_ms": round(1000 * storage.seconds / trials, 1)}
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", default=str(REPO / "studies" / "tfidf.toml"))
     parser.add_argument("--data", default=str(ROBOTICS) if ROBOTICS.is_file() else None,
                         help="posts file (default: ../shared robotics set, else the built-in corpus)")
     parser.add_argument("--trials", type=int, default=12)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     figures = measure(args.spec, args.data, args.trials)
     print(f"{figures['trials']} trials in {figures['wall_s']} s; storage calls {figures['storage_calls']} taking "

@@ -24,10 +24,10 @@ lets the naive side's two processes overshoot N by a trial or so, as it would fo
 loss of a complete trial, and the wall time it first reached the naive side's final best ("time
 to quality", from the trials' completion times in the storage).
 
-    python benchmarks/study.py                  # the built-in 47k corpus and robotics, 4 trials each
-    python benchmarks/study.py --only robotics  # one of them
-    python benchmarks/study.py --posts 12000 --n-trials 8   # 12,000 posts of the built-in generator
-    python benchmarks/study.py --quick          # an 800-post synthetic corpus, 3 trials, 2 epochs
+    python -m benchmarks run study                  # the built-in 47k corpus and robotics, 4 trials each
+    python -m benchmarks run study --only robotics  # one of them
+    python -m benchmarks run study --posts 12000 --n-trials 8   # 12,000 posts of the built-in generator
+    python -m benchmarks run study --quick          # an 800-post synthetic corpus, 3 trials, 2 epochs
 """
 
 from __future__ import annotations
@@ -45,16 +45,13 @@ from pathlib import Path
 
 import optuna
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path[:0] = [str(REPO / "src"), str(HERE)]
+from benchmarks import seed_path
+from tagsearch.data.builtin import BUILTIN_PATH, BUILTIN_POSTS, ensure_corpus
+from tagsearch.study.spec import PARAMS
+from tagsearch.study.specfile import save_spec
+from tagsearch.data.synth import write_corpus
 
-import seed_path  # noqa: E402
-from tagsearch.data.builtin import BUILTIN_PATH, BUILTIN_POSTS, ensure_corpus  # noqa: E402
-from tagsearch.study.spec import PARAMS  # noqa: E402
-from tagsearch.study.specfile import save_spec  # noqa: E402
-from tagsearch.data.synth import write_corpus  # noqa: E402
-
+REPO = Path(__file__).resolve().parents[1]
 ROBOTICS = REPO.parent / "shared" / "data" / "stackexchange-robotics.csv"
 NAIVE_KNOBS = ("embedding_dim", "hidden1", "hidden2", "dropout", "lr", "weight_decay", "batch_size",
                "max_features", "ngram_max", "min_df", "sublinear_tf")
@@ -115,10 +112,10 @@ def naive_worker(args) -> int:
 def run_naive(spec: Path, kind: str, data: str, url: str, n_trials: int, max_epochs: int, patience: int) -> None:
     optuna.create_study(study_name="naive", storage=url, direction="minimize")
     logs = [spec.with_name(f"{spec.stem}-naive-{worker}.log") for worker in range(2)]
-    workers = [subprocess.Popen([sys.executable, __file__, "--naive-worker", str(worker), "--spec", str(spec),
+    workers = [subprocess.Popen([sys.executable, "-m", "benchmarks.study", "--naive-worker", str(worker), "--spec", str(spec),
                                  "--kind", kind, "--data", data, "--storage", url, "--n-trials", str(n_trials),
                                  "--max-epochs", str(max_epochs), "--patience", str(patience)],
-                                stdout=subprocess.DEVNULL, stderr=log.open("w"))
+                                stdout=subprocess.DEVNULL, stderr=log.open("w"), cwd=REPO)
                for worker, log in enumerate(logs)]
     for worker, log in zip(workers, logs):
         if worker.wait() != 0:

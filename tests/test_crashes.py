@@ -2,8 +2,8 @@
 training (NaN loss, CUDA out of memory), and ``retrain`` interrupted while writing its results
 directory.
 
-The process tests run the real runtime around a stub objective (tests/stub_worker.py, no torch):
-killed workers, including the retry of a killed trial killed again (not retried a second time), and
+The process tests run the real runtime around a stub objective (``tagsearch.testing.stub_worker``, no
+torch): killed workers, including the retry of a killed trial killed again (not retried a second time), and
 a double Ctrl-C that SIGKILLs every worker mid-trial so that only the heartbeat machinery can recover
 the trials on the next ``launch``; the same recovery on journal files, Redis journals and the gRPC
 proxy, which have no Optuna heartbeats (tagsearch's own, heartbeat.py). One ``tagsearch launch`` of
@@ -34,8 +34,9 @@ from tagsearch.errors import UserError
 from tagsearch.study.spec import load_spec
 from tagsearch.runtime import _optuna, heartbeat
 from tagsearch.runtime.storage import artifact_dir, open_storage
-from test_stress import (COMPLETE_ATTRS, FINISHED, State, check_study, integrity, sqlite_file, start_proxy,
-                         start_stub, stop_all, stop_proxy, wait_all)
+from tagsearch.testing.processes import start_proxy, stop_proxy
+from test_stress import (COMPLETE_ATTRS, FINISHED, State, check_study, integrity, sqlite_file, start_stub, stop_all,
+                         wait_all)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = [pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),

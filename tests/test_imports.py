@@ -1,5 +1,6 @@
 """Layering: no module imports the command line, and no import cycle in src/ or benchmarks/ (imports
-inside functions count too: a lazy import is still a dependency)."""
+inside functions count too: a lazy import is still a dependency). The benchmarks and the tests do not
+import each other (what they share is ``tagsearch.testing``), and neither edits the import path."""
 
 from __future__ import annotations
 
@@ -9,14 +10,18 @@ from conftest import REPO
 
 PACKAGE = REPO / "src" / "tagsearch"
 BENCHMARKS = REPO / "benchmarks"
+TESTS = REPO / "tests"
+
+
+def module_name(path, root) -> str:
+    """``tagsearch.study.spec`` for src/tagsearch/study/spec.py under src/; a package is its ``__init__``."""
+    parts = path.relative_to(root).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def module_files() -> dict[str, object]:
-    files = {}
-    for p in PACKAGE.rglob("*.py"):
-        parts = p.relative_to(PACKAGE.parent).with_suffix("").parts
-        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
-    files.update({p.stem: p for p in BENCHMARKS.glob("*.py")})
+    files = {module_name(p, PACKAGE.parent): p for p in PACKAGE.rglob("*.py")}
+    files.update({module_name(p, REPO): p for p in BENCHMARKS.glob("*.py")})  # benchmarks.floor, ...
     return files
 
 
@@ -77,6 +82,7 @@ LAYERS = {
     "api": {"data", "learn", "runtime", "study", "results", "tune", "demo"},  # it re-exports tune and run_demo
     "demo": {"data", "learn", "runtime", "study", "results", "tune"},
     "cli": {"data", "learn", "runtime", "study", "results", "api", "tune", "demo"},
+    "testing": {"runtime", "study", "testing"},  # stub workers and helpers for the tests and benchmarks; torch-free
 }
 SHARED = {"errors", "log", "durations"}
 
@@ -99,3 +105,36 @@ def test_no_upward_imports():
 
 def test_every_package_module_has_a_layer():
     assert {layer(name) for name in graph() if layer(name)} <= set(LAYERS) | SHARED
+
+
+def top_names(path) -> set[str]:
+    """The top-level names of every module ``path`` imports (``a`` for ``import a.b``), lazy imports too."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_benchmarks_and_tests_do_not_import_each_other():
+    test_modules = {"tests"} | {p.stem for p in TESTS.glob("*.py")}  # conftest, test_stress, ...
+    both = [f"{p.relative_to(REPO)} imports {sorted(top_names(p) & test_modules)}" for p in BENCHMARKS.glob("*.py")
+            if top_names(p) & test_modules]
+    both += [f"{p.relative_to(REPO)} imports benchmarks" for p in TESTS.glob("*.py") if "benchmarks" in top_names(p)]
+    assert both == []
+
+
+def test_neither_benchmarks_nor_tests_edit_the_import_path():
+    """Nothing appends to or inserts into the interpreter's module search path (nor calls
+    ``monkeypatch.syspath_prepend``): benchmarks are a package run from the repository's root, and
+    what the tests share is in ``conftest`` and ``tagsearch.testing``."""
+    edits = []
+    for path in [*BENCHMARKS.glob("*.py"), *TESTS.glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and (
+                    node.attr == "syspath_prepend" or
+                    (node.attr == "path" and isinstance(node.value, ast.Name) and node.value.id == "sys")):
+                edits.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert edits == []

@@ -2,7 +2,7 @@
 a progress poll that raises, a worker under Ray that gave up on a storage outage; and, on PostgreSQL,
 ``launch`` with a worker SIGKILLed right after it created a trial, before its first heartbeat.
 
-Torch-free: the stub worker (tests/stub_worker.py), a one-line Python child, fake worker handles."""
+Torch-free: the stub worker (``tagsearch.testing.stub_worker``), a one-line Python child, fake worker handles."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Database outages: the connection between workers and PostgreSQL / MariaDB is cut mid-study by a
-loopback TCP relay the test controls (tests/relay.py: open connections reset, new ones refused).
-The workers are the real runtime around a stub objective (tests/stub_worker.py, no torch).
+loopback TCP relay the test controls (``tagsearch.testing.relay``: open connections reset, new ones
+refused). The workers are the real runtime around a stub objective (``tagsearch.testing.stub_worker``,
+no torch).
 
 A 5 s cut costs the workers a pause (a log line per retry, exponential backoff), not a trial: no
 worker exits, no trial is lost, failed or duplicated, the budget is exact. A cut longer than
@@ -19,8 +20,8 @@ import optuna
 import pytest
 from sqlalchemy.engine import make_url
 
-from relay import Relay
 from tagsearch.runtime.storage import open_storage
+from tagsearch.testing.relay import Relay
 from test_services import server_url
 from test_stress import FINISHED, State, assert_clean_logs, check_study, start_stub, stop_all, wait_all
 

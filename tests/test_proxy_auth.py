@@ -12,7 +12,8 @@ from tagsearch.cli import main
 from tagsearch.errors import UserError
 from tagsearch.runtime import proxy
 from tagsearch.runtime.storage import open_storage
-from test_stress import check_study, free_port, run_workers, start_proxy, start_stub, stop_proxy, wait_all
+from tagsearch.testing.processes import free_port, start_proxy, stop_proxy
+from test_stress import check_study, run_workers, start_stub, wait_all
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 TOKEN = "a-shared-token-for-this-test"

@@ -3,7 +3,7 @@
 A single-node Ray cluster on loopback (2 CPUs and 2 declared GPUs, so GPU placement is exercised on
 a machine without any) is started once for the module and ALWAYS stopped afterwards (``ray stop
 --force``, which stops every Ray process of this user on the machine). The budget, restart and
-Ctrl-C tests run the torch-free stub worker of tests/ray_stub_worker.py through
+Ctrl-C tests run the torch-free stub worker of ``tagsearch.testing.ray_stub_worker`` through
 ``ray_launch.launch_on_ray``; one test runs the real ``tagsearch launch --ray`` on a tiny corpus.
 The refusals (no Ray, an unreachable address, a storage other nodes cannot reach) need no cluster.
 
@@ -34,10 +34,11 @@ from tagsearch.runtime import ray_launch
 from tagsearch.runtime.storage import open_storage
 from test_crashes import alive, wait_for
 from test_services import server_url
-from test_stress import FINISHED, State, free_port, stop_all
+from tagsearch.testing.processes import free_port
+from test_stress import FINISHED, State, stop_all
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-STUB = Path(__file__).with_name("ray_stub_worker.py")
+STUB = ["-m", "tagsearch.testing.ray_stub_worker"]  # torch-free
 FAST_HEARTBEAT = {"TAGSEARCH_HEARTBEAT": "1", "TAGSEARCH_GRACE": "3"}
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                reason="Ray is not installed (pip install -e '.[ray]')")
@@ -163,7 +164,7 @@ def start_driver(address: str, url: str, name: str, folder: Path, n_trials: int,
     """The stub driver (``launch_on_ray`` over 2 stub workers), output to ``folder/driver.log``."""
     with open(folder / "driver.log", "w") as handle:
         return subprocess.Popen(
-            [sys.executable, str(STUB), "launch", "--address", address, "--storage", url, "--study-name", name,
+            [sys.executable, *STUB, "launch", "--address", address, "--storage", url, "--study-name", name,
              "--n-trials", str(n_trials), "--workers", "2", "--log-dir", str(folder / "logs"), "--steps", str(steps),
              "--step-seconds", str(step_seconds), "--gpus-per-worker", str(gpus)],
             env={**os.environ, **(env or {})}, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

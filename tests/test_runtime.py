@@ -20,6 +20,7 @@ from tagsearch.runtime.storage import WorkerHeartbeatStorage, WorkerStorage, ope
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 State = optuna.trial.TrialState
 RUNTIME = Path(__file__).resolve().parents[1] / "src" / "tagsearch" / "runtime"
+TESTING = RUNTIME.with_name("testing")  # the stub workers and what the tests share with the benchmarks
 CHECK = """
 import importlib, sys
 module = sys.argv[1]
@@ -29,11 +30,22 @@ assert not heavy, f"{module} imports {heavy}"
 """
 
 
+def check_light(module: str) -> None:
+    """Import ``module`` in a fresh process (this checkout's src/ first): neither torch nor sklearn comes."""
+    path = os.pathsep.join(filter(None, [str(RUNTIME.parents[1]), os.environ.get("PYTHONPATH")]))
+    done = subprocess.run([sys.executable, "-c", CHECK, module], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": path})
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 @pytest.mark.parametrize("module", sorted(f"tagsearch.runtime.{p.stem}" for p in RUNTIME.glob("*.py")))
 def test_no_runtime_module_imports_torch_or_sklearn(module):
-    done = subprocess.run([sys.executable, "-c", CHECK, module], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
-    assert done.returncode == 0, done.stderr[-2000:]
+    check_light(module)
+
+
+@pytest.mark.parametrize("module", sorted(f"tagsearch.testing.{p.stem}" for p in TESTING.glob("*.py")))
+def test_the_stub_workers_and_test_helpers_import_neither_torch_nor_sklearn(module):
+    check_light(module)
 
 
 @pytest.fixture(params=["memory", "sqlite"])

@@ -2,7 +2,7 @@
 invariants (exact budget, no FAIL, no duplicated numbers, learning curves and user attributes on every
 finished trial), and eight workers through the gRPC storage proxy with PostgreSQL behind it. The same
 two-worker study on PostgreSQL and MariaDB/MySQL runs in test_outages.py, through a relay that cuts the
-connection mid-study. The workers are the real runtime around a stub objective (tests/stub_worker.py).
+connection mid-study. The workers are the real runtime around a stub objective (``tagsearch.testing.stub_worker``).
 
 Each test skips, saying why, when its server does not answer on 127.0.0.1 (CI starts all three).
 Override the URLs with TAGSEARCH_TEST_POSTGRES / TAGSEARCH_TEST_MYSQL / TAGSEARCH_TEST_REDIS. Every
@@ -12,16 +12,18 @@ Redis database (journal keys are not per study) and removes the journal keys it 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
 import sys
 import uuid
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import optuna
 import pytest
 
+from conftest import REPO
 from tagsearch.runtime import _optuna
 from tagsearch.runtime.storage import open_storage
 from test_stress import check_study, run_workers
@@ -101,14 +103,16 @@ def test_redis_journal(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_eight_workers_through_the_proxy_with_a_dashboard_polling(tmp_path, tiny_csv):
-    """The load benchmark (benchmarks/reliability_load.py) at test size: 8 workers × 1 thread, 24
-    trials through the gRPC storage proxy with PostgreSQL behind it, the dashboard read every second:
-    the budget is met exactly, no FAIL, no duplicated number, nothing left RUNNING or WAITING."""
+    """The load benchmark (``python -m benchmarks run reliability_load``) at test size: 8 workers ×
+    1 thread, 24 trials through the gRPC storage proxy with PostgreSQL behind it, the dashboard read
+    every second: the budget is met exactly, no FAIL, no duplicated number, nothing left RUNNING or
+    WAITING."""
     postgres = server_url("postgresql")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from reliability_load import run  # noqa: E402  (a benchmark script, not a package)
-
-    result = run("proxy", postgres, trials=24, workers=8, folder=tmp_path, data=tiny_csv, stub=True)
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "run", "reliability_load", "--modes", "proxy",
+                           "--postgres", postgres, "--trials", "24", "--workers", "8", "--folder", str(tmp_path),
+                           "--data", str(tiny_csv), "--stub"], cwd=REPO, capture_output=True, text=True, timeout=230)
+    assert done.stdout.strip(), done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])  # one JSON line per mode
     assert result["exit_codes"] == [0] * 8, result
     assert (result["finished"], result["fail"], result["duplicated_numbers"], result["running_or_waiting"]) == \
         (24, 0, 0, 0), result

@@ -1,10 +1,10 @@
 """Stress: four worker processes on one SQLite file, 32 short trials of varying length; two workers
 reaching the budget's last slot together; two workers creating a new study together.
 
-The workers are the real runtime around a stub objective (tests/stub_worker.py, no torch): what is
-under test is the budget, the locks and the storage, not the model. Afterwards the study must hold
-exactly its budget of finished trials, each stored once and complete (learning curve + user
-attributes), no FAIL, nothing left RUNNING/WAITING, a file that passes ``PRAGMA integrity_check``,
+The workers are the real runtime around a stub objective (``tagsearch.testing.stub_worker``, no
+torch): what is under test is the budget, the locks and the storage, not the model. Afterwards the
+study must hold exactly its budget of finished trials, each stored once and complete (learning curve
++ user attributes), no FAIL, nothing left RUNNING/WAITING, a file that passes ``PRAGMA integrity_check``,
 and no worker may have seen "database is locked" or a traceback. (A study of the real objective under
 ``tagsearch launch`` is checked the same way in test_crashes.py.)
 
@@ -31,7 +31,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 State = optuna.trial.TrialState
 FINISHED = (State.COMPLETE, State.PRUNED)
 
-STUB = Path(__file__).resolve().parent / "stub_worker.py"
+STUB = ["-m", "tagsearch.testing.stub_worker"]  # torch-free: the real runtime around a stub objective
 # What every COMPLETE trial of the real objective must carry (objective.Objective.run_trial sets them).
 COMPLETE_ATTRS = ("params", "model", "device", "worker", "epochs_run", "best_epoch", "stopped_early",
                   "train_seconds", "parameters", "val_micro_f1", "val_macro_f1", "val_per_class_f1")
@@ -74,54 +74,13 @@ def start_worker(spec: Path, log: Path, *args: str, index: int = 0, env: dict | 
 
 def start_stub(log: Path, command: str, url: str, name: str, target: int, *args: str, index: int = 0,
                env: dict | None = None) -> subprocess.Popen:
-    """``tests/stub_worker.py COMMAND`` (worker or launch) on study ``name`` in ``url``, output to ``log``."""
+    """``python -m tagsearch.testing.stub_worker COMMAND`` (worker or launch) on study ``name`` in
+    ``url``, output to ``log``."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TAGSEARCH_WORKER_INDEX": str(index), **(env or {})}
     with open(log, "w", encoding="utf-8") as handle:
-        return subprocess.Popen([sys.executable, str(STUB), command, "--storage", url, "--study-name", name,
+        return subprocess.Popen([sys.executable, *STUB, command, "--storage", url, "--study-name", name,
                                  "--n-trials", str(target), *args], env=env, stdout=handle,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_proxy(backend: str, log: Path, seconds: float = 60) -> tuple[subprocess.Popen, str]:
-    """``tagsearch storage-proxy`` for ``backend`` on a free loopback port, once it accepts connections;
-    returns the process and its ``grpc://`` URL (stop it with ``stop_proxy``)."""
-    import socket
-
-    port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(log, "w", encoding="utf-8") as handle:
-        process = subprocess.Popen([sys.executable, "-m", "tagsearch.cli", "storage-proxy", "--storage", backend,
-                                    "--port", str(port)], env=env, stdout=handle, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert process.poll() is None, Path(log).read_text()
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return process, f"grpc://127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.2)
-    process.kill()
-    raise AssertionError(f"the storage proxy did not listen within {seconds}s: {Path(log).read_text()}")
-
-
-def stop_proxy(process: subprocess.Popen) -> int:
-    """SIGTERM: the proxy stops cleanly (exit 0)."""
-    if process.poll() is None:
-        process.terminate()
-    try:
-        return process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        return process.wait()
 
 
 def stop_all(processes) -> None:
@@ -259,11 +218,10 @@ def ask(self, *args, **kwargs):
 
 
 optuna.study.Study.ask = ask
-sys.path.insert(0, %r)
-from stub_worker import main
+from tagsearch.testing.stub_worker import main
 
 sys.exit(main(sys.argv[3:]))
-""" % (RENDEZVOUS_SECONDS, str(STUB.parent))
+""" % RENDEZVOUS_SECONDS
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """The load benchmarks' one measurement inside a worker: the seconds its main thread spends in
-storage calls, per trial (``benchmarks/reliability_load.py``'s workers, ``tests/ray_stub_worker.py``
-for ``benchmarks/ray_overhead.py``). Torch-free."""
+storage calls, per trial (the ``reliability_load`` benchmark's workers, ``ray_stub_worker`` for the
+``ray_overhead`` benchmark). Torch-free."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """A worker process without a model, for the process tests: the real runtime (``run_trials``,
 interrupts, heartbeats, budget locks, outages, ``launch``) around a stub objective that imports no
-torch. Run as ``python tests/stub_worker.py worker|launch --storage URL --study-name NAME ...``.
+torch. Run as ``python -m tagsearch.testing.stub_worker worker|launch --storage URL --study-name NAME ...``.
 
 The objective suggests ``x`` and ``size``, reports ``--epochs`` epochs (each sleeps
 ``--epoch-seconds`` × size / 4, so trials vary in length) and returns the best reported value. Told
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import optuna
 
-from tagsearch.cli import exit_code
+from tagsearch.errors import UserError
 from tagsearch.log import log
 from tagsearch.runtime import _optuna
 from tagsearch.runtime import launch as runtime_launch
@@ -33,6 +33,7 @@ from tagsearch.runtime.progress import progress, summary
 from tagsearch.runtime.storage import open_storage, outages_of
 from tagsearch.runtime.trials import run_trials
 
+MODULE = "tagsearch.testing.stub_worker"  # what ``python -m`` runs, here and in ``launch``
 DEFAULTS = {"x": 0.5, "size": 1}
 HANG_EPOCH_SECONDS = 0.2
 ATTRS = ("params", "worker", "epochs_run", "best_epoch")  # what every finished stub trial carries
@@ -111,7 +112,7 @@ def launch(args) -> int:
     open_study(args.storage, args.study_name, seed=0)  # trial 0 before any child
 
     def command(index: int, device: str, threads: int) -> list[str]:
-        return [sys.executable, __file__, "worker", *common(args)]
+        return [sys.executable, "-m", MODULE, "worker", *common(args)]
 
     return runtime_launch.launch(args.storage, args.study_name, args.n_trials, args.workers, ["cpu"], command)
 
@@ -124,7 +125,7 @@ def common(args) -> list[str]:
 
 
 def stub_parser(prog: str) -> argparse.ArgumentParser:
-    """What every stub command takes (this one and tests/ray_stub_worker.py): worker or launch, on a
+    """What every stub command takes (this one and ``ray_stub_worker``): worker or launch, on a
     study (storage URL, name) and its budget of finished trials."""
     parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("command", choices=["worker", "launch"])
@@ -142,6 +143,19 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float)
     parser.add_argument("--workers", type=int, default=2)
     return parser.parse_args(argv)
+
+
+def exit_code(command) -> int:
+    """As ``tagsearch.cli.exit_code`` (which this layer may not import: nothing imports the command
+    line): ``command()``'s code, a ``UserError`` one ``error:`` line and 2, Ctrl-C 130."""
+    try:
+        return command() or 0
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 def main(argv: list[str] | None = None) -> int:

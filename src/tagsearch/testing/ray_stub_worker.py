@@ -1,8 +1,8 @@
-"""A torch-free worker and driver for tests/test_ray.py and benchmarks/ray_overhead.py.
+"""A torch-free worker and driver for tests/test_ray.py and the ``ray_overhead`` benchmark.
 
-    python tests/ray_stub_worker.py worker --storage URL --study-name N --n-trials N [--steps K --step-seconds S]
-    python tests/ray_stub_worker.py launch --address A --storage URL --study-name N --n-trials N --workers W
-                                           --log-dir DIR [--gpus-per-worker G] [--cpus-per-worker C] [...]
+    python -m tagsearch.testing.ray_stub_worker worker --storage URL --study-name N --n-trials N [--steps K --step-seconds S]
+    python -m tagsearch.testing.ray_stub_worker launch --address A --storage URL --study-name N --n-trials N
+                                                --workers W --log-dir DIR [--gpus-per-worker G] [--cpus-per-worker C] [...]
 
 ``worker`` joins an existing study and runs ``runtime.trials.run_trials`` (the real budget, budget lock,
 heartbeats, interrupts and requeueing) over an objective that suggests ``x``, reports ``K`` steps
@@ -10,7 +10,7 @@ heartbeats, interrupts and requeueing) over an objective that suggests ``x``, re
 objective does) and ``cuda_visible_devices`` (what the process was given). ``launch`` drives
 ``ray_launch.launch_on_ray`` with W such worker command lines, as ``tagsearch launch --ray`` does
 with real ones. ``--timings FILE``: one JSON line per trial with the seconds the worker's main
-thread spent in storage calls (as benchmarks/reliability_load.py measures them), and one line
+thread spent in storage calls (as the ``reliability_load`` benchmark measures them), and one line
 with the process's start and first-trial times.
 """
 
@@ -60,7 +60,7 @@ def record_timings(entry: type, out) -> None:
     """Every storage call of the main thread goes through ``entry.call`` (``storage.WorkerStorage``):
     one line per trial with its share of storage seconds, and a first line with the process's start
     and its first trial's."""
-    from storage_timing import time_storage_calls
+    from tagsearch.testing.storage_timing import time_storage_calls
 
     first: list[float] = []
 
@@ -79,7 +79,7 @@ def record_timings(entry: type, out) -> None:
 def launch(args) -> int:
     from tagsearch.runtime import ray_launch
 
-    command = [sys.executable, os.path.abspath(__file__), "worker", "--storage", args.storage, "--study-name",
+    command = [sys.executable, "-m", "tagsearch.testing.ray_stub_worker", "worker", "--storage", args.storage, "--study-name",
                args.study_name, "--n-trials", str(args.n_trials), "--steps", str(args.steps),
                "--step-seconds", str(args.step_seconds)] + (["--timings", args.timings] if args.timings else [])
     try:
@@ -93,7 +93,7 @@ def launch(args) -> int:
 
 
 def main() -> int:
-    from stub_worker import stub_parser
+    from tagsearch.testing.stub_worker import stub_parser
 
     parser = stub_parser("ray_stub_worker")
     parser.add_argument("--steps", type=int, default=3)
