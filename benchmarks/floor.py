@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from tagsearch.data import corpus as data
-from tagsearch.learn import train
+from tagsearch.learn import models, train
 from tagsearch.data.builtin import BUILTIN_PATH, BUILTIN_POSTS, ensure_corpus
 from tagsearch.study.spec import load_spec
 
@@ -70,7 +70,7 @@ def step_bytes(model: torch.nn.Module, inputs, kind: str) -> dict:
         head = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("embedding"))
         lazy = rows * table.shape[1] * 4 * 9 + head * ADAM_BYTES + len(ids) * 12
         return {"exact": lazy, "lazy": lazy, "touched_rows": rows}
-    first = next(m for m in model.modules() if isinstance(m, train.SparseLinear)).weight
+    first = next(m for m in model.modules() if isinstance(m, models.SparseLinear)).weight
     rows = int(torch.unique(inputs.col_indices()).numel())
     rest = sum(p.numel() for p in model.parameters()) - first.numel()
     io = inputs.values().numel() * 12

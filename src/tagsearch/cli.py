@@ -17,7 +17,7 @@ import sys
 
 from tagsearch import __version__
 from tagsearch.data.builtin import BUILTIN_POSTS
-from tagsearch.errors import UserError
+from tagsearch.errors import UserError, exit_code
 
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one ``error:`` line (exit 2) like every other mistake."""
@@ -441,19 +441,6 @@ def run(args: argparse.Namespace) -> int | None:
     with verbosity(level_for(args.quiet, args.verbose)):
         debug(f"tagsearch {__version__} on Python {platform.python_version()}: {args.command}")
         return COMMANDS[args.command](args)
-
-
-def exit_code(command) -> int:
-    """Run ``command()`` as a command line does: its code (None: 0); a ``UserError`` is one
-    ``error:`` line and 2, Ctrl-C ``interrupted`` and 130 (the tests' stub workers use it too)."""
-    try:
-        return command() or 0
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ import os  # noqa: E402
 import socket  # noqa: E402
 import sys  # noqa: E402
 
+from tagsearch.log import log  # noqa: E402
+
 
 def worker(args) -> int:
     import optuna
@@ -48,11 +50,11 @@ def worker(args) -> int:
             time.sleep(args.step_seconds)
         return x
 
-    print(f"stub worker {os.getpid()} on {args.study_name}: CUDA_VISIBLE_DEVICES={visible}", file=sys.stderr, flush=True)
+    log(f"stub worker {os.getpid()} on {args.study_name}: CUDA_VISIBLE_DEVICES={visible}")
     try:
         return run_trials(study, objective, args.n_trials, url=args.storage, interrupts=Interrupts().install())
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr, flush=True)
+        log("interrupted")
         return 130
 
 
@@ -86,9 +88,9 @@ def launch(args) -> int:
         placement = ray_launch.prepare(args.address, args.storage, args.gpus_per_worker, args.cpus_per_worker)
         return ray_launch.launch_on_ray([command] * args.workers, placement=placement, log_dir=args.log_dir,
                                         log_prefix=f"{args.study_name}-", max_restarts=args.max_restarts,
-                                        show=lambda final: print("progress", flush=True))
+                                        show=lambda final: sys.stdout.write("progress\n") and sys.stdout.flush())
     except ray_launch.UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        log(f"error: {exc}")
         return 2
 
 

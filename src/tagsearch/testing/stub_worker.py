@@ -23,7 +23,7 @@ from pathlib import Path
 
 import optuna
 
-from tagsearch.errors import UserError
+from tagsearch.errors import exit_code
 from tagsearch.log import log
 from tagsearch.runtime import _optuna
 from tagsearch.runtime import launch as runtime_launch
@@ -143,19 +143,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float)
     parser.add_argument("--workers", type=int, default=2)
     return parser.parse_args(argv)
-
-
-def exit_code(command) -> int:
-    """As ``tagsearch.cli.exit_code`` (which this layer may not import: nothing imports the command
-    line): ``command()``'s code, a ``UserError`` one ``error:`` line and 2, Ctrl-C 130."""
-    try:
-        return command() or 0
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
 
 
 def main(argv: list[str] | None = None) -> int:
