@@ -96,7 +96,7 @@ def test_tune_spec_searches_the_kept_kinds_and_the_first_kept_kinds_defaults_bec
     assert active(spec.defaults) == active(load_spec(STUDIES / "encoder.toml").defaults)
     assert not {"embedding_dim", "min_freq", "word_ngrams", "buckets"} & set(spec.search)  # dense's alone: gone
     assert spec.time_budget == 90 and spec.n_trials == UNLIMITED and spec.name == "t"
-    assert spec.data["path"] == "/d/posts.csv" and spec.data["top_k"] == 5 and spec.data["tags_column"] == "labels"
+    assert spec.data.path == "/d/posts.csv" and spec.data.top_k == 5 and spec.data.tags_column == "labels"
     every = parse_spec(tuning.tune_spec(tagger_raw(), name="t", storage="sqlite:///x.db", data="builtin", metric=None,
                                         time_budget=60, models=load_spec(STUDIES / "tagger.toml").models, n_trials=7),
                        "t.toml")

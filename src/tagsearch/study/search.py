@@ -32,34 +32,33 @@ def build_sampler(spec: Spec, seed_offset: int = 0) -> optuna.samplers.BaseSampl
     """TPE (constant liar, so parallel workers spread out) or random; ``seed_offset`` keeps workers
     that share a spec seed from drawing identical random startup trials."""
     cfg = spec.sampler
-    seed = None if cfg.get("seed") is None else cfg["seed"] + seed_offset
-    if cfg.get("kind", "tpe") == "random":
+    seed = None if cfg.seed is None else cfg.seed + seed_offset
+    if cfg.kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.get("n_startup_trials", 10),
-                                      multivariate=cfg.get("multivariate", False), group=cfg.get("group", False),
-                                      constant_liar=True)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.n_startup_trials, multivariate=cfg.multivariate,
+                                      group=cfg.group, constant_liar=True)
 
 
 def build_pruner(spec: Spec) -> optuna.pruners.BasePruner:
     """median | halving | hyperband | none, wrapped in PatientPruner when ``patience`` > 0, and
     (but Hyperband) in ``FidelityPruner``: trials compared only with trials of the same fidelity."""
-    cfg, kind = spec.pruner, spec.pruner.get("kind", "median")
+    cfg = spec.pruner
+    min_resource, reduction_factor = cfg.resources()
     try:
-        if kind == "median":
+        if cfg.kind == "median":
             # Steps are 1-based epochs: n_warmup_steps = 1 means epoch 1 always runs, epoch 2 may be pruned.
-            pruner = optuna.pruners.MedianPruner(n_startup_trials=cfg.get("n_startup_trials", 5),
-                                                 n_warmup_steps=cfg.get("n_warmup_steps", 0) + 1)
-        elif kind == "halving":
-            pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=cfg.get("min_resource", "auto"),
-                                                            reduction_factor=cfg.get("reduction_factor", 4))
-        elif kind == "hyperband":
-            pruner = optuna.pruners.HyperbandPruner(min_resource=cfg.get("min_resource", 1),
-                                                    max_resource=spec.max_epochs,
-                                                    reduction_factor=cfg.get("reduction_factor", 3))
+            pruner = optuna.pruners.MedianPruner(n_startup_trials=cfg.n_startup_trials,
+                                                 n_warmup_steps=cfg.n_warmup_steps + 1)
+        elif cfg.kind == "halving":
+            pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource,
+                                                            reduction_factor=reduction_factor)
+        elif cfg.kind == "hyperband":
+            pruner = optuna.pruners.HyperbandPruner(min_resource=min_resource, max_resource=spec.max_epochs,
+                                                    reduction_factor=reduction_factor)
         else:
             pruner = None
-        if cfg.get("patience", 0) > 0:
-            pruner = optuna.pruners.PatientPruner(pruner, patience=cfg["patience"], min_delta=cfg.get("min_delta", 0.0))
+        if cfg.patience > 0:
+            pruner = optuna.pruners.PatientPruner(pruner, patience=cfg.patience, min_delta=cfg.min_delta)
     except ValueError as exc:
         raise UserError(f"{spec.path} [pruner]: {exc}") from None
     if pruner is None:
