@@ -218,3 +218,39 @@ def test_a_search_that_completes_no_trial_is_one_error_line_not_a_retrain_error(
     assert err == "error: no trial of study 'tagger-tiny' completed in 00:00 of search; expected a longer --time"
     spec = load_spec(tmp_path / "storage" / "tagger-tiny.toml")  # the spec it wrote, for a rerun
     assert spec.models == ("tfidf",) and spec.time_budget == 2
+
+
+def test_tune_reads_one_spec_file_and_hands_the_study_spec_it_wrote_down_as_a_value(tmp_path, tiny_csv, monkeypatch):
+    """The spec is parsed once per process: tune reads studies/tagger.toml, makes its study's spec
+    from it, writes that once, and its search, counts and candidates get the value, not the path."""
+    import tomllib
+
+    from tagsearch.study.spec import Spec
+
+    reads, seen = [], {}
+    real_loads = tomllib.loads
+    monkeypatch.setattr(tomllib, "loads", lambda text, **kw: reads.append(1) or real_loads(text, **kw))
+
+    def search_once(spec, *, storage, study_name, **kwargs):
+        seen["launch"] = spec
+        study = optuna.create_study(storage=open_storage(storage), study_name=study_name)
+        study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.5))
+        return 0
+
+    class Stop(Exception):
+        pass
+
+    def candidates(spec, *args, **kwargs):
+        seen["gather"] = spec
+        raise Stop
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tuning.workers, "launch", search_once)
+    monkeypatch.setattr(tuning, "gather", candidates)
+    with pytest.raises(Stop):
+        tuning.tune(str(tiny_csv), time_budget=2, models=("tfidf",), devices="cpu")
+    assert len(reads) == 1  # studies/tagger.toml; the written storage/tagger-tiny.toml is not read back
+    written = tmp_path / "storage" / "tagger-tiny.toml"
+    assert isinstance(seen["launch"], Spec) and seen["gather"] is seen["launch"]
+    assert seen["launch"].path == str(Path("storage") / "tagger-tiny.toml")
+    assert load_spec(written).replace(path=seen["launch"].path) == seen["launch"] and seen["launch"].to_toml() in written.read_text(encoding="utf-8")

@@ -32,6 +32,7 @@ from tagsearch.results import baseline_model, ensemble
 from tagsearch.results import compare as comparing
 from tagsearch.results import folder as results
 from tagsearch.results.scored import score
+from tagsearch.study.spec import Spec, load_spec
 
 INFO_KEYS = ("data", "fingerprint", "storage", "study", "refit")
 
@@ -65,18 +66,17 @@ def best_trials(study) -> dict:
     return best
 
 
-def network_candidates(spec_path: Path, url: str, study_name: str, root: Path, data: str | None = None) -> list[Candidate]:
+def network_candidates(spec: Spec, url: str, study_name: str, root: Path, data: str | None = None) -> list[Candidate]:
     """The best trial of each kind, retrained into ``root/<kind>`` (on ``data``, the posts file the
     user named, where given; else the spec's)."""
     from tagsearch.results.retrain import retrained
     from tagsearch.study import search
-    from tagsearch.study.spec import load_spec
 
-    study = search.load_study(load_spec(spec_path), url, study_name)
+    study = search.load_study(spec, url, study_name)
     found = []
     for kind, trial in best_trials(study).items():
         log(f"\n== retraining the best {kind} trial ({trial.number}, validation {trial.value:.4f}) ==")
-        done = retrained(spec_path, trial=trial.number, out=root / kind, storage=url, study_name=study_name,
+        done = retrained(spec, trial=trial.number, out=root / kind, storage=url, study_name=study_name,
                          data=data)
         result = done.run.result
         found.append(Candidate(kind, "network", done.out, done.evaluation.choice.value, result.val_labels,
@@ -175,10 +175,11 @@ def ensemble_candidate(members: list[Candidate], corpus, info: dict, metric: str
     return Candidate("ensemble", "ensemble", root / "ensemble", honest, y, p_val, p_test, described)
 
 
-def gather(spec_path: Path, url: str, study_name: str, root: Path, metric: str, encoder_baseline: bool,
+def gather(spec: Spec | str | Path, url: str, study_name: str, root: Path, metric: str, encoder_baseline: bool,
            embedding_dir: str | None, data: str | None = None) -> list[Candidate]:
     """Every candidate, each written under ``root`` (networks, baselines, then the ensemble)."""
-    networks = network_candidates(spec_path, url, study_name, root, data)
+    spec = spec if isinstance(spec, Spec) else load_spec(spec)  # tune passes the value it wrote
+    networks = network_candidates(spec, url, study_name, root, data)
     info = folder_info(networks[0].folder)
     info["encoder"] = next((e for e in (folder_info(n.folder)["encoder"] for n in networks) if e), None)
     corpus = corpus_of(info)

@@ -31,10 +31,10 @@ from tagsearch.runtime.progress import progress, summary
 from tagsearch.runtime.storage import has_secret, local_path, masked, open_storage, outages_of, secret_env
 from tagsearch.runtime.trials import run_trials
 from tagsearch.study import memory, search
-from tagsearch.study.spec import load_spec
+from tagsearch.study.spec import Spec, load_spec
 
 
-def run_worker(spec: str, *, data: DataOptions | None = None, storage: str | None = None,
+def run_worker(spec: Spec | str, *, data: DataOptions | None = None, storage: str | None = None,
                study_name: str | None = None, n_trials: int | None = None, timeout: float | None = None,
                device: str | None = None, threads: int | None = None, time_budget: float | None = None,
                memory_limit: int | None = None) -> int:
@@ -43,7 +43,7 @@ def run_worker(spec: str, *, data: DataOptions | None = None, storage: str | Non
     it has one. ``memory_limit``: bytes this worker may hold (default ``memory.worker_share(1)``):
     trials that would not fit are pruned before they allocate."""
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # while loading: SIGTERM acts like Ctrl-C
-    spec = load_spec(spec)
+    spec = as_spec(spec)
     url, target = storage or spec.storage, n_trials or spec.n_trials
     search.check_space(spec)  # cheap checks first, then the data
     from tagsearch.learn import encoder  # here: launch must not load torch
@@ -72,7 +72,7 @@ def run_worker(spec: str, *, data: DataOptions | None = None, storage: str | Non
     return code
 
 
-def launch(spec: str, *, data: DataOptions | None = None, storage: str | None = None,
+def launch(spec: Spec | str, *, data: DataOptions | None = None, storage: str | None = None,
            study_name: str | None = None, workers: int = 1, devices: str = "cpu", n_trials: int | None = None,
            timeout: float | None = None, ray: str | None = None, gpus_per_worker: float | None = None,
            cpus_per_worker: float = 1.0, time_budget: float | None = None, new_session: bool = False,
@@ -86,9 +86,9 @@ def launch(spec: str, *, data: DataOptions | None = None, storage: str | None = 
     (``deadline.renew``), and the first Ctrl-C stops the search (``deadline.stop_now``: running
     trials end at their next epoch and count) instead of interrupting the workers; a second one does.
     ``memory_limit``: each worker's ``--memory`` (default: ``memory.worker_share(workers)``)."""
-    spec_path, data = spec, data or DataOptions()
+    spec, data = as_spec(spec), data or DataOptions()
+    spec_path = spec.path  # what the workers read: the file the spec came from
     memory_limit = memory_limit or memory.worker_share(workers)
-    spec = load_spec(spec_path)
     search.check_space(spec)
     url, target = storage or spec.storage, n_trials or spec.n_trials
     # a Ray cluster is checked (reachable, storage reachable from its nodes) before any data is read
@@ -147,6 +147,11 @@ def start_workers(url, study, target, workers, device_ids, command, placement, n
 
     return runtime_launch.launch(url, study.study_name, target, workers, device_ids, command,
                                  soft_stop=stop_search if new_session else None)
+
+
+def as_spec(spec: Spec | str) -> Spec:
+    """``spec``, read from its file when it is a path (a caller in this process passes the value)."""
+    return spec if isinstance(spec, Spec) else load_spec(spec)
 
 
 @contextlib.contextmanager
