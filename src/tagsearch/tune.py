@@ -35,7 +35,7 @@ from tagsearch.results.deliver import deliver
 from tagsearch.runtime import deadline as deadlines
 from tagsearch.runtime.launch import clock_text, cpu_count
 from tagsearch.runtime.progress import UNLIMITED, progress
-from tagsearch.runtime.storage import masked, storage_dir
+from tagsearch.runtime.location import Location
 from tagsearch.study import memory, workers
 from tagsearch.study.search import embedding_dir
 from tagsearch.study.spec import DEFAULT_STORAGE, ENCODER_MODELS, PARAMS, Spec, check_study_name, load_spec, parse_spec
@@ -80,27 +80,27 @@ def tune(data: str, *, time_budget: float = DEFAULT_TIME, workers_count: int | N
     one_kind = not spec and base.name != SPEC  # --models KIND with studies/KIND.toml: its own study, KIND-posts
     default_name = default_study_name(path).replace("tagger-", f"{base.stem}-" if one_kind else "tagger-", 1)
     name, kinds = check_study_name(study_name or default_name), usable_models(searched, models)
-    url = storage or searched.storage
-    spec_path = storage_dir(url) / f"{name}.toml"
+    where = Location.of(storage or searched.storage)  # parsed once, here
+    spec_path = where.folder / f"{name}.toml"
     # the written spec, the log and the verdict show the URL without its password (workers get it privately)
-    study_spec = for_study(searched, name=name, storage=masked(url), data=path, metric=metric, time_budget=time_budget,
+    study_spec = for_study(searched, name=name, storage=where.masked, data=path, metric=metric, time_budget=time_budget,
                            models=kinds, n_trials=n_trials, text_columns=text_columns, tags_column=tags_column,
                            top_k=top_k, max_epochs=max_epochs, path=spec_path)
     write_text(study_spec.to_toml(f"Written by 'tagsearch tune' from {base}: its space on {path}; retrain, dashboard "
                                   f"and a later 'tagsearch tune' of this study read it."), spec_path)
     device_list, count = pick_devices(devices, workers_count)
-    log(f"tune: study {name!r} in {masked(url)}, {', '.join(kinds)}, {count} worker(s) on {device_list}, "
+    log(f"tune: study {name!r} in {where.masked}, {', '.join(kinds)}, {count} worker(s) on {device_list}, "
         f"{clock_text(time_budget)} of search (Ctrl-C: stop searching and keep the best so far)")
 
     # 1. Search until the deadline (or a Ctrl-C brings it forward).
     search_start, wall_start = time.monotonic(), deadlines.clock()
-    code = workers.launch(study_spec, storage=url, study_name=name, workers=count, devices=device_list,
+    code = workers.launch(study_spec, storage=where, study_name=name, workers=count, devices=device_list,
                           n_trials=n_trials or UNLIMITED, time_budget=time_budget, new_session=True,
                           memory_limit=memory_limit)
     search_seconds = time.monotonic() - search_start
     if code == 130:
         raise KeyboardInterrupt
-    counts = trial_counts(study_spec, url, name)
+    counts = trial_counts(study_spec, where, name)
     if not counts["progress"].complete:
         raise UserError(f"no trial of study {name!r} completed in {clock_text(search_seconds)} of search"
                         f"{' (a worker crashed: see its log above)' if code else ''}; expected a longer --time")
@@ -110,9 +110,9 @@ def tune(data: str, *, time_budget: float = DEFAULT_TIME, workers_count: int | N
     # 2. The candidates (the best network of each kind retrained, the tuned baselines, their greedy
     #    ensemble); the best on validation delivered; every candidate compared; the verdict.
     folder = Path(out or Path("results") / name)
-    found = gather(study_spec, url, name, folder.with_name(folder.name + ".candidates"), study_spec.metric,
+    found = gather(study_spec, where, name, folder.with_name(folder.name + ".candidates"), study_spec.metric,
                    # the encoder baseline only where the search paid for the encodings (the plan kept them)
-                   bool(set(kinds) & set(ENCODER_MODELS)) and not counts.get("planner"), embedding_dir(url),
+                   bool(set(kinds) & set(ENCODER_MODELS)) and not counts.get("planner"), embedding_dir(where),
                    data=path)
     chosen = deliver(found, study_spec.metric, folder)
     log(f"\n== delivered {chosen.name} to {folder}/; comparing the candidates ==")
@@ -120,7 +120,7 @@ def tune(data: str, *, time_budget: float = DEFAULT_TIME, workers_count: int | N
     comparison = folder / "compare.md"
     comparing.write_text(comparison, comparing.render(table.groups, table.notes))
     stopped = counts["deadline"] is not None and counts["deadline"] < wall_start + time_budget - 1  # Ctrl-C moved it
-    again = resume_command(data, name, default_name, url, kinds, () if one_kind else searched.models, metric)
+    again = resume_command(data, name, default_name, where, kinds, () if one_kind else searched.models, metric)
     text = verdict(folder, table, counts, search_seconds, stopped, again, spec_path, found, chosen)
     comparing.write_text(folder / "verdict.md", text)
     return Tuned(name, spec_path, folder, comparison, text, time.monotonic() - start, search_seconds, stopped)
@@ -243,7 +243,7 @@ def pick_devices(devices: str, count: int | None) -> tuple[str, int]:
 # The verdict
 
 
-def trial_counts(spec: Spec, url: str, name: str) -> dict:
+def trial_counts(spec: Spec, url: str | Location, name: str) -> dict:
     """Finished trials per kind, the study's counts (``runtime.progress``) and its deadline."""
     import optuna
 
@@ -258,12 +258,12 @@ def trial_counts(spec: Spec, url: str, name: str) -> dict:
             "planner": None if plan.get("included", True) else plan.get("note")}
 
 
-def resume_command(data: str, name: str, default_name: str, url: str, kinds: tuple[str, ...],
+def resume_command(data: str, name: str, default_name: str, where: Location, kinds: tuple[str, ...],
                    all_kinds: tuple[str, ...], metric: str | None) -> str:
     """The ``tagsearch tune`` line that resumes this study (its options where they differ from the defaults)."""
     line = ["tagsearch", "tune", data, "--time", "30m"]
     line += ["--study-name", name] if name != default_name else []
-    line += ["--storage", masked(url)] if url != DEFAULT_STORAGE else []
+    line += ["--storage", where.masked] if where.url != DEFAULT_STORAGE else []
     line += ["--models", ",".join(kinds)] if set(kinds) != set(all_kinds) else []
     line += ["--metric", metric] if metric else []
     return " ".join(line)

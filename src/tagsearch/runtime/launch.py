@@ -28,7 +28,8 @@ from tagsearch.errors import UserError
 from tagsearch.log import log
 from tagsearch.runtime import deadline as deadlines
 from tagsearch.runtime.progress import Poll, Progress, progress, summary
-from tagsearch.runtime.storage import local_path, open_storage
+from tagsearch.runtime.location import local_path
+from tagsearch.runtime.storage import open_storage
 
 POLL_SECONDS = 1.0
 KILL_AFTER_SECONDS = 30

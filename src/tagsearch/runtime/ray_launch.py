@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 from tagsearch.errors import UserError
 from tagsearch.log import log
 from tagsearch.runtime.outages import OUTAGE_MARK
-from tagsearch.runtime.storage import local_path, masked, scheme
+from tagsearch.runtime.location import local_path, masked, scheme
 
 POLL_SECONDS = 1.0
 KILL_AFTER_SECONDS = 30

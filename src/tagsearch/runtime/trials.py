@@ -37,7 +37,7 @@ from tagsearch.runtime.locks import BudgetLock
 from tagsearch.runtime.outages import Outages
 from tagsearch.runtime.progress import progress
 from tagsearch.runtime.retries import repeatable, requeue, requeue_interrupted
-from tagsearch.runtime.storage import outages_of
+from tagsearch.runtime.worker_storage import outages_of
 
 POLL_SECONDS = 1.0
 MAX_CONSECUTIVE_FAILURES = 8

@@ -18,7 +18,8 @@ from tagsearch.data.corpus import Corpus
 from tagsearch.errors import UserError
 from tagsearch.study.spec import ACTIVE_WHEN, PARAMS, Spec, is_active
 from tagsearch.runtime.progress import Progress, progress  # noqa: F401  (search.progress, as before)
-from tagsearch.runtime.storage import masked, open_storage, storage_dir
+from tagsearch.runtime.location import Location
+from tagsearch.runtime.storage import open_storage
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 DESCRIBE_WAIT_SECONDS = 10
@@ -152,17 +153,17 @@ def suggest(trial: optuna.Trial, spec: Spec) -> dict:
 # Where encodings persist
 
 
-def embedding_dir(storage_url: str) -> str:
+def embedding_dir(storage: str | Location) -> str:
     """Where encoders' embeddings of a corpus persist on this host, shared by its workers: beside a
     local storage file (``storage/x.db`` → ``storage/embeddings``), else ``storage/embeddings``."""
-    return str(storage_dir(storage_url) / "embeddings")
+    return str(Location.of(storage).embeddings)
 
 
 # ---------------------------------------------------------------------------------------------
 # Studies
 
 
-def open_study(spec: Spec, corpus: Corpus, storage_url: str | None = None, study_name: str | None = None,
+def open_study(spec: Spec, corpus: Corpus, storage_url: str | Location | None = None, study_name: str | None = None,
                seed_offset: int = 0, storage=None) -> optuna.Study:
     """Create the study (recording the data, queueing the defaults as trial 0) or join it (refusing
     other data). Safe when several workers start at once: exactly one of them creates it.
@@ -223,12 +224,12 @@ def check_fingerprint(study: optuna.Study, corpus: Corpus) -> None:
                     f"file, --top-k and split settings, or a new --study-name")
 
 
-def load_study(spec: Spec, storage_url: str | None = None, study_name: str | None = None) -> optuna.Study:
+def load_study(spec: Spec, storage_url: str | Location | None = None, study_name: str | None = None) -> optuna.Study:
     """An existing study (UserError listing the studies present when it is missing)."""
-    url, name = storage_url or spec.storage, study_name or spec.name
-    storage = open_storage(url, create=False)
+    where, name = Location.of(storage_url or spec.storage), study_name or spec.name
+    storage = open_storage(where, create=False)
     names = optuna.get_all_study_names(storage)
     if name not in names:
-        raise UserError(f"no study {name!r} in {masked(url)}; expected one of: {', '.join(sorted(names)) or '(none)'}")
+        raise UserError(f"no study {name!r} in {where.masked}; expected one of: {', '.join(sorted(names)) or '(none)'}")
     return optuna.load_study(study_name=name, storage=storage, sampler=build_sampler(spec), pruner=build_pruner(spec))
 
