@@ -165,7 +165,7 @@ class WorkerHeartbeatStorage(WorkerStorage, _optuna.ForwardingHeartbeat):
         stale = self.stale_trial_ids(study_id)
         for trial_id in stale:
             try:
-                mark_lost(self, self.get_trial(trial_id), heartbeat_timing()[1])
+                mark_lost(self, trial_id, self.get_trial(trial_id), heartbeat_timing()[1])
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass  # finished meanwhile; Optuna skips it too
         return stale
