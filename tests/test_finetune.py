@@ -262,8 +262,9 @@ def test_tune_models_finetune_takes_its_own_spec():
     any other kind, alone or not, keeps tagger.toml."""
     from tagsearch import tune
 
-    assert tune.one_kind_spec(("finetune",)).name == "finetune.toml"
-    assert tune.one_kind_spec(("tfidf",)) is None and tune.one_kind_spec(None) is None
+    assert Path(tune.spec_to_search(None, ("finetune",)).path).name == "finetune.toml"
+    for models in [("tfidf",), ("finetune", "tfidf"), None]:
+        assert Path(tune.spec_to_search(None, models).path).name == "tagger.toml"
 
 
 def test_the_finetune_kind_is_found_without_importing_its_module_first(monkeypatch):
@@ -294,7 +295,7 @@ def test_the_memory_estimate_counts_the_trained_layers_and_their_optimizer_state
     BertModel(config).save_pretrained(str(tmp_path))
     for layers, head in [(1, {"hidden_layers": 0}), (2, {"hidden_layers": 1, "hidden1": 24})]:
         params = params_for(tmp_path, train_layers=layers, **head)
-        model = finetune.FinetuneTagger(32, params, 5)
+        model = finetune.FinetuneTagger.from_params(32, params, 5)
         optimizers = model.make_optimizers(params)
         states, mask = torch.rand(3, 6, 32), torch.ones(3, 6, dtype=torch.bool)
         torch.nn.functional.binary_cross_entropy_with_logits(model((states, mask)), torch.ones(3, 5)).backward()

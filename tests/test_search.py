@@ -15,6 +15,7 @@ from tagsearch.learn import train
 from tagsearch.cli import main
 from tagsearch.data.corpus import load_corpus
 from tagsearch.errors import UserError
+from tagsearch.study.config import PrunerConfig
 from tagsearch.study.spec import load_spec
 from tagsearch.runtime.retries import requeue_interrupted as requeue
 from tagsearch.runtime.trials import run_trials
@@ -90,13 +91,13 @@ def test_pruners_from_the_spec(spec_factory):
     assert isinstance(built(search.build_pruner(spec)), optuna.pruners.MedianPruner)
     for kind, cls in [("halving", optuna.pruners.SuccessiveHalvingPruner),
                       ("hyperband", optuna.pruners.HyperbandPruner), ("none", optuna.pruners.NopPruner)]:
-        spec.pruner = {"kind": kind}
+        spec = spec.replace(pruner=PrunerConfig(kind=kind))
         assert isinstance(built(search.build_pruner(spec)), cls)
-    spec.pruner = {"kind": "hyperband"}  # itself: TPE samples per bracket only for a HyperbandPruner
+    spec = spec.replace(pruner=PrunerConfig(kind="hyperband"))  # itself: TPE samples per bracket only for a HyperbandPruner
     assert isinstance(search.build_pruner(spec), optuna.pruners.HyperbandPruner)
-    spec.pruner = {"kind": "median", "patience": 2}
+    spec = spec.replace(pruner=PrunerConfig(kind="median", patience=2))
     assert isinstance(built(search.build_pruner(spec)), optuna.pruners.PatientPruner)
-    spec.pruner = {"kind": "halving", "reduction_factor": 1}
+    spec = spec.replace(pruner=PrunerConfig(kind="halving", reduction_factor=1))
     with pytest.raises(UserError, match=r"\[pruner\]"):
         search.build_pruner(spec)
 

@@ -98,7 +98,7 @@ def test_tune_spec_searches_the_kept_kinds_and_the_first_kept_kinds_defaults_bec
     assert active(spec.defaults) == active(load_spec(STUDIES / "encoder.toml").defaults)
     assert not {"embedding_dim", "min_freq", "word_ngrams", "buckets"} & set(spec.search)  # dense's alone: gone
     assert spec.time_budget == 90 and spec.n_trials == UNLIMITED and spec.name == "t"
-    assert spec.data["path"] == "/d/posts.csv" and spec.data["top_k"] == 5 and spec.data["tags_column"] == "labels"
+    assert spec.data.path == "/d/posts.csv" and spec.data.top_k == 5 and spec.data.tags_column == "labels"
     every = parse_spec(tuning.tune_spec(tagger_raw(), name="t", storage="sqlite:///x.db", data="builtin", metric=None,
                                         time_budget=60, models=load_spec(STUDIES / "tagger.toml").models, n_trials=7),
                        "t.toml")
@@ -234,3 +234,39 @@ def test_a_sampled_trial_of_a_kind_starts_from_that_kinds_own_defaults(tmp_path,
         study.enqueue_trial({"model": kind})
         params = search.suggest(study.ask(), tagger)
         assert params["model"] == kind and params["max_seq_length"] == tokens
+
+
+def test_tune_reads_one_spec_file_and_hands_the_study_spec_it_wrote_down_as_a_value(tmp_path, tiny_csv, monkeypatch):
+    """The spec is parsed once per process: tune reads studies/tagger.toml, makes its study's spec
+    from it, writes that once, and its search, counts and candidates get the value, not the path."""
+    import tomllib
+
+    from tagsearch.study.spec import Spec
+
+    reads, seen = [], {}
+    real_loads = tomllib.loads
+    monkeypatch.setattr(tomllib, "loads", lambda text, **kw: reads.append(1) or real_loads(text, **kw))
+
+    def search_once(spec, *, storage, study_name, **kwargs):
+        seen["launch"] = spec
+        study = optuna.create_study(storage=open_storage(storage), study_name=study_name)
+        study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.5))
+        return 0
+
+    class Stop(Exception):
+        pass
+
+    def candidates(spec, *args, **kwargs):
+        seen["gather"] = spec
+        raise Stop
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tuning.workers, "launch", search_once)
+    monkeypatch.setattr(tuning, "gather", candidates)
+    with pytest.raises(Stop):
+        tuning.tune(str(tiny_csv), time_budget=2, models=("tfidf",), devices="cpu")
+    assert len(reads) == 1  # studies/tagger.toml; the written storage/tagger-tiny.toml is not read back
+    written = tmp_path / "storage" / "tagger-tiny.toml"
+    assert isinstance(seen["launch"], Spec) and seen["gather"] is seen["launch"]
+    assert seen["launch"].path == str(Path("storage") / "tagger-tiny.toml")
+    assert load_spec(written).replace(path=seen["launch"].path) == seen["launch"] and seen["launch"].to_toml() in written.read_text(encoding="utf-8")

@@ -96,7 +96,7 @@ def storage_url(args: argparse.Namespace) -> str | None:
     command lines: launch hands it to its workers so), else None (the spec's)."""
     import os
 
-    from tagsearch.runtime.storage import STORAGE_ENV
+    from tagsearch.runtime.location import STORAGE_ENV
 
     return args.storage or os.environ.get(STORAGE_ENV) or None
 

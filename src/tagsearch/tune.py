@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import re
 import time
-import tomllib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +35,12 @@ from tagsearch.results.deliver import deliver
 from tagsearch.runtime import deadline as deadlines
 from tagsearch.runtime.launch import clock_text, cpu_count
 from tagsearch.runtime.progress import UNLIMITED, progress
-from tagsearch.runtime.storage import masked, storage_dir
+from tagsearch.runtime.location import Location
 from tagsearch.study import memory, workers
 from tagsearch.study.search import embedding_dir
-from tagsearch.study.spec import DEFAULT_STORAGE, EMBEDDING_MODELS, ENCODER_MODELS, PARAMS, check_study_name, load_spec
-from tagsearch.study.specfile import save_spec
+from tagsearch.study.spec import (DEFAULT_STORAGE, EMBEDDING_MODELS, ENCODER_MODELS, PARAMS, Spec, check_study_name,
+                                  load_spec, parse_spec)
+from tagsearch.study.specfile import write_text
 
 SPEC = "tagger.toml"
 DEFAULT_TIME = 600.0  # seconds of search when --time is not given
@@ -78,35 +78,32 @@ def tune(data: str, *, time_budget: float = DEFAULT_TIME, workers_count: int | N
     start = time.monotonic()
     if not time_budget > 0:
         raise UserError(f"--time {time_budget!r} is out of range; expected a duration > 0, like 90s, 10m, 2h")
-    path, base = data_path(data), Path(spec) if spec else one_kind_spec(models) or studies_dir() / SPEC
-    if not base.is_file():
-        raise UserError(f"study spec {str(base)!r} not found; expected a TOML file such as studies/{SPEC}")
-    raw, searched = tomllib.loads(base.read_text(encoding="utf-8")), load_spec(base)
+    path, searched = data_path(data), spec_to_search(spec, models)  # the study's spec is made from it, as a value
+    base = Path(searched.path)
     one_kind = not spec and base.name != SPEC  # --models KIND with studies/KIND.toml: its own study, KIND-posts
     default_name = default_study_name(path).replace("tagger-", f"{base.stem}-" if one_kind else "tagger-", 1)
     name, kinds = check_study_name(study_name or default_name), usable_models(searched, models)
-    url = storage or searched.storage
+    where = Location.of(storage or searched.storage)  # parsed once, here
+    spec_path = where.folder / f"{name}.toml"
     # the written spec, the log and the verdict show the URL without its password (workers get it privately)
-    spec_path = save_spec(tune_spec(raw, name=name, storage=masked(url), data=path, metric=metric, time_budget=time_budget,
-                                    models=kinds, n_trials=n_trials, text_columns=text_columns,
-                                    tags_column=tags_column, top_k=top_k, max_epochs=max_epochs),
-                          storage_dir(url) / f"{name}.toml",
-                          comment=f"Written by 'tagsearch tune' from {base}: its space on {path}; retrain, dashboard "
-                                  f"and a later 'tagsearch tune' of this study read it.")
-    load_spec(spec_path)  # the written spec must be valid
+    study_spec = for_study(searched, name=name, storage=where.masked, data=path, metric=metric, time_budget=time_budget,
+                           models=kinds, n_trials=n_trials, text_columns=text_columns, tags_column=tags_column,
+                           top_k=top_k, max_epochs=max_epochs, path=spec_path)
+    write_text(study_spec.to_toml(f"Written by 'tagsearch tune' from {base}: its space on {path}; retrain, dashboard "
+                                  f"and a later 'tagsearch tune' of this study read it."), spec_path)
     device_list, count = pick_devices(devices, workers_count)
-    log(f"tune: study {name!r} in {masked(url)}, {', '.join(kinds)}, {count} worker(s) on {device_list}, "
+    log(f"tune: study {name!r} in {where.masked}, {', '.join(kinds)}, {count} worker(s) on {device_list}, "
         f"{clock_text(time_budget)} of search (Ctrl-C: stop searching and keep the best so far)")
 
     # 1. Search until the deadline (or a Ctrl-C brings it forward).
     search_start, wall_start = time.monotonic(), deadlines.clock()
-    code = workers.launch(str(spec_path), storage=url, study_name=name, workers=count, devices=device_list,
+    code = workers.launch(study_spec, storage=where, study_name=name, workers=count, devices=device_list,
                           n_trials=n_trials or UNLIMITED, time_budget=time_budget, new_session=True,
                           memory_limit=memory_limit)
     search_seconds = time.monotonic() - search_start
     if code == 130:
         raise KeyboardInterrupt
-    counts = trial_counts(spec_path, url, name)
+    counts = trial_counts(study_spec, where, name)
     if not counts["progress"].complete:
         raise UserError(f"no trial of study {name!r} completed in {clock_text(search_seconds)} of search"
                         f"{' (a worker crashed: see its log above)' if code else ''}; expected a longer --time")
@@ -116,17 +113,17 @@ def tune(data: str, *, time_budget: float = DEFAULT_TIME, workers_count: int | N
     # 2. The candidates (the best network of each kind retrained, the tuned baselines, their greedy
     #    ensemble); the best on validation delivered; every candidate compared; the verdict.
     folder = Path(out or Path("results") / name)
-    found = gather(spec_path, url, name, folder.with_name(folder.name + ".candidates"), load_spec(spec_path).metric,
+    found = gather(study_spec, where, name, folder.with_name(folder.name + ".candidates"), study_spec.metric,
                    # the encoder baseline only where the search paid for the encodings (the plan kept them)
-                   bool(set(kinds) & set(EMBEDDING_MODELS)) and not counts.get("planner"), embedding_dir(url),
+                   bool(set(kinds) & set(EMBEDDING_MODELS)) and not counts.get("planner"), embedding_dir(where),
                    data=path, retrain_seconds=RETRAIN_SHARE * search_seconds)
-    chosen = deliver(found, load_spec(spec_path).metric, folder)
+    chosen = deliver(found, study_spec.metric, folder)
     log(f"\n== delivered {chosen.name} to {folder}/; comparing the candidates ==")
     table = comparing.compare_table([c.folder for c in found], baselines=False)
     comparison = folder / "compare.md"
     comparing.write_text(comparison, comparing.render(table.groups, table.notes))
     stopped = counts["deadline"] is not None and counts["deadline"] < wall_start + time_budget - 1  # Ctrl-C moved it
-    again = resume_command(data, name, default_name, url, kinds, () if one_kind else searched.models, metric)
+    again = resume_command(data, name, default_name, where, kinds, () if one_kind else searched.models, metric)
     text = verdict(folder, table, counts, search_seconds, stopped, again, spec_path, found, chosen)
     comparing.write_text(folder / "verdict.md", text)
     return Tuned(name, spec_path, folder, comparison, text, time.monotonic() - start, search_seconds, stopped,
@@ -148,13 +145,17 @@ def studies_dir() -> Path:
 OWN_SPEC_KINDS = ("finetune",)  # kinds whose search alone takes studies/KIND.toml (one validation split, wider ranges)
 
 
-def one_kind_spec(models: tuple[str, ...] | None) -> Path | None:
-    """``studies/KIND.toml`` for ``--models KIND`` of a kind searched alone by its own spec (the
-    finetune kind: one validation split instead of tagger.toml's folds, every layer count)."""
-    if not models or len(set(models)) != 1 or models[0] not in OWN_SPEC_KINDS:
-        return None
-    own = studies_dir() / f"{models[0]}.toml"
-    return own if own.is_file() else None
+def spec_to_search(spec: str | Path | None, models: tuple[str, ...] | None) -> Spec:
+    """``spec``; else, for ``--models KIND`` of a kind searched alone by its own spec (finetune: one
+    validation split instead of tagger.toml's folds, every layer count), ``studies/KIND.toml``; else
+    ``studies/tagger.toml``: read once, here."""
+    base = Path(spec) if spec else studies_dir() / SPEC
+    if not spec and models and len(set(models)) == 1 and models[0] in OWN_SPEC_KINDS:
+        own = studies_dir() / f"{models[0]}.toml"
+        base = own if own.is_file() else base
+    if not base.is_file():
+        raise UserError(f"study spec {str(base)!r} not found; expected a TOML file such as studies/{SPEC}")
+    return load_spec(base)
 
 
 def data_path(data: str) -> str:
@@ -198,38 +199,36 @@ def usable_models(spec, requested: tuple[str, ...] | None) -> tuple[str, ...]:
     return kinds
 
 
-def tune_spec(raw: dict, *, name: str, storage: str, data: str, metric: str | None, time_budget: float,
+def for_study(spec: Spec, *, name: str, storage: str, data: str, metric: str | None, time_budget: float,
               models: tuple[str, ...], n_trials: int | None = None, text_columns: tuple[str, ...] = (),
-              tags_column: str | None = None, top_k: int | None = None, max_epochs: int | None = None) -> dict:
-    """``raw`` (a spec as tomllib reads it) for this run: its study, data and budget, searching
-    ``models`` only. Trial 0 stays ``[defaults]`` if its model is kept, else the first kept
+              tags_column: str | None = None, top_k: int | None = None, max_epochs: int | None = None,
+              path: str | Path | None = None) -> Spec:
+    """``spec`` for this run (at ``path``, where it is written): its study, data and budget,
+    searching ``models`` only. Trial 0 stays ``[defaults]`` if its model is kept, else the first kept
     ``[defaults.KIND]`` takes its place; a ``[search.X]`` that applies to no kept model goes."""
     if metric is not None and metric not in DIRECTIONS:
         raise UserError(f"--metric {metric!r}; expected one of {', '.join(DIRECTIONS)}")
-    raw = {section: dict(value) for section, value in raw.items()}
-    study = raw.setdefault("study", {})
-    study.update(name=name, storage=storage, n_trials=n_trials or UNLIMITED, time_budget=float(time_budget))
-    study.pop("timeout", None)
-    study.pop("direction", None)
-    if metric:
-        study["metric"] = metric
-    raw.setdefault("data", {})["path"] = data
-    for key, value in (("text_columns", list(text_columns)), ("tags_column", tags_column), ("top_k", top_k)):
-        if value:
-            raw["data"][key] = value
-    if max_epochs:
-        raw.setdefault("training", {})["max_epochs"] = max_epochs
-    defaults = raw.get("defaults", {})
+    study = dict(name=name, storage=storage, n_trials=n_trials or UNLIMITED, time_budget=float(time_budget),
+                 timeout=None, direction=None, **({"metric": metric} if metric else {}))
+    data_keys = {"path": data, **{key: value for key, value in (("text_columns", list(text_columns)),
+                                                                ("tags_column", tags_column), ("top_k", top_k))
+                                  if value}}
+    training = {"training": {"max_epochs": max_epochs}} if max_epochs else {}
+    defaults = spec.table.get("defaults", {})
     flat = {k: v for k, v in defaults.items() if not isinstance(v, dict)}
     tables = {k: v for k, v in defaults.items() if isinstance(v, dict) and k in models}
     if flat.get("model", "dense") not in models:  # trial 0's kind is left out: the first kept kind's defaults
         first = next((k for k in tables), None) or models[0]
         flat = {**tables.pop(first, {}), "model": first}
-    raw["defaults"] = {**flat, **tables}
-    search = {k: v for k, v in raw.get("search", {}).items() if set(PARAMS[k].models) & set(models)}
+    search = {k: v for k, v in spec.table.get("search", {}).items() if set(PARAMS[k].models) & set(models)}
     search["model"] = {"choices": list(models)}
-    raw["search"] = search
-    return raw
+    return spec.replace(path=path or spec.path, **study, data=data_keys, **training, defaults={**flat, **tables},
+                        search=search)
+
+
+def tune_spec(raw: dict, **settings) -> dict:
+    """``for_study`` of a spec as tomllib reads it, as such a table."""
+    return for_study(parse_spec(raw, "spec"), **settings).table
 
 
 def pick_devices(devices: str, count: int | None) -> tuple[str, int]:
@@ -250,13 +249,13 @@ def pick_devices(devices: str, count: int | None) -> tuple[str, int]:
 # The verdict
 
 
-def trial_counts(spec_path: Path, url: str, name: str) -> dict:
+def trial_counts(spec: Spec, url: str | Location, name: str) -> dict:
     """Finished trials per kind, the study's counts (``runtime.progress``) and its deadline."""
     import optuna
 
     from tagsearch.study import search
 
-    study = search.load_study(load_spec(spec_path), url, name)
+    study = search.load_study(spec, url, name)
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     kinds = Counter(t.params.get("model") or t.user_attrs.get("model", "?")
                     for t in study.get_trials(deepcopy=False, states=finished))
@@ -267,12 +266,12 @@ def trial_counts(spec_path: Path, url: str, name: str) -> dict:
             "planner_finetune": None if finetune.get("included", True) else finetune.get("note")}
 
 
-def resume_command(data: str, name: str, default_name: str, url: str, kinds: tuple[str, ...],
+def resume_command(data: str, name: str, default_name: str, where: Location, kinds: tuple[str, ...],
                    all_kinds: tuple[str, ...], metric: str | None) -> str:
     """The ``tagsearch tune`` line that resumes this study (its options where they differ from the defaults)."""
     line = ["tagsearch", "tune", data, "--time", "30m"]
     line += ["--study-name", name] if name != default_name else []
-    line += ["--storage", masked(url)] if url != DEFAULT_STORAGE else []
+    line += ["--storage", where.masked] if where.url != DEFAULT_STORAGE else []
     line += ["--models", ",".join(kinds)] if set(kinds) != set(all_kinds) else []
     line += ["--metric", metric] if metric else []
     return " ".join(line)

@@ -35,7 +35,7 @@ from tagsearch.learn.feature_cache import FeatureCache
 from tagsearch.learn.featurizers import Featurizer, check_is_fitted
 from tagsearch.learn import features, models
 from tagsearch.learn.hidden_cache import HiddenCache, HiddenStates
-from tagsearch.learn.models import MLPHead, fused_supported
+from tagsearch.learn.models import MLPHead, fused_supported, head_options
 from tagsearch.log import log
 
 PREFIX_BATCH = 64  # posts per forward pass when computing the frozen prefix
@@ -310,17 +310,23 @@ class FinetuneTagger(nn.Module):
 
     input_kind = "hidden"
 
-    def __init__(self, n_features: int, params: dict, n_tags: int):
+    def __init__(self, n_tags: int, *, encoder: str, train_layers: int, head: dict):
         super().__init__()
         from tagsearch.learn.encoder import resolve_model
 
-        base, _ = load_base(resolve_model(params["encoder"])[0])
+        base, _ = load_base(resolve_model(encoder)[0])
         layers = layers_of(base)
-        n = trained_layers(params["train_layers"], len(layers))
+        n = trained_layers(train_layers, len(layers))
         self.config = base.config
         self.layers = nn.ModuleList(copy.deepcopy(layer) for layer in layers[len(layers) - n:])
-        self.head = MLPHead(int(base.config.hidden_size), params, n_tags)
+        self.head = MLPHead(int(base.config.hidden_size), n_tags, **head)
         self.micro_batch_: int | None = None  # set by finetune_loop when a batch ran out of memory
+
+    @classmethod
+    def from_params(cls, n_features: int, params: dict, n_tags: int) -> FinetuneTagger:
+        """The tagger a trial's ``params`` describe (its width is the base model's, not ``n_features``)."""
+        return cls(n_tags, encoder=params["encoder"], train_layers=params["train_layers"],
+                   head=head_options(params))
 
     def forward(self, batch) -> torch.Tensor:
         states, mask = batch

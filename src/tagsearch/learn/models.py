@@ -151,15 +151,17 @@ class Block(nn.Sequential):
 
 
 class MLPHead(nn.Module):
-    """``hidden_layers`` (0, 1 or 2) blocks, then a linear layer to one logit per tag; with 0 blocks
-    it is a linear model of its input. The first layer is ``SparseLinear`` for sparse input."""
+    """``hidden_layers`` (0, 1 or 2) blocks of ``hidden1`` then ``hidden2`` units, then a linear
+    layer to one logit per tag; with 0 blocks it is a linear model of its input. The first layer is
+    ``SparseLinear`` for sparse input."""
 
-    def __init__(self, n_in: int, params: dict, n_tags: int, sparse_input: bool = False):
+    def __init__(self, n_in: int, n_tags: int, *, hidden_layers: int = 2, hidden1: int | None = None,
+                 hidden2: int | None = None, dropout: float = 0.0, sparse_input: bool = False):
         super().__init__()
         linear = SparseLinear if sparse_input else nn.Linear
-        widths = [n_in] + [params["hidden1"], params["hidden2"]][:params["hidden_layers"]]
+        widths = [n_in] + [hidden1, hidden2][:hidden_layers]
         for i, (a, b) in enumerate(zip(widths, widths[1:]), start=1):
-            self.add_module(f"block{i}", Block(a, b, params["dropout"], linear if i == 1 else nn.Linear))
+            self.add_module(f"block{i}", Block(a, b, dropout, linear if i == 1 else nn.Linear))
         self.out = (linear if len(widths) == 1 else nn.Linear)(widths[-1], n_tags)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -168,15 +170,27 @@ class MLPHead(nn.Module):
         return x
 
 
+def head_options(params: dict) -> dict:
+    """The values of a trial's ``params`` that shape its ``MLPHead`` (parameters saved before
+    hidden_layers existed had two blocks)."""
+    return {"hidden_layers": params.get("hidden_layers", 2), "hidden1": params.get("hidden1"),
+            "hidden2": params.get("hidden2"), "dropout": params["dropout"]}
+
+
 class DenseTagger(nn.Module):
     """Weighted bag sum over the vocabulary (and hashed word n-grams) → head."""
 
     input_kind = "bags"
 
-    def __init__(self, n_rows: int, params: dict, n_tags: int):
+    def __init__(self, n_rows: int, n_tags: int, *, embedding_dim: int, head: dict):
         super().__init__()
-        self.embedding = nn.EmbeddingBag(n_rows, params["embedding_dim"], mode="sum", sparse=True)
-        self.head = MLPHead(params["embedding_dim"], params, n_tags)
+        self.embedding = nn.EmbeddingBag(n_rows, embedding_dim, mode="sum", sparse=True)
+        self.head = MLPHead(embedding_dim, n_tags, **head)
+
+    @classmethod
+    def from_params(cls, n_rows: int, params: dict, n_tags: int) -> DenseTagger:
+        """The tagger a trial's ``params`` describe."""
+        return cls(n_rows, n_tags, embedding_dim=params["embedding_dim"], head=head_options(params))
 
     def forward(self, batch) -> torch.Tensor:
         """``batch`` = ``(ids, offsets, weights)`` as ``BagBatches`` yields it."""
@@ -188,9 +202,14 @@ class TfidfTagger(nn.Module):
 
     input_kind = "sparse"
 
-    def __init__(self, n_features: int, params: dict, n_tags: int):
+    def __init__(self, n_features: int, n_tags: int, *, head: dict):
         super().__init__()
-        self.head = MLPHead(n_features, params, n_tags, sparse_input=True)
+        self.head = MLPHead(n_features, n_tags, **head, sparse_input=True)
+
+    @classmethod
+    def from_params(cls, n_features: int, params: dict, n_tags: int) -> TfidfTagger:
+        """The tagger a trial's ``params`` describe."""
+        return cls(n_features, n_tags, head=head_options(params))
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
         return self.head(rows)
@@ -201,9 +220,14 @@ class VectorTagger(nn.Module):
 
     input_kind = "dense"
 
-    def __init__(self, n_features: int, params: dict, n_tags: int):
+    def __init__(self, n_features: int, n_tags: int, *, head: dict):
         super().__init__()
-        self.head = MLPHead(n_features, params, n_tags)
+        self.head = MLPHead(n_features, n_tags, **head)
+
+    @classmethod
+    def from_params(cls, n_features: int, params: dict, n_tags: int) -> VectorTagger:
+        """The tagger a trial's ``params`` describe."""
+        return cls(n_features, n_tags, head=head_options(params))
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
         return self.head(rows)
@@ -214,12 +238,12 @@ TAGGERS = {tagger.input_kind: tagger for tagger in (DenseTagger, TfidfTagger, Ve
 
 def build_model(params: dict, input_size: int, n_tags: int, input_kind: str) -> nn.Module:
     """The tagger for a featurizer's ``input_kind`` ("bags", "sparse", "dense") and ``input_size``
-    (rows of the embedding table, or the width of a row), seeded by ``params['seed']``. Parameters
-    saved before hidden_layers existed had two blocks."""
+    (rows of the embedding table, or the width of a row), seeded by ``params['seed']``: each
+    tagger's ``from_params`` picks the few values of ``params`` it takes."""
     if input_kind not in TAGGERS:
         raise ValueError(f"input_kind must be one of {', '.join(TAGGERS)}, got {input_kind!r}")
     torch.manual_seed(params["seed"])
-    return TAGGERS[input_kind](input_size, {"hidden_layers": 2, **params}, n_tags)
+    return TAGGERS[input_kind].from_params(input_size, params, n_tags)
 
 
 def count_parameters(model: nn.Module) -> int:

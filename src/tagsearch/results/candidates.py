@@ -32,6 +32,7 @@ from tagsearch.results import baseline_model, ensemble
 from tagsearch.results import compare as comparing
 from tagsearch.results import folder as results
 from tagsearch.results.scored import score
+from tagsearch.study.spec import Spec, load_spec
 
 INFO_KEYS = ("data", "fingerprint", "storage", "study", "refit")
 
@@ -66,16 +67,15 @@ def best_trials(study) -> dict:
     return best
 
 
-def network_candidates(spec_path: Path, url: str, study_name: str, root: Path, data: str | None = None,
+def network_candidates(spec: Spec, url: str, study_name: str, root: Path, data: str | None = None,
                        retrain_seconds: float | None = None) -> list[Candidate]:
     """The best trial of each kind, retrained into ``root/<kind>`` (on ``data``, the posts file the
     user named, where given; else the spec's). ``retrain_seconds``: a kind whose best trial trained
     longer than this (a fine-tuning trial on a CPU) is retrained only when it is the study's best."""
     from tagsearch.results.retrain import retrained, summary_text
     from tagsearch.study import search
-    from tagsearch.study.spec import load_spec
 
-    study = search.load_study(load_spec(spec_path), url, study_name)
+    study = search.load_study(spec, url, study_name)
     found, best = [], study.best_trial.number
     for kind, trial in best_trials(study).items():
         took = trial.user_attrs.get("train_seconds", 0.0)
@@ -85,7 +85,7 @@ def network_candidates(spec_path: Path, url: str, study_name: str, root: Path, d
                 f"study's best may take ==")
             continue
         log(f"\n== retraining the best {kind} trial ({trial.number}, validation {trial.value:.4f}) ==")
-        done = retrained(spec_path, trial=trial.number, out=root / kind, storage=url, study_name=study_name,
+        done = retrained(spec, trial=trial.number, out=root / kind, storage=url, study_name=study_name,
                          data=data)
         result = done.run.result
         found.append(Candidate(kind, "network", done.out, done.evaluation.choice.value, result.val_labels,
@@ -185,11 +185,12 @@ def ensemble_candidate(members: list[Candidate], corpus, info: dict, metric: str
     return Candidate("ensemble", "ensemble", root / "ensemble", honest, y, p_val, p_test, described)
 
 
-def gather(spec_path: Path, url: str, study_name: str, root: Path, metric: str, encoder_baseline: bool,
+def gather(spec: Spec | str | Path, url: str, study_name: str, root: Path, metric: str, encoder_baseline: bool,
            embedding_dir: str | None, data: str | None = None, retrain_seconds: float | None = None) -> list[Candidate]:
     """Every candidate, each written under ``root`` (networks, baselines, then the ensemble);
     ``retrain_seconds``: see ``network_candidates``."""
-    networks = network_candidates(spec_path, url, study_name, root, data, retrain_seconds)
+    spec = spec if isinstance(spec, Spec) else load_spec(spec)  # tune passes the value it wrote
+    networks = network_candidates(spec, url, study_name, root, data, retrain_seconds)
     info = folder_info(networks[0].folder)
     info["encoder"] = next((e for e in (folder_info(n.folder)["encoder"] for n in networks) if e), None)
     corpus = corpus_of(info)

@@ -83,12 +83,13 @@ def retrained(spec: Spec | str | Path, *, trial: int | None = None, out: str | P
               device: str | None = None, threads: int | None = None, refit: bool | None = None) -> Retrained:
     """``retrain_trial``, returning what it wrote and the predictions it scored."""
     from tagsearch.study import search
-    from tagsearch.runtime.storage import masked
+    from tagsearch.runtime.location import Location
 
-    spec = spec if isinstance(spec, Spec) else load_spec(spec)
+    spec = spec if isinstance(spec, Spec) else load_spec(spec)  # tune's candidates pass the value
     data_config = resolve_data(spec, data if isinstance(data, DataOptions) else DataOptions(data))
-    url = storage or spec.storage
-    study = search.load_study(spec, url, study_name)
+    where = Location.of(storage or spec.storage)
+    url = where.url
+    study = search.load_study(spec, where, study_name)
     chosen = pick_trial(study, trial)
     corpus = load_corpus(data_config)
     search.check_fingerprint(study, corpus)
@@ -106,11 +107,11 @@ def retrained(spec: Spec | str | Path, *, trial: int | None = None, out: str | P
     torch.set_num_threads(threads or RETRAIN_THREADS)
     try:
         run = retrain(corpus, params, epochs, spec.patience, device or spec.device, spec.metric, refit, folds,
-                      search.embedding_dir(url))
+                      search.embedding_dir(where))
         evaluation = evaluate(run, corpus, params, spec.metric)
     finally:
         torch.set_num_threads(saved_threads)  # a caller's threads are its own
-    info = RunInfo(study=study.study_name, storage=masked(url), trial=chosen.number, trial_value=chosen.value,
+    info = RunInfo(study=study.study_name, storage=where.masked, trial=chosen.number, trial_value=chosen.value,
                    data=data_record(data_config), max_epochs=epochs, patience=spec.patience,
                    metric=spec.metric, refit=refit, folds=folds)
     with results.atomic_dir(out) as folder:
@@ -386,7 +387,7 @@ def publish(study, trial, url: str, out: Path, evaluation: Evaluation) -> int:
     from optuna_dashboard import save_note
 
     from tagsearch.runtime._optuna import live_trial
-    from tagsearch.runtime.storage import artifact_store
+    from tagsearch.runtime.location import artifact_store
 
     store = artifact_store(url)
     files = sorted(out.glob("*.png")) + [out / results.METRICS, out / "report.md"]

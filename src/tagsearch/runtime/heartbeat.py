@@ -61,8 +61,8 @@ class TrialHeartbeat:
     stays away raises ``StorageOutage``); a later beat that fails is logged and retried at the next
     one, and never disturbs the trial."""
 
-    def __init__(self, study: optuna.Study, trial_id: int, interval: float | None = None):
-        self.storage, self.trial_id = _optuna.study_storage(study), trial_id
+    def __init__(self, storage: optuna.storages.BaseStorage, trial_id: int, interval: float | None = None):
+        self.storage, self.trial_id = storage, trial_id
         self.interval = interval or heartbeat_timing()[0]
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -124,69 +124,92 @@ def last_sign_of_life(trial: optuna.trial.FrozenTrial) -> float | None:
     return start.timestamp() if isinstance(start, datetime) else None
 
 
+class StaleTrials:
+    """The watch over one study's RUNNING trials whose workers died, built once per worker: the
+    study's storage and id are read once, and each ``fail`` fails the stale ones and queues each
+    again once."""
+
+    def __init__(self, study: optuna.Study, storage: optuna.storages.BaseStorage | None = None):
+        self.study = study
+        self.storage = storage or _optuna.study_storage(study)
+        self.study_id = _optuna.study_id(study)
+        self.native = native(self.storage)
+
+    def stale_ids(self, grace: float) -> list[int]:
+        """The ids of the RUNNING trials without a heartbeat for more than ``grace`` seconds."""
+        if self.native:
+            lister = getattr(self.storage, "stale_trial_ids", None)  # the worker storage's (retried), else Optuna's
+            return lister(self.study_id) if lister else _optuna.stale_trial_ids(self.storage, self.study_id)
+        now, stale = time.time(), []
+        for trial in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            seen = last_sign_of_life(trial)
+            if seen is not None and now - seen > grace:
+                stale.append(_optuna.trial_id(trial))
+        return stale
+
+    def adopt_unbeaten(self) -> list[int]:
+        """RDB storages, under the budget lock: record a heartbeat (on the database's clock) for every
+        RUNNING trial that has none. Its worker died between creating it and its first beat (written
+        before the lock is released), or left it behind; it is failed once that beat is older than the
+        grace period, unless its worker beats after all. Returns the numbers of the trials adopted."""
+        if not self.native:
+            return []
+        storage, adopted = self.storage, []
+        lister = getattr(storage, "unbeaten_trial_ids", None)  # the worker storage's (retried), else the adapter
+        for trial_id in lister(self.study_id) if lister else _optuna.unbeaten_trial_ids(storage, self.study_id):
+            storage.record_heartbeat(trial_id)
+            number = storage.get_trial(trial_id).number
+            adopted.append(number)
+            log(f"trial {number} is RUNNING without a heartbeat (its worker died before its first beat, or it was "
+                f"left behind); it fails after {heartbeat_timing()[1]} s unless its worker beats")
+        return adopted
+
+    def fail(self) -> list[int]:
+        """Fail the RUNNING trials of dead workers with ``fail_reason`` and queue each again once.
+        Returns the numbers of the trials failed here."""
+        _, grace = heartbeat_timing()
+        storage, failed = self.storage, []
+        self.adopt_unbeaten()
+        for trial_id in self.stale_ids(grace):
+            trial = storage.get_trial(trial_id)
+            if trial.state != optuna.trial.TrialState.RUNNING:
+                continue
+            try:
+                what = mark_lost(storage, trial_id, trial, grace)
+                if not storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL):
+                    continue
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # it finished (or another worker failed it) just now
+            failed.append(trial.number)
+            warning(f"trial {trial.number} failed: its worker {trial.user_attrs.get('worker', '?')} sent no heartbeat "
+                f"for more than {grace} s; {what}")
+            requeue(self.study, copy.deepcopy(storage.get_trial(trial_id)), lost=True)
+        return failed
+
+
 def stale_trial_ids(study: optuna.Study, grace: float) -> list[int]:
-    storage = _optuna.study_storage(study)
-    if native(storage):
-        lister = getattr(storage, "stale_trial_ids", None)  # the worker storage's (retried), else Optuna's
-        return lister(_optuna.study_id(study)) if lister else _optuna.stale_trial_ids(storage, _optuna.study_id(study))
-    now, stale = time.time(), []
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        seen = last_sign_of_life(trial)
-        if seen is not None and now - seen > grace:
-            stale.append(_optuna.trial_id(trial))
-    return stale
+    """The ids of ``study``'s RUNNING trials without a heartbeat for more than ``grace`` seconds."""
+    return StaleTrials(study).stale_ids(grace)
 
 
 def adopt_unbeaten(study: optuna.Study) -> list[int]:
-    """RDB storages, under the budget lock: record a heartbeat (on the database's clock) for every
-    RUNNING trial that has none. Its worker died between creating it and its first beat (written
-    before the lock is released), or left it behind; it is failed once that beat is older than the
-    grace period, unless its worker beats after all. Returns the numbers of the trials adopted."""
-    storage = _optuna.study_storage(study)
-    if not native(storage):
-        return []
-    adopted = []
-    lister = getattr(storage, "unbeaten_trial_ids", None)  # the worker storage's (retried), else the adapter
-    study_id = _optuna.study_id(study)
-    for trial_id in lister(study_id) if lister else _optuna.unbeaten_trial_ids(storage, study_id):
-        storage.record_heartbeat(trial_id)
-        number = storage.get_trial(trial_id).number
-        adopted.append(number)
-        log(f"trial {number} is RUNNING without a heartbeat (its worker died before its first beat, or it was "
-            f"left behind); it fails after {heartbeat_timing()[1]} s unless its worker beats")
-    return adopted
+    """``StaleTrials.adopt_unbeaten`` on ``study``."""
+    return StaleTrials(study).adopt_unbeaten()
 
 
-def mark_lost(storage, trial: optuna.trial.FrozenTrial, grace: float) -> str:
+def mark_lost(storage, trial_id: int, trial: optuna.trial.FrozenTrial, grace: float) -> str:
     """Give a RUNNING trial whose worker is lost its ``fail_reason``; returns what happens next."""
     what = ("not queued again: it had no parameter yet (nothing to repeat)" if not repeatable(trial)
             else "queued again once with the same parameters" if may_retry_lost(trial)
             else f"already a retry (max_retry={MAX_RETRY}), not queued again")
-    storage.set_trial_user_attr(_optuna.trial_id(trial), "fail_reason", STALE_REASON.format(grace=grace, what=what))
+    storage.set_trial_user_attr(trial_id, "fail_reason", STALE_REASON.format(grace=grace, what=what))
     return what
 
 
 def fail_stale_trials(study: optuna.Study) -> list[int]:
     """Fail the RUNNING trials of dead workers with ``fail_reason`` and queue each again once.
-    Returns the numbers of the trials failed here."""
-    _, grace = heartbeat_timing()
-    storage, failed = _optuna.study_storage(study), []
-    adopt_unbeaten(study)
-    for trial_id in stale_trial_ids(study, grace):
-        trial = storage.get_trial(trial_id)
-        if trial.state != optuna.trial.TrialState.RUNNING:
-            continue
-        try:
-            what = mark_lost(storage, trial, grace)
-            if not storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # it finished (or another worker failed it) just now
-        failed.append(trial.number)
-        warning(f"trial {trial.number} failed: its worker {trial.user_attrs.get('worker', '?')} sent no heartbeat for "
-                f"more than {grace} s; {what}")
-        requeue(study, copy.deepcopy(storage.get_trial(trial_id)), lost=True)
-    return failed
+    Returns the numbers of the trials failed here (``StaleTrials.fail``)."""
+    return StaleTrials(study).fail()
 
 
 HEARTBEAT_SECONDS = 30

@@ -31,7 +31,8 @@ from tagsearch.log import log, logger, warning
 from tagsearch.runtime import deadline as deadlines
 from tagsearch.runtime.children import spawn
 from tagsearch.runtime.progress import Poll, Progress, progress, summary
-from tagsearch.runtime.storage import local_path, open_storage
+from tagsearch.runtime.location import local_path
+from tagsearch.runtime.storage import open_storage
 
 POLL_SECONDS = 1.0
 KILL_AFTER_SECONDS = 30

@@ -35,7 +35,8 @@ from pathlib import Path
 from tagsearch.log import log, warning
 from tagsearch.errors import UserError
 from tagsearch.runtime.outages import Outages
-from tagsearch.runtime.storage import local_path, proxy_address, scheme, with_driver
+from tagsearch.runtime.location import local_path, proxy_address, scheme
+from tagsearch.runtime.storage import with_driver
 
 WAIT_LOG_SECONDS = 30
 LEASE_SECONDS = 30

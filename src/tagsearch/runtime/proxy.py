@@ -26,7 +26,8 @@ from tagsearch.log import log, warning
 from tagsearch.errors import UserError
 from tagsearch.runtime import proxy_auth
 from tagsearch.runtime.locks import SERVICE, address
-from tagsearch.runtime.storage import JOURNAL_SCHEMES, PROXY_SCHEMES, masked, open_storage, scheme
+from tagsearch.runtime.location import JOURNAL_SCHEMES, PROXY_SCHEMES, masked, scheme
+from tagsearch.runtime.storage import open_storage
 
 PROXY_THREADS = 32
 MAX_LEASE_SECONDS = 600.0  # longer than any lease tagsearch asks for; an endless one would freeze every worker

@@ -39,7 +39,7 @@ from tagsearch.errors import UserError
 from tagsearch.log import log, warning
 from tagsearch.runtime.children import spawn
 from tagsearch.runtime.outages import OUTAGE_MARK
-from tagsearch.runtime.storage import local_path, masked, scheme
+from tagsearch.runtime.location import local_path, masked, scheme
 
 POLL_SECONDS = 1.0
 KILL_AFTER_SECONDS = 30

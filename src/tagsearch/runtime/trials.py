@@ -37,7 +37,7 @@ from tagsearch.runtime.locks import BudgetLock
 from tagsearch.runtime.outages import Outages
 from tagsearch.runtime.progress import progress
 from tagsearch.runtime.retries import repeatable, requeue, requeue_interrupted
-from tagsearch.runtime.storage import outages_of
+from tagsearch.runtime.worker_storage import outages_of
 
 POLL_SECONDS = 1.0
 MAX_CONSECUTIVE_FAILURES = 8
@@ -60,7 +60,9 @@ def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], 
     the limit on the study's storage (``storage.outages_of``) ends the loop with its
     ``StorageOutage``. Returns 0, or 1 when this worker's trials keep failing."""
     interrupts = interrupts or Interrupts()
-    outages = outages_of(_optuna.study_storage(study)) or Outages()
+    storage = _optuna.study_storage(study)  # read once: the loop passes it down with each trial's id
+    watch = heartbeat.StaleTrials(study, storage)
+    outages = outages_of(storage) or Outages()
     timeout_at = None if timeout is None else time.monotonic() + timeout
     guard = FailureGuard(MAX_CONSECUTIVE_FAILURES)
     lock = BudgetLock(url, study.study_name, outages)
@@ -81,7 +83,7 @@ def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], 
                 if deadlines.passed(study_deadline):
                     log(f"stopping: the study's deadline has come ({deadlines.when(study_deadline)})")
                     return 0
-                if not has_budget(study, target):
+                if not has_budget(study, target, watch):
                     if progress(study).finished >= target or not wait_for_running:
                         return 0
                     lock.release()
@@ -89,7 +91,7 @@ def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], 
                     continue
                 if interrupts.stop_requested:  # the signal came while this worker waited for the lock
                     raise KeyboardInterrupt
-                trial, beat = start_trial(study, lock, target)
+                trial, beat = start_trial(study, lock, target, storage)
             finally:
                 lock.release()
             if trial is None:
@@ -112,14 +114,14 @@ def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], 
     return 1
 
 
-def start_trial(study: optuna.Study, lock: BudgetLock, target: int):
-    """Under ``lock``: a new (or queued) trial with its first heartbeat, once the lock is confirmed
-    unbroken; (None, None) when the lock lapsed and the budget turned out full (the trial is failed
-    with ``BACKED_OFF`` and, if it has parameters, queued again)."""
+def start_trial(study: optuna.Study, lock: BudgetLock, target: int, storage: optuna.storages.BaseStorage):
+    """Under ``lock``: a new (or queued) trial (an ``Asked``) with its first heartbeat, once the lock
+    is confirmed unbroken; (None, None) when the lock lapsed and the budget turned out full (the
+    trial is failed with ``BACKED_OFF`` and, if it has parameters, queued again)."""
     with warnings.catch_warnings():  # Optuna warns that its heartbeats are meant for optimize: ours beat here
         warnings.filterwarnings("ignore", message="Heartbeat of storage")
-        trial = study.ask()
-    beat = heartbeat.TrialHeartbeat(study, _optuna.trial_id(trial)).start()
+        trial = Asked(study.ask(), storage)
+    beat = heartbeat.TrialHeartbeat(storage, trial.id).start()
     if lock.confirm():
         return trial, beat
     log(f"trial {trial.number}: the budget lock lapsed while it was created; counting the budget again")
@@ -128,56 +130,56 @@ def start_trial(study: optuna.Study, lock: BudgetLock, target: int):
     if len(study.get_trials(deepcopy=False, states=COUNTED)) <= target:
         return trial, beat
     beat.stop()
-    frozen = _optuna.study_storage(study).get_trial(_optuna.trial_id(trial))
-    again = repeatable(frozen)
+    again = repeatable(trial.stored())
     reason = BACKED_OFF + ("; queued again with the same parameters" if again else "; nothing to repeat")
     if tell_failed(study, trial, reason) and again:
-        requeue(study, _optuna.study_storage(study).get_trial(_optuna.trial_id(trial)), lost=False)
+        requeue(study, trial.stored(), lost=False)
     log(f"trial {trial.number} {reason}")
     return None, None
 
 
-def run_trial(study: optuna.Study, trial: optuna.Trial, objective, interrupts: Interrupts) -> optuna.trial.FrozenTrial:
+def run_trial(study: optuna.Study, trial: Asked, objective, interrupts: Interrupts) -> optuna.trial.FrozenTrial:
     """``objective(trial)`` and its outcome told; every FAIL gets a ``fail_reason``. A trial another
     worker finished meanwhile (failed it as lost) is left as it is, and said so."""
     try:
-        value = interrupts.run(objective, trial)
+        value = interrupts.run(objective, trial.trial)
     except optuna.TrialPruned:
         return tell(study, trial, state=State.PRUNED)
     except KeyboardInterrupt:  # said true: queued again (requeue_interrupted) only with something to repeat
-        again = repeatable(_optuna.study_storage(study).get_trial(_optuna.trial_id(trial)))
+        again = repeatable(trial.stored())
         tell_failed(study, trial, INTERRUPTED + ("; queued again with the same parameters" if again else
                                                  " before it had any parameter; not queued again (nothing to repeat)"),
                     replace=True)
         raise
     except Exception as exc:
         tell_failed(study, trial, f"{type(exc).__name__}: {exc}"[:1000])
-        return _optuna.study_storage(study).get_trial(_optuna.trial_id(trial))
+        return trial.stored()
     if not isinstance(value, (int, float)) or not math.isfinite(value):
         tell_failed(study, trial, f"the objective returned {value!r}, not a finite number")
-        return _optuna.study_storage(study).get_trial(_optuna.trial_id(trial))
+        return trial.stored()
     return tell(study, trial, value=value)
 
 
-def tell_failed(study: optuna.Study, trial: optuna.Trial, reason: str, replace: bool = False) -> bool:
+def tell_failed(study: optuna.Study, trial: Asked, reason: str, replace: bool = False) -> bool:
     """FAIL ``trial`` with ``reason`` unless it has one (the objective's own; ``replace``: ours wins)
     or is finished already."""
     try:
-        frozen = _optuna.study_storage(study).get_trial(_optuna.trial_id(trial))
+        frozen = trial.stored()
         if frozen.state == State.RUNNING and (replace or "fail_reason" not in frozen.user_attrs):
-            trial.set_user_attr("fail_reason", reason)
+            trial.trial.set_user_attr("fail_reason", reason)
     except optuna.exceptions.UpdateFinishedTrialError:
         pass
     return tell(study, trial, state=State.FAIL).state == State.FAIL
 
 
-def tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None,
+def tell(study: optuna.Study, trial: Asked, value: float | None = None,
          state: State | None = None) -> optuna.trial.FrozenTrial:
+    """Tell ``trial``'s outcome; returns it as stored (another worker may have finished it first)."""
     try:
-        study.tell(trial, value, state=state, skip_if_finished=True)
+        study.tell(trial.trial, value, state=state, skip_if_finished=True)
     except optuna.exceptions.UpdateFinishedTrialError:
         pass  # finished by another worker between tell's check and its write
-    frozen = _optuna.study_storage(study).get_trial(_optuna.trial_id(trial))
+    frozen = trial.stored()
     told = state or State.COMPLETE
     if frozen.state != told:
         log(f"trial {trial.number} was finished elsewhere while it ran ({frozen.state.name}: "
@@ -185,10 +187,26 @@ def tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None,
     return frozen
 
 
-def has_budget(study: optuna.Study, target: int) -> bool:
-    """Fail stale trials of dead workers (and queue each again once), then: may one more trial start?"""
-    heartbeat.fail_stale_trials(study)
+def has_budget(study: optuna.Study, target: int, watch: heartbeat.StaleTrials) -> bool:
+    """Fail stale trials of dead workers (``watch``; each queued again once), then: may one more trial start?"""
+    watch.fail()
     return len(study.get_trials(deepcopy=False, states=COUNTED)) < target
+
+
+class Asked:
+    """A trial this worker asked for, with what telling it needs: its storage id, read once, and the
+    study's storage to read it back from."""
+
+    def __init__(self, trial: optuna.Trial, storage: optuna.storages.BaseStorage):
+        self.trial, self.id, self.storage = trial, _optuna.trial_id(trial), storage
+
+    @property
+    def number(self) -> int:
+        return self.trial.number
+
+    def stored(self) -> optuna.trial.FrozenTrial:
+        """The trial as the storage holds it now."""
+        return self.storage.get_trial(self.id)
 
 
 class FailureGuard:

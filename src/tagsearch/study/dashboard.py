@@ -15,7 +15,8 @@ from tagsearch.errors import UserError
 from tagsearch.log import log, warning
 from tagsearch.study.spec import DEFAULT_STORAGE, load_spec
 from tagsearch.runtime.proxy import is_loopback
-from tagsearch.runtime.storage import artifact_dir, artifact_store, masked, open_storage
+from tagsearch.runtime.location import artifact_dir, artifact_store, masked
+from tagsearch.runtime.storage import open_storage
 
 
 def serve(spec: str | Path | None = None, *, storage: str | None = None, host: str = "127.0.0.1",

@@ -19,7 +19,8 @@ from tagsearch.data.corpus import Corpus
 from tagsearch.errors import UserError
 from tagsearch.study.spec import ACTIVE_WHEN, PARAMS, Spec, is_active
 from tagsearch.runtime.progress import Progress, progress  # noqa: F401  (search.progress, as before)
-from tagsearch.runtime.storage import masked, open_storage, storage_dir
+from tagsearch.runtime.location import Location
+from tagsearch.runtime.storage import open_storage
 
 DESCRIBE_WAIT_SECONDS = 10
 
@@ -42,36 +43,35 @@ def build_sampler(spec: Spec, seed_offset: int = 0) -> optuna.samplers.BaseSampl
     """TPE (constant liar, so parallel workers spread out) or random; ``seed_offset`` keeps workers
     that share a spec seed from drawing identical random startup trials."""
     cfg = spec.sampler
-    seed = None if cfg.get("seed") is None else cfg["seed"] + seed_offset
-    if cfg.get("kind", "tpe") == "random":
+    seed = None if cfg.seed is None else cfg.seed + seed_offset
+    if cfg.kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     with experimental_features():
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.get("n_startup_trials", 10),
-                                          multivariate=cfg.get("multivariate", False), group=cfg.get("group", False),
-                                          constant_liar=True)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.n_startup_trials,
+                                          multivariate=cfg.multivariate, group=cfg.group, constant_liar=True)
 
 
 def build_pruner(spec: Spec) -> optuna.pruners.BasePruner:
     """median | halving | hyperband | none, wrapped in PatientPruner when ``patience`` > 0, and
     (but Hyperband) in ``FidelityPruner``: trials compared only with trials of the same fidelity."""
-    cfg, kind = spec.pruner, spec.pruner.get("kind", "median")
+    cfg = spec.pruner
+    min_resource, reduction_factor = cfg.resources()
     try:
-        if kind == "median":
+        if cfg.kind == "median":
             # Steps are 1-based epochs: n_warmup_steps = 1 means epoch 1 always runs, epoch 2 may be pruned.
-            pruner = optuna.pruners.MedianPruner(n_startup_trials=cfg.get("n_startup_trials", 5),
-                                                 n_warmup_steps=cfg.get("n_warmup_steps", 0) + 1)
-        elif kind == "halving":
-            pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=cfg.get("min_resource", "auto"),
-                                                            reduction_factor=cfg.get("reduction_factor", 4))
-        elif kind == "hyperband":
-            pruner = optuna.pruners.HyperbandPruner(min_resource=cfg.get("min_resource", 1),
-                                                    max_resource=spec.max_epochs,
-                                                    reduction_factor=cfg.get("reduction_factor", 3))
+            pruner = optuna.pruners.MedianPruner(n_startup_trials=cfg.n_startup_trials,
+                                                 n_warmup_steps=cfg.n_warmup_steps + 1)
+        elif cfg.kind == "halving":
+            pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource,
+                                                            reduction_factor=reduction_factor)
+        elif cfg.kind == "hyperband":
+            pruner = optuna.pruners.HyperbandPruner(min_resource=min_resource, max_resource=spec.max_epochs,
+                                                    reduction_factor=reduction_factor)
         else:
             pruner = None
-        if cfg.get("patience", 0) > 0:
+        if cfg.patience > 0:
             with experimental_features():
-                pruner = optuna.pruners.PatientPruner(pruner, patience=cfg["patience"], min_delta=cfg.get("min_delta", 0.0))
+                pruner = optuna.pruners.PatientPruner(pruner, patience=cfg.patience, min_delta=cfg.min_delta)
     except ValueError as exc:
         raise UserError(f"{spec.path} [pruner]: {exc}") from None
     if pruner is None:
@@ -169,17 +169,17 @@ def suggest(trial: optuna.Trial, spec: Spec) -> dict:
 # Where encodings persist
 
 
-def embedding_dir(storage_url: str) -> str:
+def embedding_dir(storage: str | Location) -> str:
     """Where encoders' embeddings of a corpus persist on this host, shared by its workers: beside a
     local storage file (``storage/x.db`` → ``storage/embeddings``), else ``storage/embeddings``."""
-    return str(storage_dir(storage_url) / "embeddings")
+    return str(Location.of(storage).embeddings)
 
 
 # ---------------------------------------------------------------------------------------------
 # Studies
 
 
-def open_study(spec: Spec, corpus: Corpus, storage_url: str | None = None, study_name: str | None = None,
+def open_study(spec: Spec, corpus: Corpus, storage_url: str | Location | None = None, study_name: str | None = None,
                seed_offset: int = 0, storage=None) -> optuna.Study:
     """Create the study (recording the data, queueing the defaults as trial 0) or join it (refusing
     other data). Safe when several workers start at once: exactly one of them creates it.
@@ -241,12 +241,12 @@ def check_fingerprint(study: optuna.Study, corpus: Corpus) -> None:
                     f"file, --top-k and split settings, or a new --study-name")
 
 
-def load_study(spec: Spec, storage_url: str | None = None, study_name: str | None = None) -> optuna.Study:
+def load_study(spec: Spec, storage_url: str | Location | None = None, study_name: str | None = None) -> optuna.Study:
     """An existing study (UserError listing the studies present when it is missing)."""
-    url, name = storage_url or spec.storage, study_name or spec.name
-    storage = open_storage(url, create=False)
+    where, name = Location.of(storage_url or spec.storage), study_name or spec.name
+    storage = open_storage(where, create=False)
     names = optuna.get_all_study_names(storage)
     if name not in names:
-        raise UserError(f"no study {name!r} in {masked(url)}; expected one of: {', '.join(sorted(names)) or '(none)'}")
+        raise UserError(f"no study {name!r} in {where.masked}; expected one of: {', '.join(sorted(names)) or '(none)'}")
     return optuna.load_study(study_name=name, storage=storage, sampler=build_sampler(spec), pruner=build_pruner(spec))
 

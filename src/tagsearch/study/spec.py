@@ -16,6 +16,7 @@ Every error is a ``UserError`` naming the file, the key, the bad value and what 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from tagsearch.data.builtin import BUILTIN_DATA, BUILTIN_PATH
 from tagsearch.data.corpus import DataConfig
 from tagsearch.errors import UserError
 from tagsearch.learn.metrics import DIRECTIONS
+from tagsearch.study.config import PRUNERS, SAMPLERS, PrunerConfig, SamplerConfig, TrainingConfig, check_time  # noqa: F401  (SAMPLERS, PRUNERS: spec.X as before)
+from tagsearch.study.specfile import spec_toml
 
 MODELS = ("dense", "tfidf", "encoder", "encoder_tfidf", "finetune")
 TFIDF_MODELS = ("tfidf", "encoder_tfidf")  # models whose features include TF-IDF
@@ -126,8 +129,6 @@ SECTIONS = {
     "defaults": {name: p.type for name, p in PARAMS.items()},
     "search": dict,
 }
-SAMPLERS = ("tpe", "random")
-PRUNERS = ("median", "halving", "hyperband", "none")
 SEARCH_KEYS = {"low", "high", "log", "step", "choices"}
 
 
@@ -179,9 +180,14 @@ def parse_overrides(items: list[str] | None) -> dict:
     return overrides
 
 
-@dataclass
+STUDY_KEYS = ("name", "storage", "metric", "direction", "n_trials", "timeout", "time_budget")
+CONFIGS = {"sampler": SamplerConfig, "pruner": PrunerConfig, "training": TrainingConfig}
+
+
+@dataclass(frozen=True)
 class Spec:
-    """A parsed, validated study spec."""
+    """A parsed, validated study spec: a value. ``table`` is the TOML it was read from (what
+    ``to_toml`` writes back, key for key); ``replace`` gives the spec of that table changed."""
 
     path: str
     name: str
@@ -190,22 +196,21 @@ class Spec:
     n_trials: int = 20
     timeout: float | None = None  # seconds per worker
     time_budget: float | None = None  # seconds for the study as a whole (its deadline: runtime/deadline.py)
-    sampler: dict = field(default_factory=dict)
-    pruner: dict = field(default_factory=dict)
-    data: dict = field(default_factory=dict)
-    training: dict = field(default_factory=dict)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    pruner: PrunerConfig = field(default_factory=PrunerConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(BUILTIN_DATA, allow_pickle=False))
+    training: TrainingConfig = field(default_factory=TrainingConfig)
     defaults: dict = field(default_factory=dict)
     search: dict = field(default_factory=dict)
     early: list[dict] = field(default_factory=list)  # [defaults.KIND]: complete parameters, queued after trial 0
-    early_keys: dict[str, tuple[str, ...]] = field(default_factory=dict)  # the keys each [defaults.KIND] sets
-
+    table: dict = field(default_factory=dict, compare=False, repr=False)
 
     def kind_defaults(self, kind: str) -> dict:
         """What ``[defaults.KIND]`` sets for ``kind`` (empty without one): every trial of the kind
         starts from these values, so a setting the spec does not search (a finetune trial's 128
         tokens, an encoder kind's model) is the kind's own, not trial 0's."""
         early = next((p for p in self.early if p["model"] == kind), {})
-        return {k: early[k] for k in self.early_keys.get(kind, ())}
+        return {k: early[k] for k in self.table.get("defaults", {}).get(kind, {}) if k in early}
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -218,11 +223,11 @@ class Spec:
 
     @property
     def refit(self) -> bool:
-        return self.training.get("refit", False)
+        return self.training.refit
 
     @property
     def folds(self) -> int | str:
-        return self.training.get("folds", "auto")
+        return self.training.folds
 
     @property
     def model(self) -> str:
@@ -230,28 +235,62 @@ class Spec:
 
     @property
     def max_epochs(self) -> int:
-        return self.training.get("max_epochs", 10)
+        return self.training.max_epochs
 
     @property
     def patience(self) -> int:
-        return self.training.get("patience", 2)
+        return self.training.patience
 
     @property
     def device(self) -> str:
-        return self.training.get("device", "auto")
+        return self.training.device
 
     def data_config(self, path: str | None = None) -> DataConfig:
         """The spec's ``[data]``, with ``path`` (named by the user) instead of its path if given. A
         pickle is read only from a path the user named, not from one the spec names."""
-        settings = dict(self.data)
-        settings["path"] = path or settings.get("path", BUILTIN_DATA)
-        if settings["path"] == BUILTIN_DATA:
-            settings["path"] = BUILTIN_PATH
-        settings["text_columns"] = tuple(settings.get("text_columns", ()))
-        return DataConfig(**settings, allow_pickle=bool(path))
+        chosen = path or self.data.path
+        return dataclasses.replace(self.data, path=BUILTIN_PATH if chosen == BUILTIN_DATA else chosen,
+                                   allow_pickle=bool(path))
 
     def params(self, overrides: dict | None = None) -> dict:
         return {**self.defaults, **(overrides or {})}
+
+    def replace(self, **changes) -> Spec:
+        """The spec of this one's table changed, checked as a file would be: ``path``; a ``[study]``
+        key (``name``, ``storage``, ``metric``, ``n_trials``, ``time_budget``; None removes
+        ``timeout`` or ``direction``); ``sampler``/``pruner``/``data``/``training`` as a config (the
+        whole section) or a dict (those keys set); ``defaults`` or ``search`` as a whole table."""
+        table = {section: dict(value) for section, value in self.table.items()}
+        where = str(changes.pop("path", self.path))
+        for key, value in changes.items():
+            if key in STUDY_KEYS:
+                study = table.setdefault("study", {})
+                if value is None:
+                    study.pop(key, None)
+                else:
+                    study[key] = value
+            elif key in (*CONFIGS, "data"):
+                if isinstance(value, dict):
+                    table.setdefault(key, {}).update(value)
+                else:
+                    table[key] = _data_table(value) if key == "data" else value.to_table()
+            elif key in ("defaults", "search"):
+                table[key] = dict(value)
+            else:
+                raise TypeError(f"Spec.replace: unknown field {key!r}")
+        return parse_spec(table, where)
+
+    def to_toml(self, comment: str = "") -> str:
+        """The spec as a TOML file's text (its table as read, with what ``replace`` changed), under
+        ``comment`` as ``#`` lines."""
+        return spec_toml(self.table, comment)
+
+
+def _data_table(config: DataConfig) -> dict:
+    """A ``DataConfig`` as a ``[data]`` table."""
+    table = {k: v for k, v in dataclasses.asdict(config).items() if v is not None and k != "allow_pickle"}
+    table["text_columns"] = list(config.text_columns)
+    return table
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -299,16 +338,35 @@ def parse_spec(raw: dict, where: str = "spec") -> Spec:
     if study.get("direction", DIRECTIONS[metric]) != DIRECTIONS[metric]:
         raise UserError(f"{where} [study]: direction={study['direction']!r} contradicts metric={metric!r}, which "
                         f"is {DIRECTIONS[metric]}d; expected no direction (it is inferred from the metric)")
-    spec = Spec(path=where, name=study["name"], storage=study.get("storage", DEFAULT_STORAGE),
-                metric=metric, n_trials=study.get("n_trials", 20),
-                timeout=study.get("timeout"), time_budget=study.get("time_budget"), sampler=raw.get("sampler", {}),
-                pruner=raw.get("pruner", {}),
-                data=raw.get("data", {}), training=raw.get("training", {}), defaults=defaults,
-                search={k: _check_search(k, v, _models(raw, defaults), f"{where} [search.{k}]")
-                        for k, v in raw.get("search", {}).items()}, early=early,
-                early_keys={k: tuple(v) for k, v in raw.get("defaults", {}).items() if isinstance(v, dict)})
-    _check_choices(spec, where)
-    return spec
+    models = _models(raw, defaults)
+    n_trials = study.get("n_trials", 20)
+    if n_trials < 1:
+        raise UserError(f"{where} [study]: n_trials={n_trials!r} is out of range; expected an integer >= 1")
+    for key, whole in (("timeout", False), ("time_budget", True)):
+        _in_section(where, "study", check_time, key, study.get(key), whole)
+    return Spec(path=where, name=study["name"], storage=study.get("storage", DEFAULT_STORAGE), metric=metric,
+                n_trials=n_trials, timeout=study.get("timeout"), time_budget=study.get("time_budget"),
+                sampler=_in_section(where, "sampler", SamplerConfig.from_table, raw.get("sampler", {})),
+                pruner=_in_section(where, "pruner", PrunerConfig.from_table, raw.get("pruner", {})),
+                data=_in_section(where, "data", _data_of, raw.get("data", {})),
+                training=_in_section(where, "training", TrainingConfig.from_table, raw.get("training", {})),
+                defaults=defaults, early=early,
+                search={k: _check_search(k, v, models, f"{where} [search.{k}]") for k, v in raw.get("search", {}).items()},
+                table=raw)
+
+
+def _in_section(where: str, section: str, build, *args):
+    """``build(*args)``, its UserError prefixed with the file and the section."""
+    try:
+        return build(*args)
+    except UserError as exc:
+        raise UserError(f"{where} [{section}]: {exc}") from None
+
+
+def _data_of(table: dict) -> DataConfig:
+    """A spec's ``[data]`` (its path "builtin" when it names none; a pickle it names is not read)."""
+    return DataConfig(**{**table, "path": table.get("path", BUILTIN_DATA),
+                         "text_columns": tuple(table.get("text_columns", ()))}, allow_pickle=False)
 
 
 def _early_defaults(table: dict, models: tuple[str, ...], where: str) -> list[dict]:
@@ -344,37 +402,6 @@ def _check_keys(table: dict, schema: dict, where: str) -> None:
             isinstance(value, kind) and not (kind is int and isinstance(value, bool))
         if not ok:
             raise UserError(f"{where}: {key}={value!r} has the wrong type; expected {kind.__name__}")
-
-
-def _check_choices(spec: Spec, where: str) -> None:
-    checks = [
-        ("sampler", "kind", spec.sampler.get("kind", "tpe"), SAMPLERS),
-        ("pruner", "kind", spec.pruner.get("kind", "median"), PRUNERS),
-    ]
-    for section, key, value, allowed in checks:
-        if value not in allowed:
-            raise UserError(f"{where} [{section}]: {key}={value!r}; expected one of {', '.join(allowed)}")
-    positive = [("study", "n_trials", spec.n_trials), ("training", "max_epochs", spec.max_epochs),
-                ("training", "patience", spec.patience)]
-    for section, key, value in positive:
-        if value < 1:
-            raise UserError(f"{where} [{section}]: {key}={value!r} is out of range; expected an integer >= 1")
-    if spec.sampler.get("group") and not spec.sampler.get("multivariate"):
-        raise UserError(f"{where} [sampler]: group = true needs multivariate = true (TPE groups the parameters "
-                        f"of its multivariate model); expected both, or neither")
-    folds = spec.folds
-    if folds != "auto" and (not isinstance(folds, int) or isinstance(folds, bool) or folds < 1):
-        raise UserError(f"{where} [training]: folds={folds!r}; expected \"auto\" or an integer >= 1 (1 = the "
-                        f"validation split alone, k > 1 = k-fold cross-validation over training + validation)")
-    if spec.timeout is not None and spec.timeout <= 0:
-        raise UserError(f"{where} [study]: timeout={spec.timeout!r} is out of range; expected seconds > 0")
-    if spec.time_budget is not None and not 0 < spec.time_budget < math.inf:
-        raise UserError(f"{where} [study]: time_budget={spec.time_budget!r} is out of range; expected a finite "
-                        f"number of seconds > 0 (the whole study's time)")
-    try:
-        spec.data_config()
-    except UserError as exc:
-        raise UserError(f"{where} [data]: {exc}") from None
 
 
 def _models(raw: dict, defaults: dict) -> tuple[str, ...]:

@@ -28,13 +28,15 @@ from tagsearch.runtime import ray_launch
 from tagsearch.runtime.interrupts import Interrupts
 from tagsearch.runtime.locks import BudgetLock
 from tagsearch.runtime.progress import progress, summary
-from tagsearch.runtime.storage import has_secret, local_path, masked, open_storage, outages_of, secret_env
+from tagsearch.runtime.location import Location
+from tagsearch.runtime.storage import open_storage
+from tagsearch.runtime.worker_storage import outages_of
 from tagsearch.runtime.trials import run_trials
 from tagsearch.study import memory, search
-from tagsearch.study.spec import load_spec
+from tagsearch.study.spec import Spec, load_spec
 
 
-def run_worker(spec: str, *, data: DataOptions | None = None, storage: str | None = None,
+def run_worker(spec: Spec | str, *, data: DataOptions | None = None, storage: str | None = None,
                study_name: str | None = None, n_trials: int | None = None, timeout: float | None = None,
                device: str | None = None, threads: int | None = None, time_budget: float | None = None,
                memory_limit: int | None = None) -> int:
@@ -43,8 +45,9 @@ def run_worker(spec: str, *, data: DataOptions | None = None, storage: str | Non
     it has one. ``memory_limit``: bytes this worker may hold (default ``memory.worker_share(1)``):
     trials that would not fit are pruned before they allocate."""
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # while loading: SIGTERM acts like Ctrl-C
-    spec = load_spec(spec)
-    url, target = storage or spec.storage, n_trials or spec.n_trials
+    spec = as_spec(spec)
+    where, target = Location.of(storage or spec.storage), n_trials or spec.n_trials
+    url = where.url
     search.check_space(spec)  # cheap checks first, then the data
     from tagsearch.learn import encoder  # here: launch must not load torch
     from tagsearch.study.objective import Objective, describe_device
@@ -52,18 +55,18 @@ def run_worker(spec: str, *, data: DataOptions | None = None, storage: str | Non
     encoder.USE_ALL_CORES = False  # the host's other workers go on searching while this one encodes
 
     device_name = describe_device(device or spec.device)
-    store = open_early(url)
+    store = open_early(where)
     if threads:
         import torch
 
         torch.set_num_threads(threads)
     corpus = load_corpus(resolve_data(spec, data))
     study = open_study(spec, corpus, url, study_name, seed_offset=runtime_launch.worker_index(), storage=store)
-    objective = Objective(spec, corpus, device=device, storage=url,
+    objective = Objective(spec, corpus, device=device, storage=where,
                           memory_limit=memory_limit or memory.worker_share(1))
     interrupts = Interrupts().install()
     log(f"data: {corpus.source}: {corpus.summary()}")
-    log(f"worker {os.getpid()} on study {study.study_name!r} ({masked(url)}), device {device_name}, data fingerprint "
+    log(f"worker {os.getpid()} on study {study.study_name!r} ({where.masked}), device {device_name}, data fingerprint "
         f"{corpus.fingerprint}: {summary(progress(study), target).split(' (')[0]}")
     code = run_trials(study, objective, target, timeout or spec.timeout, url=url, interrupts=interrupts,
                       time_budget=time_budget or spec.time_budget)
@@ -72,7 +75,7 @@ def run_worker(spec: str, *, data: DataOptions | None = None, storage: str | Non
     return code
 
 
-def launch(spec: str, *, data: DataOptions | None = None, storage: str | None = None,
+def launch(spec: Spec | str, *, data: DataOptions | None = None, storage: str | None = None,
            study_name: str | None = None, workers: int = 1, devices: str = "cpu", n_trials: int | None = None,
            timeout: float | None = None, ray: str | None = None, gpus_per_worker: float | None = None,
            cpus_per_worker: float = 1.0, time_budget: float | None = None, new_session: bool = False,
@@ -86,15 +89,16 @@ def launch(spec: str, *, data: DataOptions | None = None, storage: str | None = 
     (``deadline.renew``), and the first Ctrl-C stops the search (``deadline.stop_now``: running
     trials end at their next epoch and count) instead of interrupting the workers; a second one does.
     ``memory_limit``: each worker's ``--memory`` (default: ``memory.worker_share(workers)``)."""
-    spec_path, data = spec, data or DataOptions()
+    spec, data = as_spec(spec), data or DataOptions()
+    spec_path = spec.path  # what the workers read: the file the spec came from
     memory_limit = memory_limit or memory.worker_share(workers)
-    spec = load_spec(spec_path)
     search.check_space(spec)
-    url, target = storage or spec.storage, n_trials or spec.n_trials
+    where, target = Location.of(storage or spec.storage), n_trials or spec.n_trials
+    url = where.url
     # a Ray cluster is checked (reachable, storage reachable from its nodes) before any data is read
     placement = ray_launch.prepare(ray, url, gpus_per_worker, cpus_per_worker) if ray else None
     device_ids = None if placement else parse_devices(devices)
-    store = open_early(url)
+    store = open_early(where)
     config = resolve_data(spec, data)
     corpus = load_corpus(config)
     study = open_study(spec, corpus, url, study_name, storage=store)  # trial 0 before any child
@@ -113,7 +117,7 @@ def launch(spec: str, *, data: DataOptions | None = None, storage: str | None = 
         # a URL with a password reaches the workers through their environment (STORAGE_ENV), never
         # their argv, which every user of the machine can read (ps, /proc/*/cmdline)
         line = [sys.executable, "-m", "tagsearch.cli", "worker", str(spec_path), "--data", str(config.path),
-                *([] if has_secret(url) else ["--storage", url]), "--study-name", study.study_name,
+                *([] if where.has_secret else ["--storage", url]), "--study-name", study.study_name,
                 "--n-trials", str(target), "--device", "cpu" if device == "cpu" else "cuda", "--threads", str(threads),
                 "--memory", str(memory_limit)]
         for column in data.text_columns:
@@ -126,7 +130,7 @@ def launch(spec: str, *, data: DataOptions | None = None, storage: str | None = 
             line += ["--timeout", str(timeout)]
         return line
 
-    with environment(secret_env(url)):  # the workers inherit it (Ray forwards TAGSEARCH_* variables)
+    with environment(where.secret_env()):  # the workers inherit it (Ray forwards TAGSEARCH_* variables)
         return start_workers(url, study, target, workers, device_ids, command, placement, new_session)
 
 
@@ -147,6 +151,11 @@ def start_workers(url, study, target, workers, device_ids, command, placement, n
 
     return runtime_launch.launch(url, study.study_name, target, workers, device_ids, command,
                                  soft_stop=stop_search if new_session else None)
+
+
+def as_spec(spec: Spec | str) -> Spec:
+    """``spec``, read from its file when it is a path (a caller in this process passes the value)."""
+    return spec if isinstance(spec, Spec) else load_spec(spec)
 
 
 @contextlib.contextmanager
@@ -179,12 +188,12 @@ def open_study(spec, corpus, url: str, study_name: str | None, **kwargs) -> optu
         lock.close()
 
 
-def open_early(url: str):
+def open_early(where: Location | str):
     """A server storage, opened before the data is loaded (an unreachable one fails fast); None for
     a local file that does not exist yet, so a refused input never leaves an empty storage behind
     (``open_study`` creates it once the data is good)."""
-    path = local_path(url)
-    return open_storage(url, retry=True) if path is None or path.exists() else None
+    where = Location.of(where)
+    return open_storage(where, retry=True) if where.file is None or where.file.exists() else None
 
 
 def parse_devices(text: str) -> list[str]:
