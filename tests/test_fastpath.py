@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from tagsearch.learn import features
 from tagsearch.learn import models
+from tagsearch.learn import optimizers
 from tagsearch.learn import train
 
 
@@ -237,7 +238,7 @@ def test_lazy_adam_equals_sparse_adam(steps, n_touched, in_place, monkeypatch):
     """cpu-kernel: the compiled in-place loop; gathered: the path CUDA takes (scratch buffers and
     torch's fused Adam), forced here on the CPU. None: 2 to 8 rows a step, so the scratch buffers
     are reused and grown."""
-    monkeypatch.setattr(train, "in_place_kernel", lambda param: in_place)
+    monkeypatch.setattr(optimizers, "in_place_kernel", lambda param: in_place)
     torch.manual_seed(0)
     start = torch.randn(10, 4)
     ours, reference = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
@@ -263,7 +264,7 @@ def test_lazy_adam_equals_sparse_adam(steps, n_touched, in_place, monkeypatch):
 def test_lazy_sgd_equals_torch_sgd_on_the_rows_each_step_touches(in_place, monkeypatch):
     """Rows touched every step move exactly as under torch's SGD (momentum, weight decay); rows
     never touched do not move, although torch's dense weight decay would shrink them."""
-    monkeypatch.setattr(train, "in_place_kernel", lambda param: in_place)
+    monkeypatch.setattr(optimizers, "in_place_kernel", lambda param: in_place)
     torch.manual_seed(0)
     start = torch.randn(10, 4)
     ours, reference = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
@@ -324,7 +325,7 @@ def test_sparse_linear_loads_weights_saved_in_nn_linear_layout():
 def test_lazy_adam_turns_a_nan_gradient_into_nan_rows_without_raising(in_place, monkeypatch):
     """A diverged step must reach the training loop's NaN-loss check, not raise inside the kernel
     (numba's default Python error model raised ZeroDivisionError here)."""
-    monkeypatch.setattr(train, "in_place_kernel", lambda param: in_place)
+    monkeypatch.setattr(optimizers, "in_place_kernel", lambda param: in_place)
     table = torch.nn.Parameter(torch.zeros(6, 3))
     table.grad = torch.sparse_coo_tensor(torch.tensor([[1, 4]]), torch.tensor([[float("nan")] * 3, [1.0] * 3]),
                                          (6, 3), is_coalesced=True)
