@@ -23,7 +23,8 @@ from tagsearch.runtime.locks import BudgetLock
 from tagsearch.runtime.progress import UNLIMITED
 from tagsearch.runtime.storage import open_storage
 from tagsearch.study import search
-from tagsearch.study.spec import is_active, load_spec, parse_spec
+from tagsearch.study.search import is_active
+from tagsearch.study.spec import load_spec, parse_spec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 State = optuna.trial.TrialState

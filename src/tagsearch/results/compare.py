@@ -28,8 +28,8 @@ from tagsearch.results import folder as results
 from tagsearch.data.corpus import DataConfig, cv_folds, load_corpus, train_and_val
 from tagsearch.errors import UserError
 from tagsearch.log import log
-from tagsearch.study.search import embedding_dir
-from tagsearch.study.spec import DEFAULT_ENCODER, PARAMS, is_active
+from tagsearch.study.search import embedding_dir, is_active
+from tagsearch.study.spec import DEFAULT_ENCODER, PARAMS
 
 RESULTS_ROOT = Path("results")
 BASELINE_TFIDF = {"max_features": 0, "min_df": 2, "ngram_max": 2, "sublinear_tf": True}

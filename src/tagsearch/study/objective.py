@@ -22,9 +22,10 @@ from tagsearch.learn.embedding_cache import Busy
 from tagsearch.learn.features import FeatureCache
 from tagsearch.learn.metrics import val_key
 from tagsearch.runtime import deadline as deadlines
+from tagsearch.runtime.location import Location
 from tagsearch.log import log
 from tagsearch.study import memory, planner
-from tagsearch.study.search import embedding_dir, suggest
+from tagsearch.study.search import suggest
 from tagsearch.study.spec import EMBEDDING_MODELS, Spec
 
 ENCODING_PLAN = "planner:encoding"  # the study attribute recording the encoding's cost and verdict
@@ -41,7 +42,7 @@ class Objective:
     its first epochs may train on a subsample (``plan_fidelity``). (Ctrl-C and SIGTERM are ``runtime.interrupts.Interrupts``'.)"""
 
     def __init__(self, spec: Spec, corpus: Corpus, device: str | None = None, max_epochs: int | None = None,
-                 storage: str | None = None, memory_limit: int | None = None):
+                 storage: str | Location | None = None, memory_limit: int | None = None):
         self.spec, self.corpus = spec, corpus
         self.memory_limit = memory_limit  # bytes this worker may hold (--memory); None: no limit
         self.device = device or spec.device
@@ -49,7 +50,8 @@ class Objective:
         self.device_name = describe_device(self.device)
         self.folds = cv_folds(corpus, spec.folds)
         # this worker's trials share token streams, fitted featurizers and the host's encodings
-        self.features = FeatureCache(embedding_dir(storage or spec.storage), str(train.pick_device(self.device)))
+        embeddings = Location.of(storage or spec.storage).embeddings
+        self.features = FeatureCache(str(embeddings), str(train.pick_device(self.device)))
         # while another worker encodes, this one searches other kinds (a one-kind study waits)
         self.features.encoding_wait = len(spec.models) == 1
         self.epoch_seconds: dict[str, list[float]] = {}  # per kind: this worker's recent full epochs

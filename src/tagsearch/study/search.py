@@ -17,7 +17,7 @@ import optuna
 
 from tagsearch.data.corpus import Corpus
 from tagsearch.errors import UserError
-from tagsearch.study.spec import ACTIVE_WHEN, PARAMS, Spec, is_active
+from tagsearch.study.spec import PARAMS, SEED_DEFAULTS, Spec
 from tagsearch.runtime.progress import Progress, progress  # noqa: F401  (search.progress, as before)
 from tagsearch.runtime.location import Location
 from tagsearch.runtime.storage import open_storage
@@ -114,14 +114,29 @@ class SameFidelity:
         return getattr(self._study, name)
 
 
+# A hyperparameter that only matters when another one has certain values: (parameter, those values).
+ACTIVE_WHEN = {"hidden1": ("hidden_layers", (1, 2)), "dropout": ("hidden_layers", (1, 2)),
+               "hidden2": ("hidden_layers", (2,)), "buckets": ("word_ngrams", (2, 3)),
+               "lr": ("optimizer", ("adamw",)), "sgd_lr": ("optimizer", ("sgd",))}
+
+
+def is_active(name: str, params: dict) -> bool:
+    """Whether hyperparameter ``name`` changes the model given the other ``params`` (its model's,
+    and its parent's value where it has one)."""
+    if params.get("model", SEED_DEFAULTS["model"]) not in PARAMS[name].models:
+        return False
+    if name not in ACTIVE_WHEN:
+        return True
+    parent, values = ACTIVE_WHEN[name]
+    if not is_active(parent, params):  # lr of a finetune trial: no optimizer choice, AdamW
+        return True
+    return params.get(parent, SEED_DEFAULTS[parent]) in values
+
+
+
 def check_space(spec: Spec) -> None:
     """Errors Optuna would only raise mid-trial: log with step, a default outside its choices, an
     encoder model that cannot be found (found only, not loaded: that is for the first trial)."""
-    if set(spec.models) & set(PARAMS["encoder"].models):
-        from tagsearch.learn.encoder import resolve_model
-
-        for encoder in dict.fromkeys(p["encoder"] for p in [spec.defaults, *spec.early]):
-            resolve_model(encoder)
     for defaults, where in [(spec.defaults, "[defaults]"),
                             *((p, f"[defaults.{p['model']}]") for p in spec.early)]:
         for name, space in spec.search.items():
@@ -132,6 +147,11 @@ def check_space(spec: Spec) -> None:
         if space.get("log") and space.get("step") is not None:
             raise UserError(f"{spec.path} [search.{name}]: log=true cannot be combined with step={space['step']!r}; "
                             f"expected one of them")
+    if set(spec.models) & set(PARAMS["encoder"].models):
+        from tagsearch.learn.encoder import resolve_model
+
+        for encoder in dict.fromkeys(p["encoder"] for p in [spec.defaults, *spec.early]):
+            resolve_model(encoder)
 
 
 def queued(params: dict, spec: Spec) -> dict:
@@ -185,8 +205,14 @@ def open_study(spec: Spec, corpus: Corpus, storage_url: str | Location | None = 
     other data). Safe when several workers start at once: exactly one of them creates it.
     ``storage``: the already opened storage of ``storage_url``, if the caller has it."""
     check_space(spec)
-    name = study_name or spec.name
     storage = storage or open_storage(storage_url or spec.storage)
+    return create_or_join(spec, corpus, storage, study_name, seed_offset)
+
+
+def create_or_join(spec: Spec, corpus: Corpus, storage: optuna.storages.BaseStorage, study_name: str | None = None,
+                   seed_offset: int = 0) -> optuna.Study:
+    """``open_study`` on an opened ``storage``, for a caller that checked the space (``check_space``)."""
+    name = study_name or spec.name
     sampler, pruner = build_sampler(spec, seed_offset), build_pruner(spec)
     try:
         study = optuna.create_study(storage=storage, study_name=name, direction=spec.direction,

@@ -98,25 +98,6 @@ SEED_DEFAULTS = {
     "max_steps": 0,
 }
 
-# A hyperparameter that only matters when another one has certain values: (parameter, those values).
-ACTIVE_WHEN = {"hidden1": ("hidden_layers", (1, 2)), "dropout": ("hidden_layers", (1, 2)),
-               "hidden2": ("hidden_layers", (2,)), "buckets": ("word_ngrams", (2, 3)),
-               "lr": ("optimizer", ("adamw",)), "sgd_lr": ("optimizer", ("sgd",))}
-
-
-def is_active(name: str, params: dict) -> bool:
-    """Whether hyperparameter ``name`` changes the model given the other ``params`` (its model's,
-    and its parent's value where it has one)."""
-    if params.get("model", SEED_DEFAULTS["model"]) not in PARAMS[name].models:
-        return False
-    if name not in ACTIVE_WHEN:
-        return True
-    parent, values = ACTIVE_WHEN[name]
-    if not is_active(parent, params):  # lr of a finetune trial: no optimizer choice, AdamW
-        return True
-    return params.get(parent, SEED_DEFAULTS[parent]) in values
-
-
 SECTIONS = {
     "study": {"name": str, "storage": str, "metric": str, "direction": str, "n_trials": int, "timeout": float,
               "time_budget": float},

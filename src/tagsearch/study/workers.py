@@ -173,17 +173,17 @@ def environment(variables: dict):
                 os.environ[name] = value
 
 
-def open_study(spec, corpus, url: str, study_name: str | None, **kwargs) -> optuna.Study:
+def open_study(spec, corpus, url: str, study_name: str | None, seed_offset: int = 0, storage=None) -> optuna.Study:
     """``search.open_study`` under the study's budget lock: of workers starting on a new study at
-    the same moment, one creates it and queues [defaults]; the others find it complete."""
-    name, storage = study_name or spec.name, kwargs.get("storage")
-    if storage is not None and any(s.study_name == name and "fingerprint" in s.user_attrs
-                                   for s in storage.get_all_studies()):
-        return search.open_study(spec, corpus, url, study_name, **kwargs)  # complete: joining changes nothing
-    lock = BudgetLock(url, name, outages_of(storage))
+    the same moment, one creates it and queues [defaults]; the others find it complete. The caller
+    checked the spec's space (``search.check_space``); a storage not opened yet is opened under the lock."""
+    name = study_name or spec.name
+    complete = storage is not None and any(s.study_name == name and "fingerprint" in s.user_attrs
+                                           for s in storage.get_all_studies())
+    lock = BudgetLock(None if complete else url, name, outages_of(storage))  # complete: joining changes nothing
     try:
         lock.acquire()
-        return search.open_study(spec, corpus, url, study_name, **kwargs)
+        return search.create_or_join(spec, corpus, storage or open_storage(url), study_name, seed_offset)
     finally:
         lock.close()
 
