@@ -21,8 +21,9 @@ import torch
 
 from tagsearch.data.corpus import Corpus
 
-# torch flags sparse CSR as beta on every construction; we only use its stable sparse × dense product.
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+# torch flags sparse CSR as beta on every construction (hidden where we build one, ``sparse_rows``);
+# we only use its stable sparse × dense product.
+CSR_BETA = "Sparse CSR tensor support is in beta state"
 # Our sparse tensors are built from validated CSR/COO parts; opting out explicitly (the default
 # anyway) stops torch from warning about it in every worker log.
 torch.sparse.check_sparse_tensor_invariants.disable()
@@ -131,8 +132,10 @@ class CsrBatches:
         for lo in range(0, matrix.shape[0], batch_size):
             hi = min(lo + batch_size, matrix.shape[0])
             first, last = bounds[lo], bounds[hi]
-            rows = torch.sparse_csr_tensor(indptr[lo:hi + 1] - first, indices[first:last], values[first:last],
-                                           size=(hi - lo, n_cols), check_invariants=False)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=CSR_BETA)
+                rows = torch.sparse_csr_tensor(indptr[lo:hi + 1] - first, indices[first:last], values[first:last],
+                                               size=(hi - lo, n_cols), check_invariants=False)
             yield rows, labels[lo:hi]
 
 

@@ -26,6 +26,7 @@ worker that finds its embeddings cached never needs torch for them.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -54,6 +55,18 @@ def key_digest(key: dict) -> str:
 
 class Busy(Exception):
     """Another process is computing this entry now (``get_or_compute(..., wait=False)``)."""
+
+
+@contextlib.contextmanager
+def computing(lock_path: Path, wait: bool, what: str):
+    """Hold ``lock_path``'s exclusive lock while one process computes ``what`` (released on close,
+    or by the kernel if the process dies); ``wait=False``: ``Busy`` at once while another holds it."""
+    with open(lock_path, "a+b") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise Busy(f"another process is computing {what}") from None
+        yield
 
 
 class EmbeddingCache:
@@ -92,11 +105,7 @@ class EmbeddingCache:
             return array
         self.directory.mkdir(parents=True, exist_ok=True)
         array_path, sidecar_path, lock_path = self.paths(key)
-        with open(lock_path, "a+b") as lock:
-            try:  # released on close, or by the kernel if we die
-                fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError:
-                raise Busy(f"another process is computing embedding entry {array_path.stem}") from None
+        with computing(lock_path, wait, f"embedding entry {array_path.stem}"):
             array = self.get(key)
             if array is not None:
                 return array

@@ -28,7 +28,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from tagsearch.learn.embedding_cache import Busy, _write_atomically, check_sidecar, key_digest
+from tagsearch.learn.embedding_cache import _write_atomically, check_sidecar, computing, key_digest
 from tagsearch.log import warning
 
 IN_MEMORY_BYTES = 256 << 20
@@ -87,11 +87,7 @@ class HiddenCache:
             return states
         self.directory.mkdir(parents=True, exist_ok=True)
         rows_path, lengths_path, sidecar_path, lock_path = self.paths(key)
-        with open(lock_path, "a+b") as lock:
-            try:  # released on close, or by the kernel if we die
-                fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError:
-                raise Busy(f"another process is computing hidden-state entry {rows_path.stem}") from None
+        with computing(lock_path, wait, f"hidden-state entry {rows_path.stem}"):
             states = self.get(key)
             if states is not None:
                 return states
