@@ -21,7 +21,6 @@ from torch import nn
 from tagsearch.learn.features import Featurizer, featurizer_from_state
 from tagsearch.data.corpus import clean_texts
 from tagsearch.errors import UserError
-from tagsearch.learn import finetune  # noqa: F401  (registers the finetune kind's featurizer and model)
 from tagsearch.learn.models import build_model
 from tagsearch.learn.train import predict_proba
 from tagsearch.results.atomic import atomic_dir, check_replaceable, is_results_folder, write_manifest  # noqa: F401
