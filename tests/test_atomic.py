@@ -1,8 +1,8 @@
-"""``results.atomic_dir``: replacing a results directory leaves the complete old or the complete new
+"""``atomic.atomic_dir``: replacing a results directory leaves the complete old or the complete new
 directory at every instant, whatever kills the process.
 
 Each kill test forks a child that writes a new directory over an existing one and dies with
-``os._exit`` at one step of the swap (``results._checkpoint``), or in the middle of writing; the
+``os._exit`` at one step of the swap (``atomic._checkpoint``), or in the middle of writing; the
 parent then checks that ``out`` is whole (every file, one version) and that the next run cleans up
 what the dead one left. Both the ``renameat2(RENAME_EXCHANGE)`` path and the symlink fallback run.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tagsearch.results import folder as results
+from tagsearch.results import atomic, folder as results
 
 FILES = ("model.safetensors", "config.json", "metrics.json", "report.md")
 EXCHANGE_STEPS = ("writing", "written", "exchanged", "cleaned")
@@ -39,8 +39,8 @@ def version_of(out: Path) -> str:
 def replace(out: Path, version: str, die_at: str | None = None) -> None:
     """atomic_dir(out) with ``version``'s files, dying at step ``die_at``."""
     if die_at:
-        results._checkpoint = lambda step: os._exit(9) if step == die_at else None
-    with results.atomic_dir(out) as folder:
+        atomic._checkpoint = lambda step: os._exit(9) if step == die_at else None
+    with atomic.atomic_dir(out) as folder:
         write_version(folder, version)
         if die_at == "writing":
             (folder / FILES[0]).write_text("half")
@@ -63,7 +63,7 @@ def exchange_available(tmp_path: Path) -> bool:
     a, b = tmp_path / "probe-a", tmp_path / "probe-b"
     a.mkdir(), b.mkdir()
     try:
-        return results._exchange(a, b)
+        return atomic._exchange(a, b)
     finally:
         a.rmdir(), b.rmdir()
 
@@ -71,7 +71,7 @@ def exchange_available(tmp_path: Path) -> bool:
 @pytest.fixture(params=["exchange", "symlink"])
 def mode(request, monkeypatch, tmp_path):
     if request.param == "symlink":
-        monkeypatch.setenv(results._FORCE_SYMLINK_ENV, "1")
+        monkeypatch.setenv(atomic._FORCE_SYMLINK_ENV, "1")
     elif not exchange_available(tmp_path):
         pytest.skip("renameat2(RENAME_EXCHANGE) is not available here; the symlink fallback is used")
     return request.param
@@ -149,7 +149,7 @@ def test_an_error_while_writing_keeps_the_old_directory_and_no_temp(mode, tmp_pa
     out = tmp_path / "r" / "tfidf"
     replace(out, "old")
     with pytest.raises(KeyboardInterrupt):
-        with results.atomic_dir(out) as folder:
+        with atomic.atomic_dir(out) as folder:
             write_version(folder, "new")
             raise KeyboardInterrupt
     assert version_of(out) == "old"
@@ -159,7 +159,7 @@ def test_an_error_while_writing_keeps_the_old_directory_and_no_temp(mode, tmp_pa
 def test_results_behind_a_symlink_are_listed_by_compare(monkeypatch, tmp_path):
     from tagsearch.results import compare
 
-    monkeypatch.setenv(results._FORCE_SYMLINK_ENV, "1")
+    monkeypatch.setenv(atomic._FORCE_SYMLINK_ENV, "1")
     monkeypatch.chdir(tmp_path)
     out = Path("results") / "tfidf"
     replace(out, "a")

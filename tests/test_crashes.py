@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from tagsearch.results import retrain as retrain_module
-from tagsearch.results import folder as results
+from tagsearch.results import atomic, folder as results
 from tagsearch.study import search
 from tagsearch.study import objective
 from tagsearch.learn import train
@@ -465,7 +465,7 @@ def existing_results(finished_study, tmp_path_factory):
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("step", ["results.save_model", "results.write_json", "retrain.write_plots",
-                                  "retrain.report_markdown", "results._checkpoint"])
+                                  "retrain.report_markdown", "atomic._checkpoint"])
 def test_retrain_interrupted_over_an_existing_directory_keeps_it_whole(step, finished_study, existing_results,
                                                                          monkeypatch, capsys):
     """Interrupted at each write step, or just before the swap, a retrain onto an existing results
@@ -474,7 +474,7 @@ def test_retrain_interrupted_over_an_existing_directory_keeps_it_whole(step, fin
     spec_path, _ = finished_study
     out, config = existing_results
     module, name = step.split(".")
-    target = {"results": results, "retrain": retrain_module}[module]
+    target = {"results": results, "retrain": retrain_module, "atomic": atomic}[module]
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

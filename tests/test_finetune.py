@@ -215,6 +215,28 @@ def test_saved_model_predicts_the_trained_models_probabilities(tiny_bert, corpus
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
+def test_a_saved_finetune_folder_loads_without_importing_its_module_first(tiny_bert, corpus, tmp_path,
+                                                                          monkeypatch):
+    """``predict`` in a fresh process imports ``results.folder``, never ``learn.finetune``: loading
+    the folder finds the kind's featurizer, and so its model, through the registry's first lookup."""
+    import sys
+
+    from tagsearch.learn import features, models
+
+    params = params_for(tiny_bert, hidden_layers=0, finetune_epochs=1)
+    result = train.train_config(corpus, params, max_epochs=1, patience=None, device="cpu", cache=FeatureCache())
+    featurizer = result.featurizers[0]
+    digests = results.save_model(tmp_path, result.model, featurizer.state())
+    results.write_json(tmp_path / "config.json", {
+        "format": results.FORMAT, "params": params, "tags": corpus.tag_names, "thresholds": [0.5] * 10,
+        "input_size": featurizer.input_size, "sha256": digests})
+    monkeypatch.delitem(features.FEATURIZERS, "finetune")
+    monkeypatch.delitem(models.TAGGERS, "hidden")
+    monkeypatch.delitem(sys.modules, "tagsearch.learn.finetune")
+    loaded = results.load(tmp_path)
+    assert type(loaded.model).__name__ == "FinetuneTagger"
+
+
 @pytest.mark.slow
 def test_minilm_study_retrain_and_predict(tmp_path, tiny_csv):
     """End to end on all-MiniLM-L6-v2 (the one test that loads it): a two-trial finetune study,
