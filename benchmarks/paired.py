@@ -54,11 +54,6 @@ def paired(y: np.ndarray, ours: np.ndarray, theirs: np.ndarray, resamples: int, 
 
 
 def main(argv=None) -> int:
-    from tagsearch.data.corpus import DataConfig, load_corpus  # the models: torch, loaded only to compare them
-    from tagsearch.results import compare, folder as results
-    from tagsearch.results.predict import load
-    from tagsearch.study.search import embedding_dir
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", help="a results folder (tagsearch retrain / tune)")
     parser.add_argument("--against", metavar="OTHER", help="another results folder of the same data (instead of "
@@ -66,6 +61,11 @@ def main(argv=None) -> int:
     parser.add_argument("--resamples", type=int, default=5000)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+
+    from tagsearch.data.corpus import DataConfig, load_corpus  # the models: torch, loaded only to compare them
+    from tagsearch.results import compare, folder as results
+    from tagsearch.results.predict import load
+    from tagsearch.study.search import embedding_dir
 
     loaded = load(args.folder)
     config, metric = loaded.config, loaded.config["metric"]

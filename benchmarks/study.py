@@ -45,7 +45,6 @@ from pathlib import Path
 
 import optuna
 
-from benchmarks import seed_path
 from tagsearch.data.builtin import BUILTIN_PATH, BUILTIN_POSTS, ensure_corpus
 from tagsearch.study.spec import PARAMS
 from tagsearch.study.specfile import save_spec
@@ -78,6 +77,8 @@ def naive_suggest(trial: optuna.Trial, space: dict) -> dict:
 
 
 def naive_objective(trial: optuna.Trial, kind: str, data: str, space: dict, max_epochs: int, patience: int):
+    from benchmarks import seed_path  # torch: only the naive workers train (the driver stays light)
+
     p = {**seed_path.SEED_PARAMS, **naive_suggest(trial, space)}
     texts, labels, _ = seed_path.load_posts(data, p["top_k"])  # every trial, as a notebook re-runs its cells
     train, val, _ = seed_path.seed_split(len(texts))
