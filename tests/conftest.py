@@ -7,7 +7,6 @@ import signal
 from pathlib import Path
 
 import pytest
-import torch
 
 from tagsearch.testing.specs import spec_dict, write_spec  # noqa: F401  (the tests import them from here)
 
@@ -15,8 +14,16 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "stackexchange-robotics.csv"
 
 # Two cores: keep each test process on one thread so parallel workers in tests do not thrash.
-torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """torch on one thread in each process that runs tests (set here, not at import: the xdist
+    controller, which runs none, then never imports torch)."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
