@@ -91,6 +91,7 @@ def tune(data: str, *, time_budget: float = DEFAULT_TIME, workers_count: int | N
                            top_k=top_k, max_epochs=max_epochs, path=spec_path)
     write_text(study_spec.to_toml(f"Written by 'tagsearch tune' from {base}: its space on {path}; retrain, dashboard "
                                   f"and a later 'tagsearch tune' of this study read it."), spec_path)
+    again = resume_command(data, name, default_name, where, kinds, () if one_kind else searched.models, metric)
     device_list, count = pick_devices(devices, workers_count)
     log(f"tune: study {name!r} in {where.masked}, {', '.join(kinds)}, {count} worker(s) on {device_list}, "
         f"{clock_text(time_budget)} of search (Ctrl-C: stop searching and keep the best so far)")
@@ -123,7 +124,6 @@ def tune(data: str, *, time_budget: float = DEFAULT_TIME, workers_count: int | N
     comparison = folder / "compare.md"
     comparing.write_text(comparison, comparing.render(table.groups, table.notes))
     stopped = counts["deadline"] is not None and counts["deadline"] < wall_start + time_budget - 1  # Ctrl-C moved it
-    again = resume_command(data, name, default_name, where, kinds, () if one_kind else searched.models, metric)
     text = verdict(folder, table, counts, search_seconds, stopped, again, spec_path, found, chosen)
     comparing.write_text(folder / "verdict.md", text)
     return Tuned(name, spec_path, folder, comparison, text, time.monotonic() - start, search_seconds, stopped,
