@@ -23,6 +23,7 @@ from tagsearch.study import objective
 from tagsearch.runtime import trials as workers
 from tagsearch.data.corpus import load_corpus
 from tagsearch.study.spec import load_spec
+from tagsearch.runtime.locks import BudgetLock
 from tagsearch.runtime.storage import open_storage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,9 +61,9 @@ def measure(spec_path: str, data: str, trials: int) -> dict:
         url = f"sqlite:///{tmp}/overhead.db"
         storage = timed_storage(url)
         study = search.open_study(spec, corpus, url, "overhead", storage=storage)
-        objective = objective.Objective(spec, corpus, device="cpu")
+        run = objective.Objective(spec, corpus, device="cpu")
         start = time.perf_counter()
-        workers.run_trials(study, objective, trials, url=url)
+        workers.run_trials(study, run, trials, lock=BudgetLock.of(study, url))
         wall = time.perf_counter() - start
     return {"trials": trials, "wall_s": round(wall, 2), "storage_s": round(storage.seconds, 3),
             "storage_calls": storage.calls, "storage_share": round(storage.seconds / wall, 4),

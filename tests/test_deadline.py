@@ -14,6 +14,7 @@ from tagsearch.data.corpus import load_corpus
 from tagsearch.errors import UserError
 from tagsearch.learn import train
 from tagsearch.runtime import deadline
+from tagsearch.runtime.locks import BudgetLock
 from tagsearch.runtime.storage import open_storage
 from tagsearch.runtime.trials import run_trials
 from tagsearch.study import search
@@ -39,7 +40,7 @@ def test_a_worker_joining_later_keeps_the_deadline_the_first_one_recorded(tmp_pa
 
     def worker(budget: float | None, target: int) -> int:
         study = optuna.load_study(study_name="timed", storage=open_storage(url))  # a worker's own handle
-        return run_trials(study, objective, target, url=url, time_budget=budget)
+        return run_trials(study, objective, target, lock=BudgetLock.of(study, url), time_budget=budget)
 
     t0 = clock.now
     assert worker(240, 2) == 0  # the first worker's trial budget runs out before its time
@@ -90,7 +91,8 @@ def test_a_trial_running_at_the_deadline_stops_at_the_next_epoch_complete(after_
         return fit_folds(*args, on_epoch=hook, **kwargs)
 
     monkeypatch.setattr(train, "fit_folds", deadline_passes_after_epoch_1)
-    assert run_trials(study, objective.Objective(spec, corpus), 3, url=url, time_budget=600) == 0
+    assert run_trials(study, objective.Objective(spec, corpus), 3, lock=BudgetLock.of(study, url),
+                      time_budget=600) == 0
     (trial,) = study.get_trials()
     assert trial.state == State.COMPLETE
     attrs, curve = trial.user_attrs, trial.user_attrs["learning_curve"]
@@ -122,7 +124,8 @@ def test_a_deadline_inside_an_epoch_cuts_it_short(cut_in, tmp_path, tiny_csv, cl
         return train_epoch(*args, **kwargs)
 
     monkeypatch.setattr(train, "train_epoch", epoch_during_which_the_clock_passes_the_deadline)
-    assert run_trials(study, objective.Objective(spec, corpus), 3, url=url, time_budget=600) == 0
+    assert run_trials(study, objective.Objective(spec, corpus), 3, lock=BudgetLock.of(study, url),
+                      time_budget=600) == 0
     (trial,) = study.get_trials()
     if cut_in == 1:
         assert trial.state == State.PRUNED and "during epoch 1" in trial.user_attrs["pruned_reason"]

@@ -239,14 +239,15 @@ def test_a_lock_lost_while_a_trial_is_created_never_gives_the_last_slot_twice(ki
     def create_while_the_lock_is_lost(*args, **kwargs):
         if not ran:
             lose_the_lock(kind, url, name, restart)
-            worker_b = threading.Thread(target=run_trials, args=(study_b, objective, 1), kwargs={"url": url})
+            worker_b = threading.Thread(target=run_trials, args=(study_b, objective, 1),
+                                        kwargs={"lock": locks.BudgetLock.of(study_b, url)})
             worker_b.start()
             worker_b.join(60)
         return real_create(*args, **kwargs)
 
     monkeypatch.setattr(storage_a, "create_new_trial", create_while_the_lock_is_lost)
     try:
-        assert run_trials(study_a, objective, 1, url=url) == 0
+        assert run_trials(study_a, objective, 1, lock=locks.BudgetLock.of(study_a, url)) == 0
     finally:
         for server in servers:
             server.stop(grace=None)

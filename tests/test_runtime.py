@@ -14,7 +14,7 @@ import optuna
 import pytest
 
 from tagsearch.runtime import _optuna
-from tagsearch.runtime.retries import requeue, requeue_interrupted
+from tagsearch.runtime.outcomes import requeue
 from tagsearch.runtime.storage import WorkerHeartbeatStorage, WorkerStorage, open_storage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -133,7 +133,7 @@ def test_interrupted_and_lost_trials_are_queued_again_the_same_way(study):
     first = study.ask()  # interrupted before it suggested anything
     first.set_user_attr("fail_reason", "interrupted")
     study.tell(first, state=State.FAIL)
-    requeue_interrupted(study, first.number)
+    assert requeue(study, study.get_trials()[first.number], lost=False)
     second = study.ask()
     assert second.user_attrs == {"config": "defaults", "retry_of": 0}
     assert second.suggest_float("x", 0, 1) == 0.25
@@ -146,5 +146,5 @@ def test_interrupted_and_lost_trials_are_queued_again_the_same_way(study):
     retry = study.ask()
     study.tell(retry, state=State.FAIL)
     assert not requeue(study, study.get_trials()[2], lost=True)  # a lost worker's trial: once
-    requeue_interrupted(study, 2)  # interrupted: always
+    assert requeue(study, study.get_trials()[2], lost=False)  # interrupted (or backed off): always
     assert study.get_trials()[3].state == State.WAITING

@@ -17,7 +17,7 @@ from tagsearch.data.corpus import load_corpus
 from tagsearch.errors import UserError
 from tagsearch.study.config import PrunerConfig
 from tagsearch.study.spec import load_spec
-from tagsearch.runtime.retries import requeue_interrupted as requeue
+from tagsearch.runtime.outcomes import requeue
 from tagsearch.runtime.trials import run_trials
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -218,7 +218,7 @@ def test_interrupted_trial_is_queued_again(study_setup):
     trial = study.ask()  # trial 0: the queued defaults
     trial.set_user_attr("fail_reason", "interrupted")
     study.tell(trial, state=optuna.trial.TrialState.FAIL)
-    requeue(study, trial.number)
+    requeue(study, study.get_trials()[trial.number], lost=False)
     waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
     assert len(waiting) == 1 and waiting[0].user_attrs["retry_of"] == 0
 

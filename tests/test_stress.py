@@ -14,6 +14,7 @@ test_crashes.py, test_outages.py and test_services.py.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import subprocess
@@ -26,6 +27,7 @@ import pytest
 
 from conftest import write_spec
 from tagsearch.runtime import _optuna
+from tagsearch.runtime.locks import BudgetLock
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 State = optuna.trial.TrialState
@@ -287,7 +289,8 @@ def test_two_workers_creating_a_study_together_queue_the_defaults_once(tmp_path,
     def worker():
         try:
             start.wait()
-            workers.open_study(spec, corpus, url, None)
+            with contextlib.closing(BudgetLock(url, spec.name)) as lock:
+                workers.open_study(spec, corpus, url, None, lock)
         except Exception as exc:  # reported below
             errors.append(exc)
 

@@ -21,6 +21,7 @@ import sqlalchemy.exc
 
 from tagsearch.runtime import _optuna, heartbeat
 from tagsearch.runtime.interrupts import Interrupts
+from tagsearch.runtime.locks import BudgetLock
 from tagsearch.runtime.outages import Outages
 from tagsearch.runtime.storage import heartbeat_settings, open_storage, worker_storage
 from tagsearch.runtime.trials import run_trials
@@ -61,7 +62,7 @@ def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed_and_reru
     study = optuna.create_study(storage=open_storage(url), study_name="unbeaten")
     orphan = study.ask()  # a worker created it, suggested, and was SIGKILLed before any heartbeat
     orphan.suggest_float("x", 0.0, 1.0)
-    assert run_trials(study, objective, target=2, url=url, timeout=40) == 0
+    assert run_trials(study, objective, target=2, lock=BudgetLock.of(study, url), timeout=40) == 0
     trials = study.get_trials()
     assert len(finished(study)) == 2 and not running(study), [t.state for t in trials]
     assert trials[0].state == State.FAIL
@@ -99,7 +100,7 @@ def test_a_created_trial_whose_answer_was_lost_is_not_left_running(tmp_path, mon
     storage = retried_storage(url)
     study = optuna.create_study(storage=storage, study_name="create")
     lost = answer_lost(monkeypatch, storage.inner, "create_new_trial")
-    assert run_trials(study, objective, target=2, url=url, wait_for_running=False) == 0
+    assert run_trials(study, objective, target=2, lock=BudgetLock.of(study, url), wait_for_running=False) == 0
     assert lost, "the fault was not injected"
     assert len(finished(study)) == 2 and not running(study), [t.state for t in study.get_trials()]
     assert len(study.get_trials()) == 2  # one trial per create, whatever the retries
@@ -113,7 +114,7 @@ def test_a_claimed_queued_trial_whose_answer_was_lost_runs_here(tmp_path, monkey
     study.enqueue_trial({"x": 0.25}, user_attrs={"config": "defaults"})
     lost = answer_lost(monkeypatch, storage.inner, "set_trial_state_values",
                        when=lambda trial_id, state, values=None: state == State.RUNNING)
-    assert run_trials(study, objective, target=2, url=url, wait_for_running=False) == 0
+    assert run_trials(study, objective, target=2, lock=BudgetLock.of(study, url), wait_for_running=False) == 0
     assert lost, "the fault was not injected"
     trials = study.get_trials()
     assert not running(study) and len(finished(study)) == 2, [t.state for t in trials]
@@ -147,7 +148,7 @@ def test_a_worker_whose_trial_was_failed_by_another_moves_on(tmp_path):
             other.set_trial_state_values(_optuna.trial_id(trial), State.FAIL)
         return x
 
-    assert run_trials(study, judged_dead_midway, target=2, url=url) == 0
+    assert run_trials(study, judged_dead_midway, target=2, lock=BudgetLock.of(study, url)) == 0
     trials = study.get_trials()
     assert trials[0].state == State.FAIL and trials[0].user_attrs["fail_reason"] == "worker lost: no heartbeat (test)"
     assert len(finished(study)) == 2 and not running(study)
@@ -192,7 +193,7 @@ def test_a_trial_interrupted_as_it_is_created_is_reported_as_it_is(queued, tmp_p
 
     monkeypatch.setattr(storage, method, signal_meanwhile)
     with pytest.raises(KeyboardInterrupt):
-        run_trials(study, objective, target=2, url=url, interrupts=interrupts)
+        run_trials(study, objective, target=2, lock=BudgetLock.of(study, url), interrupts=interrupts)
     monkeypatch.undo()
     trials = study.get_trials()
     assert not running(study)

@@ -185,7 +185,7 @@ def test_a_signal_during_a_storage_write_interrupts_the_trial_after_it(interrupt
     with pytest.raises(KeyboardInterrupt):
         interrupts.run(objective, trial)
     assert done == ["written"] and inner.written
-    assert interrupts.interrupted == 7 and "interrupted" in trial.user_attrs["fail_reason"]
+    assert "interrupted" in trial.user_attrs["fail_reason"]
 
 
 def test_a_signal_in_our_own_code_interrupts_the_trial_at_once(interrupts):
@@ -205,7 +205,7 @@ def test_a_signal_in_our_own_code_interrupts_the_trial_at_once(interrupts):
 
 def test_a_signal_between_trials_only_stops_the_next_one(interrupts):
     os.kill(os.getpid(), signal.SIGINT)  # no trial runs: only noted
-    assert interrupts.stop_requested and interrupts.interrupted is None
+    assert interrupts.stop_requested
     with pytest.raises(KeyboardInterrupt):
         interrupts.run(lambda trial: 1.0, StubTrial())
 

@@ -4,6 +4,7 @@ Each command in cli.py only parses its arguments and calls one of these."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from tagsearch.data.corpus import Corpus, DataConfig, DataOptions, resolve_data
@@ -61,10 +62,12 @@ def run_study(spec: Spec | str | Path, corpus: Corpus | None = None, *, n_trials
     ``tagsearch worker`` does, until the whole study has ``n_trials`` finished ones. Returns it."""
     from tagsearch.study import objective, search
     from tagsearch.runtime import trials
+    from tagsearch.runtime.locks import BudgetLock
 
     spec = _spec(spec)
     corpus, url = corpus or load_corpus(spec), storage or spec.storage
     study = search.open_study(spec, corpus, url, study_name)
-    trials.run_trials(study, objective.Objective(spec, corpus, device=device, storage=url), n_trials or spec.n_trials,
-                       timeout or spec.timeout, url=url, time_budget=spec.time_budget)
+    with contextlib.closing(BudgetLock.of(study, url)) as lock:
+        trials.run_trials(study, objective.Objective(spec, corpus, device=device, storage=url),
+                          n_trials or spec.n_trials, timeout or spec.timeout, lock=lock, time_budget=spec.time_budget)
     return study

@@ -20,7 +20,7 @@ out an outage of up to the limit and beats again within one interval of its end)
 whose trial was failed anyway (a longer outage, a too-short grace) moves on to its next trial.
 
 ``fail_stale_trials`` is the one rule for all storages (RDB ones read Optuna's own heartbeat table):
-the trial gets ``fail_reason`` = ``STALE_REASON``, becomes FAIL, and ``retries.requeue`` queues a
+the trial gets ``fail_reason`` = ``STALE_REASON``, becomes FAIL, and ``outcomes.requeue`` queues a
 copy (the same bookkeeping as for an interrupted trial; at most ``MAX_RETRY`` = 1 retry for a lost
 worker). Workers call it under the study's budget lock, so two workers never fail the same trial or
 queue it twice.
@@ -42,8 +42,8 @@ import optuna
 from tagsearch.errors import UserError
 from tagsearch.log import log, warning
 from tagsearch.runtime import _optuna
-from tagsearch.runtime.retries import HEARTBEAT_KEY as KEY
-from tagsearch.runtime.retries import MAX_RETRY, may_retry_lost, repeatable, requeue
+from tagsearch.runtime.outcomes import HEARTBEAT_KEY as KEY
+from tagsearch.runtime.outcomes import MAX_RETRY, may_retry_lost, repeatable, requeue
 
 STALE_REASON = ("worker lost: no heartbeat for more than {grace} s (killed, or its machine or connection died); "
                 "{what}")
@@ -67,6 +67,11 @@ class TrialHeartbeat:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.failures = 0
+
+    @classmethod
+    def of(cls, trial: optuna.Trial) -> "TrialHeartbeat":
+        """The heartbeat of ``trial``, on its study's storage (not started)."""
+        return cls(_optuna.study_storage(trial.study), _optuna.trial_id(trial))
 
     def start(self) -> "TrialHeartbeat":
         """The first beat (raising), then the thread for the others."""

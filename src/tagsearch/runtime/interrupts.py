@@ -1,5 +1,5 @@
 """Ctrl-C and SIGTERM in a worker: a running trial is interrupted at once (FAIL with the reason,
-then queued again, ``retries.requeue``); between trials the worker just starts no further one.
+then queued again, ``outcomes.requeue``); between trials the worker just starts no further one.
 
 Never inside a storage call (a report, a state change): a write stopped halfway can leave its trial
 RUNNING. Every call through a storage that ``storage.open_storage`` made runs inside
@@ -41,7 +41,6 @@ class Interrupts:
     def __init__(self):
         self.active = False  # inside a trial: a signal interrupts it
         self.stop_requested = False  # a signal came: start no further trial
-        self.interrupted: int | None = None  # the trial a signal stopped (to queue again)
 
     def install(self) -> "Interrupts":
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -71,7 +70,6 @@ class Interrupts:
                 raise KeyboardInterrupt
             return objective(trial)
         except KeyboardInterrupt:
-            self.interrupted = trial.number
             trial.set_user_attr("fail_reason", INTERRUPTED)  # trials.run_trial adds whether it is queued again
             raise
         finally:

@@ -16,7 +16,7 @@ on unlocked. A lease whose renewal fails is reported (``lost`` is set and logged
 A lock can be lost while held: a lease that ran out during an outage, a restarted proxy or Redis
 (leases are in memory), a database connection cut (the server frees its advisory lock). So the
 holder ``confirm``s it with its server before it lets a new trial go: true only if it held the lock
-without a break since it took it. ``trials.run_trials`` checks the budget again under a fresh lock
+without a break since it took it. ``budget.Budget`` checks the budget again under a fresh lock
 when that fails, and backs off if another worker took the slot meanwhile (fencing on the client).
 """
 
@@ -36,7 +36,9 @@ from tagsearch.log import log, warning
 from tagsearch.errors import UserError
 from tagsearch.runtime.outages import Outages
 from tagsearch.runtime.location import local_path, proxy_address, scheme
+from tagsearch.runtime import _optuna
 from tagsearch.runtime.storage import with_driver
+from tagsearch.runtime.worker_storage import outages_of
 
 WAIT_LOG_SECONDS = 30
 LEASE_SECONDS = 30
@@ -54,13 +56,19 @@ def holder_id() -> str:
 
 
 class BudgetLock:
-    """The lock of ``study_name`` on the storage ``url`` (None: no other worker, no lock).
+    """The lock of ``study_name`` on the storage ``url`` (``BudgetLock()``: no other worker, no lock).
     ``outages``: the outage state of the worker's storage, so that a worker that waited out the
     limit on either fails fast on both (default: a fresh one)."""
 
-    def __init__(self, url: str | None, study_name: str, outages: Outages | None = None):
-        self.held, self.study_name = False, study_name
-        self._impl = None if url is None else _make(url, study_name, outages or Outages())
+    def __init__(self, url: str | None = None, study_name: str = "", outages: Outages | None = None):
+        self.held, self.study_name, self.outages = False, study_name, outages or Outages()
+        self._impl = None if url is None else _make(url, study_name, self.outages)
+
+    @classmethod
+    def of(cls, study, url: str | None) -> "BudgetLock":
+        """The lock of ``study`` on its storage's URL ``url`` (None: no other worker), sharing that
+        storage's outage state (``worker_storage.outages_of``)."""
+        return cls(url, study.study_name, outages_of(_optuna.study_storage(study)))
 
     def acquire(self) -> None:
         if not self.held and self._impl is not None:

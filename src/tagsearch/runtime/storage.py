@@ -3,7 +3,7 @@
 
 Relational storages get Optuna's heartbeats: a trial whose worker died (SIGKILL, lost machine)
 becomes FAIL once its heartbeat is older than the grace period, the next worker to start a trial
-notices, and it is queued again once with the same parameters (``retries.requeue``). The
+notices, and it is queued again once with the same parameters (``outcomes.requeue``). The
 interval and grace period come from ``TAGSEARCH_HEARTBEAT`` / ``TAGSEARCH_GRACE`` (seconds).
 Storages without Optuna heartbeats (journals, the gRPC proxy) get the same recovery from
 ``heartbeat.py``: a timestamp written as a trial system attribute, read through the storage API.
@@ -198,9 +198,9 @@ def _use_wal(engine) -> None:
 
 def heartbeat_settings() -> dict:
     """RDBStorage keyword arguments for heartbeats and queueing trials of dead workers again once
-    (``retries.requeue_lost``, the same rule as ``heartbeat.fail_stale_trials``)."""
+    (``outcomes.requeue_lost``, the same rule as ``heartbeat.fail_stale_trials``)."""
     from tagsearch.runtime.heartbeat import heartbeat_timing
-    from tagsearch.runtime.retries import requeue_lost
+    from tagsearch.runtime.outcomes import requeue_lost
 
     interval, grace = heartbeat_timing()
     return {"heartbeat_interval": interval, "grace_period": grace, "heartbeat_stale_trial_callback": requeue_lost}

@@ -61,15 +61,18 @@ def run_worker(spec: Spec | str, *, data: DataOptions | None = None, storage: st
 
         torch.set_num_threads(threads)
     corpus = load_corpus(resolve_data(spec, data))
-    study = open_study(spec, corpus, url, study_name, seed_offset=runtime_launch.worker_index(), storage=store)
-    objective = Objective(spec, corpus, device=device, storage=where,
-                          memory_limit=memory_limit or memory.worker_share(1))
-    interrupts = Interrupts().install()
-    log(f"data: {corpus.source}: {corpus.summary()}")
-    log(f"worker {os.getpid()} on study {study.study_name!r} ({where.masked}), device {device_name}, data fingerprint "
-        f"{corpus.fingerprint}: {summary(progress(study), target).split(' (')[0]}")
-    code = run_trials(study, objective, target, timeout or spec.timeout, url=url, interrupts=interrupts,
-                      time_budget=time_budget or spec.time_budget)
+    # one budget lock for the worker's life: creating (or joining) the study, then every trial's count
+    with contextlib.closing(BudgetLock(url, study_name or spec.name, outages_of(store))) as lock:
+        study = open_study(spec, corpus, url, study_name, lock, seed_offset=runtime_launch.worker_index(),
+                           storage=store)
+        objective = Objective(spec, corpus, device=device, storage=where,
+                              memory_limit=memory_limit or memory.worker_share(1))
+        interrupts = Interrupts().install()
+        log(f"data: {corpus.source}: {corpus.summary()}")
+        log(f"worker {os.getpid()} on study {study.study_name!r} ({where.masked}), device {device_name}, data "
+            f"fingerprint {corpus.fingerprint}: {summary(progress(study), target).split(' (')[0]}")
+        code = run_trials(study, objective, target, timeout or spec.timeout, lock=lock, interrupts=interrupts,
+                          time_budget=time_budget or spec.time_budget)
     log(f"worker {os.getpid()} done: {summary(progress(study), target)}; peak memory "
         f"{memory.describe(memory.peak_resident_bytes())} of its --memory {memory.describe(objective.memory_limit)}")
     return code
@@ -101,16 +104,13 @@ def launch(spec: Spec | str, *, data: DataOptions | None = None, storage: str | 
     store = open_early(where)
     config = resolve_data(spec, data)
     corpus = load_corpus(config)
-    study = open_study(spec, corpus, url, study_name, storage=store)  # trial 0 before any child
-    if time_budget or spec.time_budget:
-        lock = BudgetLock(url, study.study_name, outages_of(store))
-        try:
+    with contextlib.closing(BudgetLock(url, study_name or spec.name, outages_of(store))) as lock:
+        study = open_study(spec, corpus, url, study_name, lock, storage=store)  # trial 0 before any child
+        if time_budget or spec.time_budget:
             if new_session:
                 deadlines.renew(study, time_budget or spec.time_budget, lock)
             else:
                 deadlines.establish(study, time_budget or spec.time_budget, lock)
-        finally:
-            lock.close()
     log(f"data: {corpus.source}: {corpus.summary()}")
 
     def command(index: int, device: str, threads: int) -> list[str]:
@@ -173,19 +173,17 @@ def environment(variables: dict):
                 os.environ[name] = value
 
 
-def open_study(spec, corpus, url: str, study_name: str | None, seed_offset: int = 0, storage=None) -> optuna.Study:
-    """``search.open_study`` under the study's budget lock: of workers starting on a new study at
-    the same moment, one creates it and queues [defaults]; the others find it complete. The caller
-    checked the spec's space (``search.check_space``); a storage not opened yet is opened under the lock."""
+def open_study(spec, corpus, url: str, study_name: str | None, lock: BudgetLock, seed_offset: int = 0,
+               storage=None) -> optuna.Study:
+    """``search.open_study`` under the study's budget lock (``lock``, which the caller closes): of
+    workers starting on a new study at the same moment, one creates it and queues [defaults]; the
+    others find it complete (and join it unlocked: that changes nothing). The caller checked the
+    spec's space (``search.check_space``); a storage not opened yet is opened under the lock."""
     name = study_name or spec.name
     complete = storage is not None and any(s.study_name == name and "fingerprint" in s.user_attrs
                                            for s in storage.get_all_studies())
-    lock = BudgetLock(None if complete else url, name, outages_of(storage))  # complete: joining changes nothing
-    try:
-        lock.acquire()
+    with contextlib.nullcontext() if complete else lock:
         return search.create_or_join(spec, corpus, storage or open_storage(url), study_name, seed_offset)
-    finally:
-        lock.close()
 
 
 def open_early(where: Location | str):

@@ -33,6 +33,7 @@ def worker(args) -> int:
     from tagsearch.runtime import storage as storages
     from tagsearch.runtime.interrupts import Interrupts
     from tagsearch.runtime.storage import open_storage
+    from tagsearch.runtime.locks import BudgetLock
     from tagsearch.runtime.trials import run_trials
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -52,7 +53,8 @@ def worker(args) -> int:
 
     log(f"stub worker {os.getpid()} on {args.study_name}: CUDA_VISIBLE_DEVICES={visible}")
     try:
-        return run_trials(study, objective, args.n_trials, url=args.storage, interrupts=Interrupts().install())
+        return run_trials(study, objective, args.n_trials, lock=BudgetLock.of(study, args.storage),
+                          interrupts=Interrupts().install())
     except KeyboardInterrupt:
         log("interrupted")
         return 130

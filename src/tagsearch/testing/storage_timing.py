@@ -13,10 +13,11 @@ def time_storage_calls(entry: type, on_trial, before_trial=None) -> None:
     through, budget-lock tries included; other threads — heartbeats — are not counted), and after
     each trial (``trials.run_trial``: run and told) call ``on_trial(study, seconds, before)``: the
     storage seconds since the previous trial ended, and what ``before_trial(study)`` returned before
-    this one was created (``trials.start_trial``; None without it)."""
+    this one was created (``budget.Budget.next_trial``; None without it)."""
     from tagsearch.runtime import trials
+    from tagsearch.runtime.budget import Budget
 
-    spent, real_call, real_start, real_run, before = [0.0], entry.call, trials.start_trial, trials.run_trial, [None]
+    spent, real_call, real_next, real_run, before = [0.0], entry.call, Budget.next_trial, trials.run_trial, [None]
 
     def timed(self, *args, **kwargs):
         if threading.current_thread() is not threading.main_thread():
@@ -27,9 +28,9 @@ def time_storage_calls(entry: type, on_trial, before_trial=None) -> None:
         finally:
             spent[0] += time.perf_counter() - start
 
-    def start_trial(study, *args, **kwargs):
-        before[0] = before_trial(study) if before_trial else None
-        return real_start(study, *args, **kwargs)
+    def next_trial(budget):
+        before[0] = before_trial(budget.study) if before_trial else None
+        return real_next(budget)
 
     def run_trial(study, *args, **kwargs):
         try:
@@ -39,4 +40,4 @@ def time_storage_calls(entry: type, on_trial, before_trial=None) -> None:
             spent[0] = 0.0
 
     entry.call = timed
-    trials.start_trial, trials.run_trial = start_trial, run_trial
+    Budget.next_trial, trials.run_trial = next_trial, run_trial

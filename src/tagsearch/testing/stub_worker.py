@@ -103,7 +103,8 @@ def worker(args) -> int:
     interrupts = Interrupts().install()
     log(f"worker {os.getpid()} on study {args.study_name!r}: {progress(study).finished}/{args.n_trials} finished")
     objective = StubObjective(args.epochs, args.epoch_seconds, args.control)
-    code = run_trials(study, objective, args.n_trials, args.timeout, url=args.storage, interrupts=interrupts)
+    code = run_trials(study, objective, args.n_trials, args.timeout, lock=BudgetLock.of(study, args.storage),
+                      interrupts=interrupts)
     log(f"worker {os.getpid()} done: {summary(progress(study), args.n_trials)}")
     return code
 
