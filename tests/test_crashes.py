@@ -33,7 +33,8 @@ from tagsearch.data.corpus import load_corpus
 from tagsearch.errors import UserError
 from tagsearch.study.spec import load_spec
 from tagsearch.runtime import _optuna, heartbeat
-from tagsearch.runtime.storage import artifact_dir, open_storage
+from tagsearch.runtime.location import artifact_dir
+from tagsearch.runtime.storage import open_storage
 from tagsearch.testing.processes import start_proxy, stop_proxy
 from test_stress import (COMPLETE_ATTRS, FINISHED, State, check_study, integrity, sqlite_file, start_stub, stop_all,
                          wait_all)

@@ -15,7 +15,8 @@ import pytest
 
 from tagsearch.runtime import _optuna
 from tagsearch.runtime.outcomes import requeue
-from tagsearch.runtime.storage import WorkerHeartbeatStorage, WorkerStorage, open_storage
+from tagsearch.runtime.storage import open_storage
+from tagsearch.runtime.worker_storage import WorkerHeartbeatStorage, WorkerStorage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 State = optuna.trial.TrialState

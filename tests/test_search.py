@@ -10,7 +10,7 @@ import pytest
 from tagsearch.study import search
 
 from tagsearch.study import objective
-from tagsearch.runtime import storage
+from tagsearch.runtime import location, storage
 from tagsearch.learn import train
 from tagsearch.cli import main
 from tagsearch.data.corpus import load_corpus
@@ -63,10 +63,10 @@ def test_missing_storage_file_is_refused_when_only_reading(tmp_path):
 
 
 def test_artifact_dir_sits_beside_a_local_file():
-    assert str(storage.artifact_dir("sqlite:///storage/tagsearch.db")) == "storage/tagsearch-artifacts"
-    assert str(storage.artifact_dir("sqlite:////tmp/a/t.db")) == "/tmp/a/t-artifacts"
-    assert str(storage.artifact_dir("journal:///runs/x.log")) == "runs/x-artifacts"
-    assert str(storage.artifact_dir("postgresql://u@h/db")) == "storage/artifacts"
+    assert str(location.artifact_dir("sqlite:///storage/tagsearch.db")) == "storage/tagsearch-artifacts"
+    assert str(location.artifact_dir("sqlite:////tmp/a/t.db")) == "/tmp/a/t-artifacts"
+    assert str(location.artifact_dir("journal:///runs/x.log")) == "runs/x-artifacts"
+    assert str(location.artifact_dir("postgresql://u@h/db")) == "storage/artifacts"
 
 
 def test_heartbeat_settings_come_from_the_environment(monkeypatch):

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from tagsearch.errors import UserError
-from tagsearch.runtime.storage import STORAGE_ENV, has_secret, masked, open_storage, secret_env
+from tagsearch.runtime.location import STORAGE_ENV, has_secret, masked, secret_env
+from tagsearch.runtime.storage import open_storage
 from test_services import server_url
 
 SECRET = "S3CRET"

@@ -18,7 +18,7 @@ from tagsearch.cli import main
 from tagsearch.runtime.interrupts import Interrupts
 from tagsearch.runtime.launch import ProgressLine, worker_env
 from tagsearch.runtime.progress import Progress
-from tagsearch.runtime.storage import WorkerStorage
+from tagsearch.runtime.worker_storage import WorkerStorage
 from tagsearch.runtime.trials import run_trials
 from tagsearch.study.workers import parse_devices
 

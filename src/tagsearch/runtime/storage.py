@@ -21,12 +21,10 @@ from pathlib import Path
 import optuna
 
 from tagsearch.errors import UserError
-from tagsearch.runtime.location import (JOURNAL_SCHEMES, MASK, PROXY_SCHEMES, RDB_SCHEMES, SERVER_SCHEMES,  # noqa: F401
-                                         STORAGE_ENV, Location, artifact_dir, has_secret, masked, proxy_address,
-                                         secret_env)
-from tagsearch.runtime.outages import Outages, StorageOutage  # noqa: F401  (StorageOutage: part of this module's API)
-from tagsearch.runtime.worker_storage import (WorkerHeartbeatStorage, WorkerStorage, outages_of,  # noqa: F401
-                                               worker_storage)
+from tagsearch.runtime.location import (JOURNAL_SCHEMES, MASK, PROXY_SCHEMES, RDB_SCHEMES, SERVER_SCHEMES,
+                                         STORAGE_ENV, Location, proxy_address)
+from tagsearch.runtime.outages import Outages
+from tagsearch.runtime.worker_storage import worker_storage
 
 SQLITE_TIMEOUT_SECONDS = 300
 GRPC_CONNECT_SECONDS = 10

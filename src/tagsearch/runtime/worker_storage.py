@@ -13,7 +13,8 @@ import optuna
 
 from tagsearch.runtime import _optuna
 from tagsearch.runtime.interrupts import storage_call
-from tagsearch.runtime.outages import Outages, describe, is_transient, say
+from tagsearch.log import warning
+from tagsearch.runtime.outages import Outages, describe, is_transient
 
 CREATE_KEY = "tagsearch:create"  # trial system attributes: the client tokens of a create and a claim
 CLAIM_KEY = "tagsearch:claim"
@@ -143,7 +144,7 @@ class WorkerHeartbeatStorage(WorkerStorage, _optuna.ForwardingHeartbeat):
         except Exception as exc:
             if not is_transient(exc):
                 raise
-            say(f"heartbeat of trial id {trial_id} not recorded ({describe(exc)}); next beat in "
+            warning(f"heartbeat of trial id {trial_id} not recorded ({describe(exc)}); next beat in "
                 f"{self.inner.get_heartbeat_interval()} s")
 
     def first_heartbeat(self, trial_id):

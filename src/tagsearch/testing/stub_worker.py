@@ -30,7 +30,8 @@ from tagsearch.runtime import launch as runtime_launch
 from tagsearch.runtime.interrupts import Interrupts
 from tagsearch.runtime.locks import BudgetLock
 from tagsearch.runtime.progress import progress, summary
-from tagsearch.runtime.storage import open_storage, outages_of
+from tagsearch.runtime.storage import open_storage
+from tagsearch.runtime.worker_storage import outages_of
 from tagsearch.runtime.trials import run_trials
 
 MODULE = "tagsearch.testing.stub_worker"  # what ``python -m`` runs, here and in ``launch``
