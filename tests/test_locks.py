@@ -99,7 +99,7 @@ def test_a_held_lock_is_waited_for_kept_alive_and_then_taken(kind, tmp_path, req
         thread = threading.Thread(target=lambda: (b.acquire(), events.append("B took it")), daemon=True)
         thread.start()
         if kind == "file":
-            wait_until(lambda: blocked_in_flock(b._impl.handle.name), "B blocked in flock")
+            wait_until(lambda: blocked_in_flock(str(b._impl.path)), "B blocked in flock")
         else:
             wait_until(lambda: len(tries) >= 3, "B tried three times")
         if renewals is not None:  # renewed every 0.25 s: 9 renewals outlast two 1 s leases

@@ -127,11 +127,16 @@ class Waiting:
 
 
 class FileLock:
+    """``flock`` on a file beside the study's, made at the first ``acquire`` (a worker refused
+    before it ever counts leaves no file behind)."""
+
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = open(path, "a")
+        self.path, self.handle = path, None
 
     def acquire(self) -> None:
+        if self.handle is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.handle = open(self.path, "a")
         fcntl.flock(self.handle, fcntl.LOCK_EX)  # blocks; the OS frees it when the holder dies
 
     def release(self) -> None:
@@ -141,7 +146,9 @@ class FileLock:
         return True  # the OS keeps a flock for as long as the process lives
 
     def close(self) -> None:
-        self.handle.close()
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
 
 
 class AdvisoryLock:
