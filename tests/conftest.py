@@ -52,6 +52,28 @@ def tiny_csv(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory, tiny_csv) -> Path:
+    """A 2-layer BERT (hidden 16, no dropout) with a word-level vocabulary of the tiny corpus: the
+    finetune kind's model, and an encoder that loads in a second (tests that need any encoder)."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    from tagsearch.data.corpus import DataConfig, load_corpus
+
+    corpus = load_corpus(DataConfig(path=str(tiny_csv)))
+    words = sorted({w for text in corpus.texts for w in text.lower().split()})[:400]
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(str(folder))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(words) + 5, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=128, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    BertModel(config).save_pretrained(str(folder))
+    return folder
+
+
 @pytest.fixture
 def spec_factory(tmp_path, tiny_csv):
     def make(model="dense", **kwargs):

@@ -20,24 +20,6 @@ from tagsearch.results import folder as results  # noqa: E402
 from tagsearch.study.spec import SEED_DEFAULTS  # noqa: E402
 
 
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory, tiny_csv) -> Path:
-    """A 2-layer BERT (hidden 16, no dropout) with a word-level vocabulary of the tiny corpus."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    corpus = load_corpus(DataConfig(path=str(tiny_csv)))
-    words = sorted({w for text in corpus.texts for w in text.lower().split()})[:400]
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(str(folder))
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(words) + 5, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=128, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0)
-    BertModel(config).save_pretrained(str(folder))
-    return folder
-
-
 @pytest.fixture
 def corpus(tiny_csv):
     return load_corpus(DataConfig(path=str(tiny_csv)))

@@ -141,7 +141,12 @@ def _load(path: str, device: str, max_seq_length: int):
     finally:
         if bars:
             transformers_logging.enable_progress_bar()
-    model.max_seq_length = max_seq_length
+    # a model with fewer positions than asked for (a small BERT of one's own) reads what it can hold
+    positions = getattr(getattr(model[0], "auto_model", None), "config", None)
+    positions = getattr(positions, "max_position_embeddings", None)
+    if positions and positions < max_seq_length:
+        log(f"encoder {path}: {positions} positions, so max_seq_length {max_seq_length} reads {positions} tokens")
+    model.max_seq_length = min(max_seq_length, positions or max_seq_length)
     model.eval()
     return model
 
