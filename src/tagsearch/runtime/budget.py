@@ -52,12 +52,12 @@ class Budget:
                  time_budget: float | None = None, wait_for_running: bool = True,
                  interrupts: Interrupts | None = None):
         self.study, self.target, self.lock, self.wait = study, target, lock, wait_for_running
-        # an outage that outlasted the limit on the study's storage (or the lock's server) stops the worker
         self.interrupts = interrupts or Interrupts()
+        # an outage that outlasted the limit on the study's storage (or the lock's server) stops the worker
         self.outages = outages_of(_optuna.study_storage(study)) or lock.outages
         self.timeout_at = None if timeout is None else time.monotonic() + timeout
         self.watch = heartbeat.StaleTrials(study)
-        self.deadline = deadlines.establish(study, time_budget, lock)
+        deadlines.establish(study, time_budget, lock)
 
     def next_trial(self) -> Asked | None:
         """The next trial this worker runs, created under the lock with its first heartbeat
@@ -71,9 +71,9 @@ class Budget:
             if self.timeout_at is not None and time.monotonic() >= self.timeout_at:
                 return None
             with self.lock:
-                self.deadline = deadlines.recorded(self.study)  # another worker may bring one, tune's Ctrl-C move it
-                if deadlines.passed(self.deadline):
-                    log(f"stopping: the study's deadline has come ({deadlines.when(self.deadline)})")
+                deadline = deadlines.recorded(self.study)  # another worker may bring one, tune's Ctrl-C move it
+                if deadlines.passed(deadline):
+                    log(f"stopping: the study's deadline has come ({deadlines.when(deadline)})")
                     return None
                 self.watch.fail()  # the trials of dead workers: failed, queued again once, their slots free
                 if len(self.study.get_trials(deepcopy=False, states=COUNTED)) < self.target:
