@@ -63,7 +63,7 @@ class Interrupts:
 
     def run(self, objective, trial) -> float:
         """``objective(trial)``; a signal during it raises KeyboardInterrupt (after any storage call)
-        and records the trial as interrupted, with its ``fail_reason``."""
+        and gives the trial its ``fail_reason`` (``trials.run_trial`` then fails it and queues it again)."""
         self.active = True
         try:
             if self.stop_requested:  # the signal came while Optuna was creating this trial

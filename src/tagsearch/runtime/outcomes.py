@@ -48,7 +48,7 @@ def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, lost: bool) ->
     for key in NOT_COPIED:
         system_attrs.pop(key, None)
     user_attrs = {"retry_of": trial.number, **{k: v for k, v in trial.user_attrs.items() if k == "config"}}
-    study.add_trial(optuna.create_trial(state=optuna.trial.TrialState.WAITING, params=trial.params,
+    study.add_trial(optuna.create_trial(state=State.WAITING, params=trial.params,
                                         distributions=trial.distributions, user_attrs=user_attrs,
                                         system_attrs=system_attrs))
     return True
@@ -65,11 +65,11 @@ def requeue_lost(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
 
 
 class Asked:
-    """A trial this worker asked for, with what telling it needs: its storage id and the study's
-    storage (its heartbeat's, read once), to read it back from."""
+    """A trial this worker asked for, with its heartbeat, which knows the trial's storage id and
+    the study's storage (read once): what telling it and reading it back need."""
 
     def __init__(self, trial: optuna.Trial, beat):
-        self.trial, self.beat, self.id, self.storage = trial, beat, beat.trial_id, beat.storage
+        self.trial, self.beat = trial, beat
 
     @property
     def number(self) -> int:
@@ -77,7 +77,7 @@ class Asked:
 
     def stored(self) -> optuna.trial.FrozenTrial:
         """The trial as the storage holds it now."""
-        return self.storage.get_trial(self.id)
+        return self.beat.storage.get_trial(self.beat.trial_id)
 
 
 def tell(study: optuna.Study, trial: Asked, value: float | None = None, state: State | None = None,
